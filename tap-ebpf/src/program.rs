@@ -1,0 +1,204 @@
+//! Maps, the entry point, the keep/drop decision and the copy into the ring buffers.
+
+use aya_ebpf::{
+    bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_smp_processor_id, bpf_ktime_get_ns,
+        generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    },
+    macros::{map, xdp},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use tap_common::{
+    config::{ConfigSlot, FLAG_V4_NETS, FLAG_V6_NETS},
+    counters::Counter,
+    filter::{MAX_DC_ENTRIES, PORT_SLOTS},
+    record::{Record, RecordHeader, MAX_SNAPLEN, SIZE_CLASSES, WAKEUP_THRESHOLD_BYTES},
+};
+
+use crate::parse::{parse, Parsed, Ports};
+
+/// Default ring size; the sensor sets the real one at load time (`--ring-mib`).
+const DEFAULT_RING_BYTES: u32 = 1 << 24;
+
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+#[map]
+static CONFIG: Array<u32> = Array::with_max_entries(ConfigSlot::COUNT, 0);
+#[map]
+static DC_V4_HOSTS: HashMap<[u8; 4], u8> = HashMap::with_max_entries(MAX_DC_ENTRIES, 0);
+#[map]
+static DC_V6_HOSTS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(MAX_DC_ENTRIES, 0);
+#[map]
+static DC_V4_NETS: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(MAX_DC_ENTRIES, 0);
+#[map]
+static DC_V6_NETS: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(MAX_DC_ENTRIES, 0);
+#[map]
+static SERVICE_PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
+#[map]
+static RING_0: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static RING_1: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static RING_2: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+static RING_3: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+#[xdp]
+pub fn dctap_xdp(ctx: XdpContext) -> u32 {
+    count(Counter::Seen);
+    let outcome = match parse(&ctx) {
+        Parsed::Other => Counter::Filtered,
+        Parsed::Malformed => Counter::Malformed,
+        Parsed::V4 { src, dst, ports } => {
+            if keep(ports, || is_dc_v4(&src), || is_dc_v4(&dst)) {
+                copy_to_ring(&ctx)
+            } else {
+                Counter::Filtered
+            }
+        }
+        Parsed::V6 { src, dst, ports } => {
+            if keep(ports, || is_dc_v6(&src), || is_dc_v6(&dst)) {
+                copy_to_ring(&ctx)
+            } else {
+                Counter::Filtered
+            }
+        }
+    };
+    count(outcome);
+    // A mirror port forwards nothing; kept frames have been copied already.
+    xdp_action::XDP_DROP
+}
+
+/// The filter: the DC end of the conversation is on a service port. The port is checked
+/// first because it is one array load, and only the address on that side is looked up.
+/// A non-first fragment (no ports) is kept when either end is a DC.
+#[inline(always)]
+fn keep(ports: Option<Ports>, src_is_dc: impl Fn() -> bool, dst_is_dc: impl Fn() -> bool) -> bool {
+    match ports {
+        Some(Ports { src, dst }) => {
+            (is_service_port(dst) && dst_is_dc()) || (is_service_port(src) && src_is_dc())
+        }
+        None => src_is_dc() || dst_is_dc(),
+    }
+}
+
+#[inline(always)]
+fn is_service_port(port: u16) -> bool {
+    matches!(SERVICE_PORTS.get(port as u32), Some(v) if *v != 0)
+}
+
+#[inline(always)]
+fn config(slot: ConfigSlot) -> u32 {
+    CONFIG.get(slot as u32).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn is_dc_v4(addr: &[u8; 4]) -> bool {
+    // SAFETY: the value is only tested for presence, never held across a map update.
+    if unsafe { DC_V4_HOSTS.get(addr) }.is_some() {
+        return true;
+    }
+    config(ConfigSlot::Flags) & FLAG_V4_NETS != 0 && DC_V4_NETS.get(Key::new(32, *addr)).is_some()
+}
+
+#[inline(always)]
+fn is_dc_v6(addr: &[u8; 16]) -> bool {
+    // SAFETY: as in is_dc_v4.
+    if unsafe { DC_V6_HOSTS.get(addr) }.is_some() {
+        return true;
+    }
+    config(ConfigSlot::Flags) & FLAG_V6_NETS != 0 && DC_V6_NETS.get(Key::new(128, *addr)).is_some()
+}
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot; XDP does not preempt itself on one CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Copies the frame's first `snaplen` bytes into this CPU's ring and returns the counter
+/// that describes the outcome.
+#[inline(always)]
+fn copy_to_ring(ctx: &XdpContext) -> Counter {
+    // SAFETY: helpers called with the program's own context.
+    let wire_len: u64 = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    let mut snaplen = config(ConfigSlot::Snaplen) as u64;
+    if snaplen == 0 || snaplen > MAX_SNAPLEN as u64 {
+        snaplen = MAX_SNAPLEN as u64;
+    }
+    let cap_len = if wire_len < snaplen {
+        wire_len
+    } else {
+        snaplen
+    };
+    let ring = match unsafe { bpf_get_smp_processor_id() } % 4 {
+        0 => &RING_0,
+        1 => &RING_1,
+        2 => &RING_2,
+        _ => &RING_3,
+    };
+    let outcome = if cap_len <= SIZE_CLASSES[0] as u64 {
+        emit::<{ SIZE_CLASSES[0] }>(ctx, ring, wire_len, cap_len)
+    } else if cap_len <= SIZE_CLASSES[1] as u64 {
+        emit::<{ SIZE_CLASSES[1] }>(ctx, ring, wire_len, cap_len)
+    } else {
+        emit::<{ SIZE_CLASSES[2] }>(ctx, ring, wire_len, cap_len)
+    };
+    if matches!(outcome, Counter::Kept) && cap_len < wire_len {
+        count(Counter::Truncated);
+    }
+    outcome
+}
+
+#[inline(always)]
+fn emit<const N: usize>(ctx: &XdpContext, ring: &RingBuf, wire_len: u64, cap_len: u64) -> Counter {
+    // The length check stays in u64, the type the helper returned: a u32 clamp loses the
+    // bounds the verifier needs for bpf_xdp_load_bytes (TOOLCHAIN.md).
+    if cap_len == 0 || cap_len > N as u64 {
+        return Counter::Malformed;
+    }
+    let Some(mut entry) = ring.reserve::<Record<N>>(0) else {
+        return Counter::RingFull;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points at a reserved, exclusively owned Record<N>; the copy length
+    // is within 1..=N.
+    let copied = unsafe {
+        (*record).header = RecordHeader {
+            timestamp_ns: bpf_ktime_get_ns(),
+            orig_len: wire_len as u32,
+            cap_len: cap_len as u32,
+        };
+        bpf_xdp_load_bytes(
+            ctx.ctx,
+            0,
+            (*record).data.as_mut_ptr().cast(),
+            cap_len as u32,
+        )
+    };
+    if copied != 0 {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return Counter::Malformed;
+    }
+    let wakeup = if ring.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_THRESHOLD_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wakeup as u64);
+    Counter::Kept
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[no_mangle]
+#[link_section = "license"]
+pub static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,9 @@
+//! Test traffic and fixtures shared by the sensor's live tests, `cargo xtask demo` and the
+//! benchmarks: hand-built frames for every case the XDP filter distinguishes, labelled
+//! with the verdict the filter must reach; pcap read/write; a SPAN-port stand-in made of
+//! two network namespaces joined by a veth pair.
+
+pub mod frame;
+pub mod mix;
+pub mod netns;
+pub mod pcap;

@@ -1,0 +1,396 @@
+//! The set of domain-controller addresses and service ports, parsed from the command line
+//! or a file, and applied to the XDP program's maps as a difference so a live change never
+//! leaves a moment where a DC that stays in the set is missing from the maps.
+
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError};
+use tap_common::{
+    config::{ConfigSlot, FLAG_V4_NETS, FLAG_V6_NETS},
+    filter::{DEFAULT_SERVICE_PORTS, MAX_DC_ENTRIES},
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FilterParseError {
+    #[error("{origin}: '{entry}' is not an IPv4/IPv6 address or CIDR subnet")]
+    BadAddress { origin: String, entry: String },
+    #[error("{origin}: prefix length in '{entry}' is larger than {max}")]
+    BadPrefix {
+        origin: String,
+        entry: String,
+        max: u8,
+    },
+    #[error("{origin}: '{entry}' is not a port number between 1 and 65535")]
+    BadPort { origin: String, entry: String },
+    #[error("{origin}: more than {max} DC entries of one kind (the XDP maps hold {max})")]
+    TooMany { origin: String, max: u32 },
+}
+
+/// Monitored domain controllers: single addresses and subnets of both families. Subnets
+/// are stored masked (10.0.0.7/24 means 10.0.0.0/24).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DcSet {
+    v4_hosts: BTreeSet<[u8; 4]>,
+    v6_hosts: BTreeSet<[u8; 16]>,
+    v4_nets: BTreeSet<([u8; 4], u8)>,
+    v6_nets: BTreeSet<([u8; 16], u8)>,
+}
+
+impl DcSet {
+    /// Parses entries separated by commas or whitespace; `origin` names the source in errors
+    /// ("--dc", "dcs.txt line 4").
+    pub fn parse_list(text: &str, origin: &str) -> Result<Self, FilterParseError> {
+        let mut set = Self::default();
+        for entry in text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|e| !e.is_empty())
+        {
+            set.insert(entry, origin)?;
+        }
+        set.check_capacity(origin)?;
+        Ok(set)
+    }
+
+    /// Parses a file's text: one or more entries per line, `#` starts a comment.
+    pub fn parse_file(text: &str, file_name: &str) -> Result<Self, FilterParseError> {
+        let mut set = Self::default();
+        for (n, line) in text.lines().enumerate() {
+            let content = line.split('#').next().unwrap_or("");
+            let origin = format!("{file_name} line {}", n + 1);
+            for entry in content
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|e| !e.is_empty())
+            {
+                set.insert(entry, &origin)?;
+            }
+        }
+        set.check_capacity(file_name)?;
+        Ok(set)
+    }
+
+    fn insert(&mut self, entry: &str, origin: &str) -> Result<(), FilterParseError> {
+        let bad = || FilterParseError::BadAddress {
+            origin: origin.into(),
+            entry: entry.into(),
+        };
+        let (addr, prefix) = match entry.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
+            None => (entry, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        if prefix > max {
+            return Err(FilterParseError::BadPrefix {
+                origin: origin.into(),
+                entry: entry.into(),
+                max,
+            });
+        }
+        match addr {
+            IpAddr::V4(a) if prefix == 32 => {
+                self.v4_hosts.insert(a.octets());
+            }
+            IpAddr::V4(a) => {
+                let masked = u32::from(a) & u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+                self.v4_nets.insert((masked.to_be_bytes(), prefix));
+            }
+            IpAddr::V6(a) if prefix == 128 => {
+                self.v6_hosts.insert(a.octets());
+            }
+            IpAddr::V6(a) => {
+                let masked =
+                    u128::from(a) & u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+                self.v6_nets.insert((masked.to_be_bytes(), prefix));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_capacity(&self, origin: &str) -> Result<(), FilterParseError> {
+        let most = [
+            self.v4_hosts.len(),
+            self.v6_hosts.len(),
+            self.v4_nets.len(),
+            self.v6_nets.len(),
+        ];
+        if most.iter().any(|&n| n > MAX_DC_ENTRIES as usize) {
+            return Err(FilterParseError::TooMany {
+                origin: origin.into(),
+                max: MAX_DC_ENTRIES,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn union(mut self, other: &DcSet) -> Self {
+        self.v4_hosts.extend(other.v4_hosts.iter().copied());
+        self.v6_hosts.extend(other.v6_hosts.iter().copied());
+        self.v4_nets.extend(other.v4_nets.iter().copied());
+        self.v6_nets.extend(other.v6_nets.iter().copied());
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.v4_hosts.len() + self.v6_hosts.len() + self.v4_nets.len() + self.v6_nets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Display for DcSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(self.v4_hosts.iter().map(|a| Ipv4Addr::from(*a).to_string()));
+        parts.extend(
+            self.v4_nets
+                .iter()
+                .map(|(a, p)| format!("{}/{p}", Ipv4Addr::from(*a))),
+        );
+        parts.extend(self.v6_hosts.iter().map(|a| Ipv6Addr::from(*a).to_string()));
+        parts.extend(
+            self.v6_nets
+                .iter()
+                .map(|(a, p)| format!("{}/{p}", Ipv6Addr::from(*a))),
+        );
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Service ports on the DC side of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSet(BTreeSet<u16>);
+
+impl Default for PortSet {
+    fn default() -> Self {
+        Self(DEFAULT_SERVICE_PORTS.into_iter().collect())
+    }
+}
+
+impl PortSet {
+    pub fn parse_list(text: &str, origin: &str) -> Result<Self, FilterParseError> {
+        let mut ports = BTreeSet::new();
+        for entry in text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|e| !e.is_empty())
+        {
+            match entry.parse::<u16>() {
+                Ok(p) if p != 0 => ports.insert(p),
+                _ => {
+                    return Err(FilterParseError::BadPort {
+                        origin: origin.into(),
+                        entry: entry.into(),
+                    })
+                }
+            };
+        }
+        Ok(Self(ports))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().copied()
+    }
+}
+
+/// The XDP program's filter maps, owned by the sensor for live updates.
+pub struct FilterMaps {
+    pub(crate) v4_hosts: HashMap<MapData, [u8; 4], u8>,
+    pub(crate) v6_hosts: HashMap<MapData, [u8; 16], u8>,
+    pub(crate) v4_nets: LpmTrie<MapData, [u8; 4], u8>,
+    pub(crate) v6_nets: LpmTrie<MapData, [u8; 16], u8>,
+    pub(crate) ports: Array<MapData, u8>,
+    pub(crate) config: Array<MapData, u32>,
+    /// What the maps hold now, so updates are differences.
+    current: DcSet,
+    current_ports: BTreeSet<u16>,
+}
+
+/// What an update changed, for the log line.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FilterChange {
+    pub added: usize,
+    pub removed: usize,
+}
+
+impl FilterMaps {
+    pub(crate) fn new(
+        v4_hosts: HashMap<MapData, [u8; 4], u8>,
+        v6_hosts: HashMap<MapData, [u8; 16], u8>,
+        v4_nets: LpmTrie<MapData, [u8; 4], u8>,
+        v6_nets: LpmTrie<MapData, [u8; 16], u8>,
+        ports: Array<MapData, u8>,
+        config: Array<MapData, u32>,
+    ) -> Self {
+        Self {
+            v4_hosts,
+            v6_hosts,
+            v4_nets,
+            v6_nets,
+            ports,
+            config,
+            current: DcSet::default(),
+            current_ports: BTreeSet::new(),
+        }
+    }
+
+    /// Makes the maps hold exactly `next`: additions first, then the subnet flags, then
+    /// removals, so entries present before and after are never absent in between.
+    pub fn set_dcs(&mut self, next: &DcSet) -> Result<FilterChange, MapError> {
+        let cur = &self.current;
+        let mut change = FilterChange::default();
+        for a in next.v4_hosts.difference(&cur.v4_hosts) {
+            self.v4_hosts.insert(a, 1, 0)?;
+            change.added += 1;
+        }
+        for a in next.v6_hosts.difference(&cur.v6_hosts) {
+            self.v6_hosts.insert(a, 1, 0)?;
+            change.added += 1;
+        }
+        for (a, p) in next.v4_nets.difference(&cur.v4_nets) {
+            self.v4_nets.insert(&Key::new(*p as u32, *a), 1, 0)?;
+            change.added += 1;
+        }
+        for (a, p) in next.v6_nets.difference(&cur.v6_nets) {
+            self.v6_nets.insert(&Key::new(*p as u32, *a), 1, 0)?;
+            change.added += 1;
+        }
+        let mut flags = 0;
+        if !next.v4_nets.is_empty() {
+            flags |= FLAG_V4_NETS;
+        }
+        if !next.v6_nets.is_empty() {
+            flags |= FLAG_V6_NETS;
+        }
+        self.config.set(ConfigSlot::Flags as u32, flags, 0)?;
+        for a in cur.v4_hosts.difference(&next.v4_hosts) {
+            self.v4_hosts.remove(a)?;
+            change.removed += 1;
+        }
+        for a in cur.v6_hosts.difference(&next.v6_hosts) {
+            self.v6_hosts.remove(a)?;
+            change.removed += 1;
+        }
+        for (a, p) in cur.v4_nets.difference(&next.v4_nets) {
+            self.v4_nets.remove(&Key::new(*p as u32, *a))?;
+            change.removed += 1;
+        }
+        for (a, p) in cur.v6_nets.difference(&next.v6_nets) {
+            self.v6_nets.remove(&Key::new(*p as u32, *a))?;
+            change.removed += 1;
+        }
+        self.current = next.clone();
+        Ok(change)
+    }
+
+    pub fn set_ports(&mut self, next: &PortSet) -> Result<(), MapError> {
+        for p in next.0.difference(&self.current_ports) {
+            self.ports.set(*p as u32, 1, 0)?;
+        }
+        for p in self.current_ports.difference(&next.0) {
+            self.ports.set(*p as u32, 0, 0)?;
+        }
+        self.current_ports = next.0.clone();
+        Ok(())
+    }
+
+    pub fn set_snaplen(&mut self, snaplen: u32) -> Result<(), MapError> {
+        self.config.set(ConfigSlot::Snaplen as u32, snaplen, 0)
+    }
+
+    pub fn dcs(&self) -> &DcSet {
+        &self.current
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_and_masks_subnets() {
+        let set = DcSet::parse_list(
+            "10.0.0.10, fd00::10 10.1.2.3/24,fd00:1::7/64,10.0.0.10/32",
+            "--dc",
+        )
+        .unwrap();
+        assert_eq!(
+            set.to_string(),
+            "10.0.0.10,10.1.2.0/24,fd00::10,fd00:1::/64"
+        );
+        assert_eq!(set.len(), 4);
+    }
+
+    #[test]
+    fn zero_prefix_means_everything() {
+        let set = DcSet::parse_list("0.0.0.0/0,::/0", "--dc").unwrap();
+        assert_eq!(set.to_string(), "0.0.0.0/0,::/0");
+    }
+
+    #[test]
+    fn errors_name_the_entry_and_where_it_came_from() {
+        let err = DcSet::parse_list("10.0.0.10,dc1.lab", "--dc").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--dc: 'dc1.lab' is not an IPv4/IPv6 address or CIDR subnet"
+        );
+        let err = DcSet::parse_file("10.0.0.1\n# comment\n\n10.0.0.0/33 # too long\n", "dcs.txt")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "dcs.txt line 4: prefix length in '10.0.0.0/33' is larger than 32"
+        );
+        assert!(matches!(
+            DcSet::parse_list("fd00::/129", "x"),
+            Err(FilterParseError::BadPrefix { max: 128, .. })
+        ));
+        assert!(matches!(
+            DcSet::parse_list("10.0.0.1/x", "x"),
+            Err(FilterParseError::BadAddress { .. })
+        ));
+    }
+
+    #[test]
+    fn file_comments_and_blank_lines_are_ignored() {
+        let set = DcSet::parse_file(
+            "# DCs of site A\n10.0.0.10\n\n  fd00::10  # dc2\n",
+            "dcs.txt",
+        )
+        .unwrap();
+        assert_eq!(set.to_string(), "10.0.0.10,fd00::10");
+    }
+
+    #[test]
+    fn too_many_entries_are_refused() {
+        let list: Vec<String> = (0..=MAX_DC_ENTRIES)
+            .map(|i| Ipv4Addr::from(0x0a00_0000 + i).to_string())
+            .collect();
+        assert!(matches!(
+            DcSet::parse_list(&list.join(","), "--dc"),
+            Err(FilterParseError::TooMany { .. })
+        ));
+    }
+
+    #[test]
+    fn ports_parse_and_reject_zero_and_words() {
+        assert_eq!(
+            PortSet::parse_list("88,389 445", "--ports")
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            vec![88, 389, 445]
+        );
+        assert!(PortSet::parse_list("0", "--ports").is_err());
+        assert!(PortSet::parse_list("ldap", "--ports").is_err());
+        assert!(PortSet::parse_list("70000", "--ports").is_err());
+        assert_eq!(
+            PortSet::default().iter().count(),
+            DEFAULT_SERVICE_PORTS.len()
+        );
+    }
+}

@@ -1,0 +1,11 @@
+//! The capture stage: the XDP program on the mirror port, its filter maps, the ring-buffer
+//! readers and the control loop that ties them to signals.
+
+pub mod counters;
+pub mod filter;
+pub mod loader;
+pub mod reader;
+pub mod run;
+
+pub use filter::{DcSet, PortSet};
+pub use loader::{AttachMode, XdpCapture};

@@ -1,0 +1,182 @@
+//! The capture control loop: load, configure, attach, read until stopped, detach, report.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    sync::{atomic::AtomicBool, atomic::Ordering, Arc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use crossbeam_channel::bounded;
+use log::{info, warn};
+
+use super::{
+    counters::{CaptureReport, UserCounters},
+    filter::{DcSet, PortSet},
+    loader::{AttachMode, XdpCapture},
+    reader::{FrameBatch, RingReader},
+};
+use crate::{output::PcapSink, signals::Signals, time::WallClock};
+
+/// How often the control loop looks at signals and the deadline.
+const CONTROL_TICK: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    pub iface: String,
+    /// DCs from the command line; merged with `dc_file` (which SIGHUP re-reads).
+    pub dcs: DcSet,
+    pub dc_file: Option<PathBuf>,
+    pub ports: PortSet,
+    pub snaplen: u32,
+    pub ring_bytes: u32,
+    pub mode: AttachMode,
+    pub write: Option<PathBuf>,
+    pub duration: Option<Duration>,
+    /// Capacity of the reader-to-consumer channel, in batches.
+    pub channel_batches: usize,
+}
+
+fn current_dcs(opts: &CaptureOptions) -> anyhow::Result<DcSet> {
+    let Some(path) = &opts.dc_file else {
+        return Ok(opts.dcs.clone());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read DC list {}", path.display()))?;
+    let from_file = DcSet::parse_file(&text, &path.display().to_string())?;
+    Ok(opts.dcs.clone().union(&from_file))
+}
+
+fn print_report(xdp: &XdpCapture, user: &UserCounters) {
+    match xdp.counters() {
+        Ok(counters) => {
+            let mut out = std::io::stdout().lock();
+            let _ = write!(
+                out,
+                "{}",
+                CaptureReport {
+                    xdp: counters,
+                    user
+                }
+            );
+            let _ = out.flush();
+        }
+        Err(e) => warn!("{e:#}"),
+    }
+}
+
+pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
+    let dcs = current_dcs(opts)?;
+    if dcs.is_empty() {
+        bail!("no domain controllers to watch: give --dc ADDR[,ADDR…] or --dc-file FILE");
+    }
+    let clock = WallClock::sample();
+    let (mut xdp, rings) = XdpCapture::load(opts.ring_bytes)?;
+    xdp.filter
+        .set_ports(&opts.ports)
+        .context("fill the service-port map")?;
+    xdp.filter
+        .set_snaplen(opts.snaplen)
+        .context("set the snap length")?;
+    xdp.filter
+        .set_dcs(&dcs)
+        .context("fill the DC address maps")?;
+
+    let user = Arc::new(UserCounters::default());
+    let stop_readers = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = bounded::<FrameBatch>(opts.channel_batches);
+    let mut readers = Vec::new();
+    for (i, ring) in rings.into_iter().enumerate() {
+        let reader = RingReader {
+            ring,
+            tx: tx.clone(),
+            counters: Arc::clone(&user),
+            stop: Arc::clone(&stop_readers),
+        };
+        readers.push(
+            thread::Builder::new()
+                .name(format!("ring-{i}"))
+                .spawn(move || reader.run())?,
+        );
+    }
+    drop(tx);
+    let mut sink = match &opts.write {
+        Some(path) => Some(PcapSink::create(path, clock)?),
+        None => None,
+    };
+    let consumer_counters = Arc::clone(&user);
+    let consumer =
+        thread::Builder::new()
+            .name("consumer".into())
+            .spawn(move || -> anyhow::Result<()> {
+                for batch in rx {
+                    if let Some(sink) = sink.as_mut() {
+                        sink.write_batch(&batch)?;
+                    }
+                    UserCounters::add(&consumer_counters.frames_consumed, batch.len() as u64);
+                }
+                match sink {
+                    Some(sink) => sink.finish(),
+                    None => Ok(()),
+                }
+            })?;
+
+    xdp.attach(&opts.iface, opts.mode)?;
+    info!("watching {} DC entries: {}", dcs.len(), dcs);
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "ready: capturing on {} ({} XDP)",
+            opts.iface,
+            if xdp.attached_native {
+                "native"
+            } else {
+                "generic"
+            }
+        )?;
+        out.flush()?;
+    }
+
+    let started = Instant::now();
+    while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
+        thread::sleep(CONTROL_TICK);
+        if Signals::take(&signals.dump_counters) {
+            print_report(&xdp, &user);
+        }
+        if Signals::take(&signals.reload) {
+            match current_dcs(opts).and_then(|next| {
+                if next.is_empty() {
+                    bail!("the new DC list is empty; keeping the current one");
+                }
+                Ok(next)
+            }) {
+                Ok(next) => match xdp.filter.set_dcs(&next) {
+                    Ok(change) => info!(
+                        "DC list reloaded: {} entries (+{} -{}): {}",
+                        next.len(),
+                        change.added,
+                        change.removed,
+                        next
+                    ),
+                    Err(e) => warn!("DC list reload failed while updating maps: {e}"),
+                },
+                Err(e) => warn!("DC list reload failed, keeping the current one: {e:#}"),
+            }
+        }
+    }
+
+    // Detach first so no frame arrives after the readers' last drain.
+    xdp.detach()?;
+    stop_readers.store(true, Ordering::Release);
+    for r in readers {
+        let _ = r.join();
+    }
+    let written = consumer
+        .join()
+        .map_err(|_| anyhow::anyhow!("consumer thread panicked"))?;
+    print_report(&xdp, &user);
+    written
+}

@@ -1,0 +1,9 @@
+//! dctap sensor: captures domain-controller traffic from a mirror port with XDP and (in
+//! later stages) turns it into identity activity events.
+//!
+//! `main.rs` only parses the command line; everything it runs lives here so tests can use it.
+
+pub mod capture;
+pub mod output;
+pub mod signals;
+pub mod time;

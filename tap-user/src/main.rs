@@ -1,0 +1,111 @@
+//! `tap-sensor`: the dctap sensor daemon.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tap_common::record::MAX_SNAPLEN;
+use tap_user::{
+    capture::{run::CaptureOptions, AttachMode, DcSet, PortSet},
+    signals::Signals,
+};
+
+/// dctap sensor: watches the traffic of Active Directory domain controllers on a switch
+/// mirror (SPAN) port.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach the XDP filter to a mirror port and capture DC traffic.
+    ///
+    /// Keeps frames whose DC end is on an AD service port (and non-first fragments of DC
+    /// traffic), drops the rest in the kernel, and prints counters at exit and on SIGUSR1.
+    /// SIGHUP re-reads --dc-file; SIGINT/SIGTERM detach and exit.
+    Capture(CaptureArgs),
+}
+
+#[derive(clap::Args)]
+struct CaptureArgs {
+    /// Mirror-port interface to attach to.
+    #[arg(long, short = 'i')]
+    iface: String,
+    /// Domain controllers: addresses or CIDR subnets, comma-separated (e.g. 10.0.0.10,fd00::10,10.1.0.0/24).
+    #[arg(long, value_name = "ADDR[,ADDR…]")]
+    dc: Option<String>,
+    /// File with more DC addresses or subnets, one or more per line, '#' comments; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    dc_file: Option<PathBuf>,
+    /// Service ports on the DC side to keep [default: 88,464,389,636,3268,3269,445,139,135,53,137,123].
+    #[arg(long, value_name = "PORT[,PORT…]")]
+    ports: Option<String>,
+    /// Bytes of each kept frame to copy to userspace (the rest is counted as truncated).
+    #[arg(long, default_value_t = MAX_SNAPLEN as u32, value_parser = clap::value_parser!(u32).range(1..=MAX_SNAPLEN as i64))]
+    snaplen: u32,
+    /// Size of each ring buffer in MiB (one ring per CPU, up to 4); a power of two.
+    #[arg(long, default_value_t = 16, value_parser = parse_ring_mib)]
+    ring_mib: u32,
+    /// XDP attach mode: auto tries native and falls back to generic.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    xdp_mode: AttachMode,
+    /// Write kept frames to this pcap file (nanosecond timestamps).
+    #[arg(long, short = 'w', value_name = "FILE")]
+    write: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECONDS")]
+    duration: Option<f64>,
+}
+
+fn parse_ring_mib(s: &str) -> Result<u32, String> {
+    let v: u32 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of MiB"))?;
+    if v == 0 || !v.is_power_of_two() || v > 1024 {
+        return Err(format!(
+            "{v} MiB: a ring must be a power of two between 1 and 1024 MiB"
+        ));
+    }
+    Ok(v)
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Capture(args) => capture(args),
+    }
+}
+
+fn capture(args: CaptureArgs) -> anyhow::Result<()> {
+    let dcs = match &args.dc {
+        Some(list) => DcSet::parse_list(list, "--dc")?,
+        None => DcSet::default(),
+    };
+    let ports = match &args.ports {
+        Some(list) => PortSet::parse_list(list, "--ports")?,
+        None => PortSet::default(),
+    };
+    let duration = match args.duration {
+        Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        Some(s) => anyhow::bail!("--duration {s}: give a positive number of seconds"),
+        None => None,
+    };
+    let opts = CaptureOptions {
+        iface: args.iface,
+        dcs,
+        dc_file: args.dc_file,
+        ports,
+        snaplen: args.snaplen,
+        ring_bytes: args.ring_mib << 20,
+        mode: args.xdp_mode,
+        write: args.write,
+        duration,
+        channel_batches: 1024,
+    };
+    let signals = Signals::install()?;
+    tap_user::capture::run::run(&opts, &signals).context("capture")
+}

@@ -1,0 +1,53 @@
+//! Conversion of the XDP program's CLOCK_MONOTONIC timestamps to wall-clock time.
+
+use std::time::Duration;
+
+fn clock_ns(clock: libc::clockid_t) -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; both clocks exist on every Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+/// Offset between CLOCK_REALTIME and CLOCK_MONOTONIC, sampled once per capture run so all
+/// frames of a run share one time base (a wall-clock step mid-run does not reorder them).
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    realtime_minus_monotonic_ns: u128,
+}
+
+impl WallClock {
+    pub fn sample() -> Self {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Self {
+            realtime_minus_monotonic_ns: real.saturating_sub(mono),
+        }
+    }
+
+    /// Time since the Unix epoch of a `bpf_ktime_get_ns()` value.
+    pub fn to_unix(self, monotonic_ns: u64) -> Duration {
+        let ns = monotonic_ns as u128 + self.realtime_minus_monotonic_ns;
+        Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn monotonic_now_maps_to_wall_clock_now() {
+        let clock = WallClock::sample();
+        let now_mono = clock_ns(libc::CLOCK_MONOTONIC) as u64;
+        let wall = SystemTime::UNIX_EPOCH + clock.to_unix(now_mono);
+        let skew = SystemTime::now()
+            .duration_since(wall)
+            .unwrap_or_else(|e| e.duration());
+        assert!(skew < Duration::from_millis(100), "skew {skew:?}");
+    }
+}

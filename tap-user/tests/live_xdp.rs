@@ -1,0 +1,359 @@
+//! Live tests of the XDP capture: the sensor attached to one end of a veth pair standing in
+//! for a SPAN port, tcpreplay sending a generated, labelled mix into the other end. They
+//! assert exact counters and that the written pcap holds exactly the kept input frames,
+//! byte for byte. Root is needed; `cargo xtask test` provides it and makes a missing
+//! prerequisite a failure instead of a skip.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tap_testkit::{
+    frame::{self, Tags, L4},
+    mix::{self, Labelled, Verdict},
+    netns::{live_or_skip, SpanPair, MIRROR_IF},
+    pcap,
+};
+
+/// Replay rate for exact-count tests: far below what the sensor handles, so any loss is a bug.
+const EXACT_PPS: u32 = 4000;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("dctap-live-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Sensor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Sensor {
+    fn start(pair: &SpanPair, args: &[&str]) -> Self {
+        let mut child = SpanPair::command_in(&pair.mirror_ns, env!("CARGO_BIN_EXE_tap-sensor"))
+            .args(["capture", "--iface", MIRROR_IF, "--ring-mib", "4"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start tap-sensor");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sensor = Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        sensor.wait_for("ready:", Duration::from_secs(30));
+        sensor
+    }
+
+    fn wait_for(&mut self, prefix: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = line.starts_with(prefix);
+                    self.seen.push(line);
+                    if hit {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!("tap-sensor did not print '{prefix}' (exit status {status:?}); output so far: {:?}", self.seen);
+                }
+            }
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+
+    /// SIGTERM, wait for exit, and return the last value of every counter it printed.
+    fn stop(mut self) -> HashMap<String, u64> {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        self.seen.extend(self.lines.iter());
+        assert!(
+            status.success(),
+            "tap-sensor exited with {status}; output: {:?}",
+            self.seen
+        );
+        let mut counters = HashMap::new();
+        for line in &self.seen {
+            let mut parts = line.split_whitespace();
+            if let (Some(name), Some(value), None) = (parts.next(), parts.next(), parts.next()) {
+                if let Ok(v) = value.parse() {
+                    counters.insert(name.to_string(), v);
+                }
+            }
+        }
+        assert!(
+            counters.contains_key("xdp_seen"),
+            "no counter report in {:?}",
+            self.seen
+        );
+        counters
+    }
+}
+
+fn count(mix: &[Labelled], v: Verdict) -> u64 {
+    mix.iter().filter(|l| l.verdict == v).count() as u64
+}
+
+fn write_input(dir: &TempDir, frames: &[Vec<u8>]) -> PathBuf {
+    let path = dir.path("input.pcap");
+    pcap::write(&path, frames, Duration::from_secs(1_795_000_000)).unwrap();
+    path
+}
+
+fn sorted(mut frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    frames.sort();
+    frames
+}
+
+/// Replays the mix and checks counters and written bytes; `snaplen` None means full frames.
+fn check_mix(mode: &str, snaplen: Option<usize>) {
+    let test = format!(
+        "mix_{mode}_{}",
+        snaplen.map_or("full".into(), |s| s.to_string())
+    );
+    if !live_or_skip(&test) {
+        return;
+    }
+    let dir = TempDir::new(&test);
+    let mix = mix::mix(12);
+    let input = write_input(
+        &dir,
+        &mix.iter().map(|l| l.frame.clone()).collect::<Vec<_>>(),
+    );
+    let output = dir.path("kept.pcap");
+    let pair = SpanPair::create("mix").unwrap();
+    let snap_arg = snaplen.map(|s| s.to_string());
+    let mut args = vec![
+        "--dc",
+        mix::DC_ARGS,
+        "--xdp-mode",
+        mode,
+        "--write",
+        output.to_str().unwrap(),
+    ];
+    if let Some(s) = &snap_arg {
+        args.extend(["--snaplen", s.as_str()]);
+    }
+    let sensor = Sensor::start(&pair, &args);
+    let sent = pair.replay(&input, Some(EXACT_PPS), 1).unwrap();
+    assert_eq!(sent, mix.len() as u64, "tcpreplay sent every frame");
+    thread::sleep(Duration::from_millis(300));
+    let c = sensor.stop();
+
+    let kept = count(&mix, Verdict::Kept);
+    let cut = |f: &[u8]| f[..snaplen.unwrap_or(usize::MAX).min(f.len())].to_vec();
+    let expected_truncated = mix
+        .iter()
+        .filter(|l| l.verdict == Verdict::Kept && snaplen.is_some_and(|s| l.frame.len() > s))
+        .count() as u64;
+    assert_eq!(c["xdp_seen"], mix.len() as u64, "seen");
+    assert_eq!(c["xdp_kept"], kept, "kept");
+    assert_eq!(
+        c["xdp_filtered"],
+        count(&mix, Verdict::Filtered),
+        "filtered"
+    );
+    assert_eq!(
+        c["xdp_malformed"],
+        count(&mix, Verdict::Malformed),
+        "malformed"
+    );
+    assert_eq!(c["xdp_ring_full"], 0, "ring full");
+    assert_eq!(c["xdp_truncated"], expected_truncated, "truncated");
+    assert_eq!(c["user_frames_read"], kept, "frames read from the rings");
+    assert_eq!(c["user_frames_channel_full"], 0);
+    assert_eq!(c["user_frames_consumed"], kept);
+
+    let written = pcap::read(&output).unwrap();
+    for w in &written {
+        assert!(w.data.len() <= snaplen.unwrap_or(usize::MAX));
+    }
+    let mut orig: Vec<(u32, Vec<u8>)> = written
+        .iter()
+        .map(|w| (w.orig_len, w.data.clone()))
+        .collect();
+    let mut want: Vec<(u32, Vec<u8>)> = mix
+        .iter()
+        .filter(|l| l.verdict == Verdict::Kept)
+        .map(|l| (l.frame.len() as u32, cut(&l.frame)))
+        .collect();
+    orig.sort();
+    want.sort();
+    assert_eq!(orig.len(), want.len(), "frames written");
+    for (i, (got, exp)) in orig.iter().zip(&want).enumerate() {
+        assert_eq!(got, exp, "written frame {i} differs from the input");
+    }
+}
+
+#[test]
+fn native_mode_keeps_exactly_the_dc_frames() {
+    check_mix("native", None);
+}
+
+#[test]
+fn generic_mode_keeps_exactly_the_dc_frames() {
+    check_mix("generic", None);
+}
+
+#[test]
+fn snaplen_truncates_and_keeps_the_wire_length() {
+    check_mix("native", Some(96));
+}
+
+/// The DC list changes (file + SIGHUP) while traffic to two DCs flows: frames to the old DC
+/// stop being kept and frames to the new one start, with nothing else kept at any time.
+#[test]
+fn dc_set_changes_while_traffic_flows() {
+    if !live_or_skip("dc_set_changes_while_traffic_flows") {
+        return;
+    }
+    let dir = TempDir::new("dcswitch");
+    let old_dc = "10.0.0.10".parse().unwrap();
+    let new_dc = "10.0.0.11".parse().unwrap();
+    let bystander = "10.0.0.12".parse().unwrap();
+    let client = mix::CLIENT4;
+    let frames: Vec<Vec<u8>> = (0..3000u32)
+        .map(|i| {
+            let dst = [old_dc, new_dc, bystander][(i % 3) as usize];
+            frame::ipv4(
+                Tags::None,
+                client,
+                dst,
+                L4::Tcp {
+                    src: 40000,
+                    dst: 88,
+                },
+                64,
+                i,
+            )
+        })
+        .collect();
+    let input = write_input(&dir, &frames);
+    let dc_file = dir.path("dcs.txt");
+    std::fs::write(&dc_file, "# before\n10.0.0.10\n").unwrap();
+    let output = dir.path("kept.pcap");
+    let pair = SpanPair::create("dcsw").unwrap();
+    let sensor = Sensor::start(
+        &pair,
+        &[
+            "--dc-file",
+            dc_file.to_str().unwrap(),
+            "--write",
+            output.to_str().unwrap(),
+        ],
+    );
+
+    // 3000 frames at 2000 pps: 1.5 s of traffic, the switch about half-way.
+    let replay = {
+        let input = input.clone();
+        let gen_ns = pair.gen_ns.clone();
+        thread::spawn(move || {
+            let out = SpanPair::command_in(&gen_ns, "tcpreplay")
+                .args(["-i", "gen0", "--pps=2000"])
+                .arg(&input)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tap_testkit::netns::parse_tcpreplay_sent(&String::from_utf8_lossy(&out.stdout)).unwrap()
+        })
+    };
+    thread::sleep(Duration::from_millis(700));
+    std::fs::write(&dc_file, "# after\n10.0.0.11\n").unwrap();
+    sensor.signal("-HUP");
+    assert_eq!(replay.join().unwrap(), 3000);
+    thread::sleep(Duration::from_millis(300));
+    let c = sensor.stop();
+
+    let written = pcap::read(&output).unwrap();
+    let dst_of = |f: &pcap::PcapFrame| {
+        std::net::Ipv4Addr::new(f.data[30], f.data[31], f.data[32], f.data[33])
+    };
+    let mut seq: Vec<(std::time::Duration, std::net::Ipv4Addr)> =
+        written.iter().map(|f| (f.timestamp, dst_of(f))).collect();
+    seq.sort();
+    let old: Vec<_> = seq
+        .iter()
+        .filter(|(_, d)| *d == old_dc)
+        .map(|(t, _)| *t)
+        .collect();
+    let new: Vec<_> = seq
+        .iter()
+        .filter(|(_, d)| *d == new_dc)
+        .map(|(t, _)| *t)
+        .collect();
+    assert!(
+        seq.iter().all(|(_, d)| *d == old_dc || *d == new_dc),
+        "only DC frames kept"
+    );
+    assert!(
+        old.len() > 200 && new.len() > 200,
+        "both DCs kept for a while: old {} new {}",
+        old.len(),
+        new.len()
+    );
+    // The update adds the new DC before removing the old one, so they may overlap only for
+    // the moment the update takes, never leave a gap of more than a couple of frames.
+    let last_old = *old.last().unwrap();
+    let first_new = *new.first().unwrap();
+    assert!(
+        last_old < first_new + Duration::from_millis(50),
+        "old DC still kept {:?} after the new one started",
+        last_old - first_new
+    );
+    assert!(
+        first_new < last_old + Duration::from_millis(5),
+        "a gap of {:?} with neither DC kept",
+        first_new - last_old
+    );
+    assert_eq!(c["xdp_seen"], 3000);
+    assert_eq!(c["xdp_kept"] + c["xdp_filtered"], 3000);
+    assert_eq!(c["xdp_kept"], written.len() as u64);
+    assert_eq!((old.len() + new.len()) as u64, c["xdp_kept"]);
+}

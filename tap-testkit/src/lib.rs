@@ -7,3 +7,4 @@ pub mod frame;
 pub mod mix;
 pub mod netns;
 pub mod pcap;
+pub mod sensor;

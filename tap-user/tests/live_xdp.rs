@@ -5,20 +5,17 @@
 //! prerequisite a failure instead of a skip.
 
 use std::{
-    collections::HashMap,
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use tap_testkit::{
     frame::{self, Tags, L4},
     mix::{self, Labelled, Verdict},
-    netns::{live_or_skip, SpanPair, MIRROR_IF},
+    netns::{live_or_skip, SpanPair},
     pcap,
+    sensor::SensorProcess,
 };
 
 /// Replay rate for exact-count tests: far below what the sensor handles, so any loss is a bug.
@@ -44,93 +41,10 @@ impl Drop for TempDir {
     }
 }
 
-struct Sensor {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Sensor {
-    fn start(pair: &SpanPair, args: &[&str]) -> Self {
-        let mut child = SpanPair::command_in(&pair.mirror_ns, env!("CARGO_BIN_EXE_tap-sensor"))
-            .args(["capture", "--iface", MIRROR_IF, "--ring-mib", "4"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start tap-sensor");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut sensor = Self {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
-        sensor.wait_for("ready:", Duration::from_secs(30));
-        sensor
-    }
-
-    fn wait_for(&mut self, prefix: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    let hit = line.starts_with(prefix);
-                    self.seen.push(line);
-                    if hit {
-                        return;
-                    }
-                }
-                Err(_) => {
-                    let status = self.child.try_wait().ok().flatten();
-                    panic!("tap-sensor did not print '{prefix}' (exit status {status:?}); output so far: {:?}", self.seen);
-                }
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    }
-
-    /// SIGTERM, wait for exit, and return the last value of every counter it printed.
-    fn stop(mut self) -> HashMap<String, u64> {
-        self.signal("-TERM");
-        let status = self.child.wait().unwrap();
-        self.seen.extend(self.lines.iter());
-        assert!(
-            status.success(),
-            "tap-sensor exited with {status}; output: {:?}",
-            self.seen
-        );
-        let mut counters = HashMap::new();
-        for line in &self.seen {
-            let mut parts = line.split_whitespace();
-            if let (Some(name), Some(value), None) = (parts.next(), parts.next(), parts.next()) {
-                if let Ok(v) = value.parse() {
-                    counters.insert(name.to_string(), v);
-                }
-            }
-        }
-        assert!(
-            counters.contains_key("xdp_seen"),
-            "no counter report in {:?}",
-            self.seen
-        );
-        counters
-    }
+fn start_sensor(pair: &SpanPair, args: &[&str]) -> SensorProcess {
+    let mut all = vec!["--ring-mib", "4"];
+    all.extend_from_slice(args);
+    SensorProcess::start(Path::new(env!("CARGO_BIN_EXE_tap-sensor")), pair, &all).unwrap()
 }
 
 fn count(mix: &[Labelled], v: Verdict) -> u64 {
@@ -177,11 +91,11 @@ fn check_mix(mode: &str, snaplen: Option<usize>) {
     if let Some(s) = &snap_arg {
         args.extend(["--snaplen", s.as_str()]);
     }
-    let sensor = Sensor::start(&pair, &args);
+    let sensor = start_sensor(&pair, &args);
     let sent = pair.replay(&input, Some(EXACT_PPS), 1).unwrap();
     assert_eq!(sent, mix.len() as u64, "tcpreplay sent every frame");
     thread::sleep(Duration::from_millis(300));
-    let c = sensor.stop();
+    let c = sensor.stop().unwrap();
 
     let kept = count(&mix, Verdict::Kept);
     let cut = |f: &[u8]| f[..snaplen.unwrap_or(usize::MAX).min(f.len())].to_vec();
@@ -189,23 +103,27 @@ fn check_mix(mode: &str, snaplen: Option<usize>) {
         .iter()
         .filter(|l| l.verdict == Verdict::Kept && snaplen.is_some_and(|s| l.frame.len() > s))
         .count() as u64;
-    assert_eq!(c["xdp_seen"], mix.len() as u64, "seen");
-    assert_eq!(c["xdp_kept"], kept, "kept");
+    assert_eq!(c.get("xdp_seen"), mix.len() as u64, "seen");
+    assert_eq!(c.get("xdp_kept"), kept, "kept");
     assert_eq!(
-        c["xdp_filtered"],
+        c.get("xdp_filtered"),
         count(&mix, Verdict::Filtered),
         "filtered"
     );
     assert_eq!(
-        c["xdp_malformed"],
+        c.get("xdp_malformed"),
         count(&mix, Verdict::Malformed),
         "malformed"
     );
-    assert_eq!(c["xdp_ring_full"], 0, "ring full");
-    assert_eq!(c["xdp_truncated"], expected_truncated, "truncated");
-    assert_eq!(c["user_frames_read"], kept, "frames read from the rings");
-    assert_eq!(c["user_frames_channel_full"], 0);
-    assert_eq!(c["user_frames_consumed"], kept);
+    assert_eq!(c.get("xdp_ring_full"), 0, "ring full");
+    assert_eq!(c.get("xdp_truncated"), expected_truncated, "truncated");
+    assert_eq!(
+        c.get("user_frames_read"),
+        kept,
+        "frames read from the rings"
+    );
+    assert_eq!(c.get("user_frames_channel_full"), 0);
+    assert_eq!(c.get("user_frames_consumed"), kept);
 
     let written = pcap::read(&output).unwrap();
     for w in &written {
@@ -276,7 +194,7 @@ fn dc_set_changes_while_traffic_flows() {
     std::fs::write(&dc_file, "# before\n10.0.0.10\n").unwrap();
     let output = dir.path("kept.pcap");
     let pair = SpanPair::create("dcsw").unwrap();
-    let sensor = Sensor::start(
+    let sensor = start_sensor(
         &pair,
         &[
             "--dc-file",
@@ -306,10 +224,10 @@ fn dc_set_changes_while_traffic_flows() {
     };
     thread::sleep(Duration::from_millis(700));
     std::fs::write(&dc_file, "# after\n10.0.0.11\n").unwrap();
-    sensor.signal("-HUP");
+    sensor.signal("HUP").unwrap();
     assert_eq!(replay.join().unwrap(), 3000);
     thread::sleep(Duration::from_millis(300));
-    let c = sensor.stop();
+    let c = sensor.stop().unwrap();
 
     let written = pcap::read(&output).unwrap();
     let dst_of = |f: &pcap::PcapFrame| {
@@ -352,8 +270,8 @@ fn dc_set_changes_while_traffic_flows() {
         "a gap of {:?} with neither DC kept",
         first_new - last_old
     );
-    assert_eq!(c["xdp_seen"], 3000);
-    assert_eq!(c["xdp_kept"] + c["xdp_filtered"], 3000);
-    assert_eq!(c["xdp_kept"], written.len() as u64);
-    assert_eq!((old.len() + new.len()) as u64, c["xdp_kept"]);
+    assert_eq!(c.get("xdp_seen"), 3000);
+    assert_eq!(c.get("xdp_kept") + c.get("xdp_filtered"), 3000);
+    assert_eq!(c.get("xdp_kept"), written.len() as u64);
+    assert_eq!((old.len() + new.len()) as u64, c.get("xdp_kept"));
 }

@@ -1,0 +1,179 @@
+//! `cargo xtask demo`: a SPAN port stand-in (veth pair in two namespaces), the sensor's XDP
+//! program on the mirror end, a capture replayed into the other end, and what was kept and
+//! dropped.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use tap_testkit::{mix, netns::SpanPair, pcap, sensor::SensorProcess};
+
+use crate::{
+    setup::Env,
+    util::{note, step},
+};
+
+/// The lab DC of ../shared/adlab (labels.json).
+const LAB_DC: &str = "10.77.0.10";
+/// Replay rate: a busy DC's worth of traffic, slow enough to watch.
+const DEMO_PPS: u32 = 20_000;
+
+fn shared_lab_pcaps(root: &Path) -> Vec<PathBuf> {
+    let dir = root.join("../shared/adlab/pcaps");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The built-in capture: the generated labelled mix (every tagging and breakage the filter
+/// handles) followed by the real AD traffic of the lab captures when ../shared is present.
+fn build_default_capture(root: &Path, out: &Path) -> anyhow::Result<()> {
+    let generated: Vec<Vec<u8>> = mix::mix(40).into_iter().map(|l| l.frame).collect();
+    note(&format!(
+        "generated mix: {} frames (DC and non-DC traffic, VLAN/QinQ, IPv6, fragments, malformed)",
+        generated.len()
+    ));
+    let mut frames = generated;
+    let lab = shared_lab_pcaps(root);
+    if lab.is_empty() {
+        note("../shared/adlab/pcaps not found: replaying the generated mix only");
+    }
+    for file in &lab {
+        let got = pcap::read(file)?;
+        note(&format!(
+            "lab capture {}: {} frames",
+            file.file_name().unwrap_or_default().to_string_lossy(),
+            got.len()
+        ));
+        frames.extend(got.into_iter().map(|f| f.data));
+    }
+    pcap::write(out, &frames, Duration::from_secs(1_795_000_000))
+}
+
+fn service_name(port: u16) -> Option<&'static str> {
+    Some(match port {
+        88 => "kerberos",
+        464 => "kpasswd",
+        389 => "ldap",
+        636 => "ldaps",
+        3268 => "global-catalog",
+        3269 => "global-catalog-tls",
+        445 => "smb",
+        139 => "netbios-ssn",
+        135 => "rpc-epmap",
+        53 => "dns",
+        137 => "netbios-ns",
+        123 => "ntp",
+        _ => return None,
+    })
+}
+
+/// Kept frames by the service they belong to (the well-known port of either end).
+fn kept_by_service(kept: &[pcap::PcapFrame]) -> BTreeMap<&'static str, u64> {
+    let mut by = BTreeMap::new();
+    for f in kept {
+        let label = match SlicedPacket::from_ethernet(&f.data) {
+            Ok(p) => match (&p.net, &p.transport) {
+                (_, Some(TransportSlice::Tcp(t))) => {
+                    service_name(t.destination_port()).or(service_name(t.source_port()))
+                }
+                (_, Some(TransportSlice::Udp(u))) => {
+                    service_name(u.destination_port()).or(service_name(u.source_port()))
+                }
+                (Some(NetSlice::Ipv4(_)) | Some(NetSlice::Ipv6(_)), _) => {
+                    Some("ip fragment (no ports)")
+                }
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        *by.entry(label.unwrap_or("other")).or_insert(0) += 1;
+    }
+    by
+}
+
+pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyhow::Result<()> {
+    step("build the sensor (release)");
+    env.cargo()
+        .args(["build", "--release", "-p", "tap-user"])
+        .run()?;
+    let sensor_bin = env.root.join("target/release/tap-sensor");
+    let work = env.root.join("target/demo");
+    std::fs::create_dir_all(&work)?;
+
+    step("capture to replay");
+    let input = match pcap_arg {
+        Some(p) => {
+            note(&format!("using {}", p.display()));
+            p
+        }
+        None => {
+            let p = work.join("demo-input.pcap");
+            build_default_capture(&env.root, &p)?;
+            p
+        }
+    };
+    let input_frames = pcap::read(&input)?.len();
+    let dcs = dc_arg.unwrap_or_else(|| format!("{},{LAB_DC}", mix::DC_ARGS));
+
+    step("SPAN port stand-in: veth pair between namespaces, sensor on the mirror end");
+    let pair = SpanPair::create("demo")?;
+    note(&format!(
+        "generator namespace {} -> mirror namespace {}",
+        pair.gen_ns, pair.mirror_ns
+    ));
+    let kept_path = work.join("kept.pcap");
+    let sensor = SensorProcess::start(
+        &sensor_bin,
+        &pair,
+        &["--dc", &dcs, "--write", kept_path.to_str().context("path")?],
+    )?;
+    note(&format!(
+        "{} (watching {dcs})",
+        sensor.output.last().map(String::as_str).unwrap_or("")
+    ));
+
+    step(&format!(
+        "replaying {input_frames} frames at {DEMO_PPS} frames/s"
+    ));
+    let sent = pair.replay(&input, Some(DEMO_PPS), 1)?;
+    note(&format!("tcpreplay sent {sent} frames"));
+    std::thread::sleep(Duration::from_millis(300));
+    let counters = sensor.stop()?;
+
+    step("sensor counters (XDP program and userspace readers)");
+    let mut names: Vec<&String> = counters.0.keys().collect();
+    names.sort();
+    for (label, name) in [
+        ("frames seen on the mirror port", "xdp_seen"),
+        ("kept (DC traffic on a service port)", "xdp_kept"),
+        ("dropped: not DC service traffic", "xdp_filtered"),
+        ("dropped: malformed headers", "xdp_malformed"),
+        ("lost: ring buffer full", "xdp_ring_full"),
+        ("kept but cut to the snap length", "xdp_truncated"),
+        ("read by the sensor from the rings", "user_frames_read"),
+        ("lost: consumer channel full", "user_frames_channel_full"),
+        ("written to kept.pcap", "user_frames_consumed"),
+    ] {
+        println!("    {label:<40}{:>10}", counters.get(name));
+    }
+
+    step("kept frames by service");
+    let kept = pcap::read(&kept_path)?;
+    for (service, n) in kept_by_service(&kept) {
+        println!("    {service:<40}{n:>10}");
+    }
+    note(&format!("kept frames are in {}", kept_path.display()));
+    Ok(())
+}

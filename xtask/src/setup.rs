@@ -1,0 +1,241 @@
+//! Idempotent set-up of a fresh machine: root and BPF checks, the nightly toolchain's
+//! rust-src (for `-Z build-std=core`), bpf-linker built against the LLVM library that the
+//! nightly toolchain ships (TOOLCHAIN.md), Debian packages for the tests and benchmarks,
+//! and the BPF filesystem.
+
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _};
+
+use crate::util::{note, step, Cmd};
+
+/// bpf-linker release known to work with aya 0.14 and the nightly's LLVM 22 (TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian packages the tests, demo and benchmarks run: tcpreplay/trafgen generate traffic,
+/// tcpdump is the benchmark's peer, bpftool inspects programs, iproute2 builds the veth lab.
+const APT_PACKAGES: &[&str] = &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2"];
+
+/// What later steps need from the set-up: a PATH with bpf-linker on it.
+pub struct Env {
+    pub path: OsString,
+    pub root: PathBuf,
+}
+
+impl Env {
+    /// `cargo` with the set-up PATH, run from the workspace root.
+    pub fn cargo(&self) -> Cmd {
+        let mut c = Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        c.0.env("PATH", &self.path).current_dir(&self.root);
+        c
+    }
+
+    pub fn command(&self, program: &str) -> Cmd {
+        let mut c = Cmd::new(program);
+        c.0.env("PATH", &self.path).current_dir(&self.root);
+        c
+    }
+}
+
+fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DCTAP_TOOLS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/dctap/toolchain")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+pub fn ensure() -> anyhow::Result<Env> {
+    step("set-up (each step is skipped when already done)");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("workspace root")?
+        .to_path_buf();
+    if !is_root() {
+        bail!(
+            "dctap's tasks load XDP programs, create network namespaces and install packages, which needs root.\n  \
+             Run as root, e.g.: sudo -E env PATH=\"$PATH\" cargo xtask <command>"
+        );
+    }
+    if !Path::new("/proc/sys/kernel/unprivileged_bpf_disabled").exists() {
+        bail!(
+            "this kernel has no BPF system call (CONFIG_BPF_SYSCALL is off): the sensor cannot run here.\n  \
+             Use a kernel built with CONFIG_BPF_SYSCALL, CONFIG_BPF_JIT and CONFIG_XDP_SOCKETS (any distribution kernel since 5.8)."
+        );
+    }
+    ensure_bpffs()?;
+    ensure_apt_packages()?;
+    ensure_rust_src()?;
+    let tools = tools_dir();
+    ensure_bpf_linker(&tools)?;
+    let mut paths = vec![tools.join("bin")];
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    let path = std::env::join_paths(paths).context("build PATH")?;
+    Ok(Env { path, root })
+}
+
+fn ensure_bpffs() -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+    {
+        note("bpf filesystem: mounted");
+        return Ok(());
+    }
+    note("bpf filesystem: mounting on /sys/fs/bpf");
+    Cmd::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .run()
+}
+
+fn ensure_apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Cmd::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        note(&format!(
+            "Debian packages: present ({})",
+            APT_PACKAGES.join(", ")
+        ));
+        return Ok(());
+    }
+    note(&format!(
+        "Debian packages: installing {}",
+        missing.join(", ")
+    ));
+    Cmd::new("apt-get").args(["update", "-qq"]).run()?;
+    Cmd::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .run()
+        .context("apt-get install failed; install the packages above by hand and re-run")
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    let out = Cmd::new("rustc").args(["+nightly", "--print", "sysroot"]).output().context(
+        "the nightly toolchain is missing; install it with `rustup toolchain install nightly --profile minimal` \
+         (the eBPF program is built with -Z build-std)",
+    )?;
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    if !Cmd::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .succeeds()
+    {
+        note("nightly toolchain: installing (minimal profile)");
+        Cmd::new("rustup")
+            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
+            .run()?;
+    }
+    let sysroot = nightly_sysroot()?;
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        note("nightly rust-src: present");
+        return Ok(());
+    }
+    note("nightly rust-src: installing");
+    Cmd::new("rustup")
+        .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+        .run()
+}
+
+/// The nightly's LLVM shared library (`libLLVM.so.<major>.<minor>-rust-…`) and its major
+/// version. Found by listing, never hard-coded: it changes with the nightly.
+fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
+    let lib = nightly_sysroot()?.join("lib");
+    let entries = std::fs::read_dir(&lib).with_context(|| format!("list {}", lib.display()))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(version) = name.strip_prefix("libLLVM.so.") {
+            let major = version.split('.').next().and_then(|m| m.parse().ok());
+            if let Some(major) = major {
+                return Ok((e.path(), major));
+            }
+        }
+    }
+    bail!(
+        "no libLLVM.so.* in {}: the nightly toolchain looks incomplete (reinstall it with rustup)",
+        lib.display()
+    )
+}
+
+fn ensure_bpf_linker(tools: &Path) -> anyhow::Result<()> {
+    let (llvm, major) = nightly_llvm()?;
+    let llvm_name = llvm.file_name().context("LLVM file name")?.to_owned();
+    let stamp = tools.join("bpf-linker.stamp");
+    let want_stamp = format!(
+        "bpf-linker {BPF_LINKER_VERSION} llvm {}",
+        llvm_name.to_string_lossy()
+    );
+    let bin = tools.join("bin/bpf-linker");
+    let lib = tools.join("lib");
+    let stamp_ok = std::fs::read_to_string(&stamp)
+        .map(|s| s.trim() == want_stamp)
+        .unwrap_or(false);
+    if stamp_ok && lib.join(&llvm_name).exists() && Cmd::new(&bin).arg("--version").succeeds() {
+        note(&format!("bpf-linker: present ({want_stamp})"));
+        return Ok(());
+    }
+    note(&format!(
+        "bpf-linker: building {BPF_LINKER_VERSION} against {} (about a minute)",
+        llvm.display()
+    ));
+    std::fs::create_dir_all(&lib).with_context(|| format!("create {}", lib.display()))?;
+    // bpf-linker's build links libLLVM.so; the binary's rpath then asks for the versioned
+    // name in the same directory, so both names point at the nightly's library.
+    for name in [OsString::from("libLLVM.so"), llvm_name.clone()] {
+        let link = lib.join(&name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("link {}", link.display()))?;
+    }
+    Cmd::new("cargo")
+        .env("LLVM_PREFIX", tools)
+        .args([
+            "install",
+            "bpf-linker",
+            "--force",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+        ])
+        .arg("--features")
+        .arg(format!("llvm-{major}"))
+        .arg("--root")
+        .arg(tools)
+        .run()
+        .context("building bpf-linker failed")?;
+    if !Cmd::new(&bin).arg("--version").succeeds() {
+        bail!(
+            "bpf-linker was built but does not run: {} --version failed",
+            bin.display()
+        );
+    }
+    std::fs::write(&stamp, want_stamp).with_context(|| format!("write {}", stamp.display()))?;
+    Ok(())
+}

@@ -27,14 +27,8 @@ impl Counter {
     /// Number of entries in the `COUNTERS` map.
     pub const COUNT: u32 = 6;
 
-    pub const ALL: [Counter; Self::COUNT as usize] = [
-        Counter::Seen,
-        Counter::Kept,
-        Counter::Filtered,
-        Counter::RingFull,
-        Counter::Truncated,
-        Counter::Malformed,
-    ];
+    pub const ALL: [Counter; Self::COUNT as usize] =
+        [Counter::Seen, Counter::Kept, Counter::Filtered, Counter::RingFull, Counter::Truncated, Counter::Malformed];
 
     /// Name used in logs and metrics (`tap_xdp_frames_total{reason=…}`).
     pub const fn name(self) -> &'static str {
@@ -49,7 +43,22 @@ impl Counter {
     }
 }
 
-/// Name of the per-CPU counter array.
+/// All counters of one CPU, in one per-CPU map slot: the program looks the slot up once per
+/// frame instead of once per counter it touches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterSet {
+    pub values: [u64; Counter::COUNT as usize],
+}
+
+impl CounterSet {
+    #[inline(always)]
+    pub fn bump(&mut self, c: Counter) {
+        self.values[c as usize] += 1;
+    }
+}
+
+/// Name of the per-CPU map holding one `CounterSet` per CPU (a single slot, index 0).
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
 #[cfg(test)]
@@ -64,5 +73,15 @@ mod tests {
         // The map layout is an ABI between the two halves; these values must not move.
         assert_eq!(Counter::Seen as u32, 0);
         assert_eq!(Counter::Malformed as u32, 5);
+        assert_eq!(core::mem::size_of::<CounterSet>(), 8 * Counter::COUNT as usize);
+    }
+
+    #[test]
+    fn bump_touches_only_its_counter() {
+        let mut set = CounterSet::default();
+        set.bump(Counter::Kept);
+        set.bump(Counter::Kept);
+        set.bump(Counter::Malformed);
+        assert_eq!(set.values, [0, 2, 0, 0, 0, 1]);
     }
 }

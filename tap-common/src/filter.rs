@@ -22,5 +22,4 @@ pub const PORT_SLOTS: u32 = 65536;
 /// LDAP 389/636 and global catalog 3268/3269, SMB 445 and NetBIOS session 139, the RPC
 /// endpoint mapper 135, DNS 53, NetBIOS name service 137 and NTP 123. Dynamic RPC ports
 /// are added at run time.
-pub const DEFAULT_SERVICE_PORTS: [u16; 12] =
-    [88, 464, 389, 636, 3268, 3269, 445, 139, 135, 53, 137, 123];
+pub const DEFAULT_SERVICE_PORTS: [u16; 12] = [88, 464, 389, 636, 3268, 3269, 445, 139, 135, 53, 137, 123];

@@ -17,4 +17,6 @@ pub const PROGRAM_NAME: &str = "dctap_xdp";
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, no padding (checked by the layout tests).
     unsafe impl aya::Pod for crate::record::RecordHeader {}
+    // SAFETY: an array of u64, `#[repr(C)]`.
+    unsafe impl aya::Pod for crate::counters::CounterSet {}
 }

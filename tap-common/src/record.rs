@@ -19,9 +19,9 @@ pub const RING_COUNT: usize = 4;
 /// Ring buffer map names, indexed like the rings.
 pub const RING_MAPS: [&str; RING_COUNT] = ["RING_0", "RING_1", "RING_2", "RING_3"];
 
-/// Once this many bytes wait in a ring the program forces a wakeup of the reader; below
-/// it, records are submitted without one and the reader polls (TOOLCHAIN.md: per-event
-/// wakeups cost more than the capture itself).
+/// The program forces a wakeup of the reader each time another this many bytes are queued
+/// in a ring; other records are submitted without one and the reader polls (TOOLCHAIN.md:
+/// per-event wakeups cost more than the capture itself). A power of two.
 pub const WAKEUP_THRESHOLD_BYTES: u64 = 1 << 20;
 
 /// Header in front of the frame bytes of every record.

@@ -138,11 +138,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
     let dst = [hdr[16], hdr[17], hdr[18], hdr[19]];
     let flags_frag = be16([hdr[6], hdr[7]]);
     if flags_frag & 0x1fff != 0 {
-        return Parsed::V4 {
-            src,
-            dst,
-            ports: None,
-        };
+        return Parsed::V4 { src, dst, ports: None };
     }
     let more_fragments = flags_frag & 0x2000 != 0;
     let l4_min = match hdr[9] {
@@ -156,11 +152,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Parsed {
         return Parsed::Malformed;
     }
     match read_ports(ctx, l3 + ihl) {
-        Some(ports) => Parsed::V4 {
-            src,
-            dst,
-            ports: Some(ports),
-        },
+        Some(ports) => Parsed::V4 { src, dst, ports: Some(ports) },
         None => Parsed::Malformed,
     }
 }
@@ -229,11 +221,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
         }
     }
     if !first_fragment_or_whole {
-        return Parsed::V6 {
-            src,
-            dst,
-            ports: None,
-        };
+        return Parsed::V6 { src, dst, ports: None };
     }
     if next != IPPROTO_TCP && next != IPPROTO_UDP {
         // Chain longer than MAX_IPV6_EXT_HEADERS.
@@ -243,11 +231,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
         return Parsed::Malformed;
     }
     match read_ports(ctx, l3 + IPV6_HLEN + ext_len) {
-        Some(ports) => Parsed::V6 {
-            src,
-            dst,
-            ports: Some(ports),
-        },
+        Some(ports) => Parsed::V6 { src, dst, ports: Some(ports) },
         None => Parsed::Malformed,
     }
 }
@@ -255,8 +239,5 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Parsed {
 #[inline(always)]
 fn read_ports(ctx: &XdpContext, l4: usize) -> Option<Ports> {
     let p = read::<[u8; 4]>(ctx, l4)?;
-    Some(Ports {
-        src: be16([p[0], p[1]]),
-        dst: be16([p[2], p[3]]),
-    })
+    Some(Ports { src: be16([p[0], p[1]]), dst: be16([p[2], p[3]]) })
 }

@@ -58,11 +58,7 @@ fn checksum(chunks: &[&[u8]]) -> u16 {
     for chunk in chunks {
         let mut it = chunk.chunks(2);
         for pair in &mut it {
-            let word = if pair.len() == 2 {
-                u16::from_be_bytes([pair[0], pair[1]])
-            } else {
-                (pair[0] as u16) << 8
-            };
+            let word = if pair.len() == 2 { u16::from_be_bytes([pair[0], pair[1]]) } else { (pair[0] as u16) << 8 };
             sum += word as u32;
         }
     }
@@ -113,14 +109,7 @@ fn transport(l4: L4, data: &[u8], pseudo: &dyn Fn(u8, usize) -> Vec<u8>) -> Vec<
     seg
 }
 
-fn ipv4_header(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    proto: u8,
-    payload_len: usize,
-    id: u16,
-    frag: u16,
-) -> Vec<u8> {
+fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload_len: usize, id: u16, frag: u16) -> Vec<u8> {
     let mut h = vec![0x45, 0];
     h.extend_from_slice(&((20 + payload_len) as u16).to_be_bytes());
     h.extend_from_slice(&id.to_be_bytes());
@@ -156,38 +145,17 @@ fn v6_pseudo(src: Ipv6Addr, dst: Ipv6Addr) -> impl Fn(u8, usize) -> Vec<u8> {
 }
 
 /// An IPv4 TCP/UDP frame with `payload_len` payload bytes.
-pub fn ipv4(
-    tags: Tags,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    l4: L4,
-    payload_len: usize,
-    seed: u32,
-) -> Vec<u8> {
+pub fn ipv4(tags: Tags, src: Ipv4Addr, dst: Ipv4Addr, l4: L4, payload_len: usize, seed: u32) -> Vec<u8> {
     let seg = transport(l4, &payload(payload_len, seed), &v4_pseudo(src, dst));
     let mut f = ethernet(tags, 0x0800);
-    f.extend_from_slice(&ipv4_header(
-        src,
-        dst,
-        l4.proto(),
-        seg.len(),
-        seed as u16,
-        0x4000,
-    ));
+    f.extend_from_slice(&ipv4_header(src, dst, l4.proto(), seg.len(), seed as u16, 0x4000));
     f.extend_from_slice(&seg);
     f
 }
 
 /// An IPv4 frame whose header carries `options_words` 4-byte words of options (NOPs and an
 /// end-of-list), so the L4 header sits at a variable offset.
-pub fn ipv4_with_options(
-    tags: Tags,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    l4: L4,
-    options_words: u8,
-    seed: u32,
-) -> Vec<u8> {
+pub fn ipv4_with_options(tags: Tags, src: Ipv4Addr, dst: Ipv4Addr, l4: L4, options_words: u8, seed: u32) -> Vec<u8> {
     assert!(options_words <= 10);
     let seg = transport(l4, &payload(64, seed), &v4_pseudo(src, dst));
     let opt_len = options_words as usize * 4;
@@ -218,7 +186,7 @@ pub fn ipv4_fragments(
     fragment_bytes: usize,
     seed: u32,
 ) -> Vec<Vec<u8>> {
-    assert!(fragment_bytes % 8 == 0 && fragment_bytes >= 8);
+    assert!(fragment_bytes.is_multiple_of(8) && fragment_bytes >= 8);
     let seg = transport(l4, &payload(payload_len, seed), &v4_pseudo(src, dst));
     let chunks: Vec<&[u8]> = seg.chunks(fragment_bytes).collect();
     let n = chunks.len();
@@ -229,14 +197,7 @@ pub fn ipv4_fragments(
             let offset_units = (i * fragment_bytes / 8) as u16;
             let more = if i + 1 < n { 0x2000 } else { 0 };
             let mut f = ethernet(tags, 0x0800);
-            f.extend_from_slice(&ipv4_header(
-                src,
-                dst,
-                l4.proto(),
-                chunk.len(),
-                seed as u16,
-                more | offset_units,
-            ));
+            f.extend_from_slice(&ipv4_header(src, dst, l4.proto(), chunk.len(), seed as u16, more | offset_units));
             f.extend_from_slice(chunk);
             f
         })
@@ -270,15 +231,7 @@ fn options_header(next: u8) -> [u8; 8] {
 }
 
 /// An IPv6 TCP/UDP frame, optionally with extension headers.
-pub fn ipv6(
-    tags: Tags,
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    l4: L4,
-    ext: V6Ext,
-    payload_len: usize,
-    seed: u32,
-) -> Vec<u8> {
+pub fn ipv6(tags: Tags, src: Ipv6Addr, dst: Ipv6Addr, l4: L4, ext: V6Ext, payload_len: usize, seed: u32) -> Vec<u8> {
     let seg = transport(l4, &payload(payload_len, seed), &v6_pseudo(src, dst));
     let (next, mut body) = match ext {
         V6Ext::None => (l4.proto(), Vec::new()),
@@ -303,7 +256,7 @@ pub fn ipv6_fragments(
     fragment_bytes: usize,
     seed: u32,
 ) -> Vec<Vec<u8>> {
-    assert!(fragment_bytes % 8 == 0 && fragment_bytes >= 8);
+    assert!(fragment_bytes.is_multiple_of(8) && fragment_bytes >= 8);
     let seg = transport(l4, &payload(payload_len, seed), &v6_pseudo(src, dst));
     let chunks: Vec<&[u8]> = seg.chunks(fragment_bytes).collect();
     let n = chunks.len();
@@ -351,17 +304,8 @@ pub enum Breakage {
 }
 
 /// A malformed frame aimed at `dst` port 88, so only the breakage keeps it from being kept.
-pub fn malformed(
-    kind: Breakage,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    src6: Ipv6Addr,
-    dst6: Ipv6Addr,
-) -> Vec<u8> {
-    let kerberos = L4::Tcp {
-        src: 50000,
-        dst: 88,
-    };
+pub fn malformed(kind: Breakage, src: Ipv4Addr, dst: Ipv4Addr, src6: Ipv6Addr, dst6: Ipv6Addr) -> Vec<u8> {
+    let kerberos = L4::Tcp { src: 50000, dst: 88 };
     match kind {
         Breakage::RuntIpv4 => {
             let mut f = ipv4(Tags::None, src, dst, kerberos, 10, 1);
@@ -416,10 +360,7 @@ mod tests {
 
     #[test]
     fn well_formed_frames_decode_with_etherparse() {
-        let tcp = L4::Tcp {
-            src: 50000,
-            dst: 88,
-        };
+        let tcp = L4::Tcp { src: 50000, dst: 88 };
         for tags in [Tags::None, Tags::Dot1Q(10), Tags::QinQ(100, 10)] {
             assert_eq!(ports(&ipv4(tags, A, B, tcp, 100, 1)), (50000, 88));
             let f = ipv6(
@@ -433,17 +374,7 @@ mod tests {
             );
             assert_eq!(ports(&f), (50000, 88));
         }
-        assert_eq!(
-            ports(&ipv4_with_options(
-                Tags::None,
-                A,
-                B,
-                L4::Udp { src: 53, dst: 5353 },
-                3,
-                3
-            )),
-            (53, 5353)
-        );
+        assert_eq!(ports(&ipv4_with_options(Tags::None, A, B, L4::Udp { src: 53, dst: 5353 }, 3, 3)), (53, 5353));
     }
 
     #[test]
@@ -451,31 +382,16 @@ mod tests {
         let f = ipv4(Tags::None, A, B, L4::Udp { src: 1, dst: 53 }, 33, 9);
         assert_eq!(checksum(&[&f[14..34]]), 0, "IPv4 header checksum");
         let seg = &f[34..];
-        assert_eq!(
-            checksum(&[&v4_pseudo(A, B)(17, seg.len()), seg]),
-            0,
-            "UDP checksum"
-        );
+        assert_eq!(checksum(&[&v4_pseudo(A, B)(17, seg.len()), seg]), 0, "UDP checksum");
     }
 
     #[test]
     fn fragments_cover_the_datagram_once() {
-        let frags = ipv4_fragments(
-            Tags::Dot1Q(5),
-            A,
-            B,
-            L4::Udp { src: 1000, dst: 88 },
-            3000,
-            1480,
-            7,
-        );
+        let frags = ipv4_fragments(Tags::Dot1Q(5), A, B, L4::Udp { src: 1000, dst: 88 }, 3000, 1480, 7);
         assert_eq!(frags.len(), 3);
         let total: usize = frags.iter().map(|f| f.len() - 18 - 20).sum();
         assert_eq!(total, 3008);
-        let offsets: Vec<u16> = frags
-            .iter()
-            .map(|f| u16::from_be_bytes([f[24], f[25]]))
-            .collect();
+        let offsets: Vec<u16> = frags.iter().map(|f| u16::from_be_bytes([f[24], f[25]])).collect();
         assert_eq!(offsets, vec![0x2000, 0x2000 | 185, 370]);
     }
 }

@@ -49,37 +49,15 @@ pub fn standard_mix(round: u32) -> Vec<Labelled> {
     let vlan = Tags::Dot1Q((round % 4000 + 1) as u16);
     let qinq = Tags::QinQ(100, (round % 4000 + 1) as u16);
     let mut out = Vec::new();
-    let mut add = |frame: Vec<u8>, verdict: Verdict, what: &'static str| {
-        out.push(Labelled {
-            frame,
-            verdict,
-            what,
-        })
-    };
+    let mut add = |frame: Vec<u8>, verdict: Verdict, what: &'static str| out.push(Labelled { frame, verdict, what });
 
     // DC service traffic, both directions, every tagging, small and full-size.
     for (i, tags) in [Tags::None, vlan, qinq].into_iter().enumerate() {
         let i = i as u32;
-        add(
-            frame::ipv4(tags, CLIENT4, DC4, tcp(50000, 88), 200, s + i),
-            Kept,
-            "AS-REQ to DC",
-        );
-        add(
-            frame::ipv4(tags, DC4, CLIENT4, tcp(88, 50000), 1460, s + 10 + i),
-            Kept,
-            "full-size reply from DC:88",
-        );
-        add(
-            frame::ipv4(tags, CLIENT4, DC4, udp(51000, 53), 40, s + 20 + i),
-            Kept,
-            "DNS query to DC",
-        );
-        add(
-            frame::ipv4(tags, CLIENT4, DC4, tcp(50001, 445), 600, s + 30 + i),
-            Kept,
-            "SMB to DC",
-        );
+        add(frame::ipv4(tags, CLIENT4, DC4, tcp(50000, 88), 200, s + i), Kept, "AS-REQ to DC");
+        add(frame::ipv4(tags, DC4, CLIENT4, tcp(88, 50000), 1460, s + 10 + i), Kept, "full-size reply from DC:88");
+        add(frame::ipv4(tags, CLIENT4, DC4, udp(51000, 53), 40, s + 20 + i), Kept, "DNS query to DC");
+        add(frame::ipv4(tags, CLIENT4, DC4, tcp(50001, 445), 600, s + 30 + i), Kept, "SMB to DC");
         add(
             frame::ipv4(tags, CLIENT4, DC4, tcp(50002, 80), 100, s + 40 + i),
             Filtered,
@@ -90,106 +68,36 @@ pub fn standard_mix(round: u32) -> Vec<Labelled> {
             Filtered,
             "DC as client to a host's port 88",
         );
+        add(frame::ipv4(tags, CLIENT4, OTHER4, tcp(50004, 445), 100, s + 60 + i), Filtered, "SMB between non-DCs");
         add(
-            frame::ipv4(tags, CLIENT4, OTHER4, tcp(50004, 445), 100, s + 60 + i),
-            Filtered,
-            "SMB between non-DCs",
-        );
-        add(
-            frame::ipv6(
-                tags,
-                CLIENT6,
-                DC6,
-                tcp(50005, 389),
-                V6Ext::None,
-                300,
-                s + 70 + i,
-            ),
+            frame::ipv6(tags, CLIENT6, DC6, tcp(50005, 389), V6Ext::None, 300, s + 70 + i),
             Kept,
             "LDAP to DC over IPv6",
         );
         add(
-            frame::ipv6(
-                tags,
-                CLIENT6,
-                DC6,
-                tcp(50006, 445),
-                V6Ext::HopByHopAndDestOpts,
-                1400,
-                s + 80 + i,
-            ),
+            frame::ipv6(tags, CLIENT6, DC6, tcp(50006, 445), V6Ext::HopByHopAndDestOpts, 1400, s + 80 + i),
             Kept,
             "SMB to DC over IPv6 with extension headers",
         );
         add(
-            frame::ipv6(
-                tags,
-                CLIENT6,
-                OTHER6,
-                tcp(50007, 445),
-                V6Ext::HopByHop,
-                100,
-                s + 90 + i,
-            ),
+            frame::ipv6(tags, CLIENT6, OTHER6, tcp(50007, 445), V6Ext::HopByHop, 100, s + 90 + i),
             Filtered,
             "IPv6 SMB between non-DCs",
         );
     }
+    add(frame::ipv4(Tags::None, CLIENT4, SUBNET_DC4, tcp(50010, 389), 120, s + 100), Kept, "LDAP to a DC in a subnet");
+    add(frame::ipv4(Tags::None, SUBNET_DC4, CLIENT4, tcp(3268, 50011), 90, s + 101), Kept, "GC reply from subnet DC");
     add(
-        frame::ipv4(
-            Tags::None,
-            CLIENT4,
-            SUBNET_DC4,
-            tcp(50010, 389),
-            120,
-            s + 100,
-        ),
-        Kept,
-        "LDAP to a DC in a subnet",
-    );
-    add(
-        frame::ipv4(
-            Tags::None,
-            SUBNET_DC4,
-            CLIENT4,
-            tcp(3268, 50011),
-            90,
-            s + 101,
-        ),
-        Kept,
-        "GC reply from subnet DC",
-    );
-    add(
-        frame::ipv6(
-            Tags::None,
-            CLIENT6,
-            SUBNET_DC6,
-            udp(50012, 88),
-            V6Ext::None,
-            150,
-            s + 102,
-        ),
+        frame::ipv6(Tags::None, CLIENT6, SUBNET_DC6, udp(50012, 88), V6Ext::None, 150, s + 102),
         Kept,
         "Kerberos/UDP to an IPv6 subnet DC",
     );
     add(
-        frame::ipv6(
-            Tags::None,
-            CLIENT6,
-            DC6,
-            udp(50013, 8080),
-            V6Ext::HopByHop,
-            50,
-            s + 103,
-        ),
+        frame::ipv6(Tags::None, CLIENT6, DC6, udp(50013, 8080), V6Ext::HopByHop, 50, s + 103),
         Filtered,
         "IPv6 to DC on a non-service port",
     );
-    add(
-        frame::ipv4_with_options(vlan, CLIENT4, DC4, tcp(50014, 389), 3, s + 104),
-        Kept,
-        "IPv4 with options to DC:389",
-    );
+    add(frame::ipv4_with_options(vlan, CLIENT4, DC4, tcp(50014, 389), 3, s + 104), Kept, "IPv4 with options to DC:389");
     add(
         frame::ipv4_with_options(Tags::None, CLIENT4, DC4, udp(123, 123), 10, s + 105),
         Kept,
@@ -198,15 +106,7 @@ pub fn standard_mix(round: u32) -> Vec<Labelled> {
     for f in frame::ipv4_fragments(qinq, CLIENT4, DC4, udp(50015, 88), 3000, 1480, s + 106) {
         add(f, Kept, "IPv4 fragment of Kerberos/UDP to DC");
     }
-    for f in frame::ipv4_fragments(
-        Tags::None,
-        CLIENT4,
-        OTHER4,
-        udp(50016, 88),
-        2000,
-        1200,
-        s + 107,
-    ) {
+    for f in frame::ipv4_fragments(Tags::None, CLIENT4, OTHER4, udp(50016, 88), 2000, 1200, s + 107) {
         add(f, Filtered, "IPv4 fragment between non-DCs");
     }
     for f in frame::ipv6_fragments(vlan, CLIENT6, DC6, udp(50017, 389), 2500, 1232, s + 108) {
@@ -221,11 +121,7 @@ pub fn standard_mix(round: u32) -> Vec<Labelled> {
         Breakage::Ipv6PayloadBeyondFrame,
         Breakage::MissingPorts,
     ] {
-        add(
-            frame::malformed(kind, CLIENT4, DC4, CLIENT6, DC6),
-            Malformed,
-            "malformed frame",
-        );
+        add(frame::malformed(kind, CLIENT4, DC4, CLIENT6, DC6), Malformed, "malformed frame");
     }
     out
 }
@@ -245,9 +141,7 @@ mod tests {
         for v in [Verdict::Kept, Verdict::Filtered, Verdict::Malformed] {
             assert!(m.iter().any(|l| l.verdict == v), "{v:?} missing");
         }
-        assert!(m
-            .iter()
-            .all(|l| l.frame.len() >= 14 || l.verdict == Verdict::Malformed));
+        assert!(m.iter().all(|l| l.frame.len() >= 14 || l.verdict == Verdict::Malformed));
         let largest = m.iter().map(|l| l.frame.len()).max().unwrap();
         assert_eq!(largest, 1522, "a QinQ full-size frame is in the mix");
     }

@@ -28,10 +28,7 @@ pub struct SpanPair {
 fn run(cmd: &mut Command) -> anyhow::Result<Output> {
     let out = cmd.output().with_context(|| format!("spawn {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out)
 }
@@ -41,19 +38,13 @@ impl SpanPair {
     pub fn create(tag: &str) -> anyhow::Result<Self> {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let base = format!("dctap-{tag}-{}-{id}", std::process::id());
-        let pair = Self {
-            gen_ns: format!("{base}-g"),
-            mirror_ns: format!("{base}-m"),
-        };
+        let pair = Self { gen_ns: format!("{base}-g"), mirror_ns: format!("{base}-m") };
         pair.delete();
         for ns in [&pair.gen_ns, &pair.mirror_ns] {
             run(Command::new("ip").args(["netns", "add", ns]))?;
             run(Command::new("ip")
                 .args(["netns", "exec", ns, "sysctl", "-qw"])
-                .args([
-                    "net.ipv6.conf.all.disable_ipv6=1",
-                    "net.ipv6.conf.default.disable_ipv6=1",
-                ]))?;
+                .args(["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]))?;
         }
         run(Command::new("ip").args([
             "-n",
@@ -70,26 +61,8 @@ impl SpanPair {
             &pair.mirror_ns,
         ]))?;
         let mtu = LINK_MTU.to_string();
-        run(Command::new("ip").args([
-            "-n",
-            &pair.gen_ns,
-            "link",
-            "set",
-            GEN_IF,
-            "mtu",
-            &mtu,
-            "up",
-        ]))?;
-        run(Command::new("ip").args([
-            "-n",
-            &pair.mirror_ns,
-            "link",
-            "set",
-            MIRROR_IF,
-            "mtu",
-            &mtu,
-            "up",
-        ]))?;
+        run(Command::new("ip").args(["-n", &pair.gen_ns, "link", "set", GEN_IF, "mtu", &mtu, "up"]))?;
+        run(Command::new("ip").args(["-n", &pair.mirror_ns, "link", "set", MIRROR_IF, "mtu", &mtu, "up"]))?;
         Ok(pair)
     }
 
@@ -112,8 +85,7 @@ impl SpanPair {
         cmd.arg(pcap);
         let out = run(&mut cmd)?;
         let text = String::from_utf8_lossy(&out.stdout);
-        parse_tcpreplay_sent(&text)
-            .with_context(|| format!("tcpreplay output not understood:\n{text}"))
+        parse_tcpreplay_sent(&text).with_context(|| format!("tcpreplay output not understood:\n{text}"))
     }
 
     fn delete(&self) {
@@ -151,13 +123,9 @@ pub fn parse_tcpreplay_sent(text: &str) -> anyhow::Result<u64> {
 /// Whether live tests (root, network namespaces, tcpreplay) can run here. Returns the
 /// reason when they cannot.
 pub fn live_prerequisites() -> Result<(), String> {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(String::from))
-        });
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(String::from))
+    });
     if uid.as_deref() != Some("0") {
         return Err("not running as root (network namespaces and XDP need it)".into());
     }
@@ -166,9 +134,7 @@ pub fn live_prerequisites() -> Result<(), String> {
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
             .unwrap_or(false);
         if !found {
-            return Err(format!(
-                "{tool} is not installed (cargo xtask test installs it)"
-            ));
+            return Err(format!("{tool} is not installed (cargo xtask test installs it)"));
         }
     }
     Ok(())
@@ -197,10 +163,7 @@ mod tests {
     fn tcpreplay_summary_is_read() {
         let text = "Actual: 1234 packets (567890 bytes) sent in 0.25 seconds\nRated: 1.0 Bps\nStatistics for network device: gen0\n\tSuccessful packets:        1234\n\tFailed packets:            0\n";
         assert_eq!(parse_tcpreplay_sent(text).unwrap(), 1234);
-        let failed = text.replace(
-            "Failed packets:            0",
-            "Failed packets:            3",
-        );
+        let failed = text.replace("Failed packets:            0", "Failed packets:            3");
         assert!(parse_tcpreplay_sent(&failed).is_err());
         assert!(parse_tcpreplay_sent("nothing").is_err());
     }

@@ -19,11 +19,7 @@ pub struct PcapFrame {
 /// Writes frames 1 ms apart starting at `start`.
 pub fn write(path: &Path, frames: &[Vec<u8>], start: Duration) -> anyhow::Result<()> {
     let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
-    let header = PcapHeader {
-        datalink: DataLink::ETHERNET,
-        snaplen: 65535,
-        ..PcapHeader::default()
-    };
+    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: 65535, ..PcapHeader::default() };
     let mut w = PcapWriter::with_header(BufWriter::new(file), header)?;
     for (i, f) in frames.iter().enumerate() {
         let ts = start + Duration::from_millis(i as u64);
@@ -44,29 +40,17 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<PcapFrame>> {
     let file = BufReader::new(File::open(path)?);
     let mut out = Vec::new();
     if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
-        let mut r = PcapNgReader::new(file)
-            .with_context(|| format!("pcapng header of {}", path.display()))?;
+        let mut r = PcapNgReader::new(file).with_context(|| format!("pcapng header of {}", path.display()))?;
         while let Some(block) = r.next_block() {
-            if let Block::EnhancedPacket(p) =
-                block.with_context(|| format!("pcapng block in {}", path.display()))?
-            {
-                out.push(PcapFrame {
-                    timestamp: p.timestamp,
-                    orig_len: p.original_len,
-                    data: p.data.into_owned(),
-                });
+            if let Block::EnhancedPacket(p) = block.with_context(|| format!("pcapng block in {}", path.display()))? {
+                out.push(PcapFrame { timestamp: p.timestamp, orig_len: p.original_len, data: p.data.into_owned() });
             }
         }
     } else {
-        let mut r =
-            PcapReader::new(file).with_context(|| format!("pcap header of {}", path.display()))?;
+        let mut r = PcapReader::new(file).with_context(|| format!("pcap header of {}", path.display()))?;
         while let Some(p) = r.next_packet() {
             let p = p.with_context(|| format!("pcap record in {}", path.display()))?;
-            out.push(PcapFrame {
-                timestamp: p.timestamp,
-                orig_len: p.orig_len,
-                data: p.data.into_owned(),
-            });
+            out.push(PcapFrame { timestamp: p.timestamp, orig_len: p.orig_len, data: p.data.into_owned() });
         }
     }
     Ok(out)
@@ -84,14 +68,8 @@ mod tests {
         let frames = vec![vec![1u8; 60], vec![2u8; 1514]];
         write(&path, &frames, Duration::from_secs(1_700_000_000)).unwrap();
         let back = read(&path).unwrap();
-        assert_eq!(
-            back.iter().map(|f| f.data.clone()).collect::<Vec<_>>(),
-            frames
-        );
-        assert_eq!(
-            back[1].timestamp - back[0].timestamp,
-            Duration::from_millis(1)
-        );
+        assert_eq!(back.iter().map(|f| f.data.clone()).collect::<Vec<_>>(), frames);
+        assert_eq!(back[1].timestamp - back[0].timestamp, Duration::from_millis(1));
         assert_eq!(back[1].orig_len, 1514);
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -41,11 +41,7 @@ impl SensorProcess {
                 }
             }
         });
-        let mut sensor = Self {
-            child,
-            lines,
-            output: Vec::new(),
-        };
+        let mut sensor = Self { child, lines, output: Vec::new() };
         sensor.wait_for("ready:", Duration::from_secs(30))?;
         Ok(sensor)
     }
@@ -69,7 +65,10 @@ impl SensorProcess {
                 }
                 Err(_) => {
                     let status = self.child.try_wait().ok().flatten();
-                    bail!("tap-sensor did not print '{prefix}' (exit status {status:?}); output so far: {:?}", self.output);
+                    bail!(
+                        "tap-sensor did not print '{prefix}' (exit status {status:?}); output so far: {:?}",
+                        self.output
+                    );
                 }
             }
         }
@@ -77,11 +76,7 @@ impl SensorProcess {
 
     /// Sends a signal by name ("TERM", "HUP", "USR1").
     pub fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()?
-            .success();
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status()?.success();
         if !ok {
             bail!("kill -{sig} {} failed", self.pid());
         }
@@ -131,29 +126,24 @@ impl Counters {
     /// A counter's value; a missing name is a bug in the caller or the sensor, so it panics
     /// with the name.
     pub fn get(&self, name: &str) -> u64 {
-        *self
-            .0
-            .get(name)
-            .unwrap_or_else(|| panic!("counter {name} not reported; have {:?}", self.0.keys()))
+        *self.0.get(name).unwrap_or_else(|| panic!("counter {name} not reported; have {:?}", self.0.keys()))
     }
 }
 
-/// utime + stime of a process, from /proc/PID/stat (fields 14 and 15, in clock ticks).
+/// CPU time a process has used so far, all threads: the sum of the first field of
+/// /proc/PID/task/*/schedstat (nanoseconds on CPU; /proc/PID/stat counts 10 ms ticks,
+/// too coarse for a few seconds of a light consumer).
 pub fn process_cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
-    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields
-        .get(11)
-        .and_then(|f| f.parse().ok())
-        .context("utime")?;
-    let sticks: u64 = fields
-        .get(12)
-        .and_then(|f| f.parse().ok())
-        .context("stime")?;
-    // USER_HZ is 100 on every Linux ABI the sensor targets.
-    Ok(Duration::from_millis((ticks + sticks) * 10))
+    let mut total = 0u64;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).with_context(|| format!("list threads of {pid}"))?;
+    for task in tasks.flatten() {
+        // A thread may exit between listing and reading; its time is then lost, which
+        // only happens at shutdown.
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
+            total += stat.split_whitespace().next().and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(Duration::from_nanos(total))
 }
 
 #[cfg(test)]
@@ -162,16 +152,11 @@ mod tests {
 
     #[test]
     fn report_lines_parse_and_later_values_win() {
-        let lines: Vec<String> = [
-            "ready: capturing",
-            "xdp_seen   10",
-            "xdp_kept 2",
-            "xdp_seen 12",
-            "some text line here",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let lines: Vec<String> =
+            ["ready: capturing", "xdp_seen   10", "xdp_kept 2", "xdp_seen 12", "some text line here"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         let c = Counters::parse(&lines);
         assert_eq!(c.get("xdp_seen"), 12);
         assert_eq!(c.get("xdp_kept"), 2);

@@ -58,16 +58,15 @@ struct CaptureArgs {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
+    /// Measure the XDP program's own cost (kernel BPF statistics) and report run count and time.
+    #[arg(long)]
+    bpf_stats: bool,
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
-    let v: u32 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of MiB"))?;
+    let v: u32 = s.parse().map_err(|_| format!("'{s}' is not a number of MiB"))?;
     if v == 0 || !v.is_power_of_two() || v > 1024 {
-        return Err(format!(
-            "{v} MiB: a ring must be a power of two between 1 and 1024 MiB"
-        ));
+        return Err(format!("{v} MiB: a ring must be a power of two between 1 and 1024 MiB"));
     }
     Ok(v)
 }
@@ -105,6 +104,7 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         write: args.write,
         duration,
         channel_batches: 1024,
+        bpf_stats: args.bpf_stats,
     };
     let signals = Signals::install()?;
     tap_user::capture::run::run(&opts, &signals).context("capture")

@@ -1,52 +1,42 @@
-//! Writing kept frames as a classic pcap file (nanosecond timestamps, Ethernet link type).
+//! Writing kept frames as a classic pcap file (nanosecond timestamps, Ethernet link type,
+//! native byte order). pcap-file writes the file header; the records arrive already
+//! encoded in the batch (see `FrameBatch`), so a batch is one write.
 
-use std::{fs::File, io::BufWriter, io::Write, path::Path};
-
-use anyhow::Context as _;
-use pcap_file::{
-    pcap::{PcapHeader, PcapPacket, PcapWriter},
-    DataLink, TsResolution,
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::Path,
 };
 
+use anyhow::Context as _;
+use pcap_file::{pcap::PcapHeader, DataLink, Endianness, TsResolution};
+
 use crate::capture::reader::FrameBatch;
-use crate::time::WallClock;
 
 pub struct PcapSink {
-    writer: PcapWriter<BufWriter<File>>,
-    clock: WallClock,
+    out: BufWriter<File>,
 }
 
 impl PcapSink {
-    pub fn create(path: &Path, clock: WallClock) -> anyhow::Result<Self> {
+    pub fn create(path: &Path) -> anyhow::Result<Self> {
         let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
         let header = PcapHeader {
             snaplen: 65535,
             datalink: DataLink::ETHERNET,
             ts_resolution: TsResolution::NanoSecond,
+            endianness: if cfg!(target_endian = "big") { Endianness::Big } else { Endianness::Little },
             ..PcapHeader::default()
         };
-        let writer = PcapWriter::with_header(BufWriter::with_capacity(1 << 20, file), header)
-            .with_context(|| format!("write pcap header to {}", path.display()))?;
-        Ok(Self { writer, clock })
+        header.write_to(&mut out).with_context(|| format!("write pcap header to {}", path.display()))?;
+        Ok(Self { out })
     }
 
     pub fn write_batch(&mut self, batch: &FrameBatch) -> anyhow::Result<()> {
-        for frame in batch.iter() {
-            let packet = PcapPacket::new(
-                self.clock.to_unix(frame.timestamp_ns),
-                frame.orig_len,
-                frame.data,
-            );
-            self.writer
-                .write_packet(&packet)
-                .context("write pcap record")?;
-        }
-        Ok(())
+        self.out.write_all(batch.pcap_records()).context("write pcap records")
     }
 
-    pub fn finish(self) -> anyhow::Result<()> {
-        let mut inner = self.writer.into_writer();
-        inner.flush().context("flush pcap")?;
-        Ok(())
+    pub fn finish(mut self) -> anyhow::Result<()> {
+        self.out.flush().context("flush pcap")
     }
 }

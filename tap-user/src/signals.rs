@@ -24,11 +24,9 @@ impl Signals {
     pub fn install() -> anyhow::Result<Self> {
         let signals = Self::default();
         for sig in [SIGINT, SIGTERM] {
-            flag::register(sig, Arc::clone(&signals.stop))
-                .context("install SIGINT/SIGTERM handler")?;
+            flag::register(sig, Arc::clone(&signals.stop)).context("install SIGINT/SIGTERM handler")?;
         }
-        flag::register(SIGUSR1, Arc::clone(&signals.dump_counters))
-            .context("install SIGUSR1 handler")?;
+        flag::register(SIGUSR1, Arc::clone(&signals.dump_counters)).context("install SIGUSR1 handler")?;
         flag::register(SIGHUP, Arc::clone(&signals.reload)).context("install SIGHUP handler")?;
         Ok(signals)
     }

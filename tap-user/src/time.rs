@@ -2,36 +2,30 @@
 
 use std::time::Duration;
 
-fn clock_ns(clock: libc::clockid_t) -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+fn read_clock(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec; both clocks exist on every Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Offset between CLOCK_REALTIME and CLOCK_MONOTONIC, sampled once per capture run so all
 /// frames of a run share one time base (a wall-clock step mid-run does not reorder them).
 #[derive(Clone, Copy, Debug)]
 pub struct WallClock {
-    realtime_minus_monotonic_ns: u128,
+    realtime_minus_monotonic: Duration,
 }
 
 impl WallClock {
     pub fn sample() -> Self {
-        let mono = clock_ns(libc::CLOCK_MONOTONIC);
-        let real = clock_ns(libc::CLOCK_REALTIME);
-        Self {
-            realtime_minus_monotonic_ns: real.saturating_sub(mono),
-        }
+        let mono = read_clock(libc::CLOCK_MONOTONIC);
+        let real = read_clock(libc::CLOCK_REALTIME);
+        Self { realtime_minus_monotonic: real.saturating_sub(mono) }
     }
 
     /// Time since the Unix epoch of a `bpf_ktime_get_ns()` value.
     pub fn to_unix(self, monotonic_ns: u64) -> Duration {
-        let ns = monotonic_ns as u128 + self.realtime_minus_monotonic_ns;
-        Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32)
+        Duration::from_nanos(monotonic_ns) + self.realtime_minus_monotonic
     }
 }
 
@@ -43,11 +37,9 @@ mod tests {
     #[test]
     fn monotonic_now_maps_to_wall_clock_now() {
         let clock = WallClock::sample();
-        let now_mono = clock_ns(libc::CLOCK_MONOTONIC) as u64;
+        let now_mono = read_clock(libc::CLOCK_MONOTONIC).as_nanos() as u64;
         let wall = SystemTime::UNIX_EPOCH + clock.to_unix(now_mono);
-        let skew = SystemTime::now()
-            .duration_since(wall)
-            .unwrap_or_else(|e| e.duration());
+        let skew = SystemTime::now().duration_since(wall).unwrap_or_else(|e| e.duration());
         assert!(skew < Duration::from_millis(100), "skew {skew:?}");
     }
 }

@@ -64,30 +64,17 @@ fn sorted(mut frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 
 /// Replays the mix and checks counters and written bytes; `snaplen` None means full frames.
 fn check_mix(mode: &str, snaplen: Option<usize>) {
-    let test = format!(
-        "mix_{mode}_{}",
-        snaplen.map_or("full".into(), |s| s.to_string())
-    );
+    let test = format!("mix_{mode}_{}", snaplen.map_or("full".into(), |s| s.to_string()));
     if !live_or_skip(&test) {
         return;
     }
     let dir = TempDir::new(&test);
     let mix = mix::mix(12);
-    let input = write_input(
-        &dir,
-        &mix.iter().map(|l| l.frame.clone()).collect::<Vec<_>>(),
-    );
+    let input = write_input(&dir, &mix.iter().map(|l| l.frame.clone()).collect::<Vec<_>>());
     let output = dir.path("kept.pcap");
     let pair = SpanPair::create("mix").unwrap();
     let snap_arg = snaplen.map(|s| s.to_string());
-    let mut args = vec![
-        "--dc",
-        mix::DC_ARGS,
-        "--xdp-mode",
-        mode,
-        "--write",
-        output.to_str().unwrap(),
-    ];
+    let mut args = vec!["--dc", mix::DC_ARGS, "--xdp-mode", mode, "--write", output.to_str().unwrap()];
     if let Some(s) = &snap_arg {
         args.extend(["--snaplen", s.as_str()]);
     }
@@ -99,29 +86,15 @@ fn check_mix(mode: &str, snaplen: Option<usize>) {
 
     let kept = count(&mix, Verdict::Kept);
     let cut = |f: &[u8]| f[..snaplen.unwrap_or(usize::MAX).min(f.len())].to_vec();
-    let expected_truncated = mix
-        .iter()
-        .filter(|l| l.verdict == Verdict::Kept && snaplen.is_some_and(|s| l.frame.len() > s))
-        .count() as u64;
+    let expected_truncated =
+        mix.iter().filter(|l| l.verdict == Verdict::Kept && snaplen.is_some_and(|s| l.frame.len() > s)).count() as u64;
     assert_eq!(c.get("xdp_seen"), mix.len() as u64, "seen");
     assert_eq!(c.get("xdp_kept"), kept, "kept");
-    assert_eq!(
-        c.get("xdp_filtered"),
-        count(&mix, Verdict::Filtered),
-        "filtered"
-    );
-    assert_eq!(
-        c.get("xdp_malformed"),
-        count(&mix, Verdict::Malformed),
-        "malformed"
-    );
+    assert_eq!(c.get("xdp_filtered"), count(&mix, Verdict::Filtered), "filtered");
+    assert_eq!(c.get("xdp_malformed"), count(&mix, Verdict::Malformed), "malformed");
     assert_eq!(c.get("xdp_ring_full"), 0, "ring full");
     assert_eq!(c.get("xdp_truncated"), expected_truncated, "truncated");
-    assert_eq!(
-        c.get("user_frames_read"),
-        kept,
-        "frames read from the rings"
-    );
+    assert_eq!(c.get("user_frames_read"), kept, "frames read from the rings");
     assert_eq!(c.get("user_frames_channel_full"), 0);
     assert_eq!(c.get("user_frames_consumed"), kept);
 
@@ -129,15 +102,9 @@ fn check_mix(mode: &str, snaplen: Option<usize>) {
     for w in &written {
         assert!(w.data.len() <= snaplen.unwrap_or(usize::MAX));
     }
-    let mut orig: Vec<(u32, Vec<u8>)> = written
-        .iter()
-        .map(|w| (w.orig_len, w.data.clone()))
-        .collect();
-    let mut want: Vec<(u32, Vec<u8>)> = mix
-        .iter()
-        .filter(|l| l.verdict == Verdict::Kept)
-        .map(|l| (l.frame.len() as u32, cut(&l.frame)))
-        .collect();
+    let mut orig: Vec<(u32, Vec<u8>)> = written.iter().map(|w| (w.orig_len, w.data.clone())).collect();
+    let mut want: Vec<(u32, Vec<u8>)> =
+        mix.iter().filter(|l| l.verdict == Verdict::Kept).map(|l| (l.frame.len() as u32, cut(&l.frame))).collect();
     orig.sort();
     want.sort();
     assert_eq!(orig.len(), want.len(), "frames written");
@@ -176,17 +143,7 @@ fn dc_set_changes_while_traffic_flows() {
     let frames: Vec<Vec<u8>> = (0..3000u32)
         .map(|i| {
             let dst = [old_dc, new_dc, bystander][(i % 3) as usize];
-            frame::ipv4(
-                Tags::None,
-                client,
-                dst,
-                L4::Tcp {
-                    src: 40000,
-                    dst: 88,
-                },
-                64,
-                i,
-            )
+            frame::ipv4(Tags::None, client, dst, L4::Tcp { src: 40000, dst: 88 }, 64, i)
         })
         .collect();
     let input = write_input(&dir, &frames);
@@ -194,15 +151,7 @@ fn dc_set_changes_while_traffic_flows() {
     std::fs::write(&dc_file, "# before\n10.0.0.10\n").unwrap();
     let output = dir.path("kept.pcap");
     let pair = SpanPair::create("dcsw").unwrap();
-    let sensor = start_sensor(
-        &pair,
-        &[
-            "--dc-file",
-            dc_file.to_str().unwrap(),
-            "--write",
-            output.to_str().unwrap(),
-        ],
-    );
+    let sensor = start_sensor(&pair, &["--dc-file", dc_file.to_str().unwrap(), "--write", output.to_str().unwrap()]);
 
     // 3000 frames at 2000 pps: 1.5 s of traffic, the switch about half-way.
     let replay = {
@@ -214,11 +163,7 @@ fn dc_set_changes_while_traffic_flows() {
                 .arg(&input)
                 .output()
                 .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
             tap_testkit::netns::parse_tcpreplay_sent(&String::from_utf8_lossy(&out.stdout)).unwrap()
         })
     };
@@ -230,32 +175,14 @@ fn dc_set_changes_while_traffic_flows() {
     let c = sensor.stop().unwrap();
 
     let written = pcap::read(&output).unwrap();
-    let dst_of = |f: &pcap::PcapFrame| {
-        std::net::Ipv4Addr::new(f.data[30], f.data[31], f.data[32], f.data[33])
-    };
+    let dst_of = |f: &pcap::PcapFrame| std::net::Ipv4Addr::new(f.data[30], f.data[31], f.data[32], f.data[33]);
     let mut seq: Vec<(std::time::Duration, std::net::Ipv4Addr)> =
         written.iter().map(|f| (f.timestamp, dst_of(f))).collect();
     seq.sort();
-    let old: Vec<_> = seq
-        .iter()
-        .filter(|(_, d)| *d == old_dc)
-        .map(|(t, _)| *t)
-        .collect();
-    let new: Vec<_> = seq
-        .iter()
-        .filter(|(_, d)| *d == new_dc)
-        .map(|(t, _)| *t)
-        .collect();
-    assert!(
-        seq.iter().all(|(_, d)| *d == old_dc || *d == new_dc),
-        "only DC frames kept"
-    );
-    assert!(
-        old.len() > 200 && new.len() > 200,
-        "both DCs kept for a while: old {} new {}",
-        old.len(),
-        new.len()
-    );
+    let old: Vec<_> = seq.iter().filter(|(_, d)| *d == old_dc).map(|(t, _)| *t).collect();
+    let new: Vec<_> = seq.iter().filter(|(_, d)| *d == new_dc).map(|(t, _)| *t).collect();
+    assert!(seq.iter().all(|(_, d)| *d == old_dc || *d == new_dc), "only DC frames kept");
+    assert!(old.len() > 200 && new.len() > 200, "both DCs kept for a while: old {} new {}", old.len(), new.len());
     // The update adds the new DC before removing the old one, so they may overlap only for
     // the moment the update takes, never leave a gap of more than a couple of frames.
     let last_old = *old.last().unwrap();

@@ -1,7 +1,33 @@
-//! Benchmarks. Not part of `cargo xtask test`: they take minutes and their figures are
-//! ratios against a peer measured in the same run (the machine is shared and noisy).
+//! Benchmarks. Not part of `cargo xtask test`: they take minutes, and their figures are
+//! ratios against a peer measured in the same run, because the machine is shared and noisy.
+//!
+//! `bench capture`: the sensor's XDP capture against `tcpdump -w /dev/null` with the
+//! equivalent filter, on the same veth SPAN stand-in and the same traffic, one after the
+//! other at each rate of a ladder and at the generator's top rate (two tcpreplay senders).
 
-use crate::setup::Env;
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+    process::{Child, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use tap_testkit::{
+    frame::{self, Tags, V6Ext, L4},
+    netns::{SpanPair, GEN_IF, MIRROR_IF},
+    pcap,
+    sensor::{process_cpu_time, SensorProcess},
+};
+
+use crate::{
+    setup::Env,
+    util::{note, step},
+};
 
 #[derive(clap::Subcommand)]
 pub enum Which {
@@ -9,8 +35,382 @@ pub enum Which {
     Capture,
 }
 
-pub fn run(_env: &Env, which: Which) -> anyhow::Result<()> {
+pub fn run(env: &Env, which: Which) -> anyhow::Result<()> {
     match which {
-        Which::Capture => anyhow::bail!("bench capture: not written yet"),
+        Which::Capture => capture(env),
     }
+}
+
+const DC4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+const DC6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
+const SERVICE_PORTS: [u16; 12] = [88, 464, 389, 636, 3268, 3269, 445, 139, 135, 53, 137, 123];
+/// Rates asked of tcpreplay, frames per second; the top rate follows them.
+const RATE_LADDER: [u32; 4] = [25_000, 50_000, 100_000, 200_000];
+/// Seconds of traffic per measured run.
+const RUN_SECONDS: f64 = 3.0;
+/// Wait between the end of the traffic and stopping a consumer: longer than libpcap's
+/// 1 s block timeout, so tcpdump has written its last partly filled block (without it,
+/// tcpdump shows a few hundred frames of false loss at every rate).
+const SETTLE: Duration = Duration::from_millis(1200);
+
+/// Traffic of the kind a DC's mirror port carries: about 30% DC service traffic (Kerberos,
+/// LDAP, SMB, DNS, in both directions, untagged, 802.1Q and QinQ, IPv4 and IPv6) and the
+/// rest other hosts' traffic. Sizes from 60 to 1522 bytes. Returns (frames, kept count).
+fn bench_mix() -> (Vec<Vec<u8>>, usize) {
+    let mut frames = Vec::new();
+    let mut kept = 0;
+    for i in 0..100u32 {
+        let tags = [Tags::None, Tags::Dot1Q(10), Tags::QinQ(100, 10)][(i % 3) as usize];
+        let client = Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1);
+        let client6 = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, i as u16 + 1);
+        let port = SERVICE_PORTS[(i % 4) as usize * 2 % SERVICE_PORTS.len()];
+        let size = [40usize, 200, 600, 1460][(i % 4) as usize];
+        // DC traffic: request and reply.
+        frames.push(frame::ipv4(tags, client, DC4, L4::Tcp { src: 40000 + i as u16, dst: port }, size.min(400), i));
+        frames.push(frame::ipv4(tags, DC4, client, L4::Tcp { src: port, dst: 40000 + i as u16 }, size, i + 1));
+        frames.push(frame::ipv6(tags, client6, DC6, L4::Udp { src: 50000, dst: 53 }, V6Ext::None, 60, i + 2));
+        kept += 3;
+        // Everyone else: web, file and streaming traffic between non-DC hosts.
+        for j in 0..7u32 {
+            let other = Ipv4Addr::new(10, 2, (j % 4) as u8, (i % 200) as u8 + 1);
+            let other_port = [443u16, 80, 445, 8080, 3389, 22, 53][j as usize];
+            let other_size = [1460usize, 80, 900, 1460, 300, 100, 60][j as usize];
+            frames.push(frame::ipv4(
+                tags,
+                client,
+                other,
+                L4::Tcp { src: 41000 + j as u16, dst: other_port },
+                other_size,
+                i * 10 + j,
+            ));
+        }
+    }
+    (frames, kept)
+}
+
+/// Only other hosts' traffic: every frame is dropped by the filter.
+fn dropped_only(mix: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let dc = DC4.octets();
+    mix.iter().filter(|f| !f.windows(4).any(|w| w == dc) && f.len() > 100 && f[12] != 0x86).cloned().collect()
+}
+
+/// Full-size frames from the DC's SMB port: every frame is kept whole.
+fn kept_full_size() -> Vec<Vec<u8>> {
+    (0..200u32)
+        .map(|i| {
+            frame::ipv4(
+                Tags::None,
+                DC4,
+                Ipv4Addr::new(10, 1, 0, (i % 250) as u8 + 1),
+                L4::Tcp { src: 445, dst: 40000 },
+                1460,
+                i,
+            )
+        })
+        .collect()
+}
+
+/// tcpdump expression equivalent to the XDP filter for the bench traffic: the DC end on a
+/// service port, untagged, one tag or two. libpcap's `vlan` shifts the offsets of every
+/// test after it in the expression, parentheses or not, so the tagged cases must nest:
+/// `F or (vlan and (F or (vlan and F)))`; the flat `F or (vlan and F) or (vlan and vlan
+/// and F)` misses one tagging (measured: a third of the DC frames).
+fn tcpdump_filter() -> String {
+    let ports = |dir: &str| SERVICE_PORTS.iter().map(|p| format!("{dir} port {p}")).collect::<Vec<_>>().join(" or ");
+    let side = |dir: &str| format!("({dir} host {DC4} or {dir} host {DC6}) and ({})", ports(dir));
+    let f = format!("(({}) or ({}))", side("dst"), side("src"));
+    format!("{f} or (vlan and ({f} or (vlan and {f})))")
+}
+
+struct Measured {
+    consumer: &'static str,
+    asked_pps: Option<u32>,
+    sent: u64,
+    elapsed: Duration,
+    expected: u64,
+    captured: u64,
+    cpu: Duration,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.sent as f64 / self.elapsed.as_secs_f64()
+    }
+    fn loss(&self) -> u64 {
+        self.expected.saturating_sub(self.captured)
+    }
+    fn loss_pct(&self) -> f64 {
+        100.0 * self.loss() as f64 / self.expected.max(1) as f64
+    }
+}
+
+/// Replays `loops` loops of `pcap` from `senders` concurrent tcpreplay processes, at `pps`
+/// each (top speed when None). Returns frames sent and the wall time taken.
+fn replay(pair: &SpanPair, pcap: &Path, pps: Option<u32>, loops: u32, senders: u32) -> anyhow::Result<(u64, Duration)> {
+    let start = Instant::now();
+    let handles: Vec<_> = (0..senders)
+        .map(|_| {
+            let (ns, pcap) = (pair.gen_ns.clone(), pcap.to_path_buf());
+            thread::spawn(move || -> anyhow::Result<u64> {
+                let mut cmd = SpanPair::command_in(&ns, "tcpreplay");
+                cmd.args(["-i", GEN_IF, "-q", "--loop", &loops.to_string()]);
+                match pps {
+                    Some(p) => cmd.arg(format!("--pps={p}")),
+                    None => cmd.arg("--topspeed"),
+                };
+                let out = cmd.arg(&pcap).output()?;
+                let text = String::from_utf8_lossy(&out.stdout);
+                tap_testkit::netns::parse_tcpreplay_sent(&text).with_context(|| format!("tcpreplay: {text}"))
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for h in handles {
+        sent += h.join().map_err(|_| anyhow::anyhow!("replay thread panicked"))??;
+    }
+    Ok((sent, start.elapsed()))
+}
+
+fn loops_for(pps: Option<u32>, frames_per_loop: usize) -> u32 {
+    // Top speed is about 0.37 Mpps per tcpreplay here (TOOLCHAIN.md).
+    let rate = pps.unwrap_or(350_000) as f64;
+    ((rate * RUN_SECONDS) / frames_per_loop as f64).ceil().max(1.0) as u32
+}
+
+fn run_xdp(
+    sensor_bin: &Path,
+    pair: &SpanPair,
+    input: &Path,
+    per_loop: (usize, usize),
+    pps: Option<u32>,
+    senders: u32,
+) -> anyhow::Result<(Measured, tap_testkit::sensor::Counters)> {
+    let dcs = format!("{DC4},{DC6}");
+    let sensor = SensorProcess::start(sensor_bin, pair, &["--dc", &dcs, "--write", "/dev/null", "--bpf-stats"])?;
+    let cpu0 = sensor.cpu_time()?;
+    let loops = loops_for(pps, per_loop.0);
+    let (sent, elapsed) = replay(pair, input, pps, loops, senders)?;
+    thread::sleep(SETTLE);
+    let cpu = sensor.cpu_time()? - cpu0;
+    let c = sensor.stop()?;
+    let measured = Measured {
+        consumer: "xdp",
+        asked_pps: pps,
+        sent,
+        elapsed,
+        expected: (per_loop.1 as u64) * sent / per_loop.0 as u64,
+        captured: c.get("user_frames_consumed"),
+        cpu,
+    };
+    Ok((measured, c))
+}
+
+struct Tcpdump {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Tcpdump {
+    fn start(pair: &SpanPair, filter: &str) -> anyhow::Result<Self> {
+        // -B: 32 MiB of kernel buffer, as much as the sensor's two 16 MiB rings.
+        let mut child = SpanPair::command_in(&pair.mirror_ns, "tcpdump")
+            .args(["-i", MIRROR_IF, "-n", "-B", "32768", "-Z", "root", "-w", "/dev/null", filter])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start tcpdump")?;
+        let stderr = child.stderr.take().context("tcpdump stderr")?;
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).context("tcpdump did not start")?;
+        if !line.contains("listening on") {
+            bail!("tcpdump: {line}");
+        }
+        Ok(Self { child, stderr: rx })
+    }
+
+    /// Stops tcpdump and returns the frames it captured.
+    fn stop(mut self) -> anyhow::Result<u64> {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-INT", &pid]).status()?;
+        self.child.wait()?;
+        let text: Vec<String> = self.stderr.try_iter().collect();
+        text.iter()
+            .find_map(|l| l.strip_suffix(" packets captured").and_then(|n| n.trim().parse().ok()))
+            .with_context(|| format!("no 'packets captured' in tcpdump output {text:?}"))
+    }
+}
+
+fn run_tcpdump(
+    pair: &SpanPair,
+    input: &Path,
+    per_loop: (usize, usize),
+    pps: Option<u32>,
+    senders: u32,
+) -> anyhow::Result<Measured> {
+    let tcpdump = Tcpdump::start(pair, &tcpdump_filter())?;
+    let pid = tcpdump.child.id();
+    let cpu0 = process_cpu_time(pid)?;
+    let loops = loops_for(pps, per_loop.0);
+    let (sent, elapsed) = replay(pair, input, pps, loops, senders)?;
+    thread::sleep(SETTLE);
+    let cpu = process_cpu_time(pid)? - cpu0;
+    let captured = tcpdump.stop()?;
+    Ok(Measured {
+        consumer: "tcpdump",
+        asked_pps: pps,
+        sent,
+        elapsed,
+        expected: (per_loop.1 as u64) * sent / per_loop.0 as u64,
+        captured,
+        cpu,
+    })
+}
+
+/// Nanoseconds per run of the program, from bpf_stats, with traffic where every frame is
+/// dropped (or kept).
+fn program_cost(sensor_bin: &Path, pair: &SpanPair, input: &Path, frames: usize) -> anyhow::Result<f64> {
+    let (m, c) = run_xdp(sensor_bin, pair, input, (frames, 0), Some(100_000), 1)?;
+    let runs = c.get("xdp_prog_run_count");
+    if runs < m.sent / 2 {
+        bail!("bpf_stats counted {runs} runs for {} frames sent", m.sent);
+    }
+    Ok(c.get("xdp_prog_run_time_ns") as f64 / runs as f64)
+}
+
+fn capture(env: &Env) -> anyhow::Result<()> {
+    step("build the sensor (release)");
+    env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
+    let sensor_bin = env.root.join("target/release/tap-sensor");
+    let work = env.root.join("target/bench");
+    std::fs::create_dir_all(&work)?;
+
+    step("traffic");
+    let (mix, kept) = bench_mix();
+    let mix_path = work.join("capture-mix.pcap");
+    pcap::write(&mix_path, &mix, Duration::from_secs(1_795_000_000))?;
+    let dropped = dropped_only(&mix);
+    let dropped_path = work.join("capture-dropped.pcap");
+    pcap::write(&dropped_path, &dropped, Duration::from_secs(1_795_000_000))?;
+    let full = kept_full_size();
+    let full_path = work.join("capture-kept-full.pcap");
+    pcap::write(&full_path, &full, Duration::from_secs(1_795_000_000))?;
+    let bytes: usize = mix.iter().map(Vec::len).sum();
+    note(&format!(
+        "mix: {} frames per loop, {kept} ({:.0}%) DC service frames, mean {} bytes; tcpdump filter: {}",
+        mix.len(),
+        100.0 * kept as f64 / mix.len() as f64,
+        bytes / mix.len(),
+        tcpdump_filter()
+    ));
+    let pair = SpanPair::create("bench")?;
+    let per_loop = (mix.len(), kept);
+
+    step("calibration: both consumers keep the same frames at a low rate");
+    let (x, _) = run_xdp(&sensor_bin, &pair, &mix_path, per_loop, Some(10_000), 1)?;
+    let t = run_tcpdump(&pair, &mix_path, per_loop, Some(10_000), 1)?;
+    note(&format!("expected {}, xdp {}, tcpdump {}", x.expected, x.captured, t.captured));
+    if x.captured != x.expected || t.captured != t.expected {
+        note("WARNING: a consumer did not keep exactly the DC frames at 10 kpps; loss figures below include that");
+    }
+
+    step("rate ladder and top rate (two tcpreplay senders)");
+    let mut results = Vec::new();
+    let plan: Vec<(Option<u32>, u32)> = RATE_LADDER.iter().map(|r| (Some(*r), 1)).chain([(None, 2)]).collect();
+    for (pps, senders) in plan {
+        let (x, _) = run_xdp(&sensor_bin, &pair, &mix_path, per_loop, pps, senders)?;
+        let t = run_tcpdump(&pair, &mix_path, per_loop, pps, senders)?;
+        for m in [x, t] {
+            note(&format!(
+                "{:<8} asked {:>8}  sent {:>8} at {:>7.0} fps  expected {:>7}  captured {:>7}  loss {:>5.2}%  cpu {:.2}s",
+                m.consumer,
+                m.asked_pps.map_or("top x2".into(), |p| p.to_string()),
+                m.sent,
+                m.rate(),
+                m.expected,
+                m.captured,
+                m.loss_pct(),
+                m.cpu.as_secs_f64()
+            ));
+            results.push(m);
+        }
+    }
+
+    step("program cost per frame (bpf_stats, 100 kpps)");
+    let drop_ns = program_cost(&sensor_bin, &pair, &dropped_path, dropped.len())?;
+    let keep_ns = program_cost(&sensor_bin, &pair, &full_path, full.len())?;
+    note(&format!("dropped frame: {drop_ns:.0} ns; kept full-size (1514-byte) frame: {keep_ns:.0} ns"));
+
+    let report = render(&results, drop_ns, keep_ns, &mix, kept);
+    println!("\n{report}");
+    let out = work.join("capture.md");
+    std::fs::write(&out, &report)?;
+    note(&format!("written to {}", out.display()));
+    Ok(())
+}
+
+fn render(results: &[Measured], drop_ns: f64, keep_ns: f64, mix: &[Vec<u8>], kept: usize) -> String {
+    fn by<'a>(results: &'a [Measured], c: &'a str) -> impl Iterator<Item = &'a Measured> + 'a {
+        results.iter().filter(move |m| m.consumer == c)
+    }
+    let by = |c: &'static str| by(results, c);
+    let best_zero_loss = |c: &'static str| by(c).filter(|m| m.loss() == 0).map(|m| m.rate()).fold(0.0, f64::max);
+    let top = |c: &'static str| by(c).find(|m| m.asked_pps.is_none());
+    let cpu = |c: &'static str| {
+        let (cpu, frames) = by(c).fold((0.0, 0u64), |(s, n), m| (s + m.cpu.as_secs_f64(), n + m.captured));
+        cpu * 1e6 / frames.max(1) as f64
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "| measure | XDP sensor | tcpdump | ratio (XDP / tcpdump) |");
+    let _ = writeln!(s, "| --- | --- | --- | --- |");
+    let (bx, bt) = (best_zero_loss("xdp"), best_zero_loss("tcpdump"));
+    let _ = writeln!(
+        s,
+        "| highest rate with zero loss of kept frames (frames/s) | {bx:.0} | {bt:.0} | {:.2} |",
+        bx / bt.max(1.0)
+    );
+    if let (Some(x), Some(t)) = (top("xdp"), top("tcpdump")) {
+        let _ = writeln!(
+            s,
+            "| loss of kept frames at top rate (two tcpreplay, {:.0} / {:.0} frames/s) | {:.2}% | {:.2}% | |",
+            x.rate(),
+            t.rate(),
+            x.loss_pct(),
+            t.loss_pct()
+        );
+    }
+    let (cx, ct) = (cpu("xdp"), cpu("tcpdump"));
+    let _ = writeln!(
+        s,
+        "| consumer CPU per million kept frames (s), all runs | {cx:.2} | {ct:.2} | {:.2} |",
+        cx / ct.max(1e-9)
+    );
+    let _ = writeln!(s, "| XDP program per dropped frame (bpf_stats) | {drop_ns:.0} ns | | |");
+    let _ = writeln!(s, "| XDP program per kept 1514-byte frame (bpf_stats) | {keep_ns:.0} ns | | |");
+    let _ = writeln!(
+        s,
+        "\nTraffic: {} frames per loop, {:.0}% DC service frames; each rate measured for both consumers one after the other.",
+        mix.len(),
+        100.0 * kept as f64 / mix.len() as f64
+    );
+    let _ = writeln!(s, "\n| consumer | asked (fps) | achieved (fps) | expected | captured | loss | CPU (s) |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
+    for m in results {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {} | {} | {:.2}% | {:.2} |",
+            m.consumer,
+            m.asked_pps.map_or("top, 2 senders".into(), |p| p.to_string()),
+            m.rate(),
+            m.expected,
+            m.captured,
+            m.loss_pct(),
+            m.cpu.as_secs_f64()
+        );
+    }
+    s
 }

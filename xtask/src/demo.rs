@@ -25,12 +25,7 @@ const DEMO_PPS: u32 = 20_000;
 fn shared_lab_pcaps(root: &Path) -> Vec<PathBuf> {
     let dir = root.join("../shared/adlab/pcaps");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pcap")).collect())
         .unwrap_or_default();
     files.sort();
     files
@@ -51,11 +46,7 @@ fn build_default_capture(root: &Path, out: &Path) -> anyhow::Result<()> {
     }
     for file in &lab {
         let got = pcap::read(file)?;
-        note(&format!(
-            "lab capture {}: {} frames",
-            file.file_name().unwrap_or_default().to_string_lossy(),
-            got.len()
-        ));
+        note(&format!("lab capture {}: {} frames", file.file_name().unwrap_or_default().to_string_lossy(), got.len()));
         frames.extend(got.into_iter().map(|f| f.data));
     }
     pcap::write(out, &frames, Duration::from_secs(1_795_000_000))
@@ -91,9 +82,7 @@ fn kept_by_service(kept: &[pcap::PcapFrame]) -> BTreeMap<&'static str, u64> {
                 (_, Some(TransportSlice::Udp(u))) => {
                     service_name(u.destination_port()).or(service_name(u.source_port()))
                 }
-                (Some(NetSlice::Ipv4(_)) | Some(NetSlice::Ipv6(_)), _) => {
-                    Some("ip fragment (no ports)")
-                }
+                (Some(NetSlice::Ipv4(_)) | Some(NetSlice::Ipv6(_)), _) => Some("ip fragment (no ports)"),
                 _ => None,
             },
             Err(_) => None,
@@ -105,9 +94,7 @@ fn kept_by_service(kept: &[pcap::PcapFrame]) -> BTreeMap<&'static str, u64> {
 
 pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyhow::Result<()> {
     step("build the sensor (release)");
-    env.cargo()
-        .args(["build", "--release", "-p", "tap-user"])
-        .run()?;
+    env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
     let sensor_bin = env.root.join("target/release/tap-sensor");
     let work = env.root.join("target/demo");
     std::fs::create_dir_all(&work)?;
@@ -129,24 +116,13 @@ pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyh
 
     step("SPAN port stand-in: veth pair between namespaces, sensor on the mirror end");
     let pair = SpanPair::create("demo")?;
-    note(&format!(
-        "generator namespace {} -> mirror namespace {}",
-        pair.gen_ns, pair.mirror_ns
-    ));
+    note(&format!("generator namespace {} -> mirror namespace {}", pair.gen_ns, pair.mirror_ns));
     let kept_path = work.join("kept.pcap");
-    let sensor = SensorProcess::start(
-        &sensor_bin,
-        &pair,
-        &["--dc", &dcs, "--write", kept_path.to_str().context("path")?],
-    )?;
-    note(&format!(
-        "{} (watching {dcs})",
-        sensor.output.last().map(String::as_str).unwrap_or("")
-    ));
+    let sensor =
+        SensorProcess::start(&sensor_bin, &pair, &["--dc", &dcs, "--write", kept_path.to_str().context("path")?])?;
+    note(&format!("{} (watching {dcs})", sensor.output.last().map(String::as_str).unwrap_or("")));
 
-    step(&format!(
-        "replaying {input_frames} frames at {DEMO_PPS} frames/s"
-    ));
+    step(&format!("replaying {input_frames} frames at {DEMO_PPS} frames/s"));
     let sent = pair.replay(&input, Some(DEMO_PPS), 1)?;
     note(&format!("tcpreplay sent {sent} frames"));
     std::thread::sleep(Duration::from_millis(300));

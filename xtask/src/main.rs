@@ -41,14 +41,21 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let env = setup::ensure()?;
-    match cli.command {
+    let result = setup::ensure().and_then(|env| match cli.command {
         Command::Setup => Ok(()),
         Command::Demo { pcap, dc } => demo::run(&env, pcap, dc),
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes says what failed; a backtrace of xtask itself never helps.
+            eprintln!("\nerror: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -56,22 +63,10 @@ fn test(env: &setup::Env) -> anyhow::Result<()> {
     util::step("rustfmt check");
     env.cargo().args(["fmt", "--all", "--", "--check"]).run()?;
     util::step("clippy (warnings denied)");
-    env.cargo()
-        .args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ])
-        .run()?;
+    env.cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).run()?;
     util::step("unit, integration and live XDP tests");
     // Live tests fail instead of skipping when a prerequisite is missing here.
-    env.cargo()
-        .args(["test", "--workspace"])
-        .env("DCTAP_REQUIRE_LIVE", "1")
-        .run()?;
+    env.cargo().args(["test", "--workspace"]).env("DCTAP_REQUIRE_LIVE", "1").run()?;
     util::step("all tests passed");
     Ok(())
 }

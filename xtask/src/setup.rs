@@ -31,41 +31,26 @@ impl Env {
         c.0.env("PATH", &self.path).current_dir(&self.root);
         c
     }
-
-    pub fn command(&self, program: &str) -> Cmd {
-        let mut c = Cmd::new(program);
-        c.0.env("PATH", &self.path).current_dir(&self.root);
-        c
-    }
 }
 
 fn tools_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("DCTAP_TOOLS_DIR") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache/dctap/toolchain")
 }
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
 
 pub fn ensure() -> anyhow::Result<Env> {
     step("set-up (each step is skipped when already done)");
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("workspace root")?
-        .to_path_buf();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?.to_path_buf();
     if !is_root() {
         bail!(
             "dctap's tasks load XDP programs, create network namespaces and install packages, which needs root.\n  \
@@ -84,26 +69,19 @@ pub fn ensure() -> anyhow::Result<Env> {
     let tools = tools_dir();
     ensure_bpf_linker(&tools)?;
     let mut paths = vec![tools.join("bin")];
-    paths.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
+    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
     let path = std::env::join_paths(paths).context("build PATH")?;
     Ok(Env { path, root })
 }
 
 fn ensure_bpffs() -> anyhow::Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
-    {
+    if mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) {
         note("bpf filesystem: mounted");
         return Ok(());
     }
     note("bpf filesystem: mounting on /sys/fs/bpf");
-    Cmd::new("mount")
-        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-        .run()
+    Cmd::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).run()
 }
 
 fn ensure_apt_packages() -> anyhow::Result<()> {
@@ -116,16 +94,10 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        note(&format!(
-            "Debian packages: present ({})",
-            APT_PACKAGES.join(", ")
-        ));
+        note(&format!("Debian packages: present ({})", APT_PACKAGES.join(", ")));
         return Ok(());
     }
-    note(&format!(
-        "Debian packages: installing {}",
-        missing.join(", ")
-    ));
+    note(&format!("Debian packages: installing {}", missing.join(", ")));
     Cmd::new("apt-get").args(["update", "-qq"]).run()?;
     Cmd::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
@@ -144,14 +116,9 @@ fn nightly_sysroot() -> anyhow::Result<PathBuf> {
 }
 
 fn ensure_rust_src() -> anyhow::Result<()> {
-    if !Cmd::new("rustup")
-        .args(["run", "nightly", "rustc", "--version"])
-        .succeeds()
-    {
+    if !Cmd::new("rustup").args(["run", "nightly", "rustc", "--version"]).succeeds() {
         note("nightly toolchain: installing (minimal profile)");
-        Cmd::new("rustup")
-            .args(["toolchain", "install", "nightly", "--profile", "minimal"])
-            .run()?;
+        Cmd::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]).run()?;
     }
     let sysroot = nightly_sysroot()?;
     if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
@@ -159,9 +126,7 @@ fn ensure_rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     note("nightly rust-src: installing");
-    Cmd::new("rustup")
-        .args(["component", "add", "rust-src", "--toolchain", "nightly"])
-        .run()
+    Cmd::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]).run()
 }
 
 /// The nightly's LLVM shared library (`libLLVM.so.<major>.<minor>-rust-…`) and its major
@@ -178,52 +143,33 @@ fn nightly_llvm() -> anyhow::Result<(PathBuf, u32)> {
             }
         }
     }
-    bail!(
-        "no libLLVM.so.* in {}: the nightly toolchain looks incomplete (reinstall it with rustup)",
-        lib.display()
-    )
+    bail!("no libLLVM.so.* in {}: the nightly toolchain looks incomplete (reinstall it with rustup)", lib.display())
 }
 
 fn ensure_bpf_linker(tools: &Path) -> anyhow::Result<()> {
     let (llvm, major) = nightly_llvm()?;
     let llvm_name = llvm.file_name().context("LLVM file name")?.to_owned();
     let stamp = tools.join("bpf-linker.stamp");
-    let want_stamp = format!(
-        "bpf-linker {BPF_LINKER_VERSION} llvm {}",
-        llvm_name.to_string_lossy()
-    );
+    let want_stamp = format!("bpf-linker {BPF_LINKER_VERSION} llvm {}", llvm_name.to_string_lossy());
     let bin = tools.join("bin/bpf-linker");
     let lib = tools.join("lib");
-    let stamp_ok = std::fs::read_to_string(&stamp)
-        .map(|s| s.trim() == want_stamp)
-        .unwrap_or(false);
+    let stamp_ok = std::fs::read_to_string(&stamp).map(|s| s.trim() == want_stamp).unwrap_or(false);
     if stamp_ok && lib.join(&llvm_name).exists() && Cmd::new(&bin).arg("--version").succeeds() {
         note(&format!("bpf-linker: present ({want_stamp})"));
         return Ok(());
     }
-    note(&format!(
-        "bpf-linker: building {BPF_LINKER_VERSION} against {} (about a minute)",
-        llvm.display()
-    ));
+    note(&format!("bpf-linker: building {BPF_LINKER_VERSION} against {} (about a minute)", llvm.display()));
     std::fs::create_dir_all(&lib).with_context(|| format!("create {}", lib.display()))?;
     // bpf-linker's build links libLLVM.so; the binary's rpath then asks for the versioned
     // name in the same directory, so both names point at the nightly's library.
     for name in [OsString::from("libLLVM.so"), llvm_name.clone()] {
         let link = lib.join(&name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&llvm, &link)
-            .with_context(|| format!("link {}", link.display()))?;
+        std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("link {}", link.display()))?;
     }
     Cmd::new("cargo")
         .env("LLVM_PREFIX", tools)
-        .args([
-            "install",
-            "bpf-linker",
-            "--force",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--no-default-features",
-        ])
+        .args(["install", "bpf-linker", "--force", "--version", BPF_LINKER_VERSION, "--no-default-features"])
         .arg("--features")
         .arg(format!("llvm-{major}"))
         .arg("--root")
@@ -231,10 +177,7 @@ fn ensure_bpf_linker(tools: &Path) -> anyhow::Result<()> {
         .run()
         .context("building bpf-linker failed")?;
     if !Cmd::new(&bin).arg("--version").succeeds() {
-        bail!(
-            "bpf-linker was built but does not run: {} --version failed",
-            bin.display()
-        );
+        bail!("bpf-linker was built but does not run: {} --version failed", bin.display());
     }
     std::fs::write(&stamp, want_stamp).with_context(|| format!("write {}", stamp.display()))?;
     Ok(())

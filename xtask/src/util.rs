@@ -55,10 +55,7 @@ impl Cmd {
     pub fn run(mut self) -> anyhow::Result<()> {
         let d = self.describe();
         println!("    $ {d}");
-        let status = self
-            .0
-            .status()
-            .with_context(|| format!("could not start `{d}`"))?;
+        let status = self.0.status().with_context(|| format!("could not start `{d}`"))?;
         if !status.success() {
             bail!("`{d}` failed ({status})");
         }
@@ -68,16 +65,9 @@ impl Cmd {
     /// Runs quietly and returns the output; fails (with stderr) when the status is not zero.
     pub fn output(mut self) -> anyhow::Result<Output> {
         let d = self.describe();
-        let out = self
-            .0
-            .output()
-            .with_context(|| format!("could not start `{d}`"))?;
+        let out = self.0.output().with_context(|| format!("could not start `{d}`"))?;
         if !out.status.success() {
-            bail!(
-                "`{d}` failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("`{d}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(out)
     }

@@ -7,17 +7,19 @@ use std::{
 };
 
 use aya::maps::{MapData, MapError, PerCpuArray};
-use tap_common::counters::Counter;
+use tap_common::counters::{Counter, CounterSet};
 
 /// A snapshot of the XDP program's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpCounters([u64; Counter::COUNT as usize]);
 
 impl XdpCounters {
-    pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<Self, MapError> {
+    pub fn read(map: &PerCpuArray<MapData, CounterSet>) -> Result<Self, MapError> {
         let mut out = Self::default();
-        for c in Counter::ALL {
-            out.0[c as usize] = map.get(&(c as u32), 0)?.iter().sum();
+        for cpu in map.get(&0, 0)?.iter() {
+            for (sum, v) in out.0.iter_mut().zip(cpu.values) {
+                *sum += v;
+            }
         }
         Ok(out)
     }
@@ -68,12 +70,7 @@ pub struct CaptureReport<'a> {
 impl fmt::Display for CaptureReport<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in Counter::ALL {
-            writeln!(
-                f,
-                "{:<26}{:>14}",
-                format!("xdp_{}", c.name()),
-                self.xdp.get(c)
-            )?;
+            writeln!(f, "{:<26}{:>14}", format!("xdp_{}", c.name()), self.xdp.get(c))?;
         }
         for (name, value) in self.user.rows() {
             writeln!(f, "{name:<26}{value:>14}")?;

@@ -19,11 +19,7 @@ pub enum FilterParseError {
     #[error("{origin}: '{entry}' is not an IPv4/IPv6 address or CIDR subnet")]
     BadAddress { origin: String, entry: String },
     #[error("{origin}: prefix length in '{entry}' is larger than {max}")]
-    BadPrefix {
-        origin: String,
-        entry: String,
-        max: u8,
-    },
+    BadPrefix { origin: String, entry: String, max: u8 },
     #[error("{origin}: '{entry}' is not a port number between 1 and 65535")]
     BadPort { origin: String, entry: String },
     #[error("{origin}: more than {max} DC entries of one kind (the XDP maps hold {max})")]
@@ -45,10 +41,7 @@ impl DcSet {
     /// ("--dc", "dcs.txt line 4").
     pub fn parse_list(text: &str, origin: &str) -> Result<Self, FilterParseError> {
         let mut set = Self::default();
-        for entry in text
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|e| !e.is_empty())
-        {
+        for entry in text.split(|c: char| c == ',' || c.is_whitespace()).filter(|e| !e.is_empty()) {
             set.insert(entry, origin)?;
         }
         set.check_capacity(origin)?;
@@ -61,10 +54,7 @@ impl DcSet {
         for (n, line) in text.lines().enumerate() {
             let content = line.split('#').next().unwrap_or("");
             let origin = format!("{file_name} line {}", n + 1);
-            for entry in content
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|e| !e.is_empty())
-            {
+            for entry in content.split(|c: char| c == ',' || c.is_whitespace()).filter(|e| !e.is_empty()) {
                 set.insert(entry, &origin)?;
             }
         }
@@ -73,10 +63,7 @@ impl DcSet {
     }
 
     fn insert(&mut self, entry: &str, origin: &str) -> Result<(), FilterParseError> {
-        let bad = || FilterParseError::BadAddress {
-            origin: origin.into(),
-            entry: entry.into(),
-        };
+        let bad = || FilterParseError::BadAddress { origin: origin.into(), entry: entry.into() };
         let (addr, prefix) = match entry.split_once('/') {
             Some((a, p)) => (a, Some(p.parse::<u8>().map_err(|_| bad())?)),
             None => (entry, None),
@@ -85,11 +72,7 @@ impl DcSet {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = prefix.unwrap_or(max);
         if prefix > max {
-            return Err(FilterParseError::BadPrefix {
-                origin: origin.into(),
-                entry: entry.into(),
-                max,
-            });
+            return Err(FilterParseError::BadPrefix { origin: origin.into(), entry: entry.into(), max });
         }
         match addr {
             IpAddr::V4(a) if prefix == 32 => {
@@ -103,8 +86,7 @@ impl DcSet {
                 self.v6_hosts.insert(a.octets());
             }
             IpAddr::V6(a) => {
-                let masked =
-                    u128::from(a) & u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+                let masked = u128::from(a) & u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
                 self.v6_nets.insert((masked.to_be_bytes(), prefix));
             }
         }
@@ -112,17 +94,9 @@ impl DcSet {
     }
 
     fn check_capacity(&self, origin: &str) -> Result<(), FilterParseError> {
-        let most = [
-            self.v4_hosts.len(),
-            self.v6_hosts.len(),
-            self.v4_nets.len(),
-            self.v6_nets.len(),
-        ];
+        let most = [self.v4_hosts.len(), self.v6_hosts.len(), self.v4_nets.len(), self.v6_nets.len()];
         if most.iter().any(|&n| n > MAX_DC_ENTRIES as usize) {
-            return Err(FilterParseError::TooMany {
-                origin: origin.into(),
-                max: MAX_DC_ENTRIES,
-            });
+            return Err(FilterParseError::TooMany { origin: origin.into(), max: MAX_DC_ENTRIES });
         }
         Ok(())
     }
@@ -148,17 +122,9 @@ impl fmt::Display for DcSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts: Vec<String> = Vec::new();
         parts.extend(self.v4_hosts.iter().map(|a| Ipv4Addr::from(*a).to_string()));
-        parts.extend(
-            self.v4_nets
-                .iter()
-                .map(|(a, p)| format!("{}/{p}", Ipv4Addr::from(*a))),
-        );
+        parts.extend(self.v4_nets.iter().map(|(a, p)| format!("{}/{p}", Ipv4Addr::from(*a))));
         parts.extend(self.v6_hosts.iter().map(|a| Ipv6Addr::from(*a).to_string()));
-        parts.extend(
-            self.v6_nets
-                .iter()
-                .map(|(a, p)| format!("{}/{p}", Ipv6Addr::from(*a))),
-        );
+        parts.extend(self.v6_nets.iter().map(|(a, p)| format!("{}/{p}", Ipv6Addr::from(*a))));
         f.write_str(&parts.join(","))
     }
 }
@@ -176,18 +142,10 @@ impl Default for PortSet {
 impl PortSet {
     pub fn parse_list(text: &str, origin: &str) -> Result<Self, FilterParseError> {
         let mut ports = BTreeSet::new();
-        for entry in text
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|e| !e.is_empty())
-        {
+        for entry in text.split(|c: char| c == ',' || c.is_whitespace()).filter(|e| !e.is_empty()) {
             match entry.parse::<u16>() {
                 Ok(p) if p != 0 => ports.insert(p),
-                _ => {
-                    return Err(FilterParseError::BadPort {
-                        origin: origin.into(),
-                        entry: entry.into(),
-                    })
-                }
+                _ => return Err(FilterParseError::BadPort { origin: origin.into(), entry: entry.into() }),
             };
         }
         Ok(Self(ports))
@@ -314,15 +272,8 @@ mod tests {
 
     #[test]
     fn parses_hosts_and_masks_subnets() {
-        let set = DcSet::parse_list(
-            "10.0.0.10, fd00::10 10.1.2.3/24,fd00:1::7/64,10.0.0.10/32",
-            "--dc",
-        )
-        .unwrap();
-        assert_eq!(
-            set.to_string(),
-            "10.0.0.10,10.1.2.0/24,fd00::10,fd00:1::/64"
-        );
+        let set = DcSet::parse_list("10.0.0.10, fd00::10 10.1.2.3/24,fd00:1::7/64,10.0.0.10/32", "--dc").unwrap();
+        assert_eq!(set.to_string(), "10.0.0.10,10.1.2.0/24,fd00::10,fd00:1::/64");
         assert_eq!(set.len(), 4);
     }
 
@@ -335,62 +286,34 @@ mod tests {
     #[test]
     fn errors_name_the_entry_and_where_it_came_from() {
         let err = DcSet::parse_list("10.0.0.10,dc1.lab", "--dc").unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "--dc: 'dc1.lab' is not an IPv4/IPv6 address or CIDR subnet"
-        );
-        let err = DcSet::parse_file("10.0.0.1\n# comment\n\n10.0.0.0/33 # too long\n", "dcs.txt")
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "dcs.txt line 4: prefix length in '10.0.0.0/33' is larger than 32"
-        );
-        assert!(matches!(
-            DcSet::parse_list("fd00::/129", "x"),
-            Err(FilterParseError::BadPrefix { max: 128, .. })
-        ));
-        assert!(matches!(
-            DcSet::parse_list("10.0.0.1/x", "x"),
-            Err(FilterParseError::BadAddress { .. })
-        ));
+        assert_eq!(err.to_string(), "--dc: 'dc1.lab' is not an IPv4/IPv6 address or CIDR subnet");
+        let err = DcSet::parse_file("10.0.0.1\n# comment\n\n10.0.0.0/33 # too long\n", "dcs.txt").unwrap_err();
+        assert_eq!(err.to_string(), "dcs.txt line 4: prefix length in '10.0.0.0/33' is larger than 32");
+        assert!(matches!(DcSet::parse_list("fd00::/129", "x"), Err(FilterParseError::BadPrefix { max: 128, .. })));
+        assert!(matches!(DcSet::parse_list("10.0.0.1/x", "x"), Err(FilterParseError::BadAddress { .. })));
     }
 
     #[test]
     fn file_comments_and_blank_lines_are_ignored() {
-        let set = DcSet::parse_file(
-            "# DCs of site A\n10.0.0.10\n\n  fd00::10  # dc2\n",
-            "dcs.txt",
-        )
-        .unwrap();
+        let set = DcSet::parse_file("# DCs of site A\n10.0.0.10\n\n  fd00::10  # dc2\n", "dcs.txt").unwrap();
         assert_eq!(set.to_string(), "10.0.0.10,fd00::10");
     }
 
     #[test]
     fn too_many_entries_are_refused() {
-        let list: Vec<String> = (0..=MAX_DC_ENTRIES)
-            .map(|i| Ipv4Addr::from(0x0a00_0000 + i).to_string())
-            .collect();
-        assert!(matches!(
-            DcSet::parse_list(&list.join(","), "--dc"),
-            Err(FilterParseError::TooMany { .. })
-        ));
+        let list: Vec<String> = (0..=MAX_DC_ENTRIES).map(|i| Ipv4Addr::from(0x0a00_0000 + i).to_string()).collect();
+        assert!(matches!(DcSet::parse_list(&list.join(","), "--dc"), Err(FilterParseError::TooMany { .. })));
     }
 
     #[test]
     fn ports_parse_and_reject_zero_and_words() {
         assert_eq!(
-            PortSet::parse_list("88,389 445", "--ports")
-                .unwrap()
-                .iter()
-                .collect::<Vec<_>>(),
+            PortSet::parse_list("88,389 445", "--ports").unwrap().iter().collect::<Vec<_>>(),
             vec![88, 389, 445]
         );
         assert!(PortSet::parse_list("0", "--ports").is_err());
         assert!(PortSet::parse_list("ldap", "--ports").is_err());
         assert!(PortSet::parse_list("70000", "--ports").is_err());
-        assert_eq!(
-            PortSet::default().iter().count(),
-            DEFAULT_SERVICE_PORTS.len()
-        );
+        assert_eq!(PortSet::default().iter().count(), DEFAULT_SERVICE_PORTS.len());
     }
 }

@@ -10,7 +10,7 @@ use aya::{
 use log::{info, warn};
 use tap_common::{
     config::CONFIG_MAP,
-    counters::COUNTERS_MAP,
+    counters::{CounterSet, COUNTERS_MAP},
     filter::{DC_V4_HOSTS_MAP, DC_V4_NETS_MAP, DC_V6_HOSTS_MAP, DC_V6_NETS_MAP, PORTS_MAP},
     record::{RING_COUNT, RING_MAPS},
     PROGRAM_NAME,
@@ -36,7 +36,7 @@ pub struct XdpCapture {
     /// The mode the program ended up attached in.
     pub attached_native: bool,
     pub filter: FilterMaps,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, CounterSet>,
 }
 
 impl XdpCapture {
@@ -73,14 +73,7 @@ impl XdpCapture {
         for name in &RING_MAPS[..used] {
             rings.push(RingBuf::try_from(take(&mut ebpf, name)?)?);
         }
-        let capture = Self {
-            ebpf,
-            link: None,
-            iface: String::new(),
-            attached_native: false,
-            filter,
-            counters,
-        };
+        let capture = Self { ebpf, link: None, iface: String::new(), attached_native: false, filter, counters };
         Ok((capture, rings))
     }
 
@@ -100,23 +93,20 @@ impl XdpCapture {
                 }
             },
         };
-        let link = link.with_context(|| format!("attach XDP to {iface} (does the interface exist and is no other XDP program attached?)"))?;
+        let link = link.with_context(|| {
+            format!("attach XDP to {iface} (does the interface exist and is no other XDP program attached?)")
+        })?;
         self.link = Some(link);
         self.iface = iface.to_owned();
         self.attached_native = native;
-        info!(
-            "XDP program attached to {iface} in {} mode",
-            if native { "native" } else { "generic" }
-        );
+        info!("XDP program attached to {iface} in {} mode", if native { "native" } else { "generic" });
         Ok(())
     }
 
     /// Detaches from the interface; the maps stay readable.
     pub fn detach(&mut self) -> anyhow::Result<()> {
         if let Some(link) = self.link.take() {
-            program_mut(&mut self.ebpf)?
-                .detach(link)
-                .with_context(|| format!("detach XDP from {}", self.iface))?;
+            program_mut(&mut self.ebpf)?.detach(link).with_context(|| format!("detach XDP from {}", self.iface))?;
             info!("XDP program detached from {}", self.iface);
         }
         Ok(())
@@ -124,6 +114,22 @@ impl XdpCapture {
 
     pub fn counters(&self) -> anyhow::Result<XdpCounters> {
         XdpCounters::read(&self.counters).context("read XDP counters")
+    }
+
+    /// Runs the program once per `repeat` on `frame` without a network (BPF_PROG_TEST_RUN)
+    /// and returns the XDP action and the kernel's mean time per run. Kept frames land in
+    /// the rings like captured ones.
+    pub fn test_run(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, std::time::Duration)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the XDP object"))?
+            .try_into()?;
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(frame), repeat: repeat.max(1), ..TestRunOptions::default() })
+            .context("BPF_PROG_TEST_RUN")?;
+        Ok((result.return_value, result.duration))
     }
 
     /// The loaded program, for run-time statistics (bpf_stats).
@@ -146,15 +152,13 @@ impl Drop for XdpCapture {
 }
 
 fn program_mut(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    let program = ebpf
-        .program_mut(PROGRAM_NAME)
-        .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the XDP object"))?;
+    let program =
+        ebpf.program_mut(PROGRAM_NAME).ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the XDP object"))?;
     Ok(program.try_into()?)
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
+    ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
 }
 
 fn page_size() -> u32 {
@@ -169,10 +173,7 @@ fn page_size() -> u32 {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
 fn raise_memlock_limit() {
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: valid pointer to an rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels with memcg accounting");

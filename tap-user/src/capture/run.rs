@@ -20,8 +20,9 @@ use super::{
 };
 use crate::{output::PcapSink, signals::Signals, time::WallClock};
 
-/// How often the control loop looks at signals and the deadline.
-const CONTROL_TICK: Duration = Duration::from_millis(20);
+/// How often the control loop looks at signals and the deadline: the longest a SIGTERM
+/// waits before the program is detached.
+const CONTROL_TICK: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
@@ -37,34 +38,37 @@ pub struct CaptureOptions {
     pub duration: Option<Duration>,
     /// Capacity of the reader-to-consumer channel, in batches.
     pub channel_batches: usize,
+    /// Turn on the kernel's BPF run-time statistics and report the program's run count and
+    /// total run time (a few ns per frame of overhead while on).
+    pub bpf_stats: bool,
 }
 
 fn current_dcs(opts: &CaptureOptions) -> anyhow::Result<DcSet> {
     let Some(path) = &opts.dc_file else {
         return Ok(opts.dcs.clone());
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("read DC list {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("read DC list {}", path.display()))?;
     let from_file = DcSet::parse_file(&text, &path.display().to_string())?;
     Ok(opts.dcs.clone().union(&from_file))
 }
 
-fn print_report(xdp: &XdpCapture, user: &UserCounters) {
-    match xdp.counters() {
-        Ok(counters) => {
-            let mut out = std::io::stdout().lock();
-            let _ = write!(
-                out,
-                "{}",
-                CaptureReport {
-                    xdp: counters,
-                    user
-                }
-            );
-            let _ = out.flush();
+fn print_report(xdp: &XdpCapture, user: &UserCounters, bpf_stats: bool) {
+    let counters = match xdp.counters() {
+        Ok(counters) => counters,
+        Err(e) => return warn!("{e:#}"),
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", CaptureReport { xdp: counters, user });
+    if bpf_stats {
+        match xdp.program_info() {
+            Ok(info) => {
+                let _ = writeln!(out, "{:<26}{:>14}", "xdp_prog_run_count", info.run_count());
+                let _ = writeln!(out, "{:<26}{:>14}", "xdp_prog_run_time_ns", info.run_time().as_nanos());
+            }
+            Err(e) => warn!("read program statistics: {e:#}"),
         }
-        Err(e) => warn!("{e:#}"),
     }
+    let _ = out.flush();
 }
 
 pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
@@ -73,55 +77,44 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         bail!("no domain controllers to watch: give --dc ADDR[,ADDR…] or --dc-file FILE");
     }
     let clock = WallClock::sample();
+    // The statistics stay on while this descriptor is open.
+    let _stats = if opts.bpf_stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF run-time statistics")?)
+    } else {
+        None
+    };
     let (mut xdp, rings) = XdpCapture::load(opts.ring_bytes)?;
-    xdp.filter
-        .set_ports(&opts.ports)
-        .context("fill the service-port map")?;
-    xdp.filter
-        .set_snaplen(opts.snaplen)
-        .context("set the snap length")?;
-    xdp.filter
-        .set_dcs(&dcs)
-        .context("fill the DC address maps")?;
+    xdp.filter.set_ports(&opts.ports).context("fill the service-port map")?;
+    xdp.filter.set_snaplen(opts.snaplen).context("set the snap length")?;
+    xdp.filter.set_dcs(&dcs).context("fill the DC address maps")?;
 
     let user = Arc::new(UserCounters::default());
     let stop_readers = Arc::new(AtomicBool::new(false));
     let (tx, rx) = bounded::<FrameBatch>(opts.channel_batches);
     let mut readers = Vec::new();
     for (i, ring) in rings.into_iter().enumerate() {
-        let reader = RingReader {
-            ring,
-            tx: tx.clone(),
-            counters: Arc::clone(&user),
-            stop: Arc::clone(&stop_readers),
-        };
-        readers.push(
-            thread::Builder::new()
-                .name(format!("ring-{i}"))
-                .spawn(move || reader.run())?,
-        );
+        let reader =
+            RingReader { ring, tx: tx.clone(), counters: Arc::clone(&user), clock, stop: Arc::clone(&stop_readers) };
+        readers.push(thread::Builder::new().name(format!("ring-{i}")).spawn(move || reader.run())?);
     }
     drop(tx);
     let mut sink = match &opts.write {
-        Some(path) => Some(PcapSink::create(path, clock)?),
+        Some(path) => Some(PcapSink::create(path)?),
         None => None,
     };
     let consumer_counters = Arc::clone(&user);
-    let consumer =
-        thread::Builder::new()
-            .name("consumer".into())
-            .spawn(move || -> anyhow::Result<()> {
-                for batch in rx {
-                    if let Some(sink) = sink.as_mut() {
-                        sink.write_batch(&batch)?;
-                    }
-                    UserCounters::add(&consumer_counters.frames_consumed, batch.len() as u64);
-                }
-                match sink {
-                    Some(sink) => sink.finish(),
-                    None => Ok(()),
-                }
-            })?;
+    let consumer = thread::Builder::new().name("consumer".into()).spawn(move || -> anyhow::Result<()> {
+        for batch in rx {
+            if let Some(sink) = sink.as_mut() {
+                sink.write_batch(&batch)?;
+            }
+            UserCounters::add(&consumer_counters.frames_consumed, batch.len() as u64);
+        }
+        match sink {
+            Some(sink) => sink.finish(),
+            None => Ok(()),
+        }
+    })?;
 
     xdp.attach(&opts.iface, opts.mode)?;
     info!("watching {} DC entries: {}", dcs.len(), dcs);
@@ -131,11 +124,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
             out,
             "ready: capturing on {} ({} XDP)",
             opts.iface,
-            if xdp.attached_native {
-                "native"
-            } else {
-                "generic"
-            }
+            if xdp.attached_native { "native" } else { "generic" }
         )?;
         out.flush()?;
     }
@@ -144,7 +133,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
         thread::sleep(CONTROL_TICK);
         if Signals::take(&signals.dump_counters) {
-            print_report(&xdp, &user);
+            print_report(&xdp, &user, opts.bpf_stats);
         }
         if Signals::take(&signals.reload) {
             match current_dcs(opts).and_then(|next| {
@@ -174,9 +163,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     for r in readers {
         let _ = r.join();
     }
-    let written = consumer
-        .join()
-        .map_err(|_| anyhow::anyhow!("consumer thread panicked"))?;
-    print_report(&xdp, &user);
+    let written = consumer.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))?;
+    print_report(&xdp, &user, opts.bpf_stats);
     written
 }

@@ -12,6 +12,9 @@ pub mod record;
 
 /// Name of the XDP entry point in the eBPF object.
 pub const PROGRAM_NAME: &str = "dctap_xdp";
+/// A program that drops every frame and does nothing else: the benchmark's floor, so the
+/// cost that bpf_stats itself and the driver add can be told from the filter's own.
+pub const FLOOR_PROGRAM_NAME: &str = "dctap_xdp_floor";
 
 #[cfg(feature = "user")]
 mod user {

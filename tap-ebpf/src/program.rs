@@ -81,6 +81,12 @@ pub fn dctap_xdp(ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// The benchmark's floor (see `tap_common::FLOOR_PROGRAM_NAME`).
+#[xdp]
+pub fn dctap_xdp_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
 /// The filter: the DC end of the conversation is on a service port. The port is checked
 /// first because it is one array load, and only the address on that side is looked up.
 /// A non-first fragment (no ports) is kept when either end is a DC.

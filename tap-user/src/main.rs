@@ -61,6 +61,9 @@ struct CaptureArgs {
     /// Measure the XDP program's own cost (kernel BPF statistics) and report run count and time.
     #[arg(long)]
     bpf_stats: bool,
+    /// Benchmarks only: attach a program that drops every frame and does nothing else.
+    #[arg(long, hide = true)]
+    floor_program: bool,
 }
 
 fn parse_ring_mib(s: &str) -> Result<u32, String> {
@@ -105,6 +108,7 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         duration,
         channel_batches: 1024,
         bpf_stats: args.bpf_stats,
+        floor_program: args.floor_program,
     };
     let signals = Signals::install()?;
     tap_user::capture::run::run(&opts, &signals).context("capture")

@@ -185,8 +185,22 @@ fn run_xdp(
     pps: Option<u32>,
     senders: u32,
 ) -> anyhow::Result<(Measured, tap_testkit::sensor::Counters)> {
+    run_sensor(sensor_bin, pair, input, per_loop, pps, senders, &[])
+}
+
+fn run_sensor(
+    sensor_bin: &Path,
+    pair: &SpanPair,
+    input: &Path,
+    per_loop: (usize, usize),
+    pps: Option<u32>,
+    senders: u32,
+    extra_args: &[&str],
+) -> anyhow::Result<(Measured, tap_testkit::sensor::Counters)> {
     let dcs = format!("{DC4},{DC6}");
-    let sensor = SensorProcess::start(sensor_bin, pair, &["--dc", &dcs, "--write", "/dev/null", "--bpf-stats"])?;
+    let mut args = vec!["--dc", &dcs, "--write", "/dev/null", "--bpf-stats"];
+    args.extend_from_slice(extra_args);
+    let sensor = SensorProcess::start(sensor_bin, pair, &args)?;
     let cpu0 = sensor.cpu_time()?;
     let loops = loops_for(pps, per_loop.0);
     let (sent, elapsed) = replay(pair, input, pps, loops, senders)?;
@@ -272,9 +286,10 @@ fn run_tcpdump(
 }
 
 /// Nanoseconds per run of the program, from bpf_stats, with traffic where every frame is
-/// dropped (or kept).
-fn program_cost(sensor_bin: &Path, pair: &SpanPair, input: &Path, frames: usize) -> anyhow::Result<f64> {
-    let (m, c) = run_xdp(sensor_bin, pair, input, (frames, 0), Some(100_000), 1)?;
+/// dropped (or kept); `floor` measures the do-nothing program on the same traffic instead.
+fn program_cost(sensor_bin: &Path, pair: &SpanPair, input: &Path, frames: usize, floor: bool) -> anyhow::Result<f64> {
+    let extra: &[&str] = if floor { &["--floor-program"] } else { &[] };
+    let (m, c) = run_sensor(sensor_bin, pair, input, (frames, 0), Some(100_000), 1, extra)?;
     let runs = c.get("xdp_prog_run_count");
     if runs < m.sent / 2 {
         bail!("bpf_stats counted {runs} runs for {} frames sent", m.sent);
@@ -340,12 +355,20 @@ fn capture(env: &Env) -> anyhow::Result<()> {
         }
     }
 
-    step("program cost per frame (bpf_stats, 100 kpps)");
-    let drop_ns = program_cost(&sensor_bin, &pair, &dropped_path, dropped.len())?;
-    let keep_ns = program_cost(&sensor_bin, &pair, &full_path, full.len())?;
-    note(&format!("dropped frame: {drop_ns:.0} ns; kept full-size (1514-byte) frame: {keep_ns:.0} ns"));
+    step("program cost per frame (bpf_stats, 100 kpps), beside a do-nothing program on the same frames");
+    let cost = ProgramCost {
+        dropped: program_cost(&sensor_bin, &pair, &dropped_path, dropped.len(), false)?,
+        dropped_floor: program_cost(&sensor_bin, &pair, &dropped_path, dropped.len(), true)?,
+        kept: program_cost(&sensor_bin, &pair, &full_path, full.len(), false)?,
+        kept_floor: program_cost(&sensor_bin, &pair, &full_path, full.len(), true)?,
+        test_run: test_run_costs(env)?,
+    };
+    note(&format!(
+        "dropped frame: {:.0} ns (floor {:.0}); kept full-size frame: {:.0} ns (floor {:.0})",
+        cost.dropped, cost.dropped_floor, cost.kept, cost.kept_floor
+    ));
 
-    let report = render(&results, drop_ns, keep_ns, &mix, kept);
+    let report = render(&results, &cost, &mix, kept);
     println!("\n{report}");
     let out = work.join("capture.md");
     std::fs::write(&out, &report)?;
@@ -353,7 +376,33 @@ fn capture(env: &Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn render(results: &[Measured], drop_ns: f64, keep_ns: f64, mix: &[Vec<u8>], kept: usize) -> String {
+struct ProgramCost {
+    dropped: f64,
+    dropped_floor: f64,
+    kept: f64,
+    kept_floor: f64,
+    /// (frame, ns) from the BPF_PROG_TEST_RUN micro-benchmark.
+    test_run: Vec<(String, u64)>,
+}
+
+/// Runs `cargo bench -p tap-user --bench xdp_program` and reads its `frame  ns` lines.
+fn test_run_costs(env: &Env) -> anyhow::Result<Vec<(String, u64)>> {
+    let out = env.cargo().args(["bench", "-q", "-p", "tap-user", "--bench", "xdp_program"]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (name, ns) = l.trim_end().rsplit_once(' ')?;
+            Some((name.trim().to_string(), ns.trim().parse().ok()?))
+        })
+        .collect();
+    if rows.is_empty() {
+        bail!("xdp_program bench printed no figures:\n{text}");
+    }
+    Ok(rows)
+}
+
+fn render(results: &[Measured], cost: &ProgramCost, mix: &[Vec<u8>], kept: usize) -> String {
     fn by<'a>(results: &'a [Measured], c: &'a str) -> impl Iterator<Item = &'a Measured> + 'a {
         results.iter().filter(move |m| m.consumer == c)
     }
@@ -389,8 +438,21 @@ fn render(results: &[Measured], drop_ns: f64, keep_ns: f64, mix: &[Vec<u8>], kep
         "| consumer CPU per million kept frames (s), all runs | {cx:.2} | {ct:.2} | {:.2} |",
         cx / ct.max(1e-9)
     );
-    let _ = writeln!(s, "| XDP program per dropped frame (bpf_stats) | {drop_ns:.0} ns | | |");
-    let _ = writeln!(s, "| XDP program per kept 1514-byte frame (bpf_stats) | {keep_ns:.0} ns | | |");
+    let _ = writeln!(
+        s,
+        "| XDP program per dropped frame, bpf_stats (do-nothing program on the same frames) | {:.0} ns ({:.0} ns) | | |",
+        cost.dropped, cost.dropped_floor
+    );
+    let _ = writeln!(
+        s,
+        "| XDP program per kept 1514-byte frame, bpf_stats (do-nothing program) | {:.0} ns ({:.0} ns) | | |",
+        cost.kept, cost.kept_floor
+    );
+    let _ = writeln!(s, "\nProgram cost in BPF_PROG_TEST_RUN (no network; kernel's mean over many runs):\n");
+    let _ = writeln!(s, "| frame | ns |\n| --- | --- |");
+    for (name, ns) in &cost.test_run {
+        let _ = writeln!(s, "| {name} | {ns} |");
+    }
     let _ = writeln!(
         s,
         "\nTraffic: {} frames per loop, {:.0}% DC service frames; each rate measured for both consumers one after the other.",

@@ -31,6 +31,8 @@ pub enum AttachMode {
 
 pub struct XdpCapture {
     ebpf: Ebpf,
+    /// Which program of the object is loaded: the filter, or the benchmark's floor.
+    program_name: &'static str,
     link: Option<XdpLinkId>,
     iface: String,
     /// The mode the program ended up attached in.
@@ -43,6 +45,11 @@ impl XdpCapture {
     /// Loads the program with `ring_bytes` per used ring (a power of two, at least one page).
     /// Rings beyond the CPU count get one page: the program only writes to `cpu % RING_COUNT`.
     pub fn load(ring_bytes: u32) -> anyhow::Result<(Self, Vec<RingBuf<MapData>>)> {
+        Self::load_program(ring_bytes, PROGRAM_NAME)
+    }
+
+    /// Loads `program_name` from the object (`PROGRAM_NAME` or `FLOOR_PROGRAM_NAME`).
+    pub fn load_program(ring_bytes: u32, program_name: &'static str) -> anyhow::Result<(Self, Vec<RingBuf<MapData>>)> {
         raise_memlock_limit();
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("count CPUs: {e}"))?;
         let used = cpus.min(RING_COUNT);
@@ -57,8 +64,8 @@ impl XdpCapture {
                  and a kernel with BPF ring buffers (5.8 or newer)"
             )
         })?;
-        let program: &mut Xdp = program_mut(&mut ebpf)?;
-        program.load().context("verify and load the XDP program")?;
+        let program: &mut Xdp = program_mut(&mut ebpf, program_name)?;
+        program.load().with_context(|| format!("verify and load the XDP program {program_name}"))?;
 
         let filter = FilterMaps::new(
             HashMap::try_from(take(&mut ebpf, DC_V4_HOSTS_MAP)?)?,
@@ -73,7 +80,8 @@ impl XdpCapture {
         for name in &RING_MAPS[..used] {
             rings.push(RingBuf::try_from(take(&mut ebpf, name)?)?);
         }
-        let capture = Self { ebpf, link: None, iface: String::new(), attached_native: false, filter, counters };
+        let capture =
+            Self { ebpf, program_name, link: None, iface: String::new(), attached_native: false, filter, counters };
         Ok((capture, rings))
     }
 
@@ -81,7 +89,7 @@ impl XdpCapture {
         if self.link.is_some() {
             bail!("already attached to {}", self.iface);
         }
-        let program = program_mut(&mut self.ebpf)?;
+        let program = program_mut(&mut self.ebpf, self.program_name)?;
         let (link, native) = match mode {
             AttachMode::Native => (program.attach(iface, XdpMode::Driver), true),
             AttachMode::Generic => (program.attach(iface, XdpMode::Skb), false),
@@ -106,7 +114,9 @@ impl XdpCapture {
     /// Detaches from the interface; the maps stay readable.
     pub fn detach(&mut self) -> anyhow::Result<()> {
         if let Some(link) = self.link.take() {
-            program_mut(&mut self.ebpf)?.detach(link).with_context(|| format!("detach XDP from {}", self.iface))?;
+            program_mut(&mut self.ebpf, self.program_name)?
+                .detach(link)
+                .with_context(|| format!("detach XDP from {}", self.iface))?;
             info!("XDP program detached from {}", self.iface);
         }
         Ok(())
@@ -121,12 +131,8 @@ impl XdpCapture {
     /// the rings like captured ones.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, std::time::Duration)> {
         use aya::programs::{TestRun as _, TestRunOptions};
-        let program: &Xdp = self
-            .ebpf
-            .program(PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the XDP object"))?
-            .try_into()?;
-        let result = program
+        let result = self
+            .program()?
             .test_run(TestRunOptions { data_in: Some(frame), repeat: repeat.max(1), ..TestRunOptions::default() })
             .context("BPF_PROG_TEST_RUN")?;
         Ok((result.return_value, result.duration))
@@ -134,12 +140,13 @@ impl XdpCapture {
 
     /// The loaded program, for run-time statistics (bpf_stats).
     pub fn program_info(&self) -> anyhow::Result<aya::programs::ProgramInfo> {
-        let program: &Xdp = self
-            .ebpf
-            .program(PROGRAM_NAME)
-            .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the XDP object"))?
-            .try_into()?;
-        Ok(program.info()?)
+        Ok(self.program()?.info()?)
+    }
+
+    fn program(&self) -> anyhow::Result<&Xdp> {
+        let name = self.program_name;
+        let program = self.ebpf.program(name).ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?;
+        Ok(program.try_into()?)
     }
 }
 
@@ -151,9 +158,8 @@ impl Drop for XdpCapture {
     }
 }
 
-fn program_mut(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    let program =
-        ebpf.program_mut(PROGRAM_NAME).ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the XDP object"))?;
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
+    let program = ebpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing from the XDP object"))?;
     Ok(program.try_into()?)
 }
 

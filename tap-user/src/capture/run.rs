@@ -41,6 +41,9 @@ pub struct CaptureOptions {
     /// Turn on the kernel's BPF run-time statistics and report the program's run count and
     /// total run time (a few ns per frame of overhead while on).
     pub bpf_stats: bool,
+    /// Attach the benchmark's floor program (drops everything, counts nothing) instead of
+    /// the filter.
+    pub floor_program: bool,
 }
 
 fn current_dcs(opts: &CaptureOptions) -> anyhow::Result<DcSet> {
@@ -83,7 +86,8 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     } else {
         None
     };
-    let (mut xdp, rings) = XdpCapture::load(opts.ring_bytes)?;
+    let program = if opts.floor_program { tap_common::FLOOR_PROGRAM_NAME } else { tap_common::PROGRAM_NAME };
+    let (mut xdp, rings) = XdpCapture::load_program(opts.ring_bytes, program)?;
     xdp.filter.set_ports(&opts.ports).context("fill the service-port map")?;
     xdp.filter.set_snaplen(opts.snaplen).context("set the snap length")?;
     xdp.filter.set_dcs(&dcs).context("fill the DC address maps")?;

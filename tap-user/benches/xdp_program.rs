@@ -56,6 +56,9 @@ fn main() -> anyhow::Result<()> {
         println!("{what:<44}{:>12}", mean.as_nanos());
     }
     let ring_full = xdp.counters()?.get(tap_common::counters::Counter::RingFull);
-    anyhow::ensure!(ring_full == 0, "{ring_full} kept runs found the ring full: the kept figures measured the wrong path");
+    anyhow::ensure!(
+        ring_full == 0,
+        "{ring_full} kept runs found the ring full: the kept figures measured the wrong path"
+    );
     Ok(())
 }

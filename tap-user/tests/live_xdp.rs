@@ -57,11 +57,6 @@ fn write_input(dir: &TempDir, frames: &[Vec<u8>]) -> PathBuf {
     path
 }
 
-fn sorted(mut frames: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
-    frames.sort();
-    frames
-}
-
 /// Replays the mix and checks counters and written bytes; `snaplen` None means full frames.
 fn check_mix(mode: &str, snaplen: Option<usize>) {
     let test = format!("mix_{mode}_{}", snaplen.map_or("full".into(), |s| s.to_string()));

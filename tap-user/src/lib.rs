@@ -4,6 +4,9 @@
 //! `main.rs` only parses the command line; everything it runs lives here so tests can use it.
 
 pub mod capture;
+pub mod decode;
+pub mod flow;
 pub mod output;
 pub mod signals;
+pub mod telemetry;
 pub mod time;

@@ -1,0 +1,288 @@
+//! Frame decoding with etherparse: Ethernet, up to two VLAN tags, IPv4/IPv6 (fragments are
+//! handed to `defrag`), TCP and UDP. Pure: bytes in, borrowed views out.
+
+pub mod defrag;
+
+use std::net::IpAddr;
+
+use etherparse::{
+    ip_number, Ipv6ExtensionSlice, LinkExtSlice, NetSlice, SlicedPacket, TcpSlice, TransportSlice, UdpSlice,
+};
+
+/// TCP flags as on the wire (RFC 9293 section 3.1), low byte.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+
+    pub fn fin(self) -> bool {
+        self.0 & Self::FIN != 0
+    }
+    pub fn syn(self) -> bool {
+        self.0 & Self::SYN != 0
+    }
+    pub fn rst(self) -> bool {
+        self.0 & Self::RST != 0
+    }
+    pub fn ack(self) -> bool {
+        self.0 & Self::ACK != 0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegment<'a> {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: TcpFlags,
+    pub payload: &'a [u8],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4<'a> {
+    Tcp(TcpSegment<'a>),
+    Udp { src_port: u16, dst_port: u16, payload: &'a [u8] },
+}
+
+impl L4<'_> {
+    pub fn ports(&self) -> (u16, u16) {
+        match self {
+            L4::Tcp(t) => (t.src_port, t.dst_port),
+            L4::Udp { src_port, dst_port, .. } => (*src_port, *dst_port),
+        }
+    }
+}
+
+/// A TCP or UDP packet, whole (reassembled when it came in fragments).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet<'a> {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// Outermost VLAN id, for reports only: it is not part of the flow key, because a SPAN
+    /// port often tags the two directions of one conversation differently.
+    pub vlan: Option<u16>,
+    pub l4: L4<'a>,
+}
+
+/// One IPv4 or IPv6 fragment, for `defrag`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment<'a> {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub vlan: Option<u16>,
+    /// Upper-layer protocol number.
+    pub protocol: u8,
+    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits).
+    pub id: u32,
+    /// Byte offset of `payload` in the datagram's upper-layer payload.
+    pub offset: u32,
+    pub more: bool,
+    pub payload: &'a [u8],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    Packet(Packet<'a>),
+    Fragment(Fragment<'a>),
+}
+
+/// Why a frame yields nothing for the flow stage. Each is a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not IPv4 or IPv6")]
+    NotIp,
+    #[error("IP protocol {0} is not TCP or UDP")]
+    OtherProtocol(u8),
+    #[error("link or VLAN header cut short")]
+    BadLink,
+    #[error("IP header invalid or cut short")]
+    BadIp,
+    #[error("TCP or UDP header invalid or cut short")]
+    BadTransport,
+}
+
+fn outer_vlan(p: &SlicedPacket<'_>) -> Option<u16> {
+    p.link_exts.iter().find_map(|e| match e {
+        LinkExtSlice::Vlan(v) => Some(v.vlan_identifier().value()),
+        _ => None,
+    })
+}
+
+/// Decodes one Ethernet frame.
+pub fn decode(frame: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+    let p = SlicedPacket::from_ethernet(frame).map_err(|e| {
+        use etherparse::err::packet::SliceError as E;
+        match e {
+            E::Len(l) if l.layer == etherparse::err::Layer::Ethernet2Header => DecodeError::BadLink,
+            E::Len(l) if l.layer == etherparse::err::Layer::VlanHeader => DecodeError::BadLink,
+            E::Tcp(_) => DecodeError::BadTransport,
+            E::Len(l) if matches!(l.layer, etherparse::err::Layer::TcpHeader | etherparse::err::Layer::UdpHeader) => {
+                DecodeError::BadTransport
+            }
+            _ => DecodeError::BadIp,
+        }
+    })?;
+    let vlan = outer_vlan(&p);
+    let (src, dst, payload) = match &p.net {
+        Some(NetSlice::Ipv4(v4)) => {
+            let h = v4.header();
+            let (src, dst) = (IpAddr::from(h.source()), IpAddr::from(h.destination()));
+            if v4.is_payload_fragmented() {
+                return Ok(Decoded::Fragment(Fragment {
+                    src,
+                    dst,
+                    vlan,
+                    protocol: h.protocol().0,
+                    id: h.identification() as u32,
+                    offset: h.fragments_offset().byte_offset() as u32,
+                    more: h.more_fragments(),
+                    payload: v4.payload().payload,
+                }));
+            }
+            (src, dst, v4.payload())
+        }
+        Some(NetSlice::Ipv6(v6)) => {
+            let h = v6.header();
+            let (src, dst) = (IpAddr::from(h.source()), IpAddr::from(h.destination()));
+            if v6.is_payload_fragmented() {
+                let frag = v6.extensions().clone().into_iter().find_map(|e| match e {
+                    Ipv6ExtensionSlice::Fragment(f) => Some(f),
+                    _ => None,
+                });
+                let Some(frag) = frag else { return Err(DecodeError::BadIp) };
+                return Ok(Decoded::Fragment(Fragment {
+                    src,
+                    dst,
+                    vlan,
+                    protocol: v6.payload().ip_number.0,
+                    id: frag.identification(),
+                    offset: frag.fragment_offset().byte_offset() as u32,
+                    more: frag.more_fragments(),
+                    payload: v6.payload().payload,
+                }));
+            }
+            (src, dst, v6.payload())
+        }
+        Some(NetSlice::Arp(_)) | None => return Err(DecodeError::NotIp),
+    };
+    let l4 = match &p.transport {
+        Some(TransportSlice::Tcp(t)) => L4::Tcp(tcp_segment(t)),
+        Some(TransportSlice::Udp(u)) => {
+            L4::Udp { src_port: u.source_port(), dst_port: u.destination_port(), payload: u.payload() }
+        }
+        _ => return Err(DecodeError::OtherProtocol(payload.ip_number.0)),
+    };
+    Ok(Decoded::Packet(Packet { src, dst, vlan, l4 }))
+}
+
+fn tcp_segment<'a>(t: &TcpSlice<'a>) -> TcpSegment<'a> {
+    // Flags byte 13 of the header (CWR ECE URG ACK PSH RST SYN FIN).
+    let flags = t.header_slice()[13];
+    TcpSegment {
+        src_port: t.source_port(),
+        dst_port: t.destination_port(),
+        seq: t.sequence_number(),
+        ack: t.acknowledgment_number(),
+        flags: TcpFlags(flags),
+        payload: t.payload(),
+    }
+}
+
+/// Decodes the upper-layer bytes of a reassembled datagram.
+pub fn decode_l4(protocol: u8, bytes: &[u8]) -> Result<L4<'_>, DecodeError> {
+    match etherparse::IpNumber(protocol) {
+        ip_number::TCP => {
+            TcpSlice::from_slice(bytes).map(|t| L4::Tcp(tcp_segment(&t))).map_err(|_| DecodeError::BadTransport)
+        }
+        ip_number::UDP => UdpSlice::from_slice(bytes)
+            .map(|u| L4::Udp { src_port: u.source_port(), dst_port: u.destination_port(), payload: u.payload() })
+            .map_err(|_| DecodeError::BadTransport),
+        _ => Err(DecodeError::OtherProtocol(protocol)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tap_testkit::frame::{self, Breakage, Tags, V6Ext, L4 as TL4};
+
+    fn a4(s: &str) -> std::net::Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn decodes_tagged_tcp_and_udp_over_both_families() {
+        let f =
+            frame::ipv4(Tags::QinQ(100, 7), a4("10.0.0.20"), a4("10.0.0.10"), TL4::Tcp { src: 5000, dst: 88 }, 33, 1);
+        let Decoded::Packet(p) = decode(&f).unwrap() else { panic!("packet") };
+        assert_eq!(p.vlan, Some(100));
+        assert_eq!(p.l4.ports(), (5000, 88));
+        let L4::Tcp(t) = p.l4 else { panic!("tcp") };
+        assert_eq!(t.payload.len(), 33);
+        assert!(t.flags.ack() && !t.flags.syn());
+
+        let f = frame::ipv6(
+            Tags::None,
+            "fd00::20".parse().unwrap(),
+            "fd00::10".parse().unwrap(),
+            TL4::Udp { src: 53, dst: 4000 },
+            V6Ext::HopByHopAndDestOpts,
+            12,
+            2,
+        );
+        let Decoded::Packet(p) = decode(&f).unwrap() else { panic!("packet") };
+        assert_eq!(p.l4, L4::Udp { src_port: 53, dst_port: 4000, payload: &f[f.len() - 12..] });
+    }
+
+    #[test]
+    fn fragments_come_out_with_offsets() {
+        let frags = frame::ipv4_fragments(
+            Tags::Dot1Q(5),
+            a4("10.0.0.20"),
+            a4("10.0.0.10"),
+            TL4::Udp { src: 1, dst: 88 },
+            3000,
+            1480,
+            7,
+        );
+        let offsets: Vec<(u32, bool)> = frags
+            .iter()
+            .map(|f| match decode(f).unwrap() {
+                Decoded::Fragment(fr) => (fr.offset, fr.more),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(offsets, vec![(0, true), (1480, true), (2960, false)]);
+        let v6 = frame::ipv6_fragments(
+            Tags::None,
+            "fd00::1".parse().unwrap(),
+            "fd00::2".parse().unwrap(),
+            TL4::Udp { src: 1, dst: 389 },
+            2500,
+            1232,
+            3,
+        );
+        let Decoded::Fragment(last) = decode(v6.last().unwrap()).unwrap() else { panic!() };
+        assert_eq!((last.offset, last.more, last.id, last.protocol), (2464, false, 3, 17));
+    }
+
+    #[test]
+    fn broken_frames_say_what_is_wrong_and_never_panic() {
+        let (c, d) = (a4("10.0.0.20"), a4("10.0.0.10"));
+        let (c6, d6) = ("fd00::20".parse().unwrap(), "fd00::10".parse().unwrap());
+        assert_eq!(decode(&frame::arp(c, d)), Err(DecodeError::NotIp));
+        assert_eq!(decode(&frame::malformed(Breakage::RuntIpv4, c, d, c6, d6)), Err(DecodeError::BadIp));
+        assert_eq!(decode(&frame::malformed(Breakage::BadIhl, c, d, c6, d6)), Err(DecodeError::BadIp));
+        assert!(decode(&frame::malformed(Breakage::RuntVlan, c, d, c6, d6)).is_err());
+        assert!(decode(&frame::malformed(Breakage::MissingPorts, c, d, c6, d6)).is_err());
+        for len in 0..80 {
+            let f = frame::ipv4(Tags::Dot1Q(1), c, d, TL4::Tcp { src: 1, dst: 2 }, 20, 1);
+            let _ = decode(&f[..len.min(f.len())]);
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! The flow table: both directions of a conversation meet under one normalised key
+//! (VLAN tags are deliberately not part of it), TCP directions are reassembled, UDP
+//! datagrams passed on, and every flow ends in exactly one `Closed` event: FIN, RST, idle
+//! timeout, eviction for room, or shutdown.
+//!
+//! Memory is bounded by the flow count (oldest idle evicted first), per-direction
+//! out-of-order limits, and a global out-of-order byte budget. Time is capture time (the
+//! frames' timestamps), so a capture file behaves like live traffic.
+
+pub mod tcp;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use lru::LruCache;
+
+use crate::decode::{Packet, L4};
+use tcp::{Chunk, HalfStream, TcpCounters, TcpLimits};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// Both ends, smaller (address, port) first, so either direction finds the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub lo: SocketAddr,
+    pub hi: SocketAddr,
+    pub transport: Transport,
+}
+
+impl FlowKey {
+    /// The key and whether `src` is the `lo` end.
+    pub fn of(src: SocketAddr, dst: SocketAddr, transport: Transport) -> (Self, bool) {
+        let src_is_lo = (src.ip(), src.port()) <= (dst.ip(), dst.port());
+        let (lo, hi) = if src_is_lo { (src, dst) } else { (dst, src) };
+        (Self { lo, hi, transport }, src_is_lo)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    ToServer,
+    ToClient,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both directions sent FIN and everything before it was delivered.
+    Fin,
+    Reset,
+    IdleTimeout,
+    /// Evicted to make room for a new flow.
+    Evicted,
+    /// The sensor stopped or the capture file ended.
+    Shutdown,
+}
+
+/// What the flow stage hands to its consumer (the protocol parsers).
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamEvent<'a> {
+    /// In-order TCP payload.
+    Data {
+        dir: Direction,
+        data: &'a [u8],
+    },
+    /// `len` bytes of this direction are missing: resynchronise at the next PDU.
+    Gap {
+        dir: Direction,
+        len: u64,
+    },
+    /// One UDP payload.
+    Datagram {
+        dir: Direction,
+        data: &'a [u8],
+    },
+    Closed(CloseReason),
+}
+
+/// A conversation as its consumer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowMeta {
+    /// Unique per tracker (per worker); with the worker index unique per sensor.
+    pub id: u64,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub transport: Transport,
+    /// Outer VLAN of the first frame seen.
+    pub vlan: Option<u16>,
+    pub first_seen: Duration,
+    pub last_seen: Duration,
+}
+
+/// Receives every flow's events; keeps its per-flow state inside the flow entry, so a
+/// consumer needs no table of its own.
+pub trait StreamConsumer {
+    type State: Default;
+    fn event(&mut self, flow: &FlowMeta, state: &mut Self::State, event: StreamEvent<'_>);
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct FlowLimits {
+    pub max_flows: usize,
+    pub tcp_idle: Duration,
+    pub udp_idle: Duration,
+    pub tcp: TcpLimits,
+    /// Out-of-order bytes held across all flows of one tracker.
+    pub max_ooo_bytes_total: usize,
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        Self {
+            max_flows: 262_144,
+            tcp_idle: Duration::from_secs(600),
+            udp_idle: Duration::from_secs(60),
+            tcp: TcpLimits::default(),
+            max_ooo_bytes_total: 64 << 20,
+        }
+    }
+}
+
+crate::counter_set! {
+    pub struct FlowCounters {
+        flows_created,
+        flows_closed_fin,
+        flows_closed_rst,
+        flows_idle_timeout,
+        /// Flows evicted (oldest idle first) to stay within the flow limit.
+        flows_evicted,
+        flows_closed_at_shutdown,
+        udp_datagrams,
+        /// Most flows open at once.
+        flows_peak,
+    }
+}
+
+struct Flow<S> {
+    meta: FlowMeta,
+    /// Whether the client is the key's `lo` end.
+    client_is_lo: bool,
+    to_server: HalfStream,
+    to_client: HalfStream,
+    reset: bool,
+    state: S,
+}
+
+pub struct FlowTracker<C: StreamConsumer> {
+    table: LruCache<FlowKey, Flow<C::State>>,
+    pub consumer: C,
+    limits: FlowLimits,
+    pub counters: FlowCounters,
+    pub tcp_counters: TcpCounters,
+    ooo_total: usize,
+    next_id: u64,
+    /// Capture time of the newest packet.
+    now: Duration,
+}
+
+/// Which end is the server of a new flow: the receiver of a bare SYN, the sender of a
+/// SYN-ACK, otherwise the lower port (AD services listen on low, well-known ports; clients
+/// use ephemeral ones).
+fn src_is_server(p: &Packet<'_>) -> bool {
+    if let L4::Tcp(t) = &p.l4 {
+        if t.flags.syn() {
+            return t.flags.ack();
+        }
+    }
+    let (sp, dp) = p.l4.ports();
+    sp < dp
+}
+
+impl<C: StreamConsumer> FlowTracker<C> {
+    pub fn new(consumer: C, limits: FlowLimits) -> Self {
+        Self {
+            table: LruCache::unbounded(),
+            consumer,
+            limits,
+            counters: FlowCounters::default(),
+            tcp_counters: TcpCounters::default(),
+            ooo_total: 0,
+            next_id: 0,
+            now: Duration::ZERO,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Out-of-order bytes held across all flows.
+    pub fn ooo_bytes(&self) -> usize {
+        self.ooo_total
+    }
+
+    /// Takes one packet seen at capture time `ts`.
+    pub fn packet(&mut self, ts: Duration, p: &Packet<'_>) {
+        self.now = self.now.max(ts);
+        self.expire_idle();
+        let (sp, dp) = p.l4.ports();
+        let transport = match p.l4 {
+            L4::Tcp(_) => Transport::Tcp,
+            L4::Udp { .. } => Transport::Udp,
+        };
+        let (src, dst) = (SocketAddr::new(p.src, sp), SocketAddr::new(p.dst, dp));
+        let (key, src_is_lo) = FlowKey::of(src, dst, transport);
+        if !self.table.contains(&key) {
+            if self.table.len() >= self.limits.max_flows {
+                if let Some((_, flow)) = self.table.pop_lru() {
+                    self.counters.flows_evicted += 1;
+                    self.close(flow, CloseReason::Evicted);
+                }
+            }
+            let server_is_src = src_is_server(p);
+            let (client, server) = if server_is_src { (dst, src) } else { (src, dst) };
+            let meta =
+                FlowMeta { id: self.next_id, client, server, transport, vlan: p.vlan, first_seen: ts, last_seen: ts };
+            self.next_id += 1;
+            self.counters.flows_created += 1;
+            let client_is_lo = src_is_lo != server_is_src;
+            self.table.put(
+                key,
+                Flow {
+                    meta,
+                    client_is_lo,
+                    to_server: HalfStream::default(),
+                    to_client: HalfStream::default(),
+                    reset: false,
+                    state: C::State::default(),
+                },
+            );
+            self.counters.flows_peak = self.counters.flows_peak.max(self.table.len() as u64);
+        }
+        let Some(flow) = self.table.get_mut(&key) else { return };
+        flow.meta.last_seen = ts;
+        let dir = if src_is_lo == flow.client_is_lo { Direction::ToServer } else { Direction::ToClient };
+        let done = match &p.l4 {
+            L4::Udp { payload, .. } => {
+                self.counters.udp_datagrams += 1;
+                self.consumer.event(&flow.meta, &mut flow.state, StreamEvent::Datagram { dir, data: payload });
+                false
+            }
+            L4::Tcp(seg) => {
+                let Flow { meta, to_server, to_client, state, reset, .. } = flow;
+                let half = if dir == Direction::ToServer { &mut *to_server } else { &mut *to_client };
+                let before = half.ooo_bytes();
+                let consumer = &mut self.consumer;
+                half.segment(
+                    seg,
+                    &self.limits.tcp,
+                    self.ooo_total >= self.limits.max_ooo_bytes_total,
+                    &mut self.tcp_counters,
+                    &mut |chunk| match chunk {
+                        Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir, data }),
+                        Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir, len }),
+                    },
+                );
+                self.ooo_total = self.ooo_total + half.ooo_bytes() - before;
+                if seg.flags.rst() {
+                    *reset = true;
+                }
+                *reset || (to_server.finished() && to_client.finished())
+            }
+        };
+        if done {
+            if let Some(flow) = self.table.pop(&key) {
+                let reason = if flow.reset { CloseReason::Reset } else { CloseReason::Fin };
+                match reason {
+                    CloseReason::Reset => self.counters.flows_closed_rst += 1,
+                    _ => self.counters.flows_closed_fin += 1,
+                }
+                self.close(flow, reason);
+            }
+        }
+    }
+
+    /// Closes flows idle longer than their timeout. The LRU order is last-activity order,
+    /// so only the oldest end of the table is looked at.
+    fn expire_idle(&mut self) {
+        while let Some((_, flow)) = self.table.peek_lru() {
+            let idle = match flow.meta.transport {
+                Transport::Tcp => self.limits.tcp_idle,
+                Transport::Udp => self.limits.udp_idle,
+            };
+            if self.now.saturating_sub(flow.meta.last_seen) < idle {
+                break;
+            }
+            let (_, flow) = self.table.pop_lru().expect("peeked");
+            self.counters.flows_idle_timeout += 1;
+            self.close(flow, CloseReason::IdleTimeout);
+        }
+    }
+
+    fn close(&mut self, mut flow: Flow<C::State>, reason: CloseReason) {
+        let Flow { meta, to_server, to_client, state, .. } = &mut flow;
+        let consumer = &mut self.consumer;
+        for (dir, half) in [(Direction::ToServer, to_server), (Direction::ToClient, to_client)] {
+            self.ooo_total -= half.ooo_bytes();
+            half.flush(&mut self.tcp_counters, &mut |chunk| match chunk {
+                Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir, data }),
+                Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir, len }),
+            });
+        }
+        consumer.event(meta, state, StreamEvent::Closed(reason));
+    }
+
+    /// Closes every flow (end of a capture file, or the sensor stopping).
+    pub fn finish(&mut self) {
+        while let Some((_, flow)) = self.table.pop_lru() {
+            self.counters.flows_closed_at_shutdown += 1;
+            self.close(flow, CloseReason::Shutdown);
+        }
+    }
+
+    /// Advances capture time without a packet (a quiet link still times flows out).
+    pub fn tick(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+        self.expire_idle();
+    }
+}
+
+/// The address pair of a flow, smaller first: what the pipeline shards on, so that a
+/// flow and the IP fragments of its datagrams (which carry no ports) meet in one worker.
+pub fn address_pair(a: IpAddr, b: IpAddr) -> (IpAddr, IpAddr) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{TcpFlags, TcpSegment};
+
+    /// Records events as strings.
+    #[derive(Default)]
+    struct Log(Vec<String>);
+
+    impl StreamConsumer for Log {
+        type State = u32;
+        fn event(&mut self, flow: &FlowMeta, state: &mut u32, event: StreamEvent<'_>) {
+            *state += 1;
+            let e = match event {
+                StreamEvent::Data { dir, data } => format!("{dir:?} {}", String::from_utf8_lossy(data)),
+                StreamEvent::Gap { dir, len } => format!("{dir:?} gap {len}"),
+                StreamEvent::Datagram { dir, data } => format!("{dir:?} dgram {}", String::from_utf8_lossy(data)),
+                StreamEvent::Closed(r) => format!("closed {r:?} after {} events", *state - 1),
+            };
+            self.0.push(format!("{}->{} {e}", flow.client, flow.server));
+        }
+    }
+
+    fn tcp<'a>(src: &str, dst: &str, seq: u32, flags: u8, payload: &'a [u8], vlan: Option<u16>) -> Packet<'a> {
+        let (s, d): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+        Packet {
+            src: s.ip(),
+            dst: d.ip(),
+            vlan,
+            l4: L4::Tcp(TcpSegment {
+                src_port: s.port(),
+                dst_port: d.port(),
+                seq,
+                ack: 0,
+                flags: TcpFlags(flags),
+                payload,
+            }),
+        }
+    }
+
+    const C: &str = "10.0.0.20:50000";
+    const S: &str = "10.0.0.10:88";
+    const SYN: u8 = TcpFlags::SYN;
+    const SYNACK: u8 = TcpFlags::SYN | TcpFlags::ACK;
+    const ACK: u8 = TcpFlags::ACK;
+    const FIN: u8 = TcpFlags::FIN | TcpFlags::ACK;
+
+    fn t(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn both_directions_meet_whatever_their_vlan_and_fin_closes() {
+        let mut ft = FlowTracker::new(Log::default(), FlowLimits::default());
+        ft.packet(t(0), &tcp(C, S, 100, SYN, b"", Some(10)));
+        ft.packet(t(1), &tcp(S, C, 500, SYNACK, b"", Some(20)));
+        ft.packet(t(2), &tcp(C, S, 101, ACK, b"req", Some(10)));
+        ft.packet(t(3), &tcp(S, C, 501, ACK, b"rep", Some(20)));
+        // The SPAN copy of the request from the other side of the switch, other VLAN.
+        ft.packet(t(3), &tcp(C, S, 101, ACK, b"req", Some(20)));
+        ft.packet(t(4), &tcp(C, S, 104, FIN, b"", Some(10)));
+        assert_eq!(ft.len(), 1, "one flow for both directions and both VLANs");
+        ft.packet(t(5), &tcp(S, C, 504, FIN, b"", Some(20)));
+        assert!(ft.is_empty());
+        assert_eq!(
+            ft.consumer.0,
+            vec![
+                format!("{C}->{S} ToServer req"),
+                format!("{C}->{S} ToClient rep"),
+                format!("{C}->{S} closed Fin after 2 events"),
+            ]
+        );
+        assert_eq!(ft.tcp_counters.duplicate_segments, 1);
+        assert_eq!(ft.counters.flows_closed_fin, 1);
+    }
+
+    #[test]
+    fn reset_flushes_held_data_with_a_gap_and_closes() {
+        let mut ft = FlowTracker::new(Log::default(), FlowLimits::default());
+        ft.packet(t(0), &tcp(C, S, 0, SYN, b"", None));
+        ft.packet(t(1), &tcp(C, S, 1, ACK, b"ab", None));
+        ft.packet(t(2), &tcp(C, S, 6, ACK, b"fg", None));
+        assert_eq!(ft.ooo_bytes(), 2);
+        ft.packet(t(3), &tcp(S, C, 0, TcpFlags::RST, b"", None));
+        assert_eq!(ft.ooo_bytes(), 0);
+        assert_eq!(
+            ft.consumer.0,
+            vec![
+                format!("{C}->{S} ToServer ab"),
+                format!("{C}->{S} ToServer gap 3"),
+                format!("{C}->{S} ToServer fg"),
+                format!("{C}->{S} closed Reset after 3 events"),
+            ]
+        );
+    }
+
+    #[test]
+    fn mid_stream_flow_takes_the_low_port_as_server() {
+        let mut ft = FlowTracker::new(Log::default(), FlowLimits::default());
+        ft.packet(t(0), &tcp(S, C, 9000, ACK, b"reply", None));
+        ft.finish();
+        assert_eq!(ft.consumer.0[0], format!("{C}->{S} ToClient reply"));
+        assert_eq!(ft.counters.flows_closed_at_shutdown, 1);
+        assert_eq!(ft.tcp_counters.midstream_starts, 1);
+    }
+
+    #[test]
+    fn idle_flows_time_out_in_capture_time_and_the_oldest_is_evicted_for_room() {
+        let limits = FlowLimits { max_flows: 2, tcp_idle: Duration::from_secs(10), ..FlowLimits::default() };
+        let mut ft = FlowTracker::new(Log::default(), limits);
+        ft.packet(t(0), &tcp("10.0.0.1:40000", S, 1, ACK, b"a", None));
+        ft.packet(t(1), &tcp("10.0.0.2:40000", S, 1, ACK, b"b", None));
+        ft.packet(t(2), &tcp("10.0.0.1:40000", S, 2, ACK, b"c", None));
+        ft.packet(t(3), &tcp("10.0.0.3:40000", S, 1, ACK, b"d", None));
+        assert_eq!(ft.counters.flows_evicted, 1);
+        assert!(
+            ft.consumer.0.iter().any(|e| e.starts_with("10.0.0.2:40000") && e.contains("closed Evicted")),
+            "{:?}",
+            ft.consumer.0
+        );
+        ft.tick(Duration::from_secs(11));
+        assert_eq!(ft.counters.flows_idle_timeout, 2);
+        assert!(ft.is_empty());
+        assert_eq!(ft.counters.flows_peak, 2);
+    }
+
+    #[test]
+    fn udp_datagrams_are_delivered_per_flow() {
+        let mut ft = FlowTracker::new(Log::default(), FlowLimits::default());
+        let q = Packet {
+            src: "10.0.0.20".parse().unwrap(),
+            dst: "10.0.0.10".parse().unwrap(),
+            vlan: None,
+            l4: L4::Udp { src_port: 5353, dst_port: 53, payload: b"query" },
+        };
+        let r = Packet {
+            src: q.dst,
+            dst: q.src,
+            vlan: None,
+            l4: L4::Udp { src_port: 53, dst_port: 5353, payload: b"answer" },
+        };
+        ft.packet(t(0), &q);
+        ft.packet(t(1), &r);
+        assert_eq!(ft.len(), 1);
+        assert_eq!(
+            ft.consumer.0,
+            vec![
+                "10.0.0.20:5353->10.0.0.10:53 ToServer dgram query",
+                "10.0.0.20:5353->10.0.0.10:53 ToClient dgram answer"
+            ]
+        );
+    }
+
+    #[test]
+    fn global_out_of_order_budget_forces_gaps() {
+        let limits = FlowLimits { max_ooo_bytes_total: 4, ..FlowLimits::default() };
+        let mut ft = FlowTracker::new(Log::default(), limits);
+        ft.packet(t(0), &tcp("10.0.0.1:40000", S, 0, SYN, b"", None));
+        ft.packet(t(0), &tcp("10.0.0.2:40000", S, 0, SYN, b"", None));
+        ft.packet(t(1), &tcp("10.0.0.1:40000", S, 10, ACK, b"xxxx", None));
+        assert_eq!(ft.ooo_bytes(), 4);
+        ft.packet(t(2), &tcp("10.0.0.2:40000", S, 10, ACK, b"yy", None));
+        assert_eq!(ft.tcp_counters.ooo_overflows, 1, "the second flow may not hold more");
+        assert!(ft.ooo_bytes() <= 4);
+    }
+}

@@ -6,7 +6,9 @@
 pub mod capture;
 pub mod decode;
 pub mod flow;
+pub mod frames;
 pub mod output;
+pub mod pipeline;
 pub mod signals;
 pub mod telemetry;
 pub mod time;

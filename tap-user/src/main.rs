@@ -3,20 +3,54 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use tap_common::record::MAX_SNAPLEN;
 use tap_user::{
-    capture::{run::CaptureOptions, AttachMode, DcSet, PortSet},
+    capture::{
+        run::{print_summary, CaptureOptions},
+        AttachMode, DcSet, PortSet,
+    },
+    pipeline::{read::read_file, summary::StreamSummary, Pipeline, PipelineOptions},
     signals::Signals,
 };
 
 /// dctap sensor: watches the traffic of Active Directory domain controllers on a switch
-/// mirror (SPAN) port.
+/// mirror (SPAN) port, or reads it from a capture file (--read), and turns it into
+/// per-conversation byte streams (and, with the parsers, identity activity).
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Read frames from a pcap or pcapng file instead of capturing (offline mode): the same
+    /// pipeline, then a report, then exit.
+    #[arg(long, value_name = "FILE")]
+    read: Option<PathBuf>,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// Options of the stages behind capture (both modes).
+#[derive(clap::Args)]
+struct PipelineArgs {
+    /// Worker threads for decoding, flows and reassembly [default: one per CPU].
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
+    /// Most conversations tracked at once, over all workers; the longest idle is evicted.
+    #[arg(long, global = true, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..))]
+    max_flows: u32,
+}
+
+impl PipelineArgs {
+    fn options(&self) -> PipelineOptions {
+        let workers = self
+            .workers
+            .map(usize::from)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+        let mut opts = PipelineOptions { workers, ..PipelineOptions::default() };
+        opts.flows.max_flows = (self.max_flows as usize).div_ceil(workers);
+        opts
+    }
 }
 
 #[derive(Subcommand)]
@@ -77,12 +111,50 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Capture(args) => capture(args),
+    let pipeline = cli.pipeline.options();
+    match (cli.command, cli.read) {
+        (Some(Command::Capture(args)), _) => capture(args, pipeline),
+        (None, Some(path)) => read(&path, pipeline),
+        (None, None) => {
+            Cli::command().print_help()?;
+            anyhow::bail!("give --read FILE or the capture command")
+        }
     }
 }
 
-fn capture(args: CaptureArgs) -> anyhow::Result<()> {
+fn read(path: &std::path::Path, opts: PipelineOptions) -> anyhow::Result<()> {
+    let signals = Signals::install()?;
+    let pipeline = Pipeline::start(&opts, |_| StreamSummary::default())?;
+    let started = std::time::Instant::now();
+    let result = read_file(path, &mut |batch| {
+        pipeline.dispatch(batch);
+        if Signals::take(&signals.dump_counters) {
+            let _ = pipeline.counters().write(&mut std::io::stdout().lock());
+        }
+        if signals.stopping() {
+            anyhow::bail!("interrupted");
+        }
+        Ok(())
+    });
+    let (counters, summaries) = pipeline.finish()?;
+    let elapsed = started.elapsed();
+    let stats = result.as_ref().map(|s| *s).unwrap_or_default();
+    {
+        let mut out = std::io::stdout().lock();
+        let rows = [
+            ("frames", counters.decode.frames),
+            ("bytes", counters.decode.bytes),
+            ("skipped_link_type", stats.skipped_link_type),
+            ("elapsed_us", elapsed.as_micros() as u64),
+        ];
+        tap_user::telemetry::write_rows(&mut out, "read", &rows)?;
+        counters.write(&mut out)?;
+    }
+    print_summary(&summaries);
+    result.map(|_| ()).with_context(|| format!("read {}", path.display()))
+}
+
+fn capture(args: CaptureArgs, pipeline: PipelineOptions) -> anyhow::Result<()> {
     let dcs = match &args.dc {
         Some(list) => DcSet::parse_list(list, "--dc")?,
         None => DcSet::default(),
@@ -109,6 +181,7 @@ fn capture(args: CaptureArgs) -> anyhow::Result<()> {
         channel_batches: 1024,
         bpf_stats: args.bpf_stats,
         floor_program: args.floor_program,
+        pipeline,
     };
     let signals = Signals::install()?;
     tap_user::capture::run::run(&opts, &signals).context("capture")

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 use pcap_file::{pcap::PcapHeader, DataLink, Endianness, TsResolution};
 
-use crate::capture::reader::FrameBatch;
+use crate::frames::FrameBatch;
 
 pub struct PcapSink {
     out: BufWriter<File>,

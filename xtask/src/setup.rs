@@ -15,8 +15,9 @@ use crate::util::{note, step, Cmd};
 /// bpf-linker release known to work with aya 0.14 and the nightly's LLVM 22 (TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests, demo and benchmarks run: tcpreplay/trafgen generate traffic,
-/// tcpdump is the benchmark's peer, bpftool inspects programs, iproute2 builds the veth lab.
-const APT_PACKAGES: &[&str] = &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2"];
+/// tcpdump is the benchmark's peer, bpftool inspects programs, iproute2 builds the veth lab,
+/// tshark is the reference the reassembly is checked against.
+const APT_PACKAGES: &[&str] = &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2", "tshark"];
 
 /// What later steps need from the set-up: a PATH with bpf-linker on it.
 pub struct Env {

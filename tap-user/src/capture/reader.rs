@@ -13,7 +13,10 @@ use crossbeam_channel::{Sender, TrySendError};
 use tap_common::record::RecordHeader;
 
 use super::counters::UserCounters;
-use crate::time::WallClock;
+use crate::{
+    frames::{FrameBatch, BATCH_BYTES, BATCH_FRAMES},
+    time::WallClock,
+};
 
 /// Shortest wait in poll(2) between drains. The program submits without waking the reader
 /// except once per MiB queued (TOOLCHAIN.md: per-frame wakeups cost more than the capture),
@@ -25,95 +28,6 @@ pub const POLL_MAX: Duration = Duration::from_millis(100);
 /// A drain that takes fewer records than this lengthens the next wait, more shortens it:
 /// batches settle around this size while the latency stays within POLL_MAX.
 pub const TARGET_DRAIN: usize = 1024;
-/// Frames per batch: large enough to amortise the channel, small enough to keep latency.
-pub const BATCH_FRAMES: usize = 256;
-/// Bytes per batch (records and headers). A batch is sent when full rather than grown:
-/// growing copied every batch once more (measured: 13% of the sensor's CPU in realloc).
-pub const BATCH_BYTES: usize = 128 << 10;
-
-/// Length of the classic pcap record header (RFC draft-ietf-opsawg-pcap, section 5):
-/// seconds, nanoseconds (the file says nanosecond resolution), captured length, wire length.
-pub const PCAP_RECORD_HEADER: usize = 16;
-
-/// Position of one frame inside a batch's byte buffer.
-#[derive(Clone, Copy, Debug)]
-struct FrameSlot {
-    timestamp_ns: u64,
-    orig_len: u32,
-    /// Offset of the frame bytes (after their pcap record header).
-    start: u32,
-    len: u32,
-}
-
-/// Frames copied out of a ring, stored back to back in one buffer, each behind a pcap
-/// record header in native byte order. Writing a batch to a pcap file is then one
-/// `write_all` of the buffer: the consumer copies nothing (measured: the second copy and
-/// per-record encoding were a third of the sensor's CPU at the generator's top rate).
-#[derive(Debug, Default)]
-pub struct FrameBatch {
-    bytes: Vec<u8>,
-    slots: Vec<FrameSlot>,
-}
-
-/// One captured frame, borrowed from its batch.
-#[derive(Clone, Copy, Debug)]
-pub struct Frame<'a> {
-    /// CLOCK_MONOTONIC nanoseconds, from the XDP program.
-    pub timestamp_ns: u64,
-    pub orig_len: u32,
-    pub data: &'a [u8],
-}
-
-impl FrameBatch {
-    pub fn with_capacity(frames: usize, bytes: usize) -> Self {
-        Self { bytes: Vec::with_capacity(bytes), slots: Vec::with_capacity(frames) }
-    }
-
-    /// Whether a frame of `len` bytes still fits without growing the buffers.
-    pub fn has_room(&self, len: usize) -> bool {
-        self.slots.len() < self.slots.capacity() && self.bytes.len() + PCAP_RECORD_HEADER + len <= self.bytes.capacity()
-    }
-
-    /// Appends a frame; `clock` turns its monotonic timestamp into the pcap record's
-    /// wall-clock time.
-    pub fn push(&mut self, header: &RecordHeader, data: &[u8], clock: WallClock) {
-        let ts = clock.to_unix(header.timestamp_ns);
-        // pcap's 32-bit seconds field runs out in 2106.
-        self.bytes.extend_from_slice(&(ts.as_secs() as u32).to_ne_bytes());
-        self.bytes.extend_from_slice(&ts.subsec_nanos().to_ne_bytes());
-        self.bytes.extend_from_slice(&(data.len() as u32).to_ne_bytes());
-        self.bytes.extend_from_slice(&header.orig_len.to_ne_bytes());
-        let start = self.bytes.len() as u32;
-        self.bytes.extend_from_slice(data);
-        self.slots.push(FrameSlot {
-            timestamp_ns: header.timestamp_ns,
-            orig_len: header.orig_len,
-            start,
-            len: data.len() as u32,
-        });
-    }
-
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = Frame<'_>> {
-        self.slots.iter().map(|s| Frame {
-            timestamp_ns: s.timestamp_ns,
-            orig_len: s.orig_len,
-            data: &self.bytes[s.start as usize..(s.start + s.len) as usize],
-        })
-    }
-
-    /// The batch as pcap records (nanosecond timestamps, native byte order).
-    pub fn pcap_records(&self) -> &[u8] {
-        &self.bytes
-    }
-}
 
 pub struct RingReader {
     pub ring: RingBuf<MapData>,
@@ -212,28 +126,5 @@ mod tests {
             w = next_wait(w, 10_000);
         }
         assert_eq!(w, POLL_MIN, "a busy ring is polled at the shortest interval");
-    }
-
-    #[test]
-    fn batch_keeps_frames_apart_in_order_and_as_pcap_records() {
-        let clock = WallClock::sample();
-        let mut batch = FrameBatch::with_capacity(2, 64);
-        assert!(batch.has_room(3));
-        batch.push(&RecordHeader { timestamp_ns: 1_000_000_007, orig_len: 60, cap_len: 3 }, b"abc", clock);
-        batch.push(&RecordHeader { timestamp_ns: 2, orig_len: 1514, cap_len: 2 }, b"de", clock);
-        let frames: Vec<_> = batch.iter().map(|f| (f.timestamp_ns, f.orig_len, f.data.to_vec())).collect();
-        assert_eq!(frames, vec![(1_000_000_007, 60, b"abc".to_vec()), (2, 1514, b"de".to_vec())]);
-
-        let rec = batch.pcap_records();
-        assert_eq!(rec.len(), 2 * PCAP_RECORD_HEADER + 5);
-        let word = |at: usize| u32::from_ne_bytes(rec[at..at + 4].try_into().unwrap());
-        let ts = clock.to_unix(1_000_000_007);
-        assert_eq!((word(0), word(4)), (ts.as_secs() as u32, ts.subsec_nanos()));
-        assert_eq!((word(8), word(12)), (3, 60));
-        assert_eq!(&rec[16..19], b"abc");
-        assert_eq!((word(27), word(31)), (2, 1514));
-        assert_eq!(&rec[35..37], b"de");
-        assert!(!batch.has_room(0), "two slots used");
-        assert!(!FrameBatch::with_capacity(2, 64).has_room(64 - PCAP_RECORD_HEADER + 1), "bytes full");
     }
 }

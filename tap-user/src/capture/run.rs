@@ -10,15 +10,22 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use crossbeam_channel::bounded;
+
 use log::{info, warn};
 
 use super::{
     counters::{CaptureReport, UserCounters},
     filter::{DcSet, PortSet},
     loader::{AttachMode, XdpCapture},
-    reader::{FrameBatch, RingReader},
+    reader::RingReader,
 };
-use crate::{output::PcapSink, signals::Signals, time::WallClock};
+use crate::{
+    frames::FrameBatch,
+    output::PcapSink,
+    pipeline::{summary::StreamSummary, Pipeline, PipelineOptions},
+    signals::Signals,
+    time::WallClock,
+};
 
 /// How often the control loop looks at signals and the deadline: the longest a SIGTERM
 /// waits before the program is detached.
@@ -41,6 +48,7 @@ pub struct CaptureOptions {
     /// Turn on the kernel's BPF run-time statistics and report the program's run count and
     /// total run time (a few ns per frame of overhead while on).
     pub bpf_stats: bool,
+    pub pipeline: PipelineOptions,
     /// Attach the benchmark's floor program (drops everything, counts nothing) instead of
     /// the filter.
     pub floor_program: bool,
@@ -55,13 +63,14 @@ fn current_dcs(opts: &CaptureOptions) -> anyhow::Result<DcSet> {
     Ok(opts.dcs.clone().union(&from_file))
 }
 
-fn print_report(xdp: &XdpCapture, user: &UserCounters, bpf_stats: bool) {
+fn print_report(xdp: &XdpCapture, user: &UserCounters, bpf_stats: bool, pipeline: &crate::pipeline::PipelineCounters) {
     let counters = match xdp.counters() {
         Ok(counters) => counters,
         Err(e) => return warn!("{e:#}"),
     };
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", CaptureReport { xdp: counters, user });
+    let _ = pipeline.write(&mut out);
     if bpf_stats {
         match xdp.program_info() {
             Ok(info) => {
@@ -106,14 +115,19 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         Some(path) => Some(PcapSink::create(path)?),
         None => None,
     };
+    let pipeline = Arc::new(Pipeline::start(&opts.pipeline, |_| StreamSummary::default())?);
     let consumer_counters = Arc::clone(&user);
-    let consumer = thread::Builder::new().name("consumer".into()).spawn(move || -> anyhow::Result<()> {
+    let dispatcher = Arc::clone(&pipeline);
+    // The consumer writes the pcap (when asked) and dispatches to the pipeline workers.
+    let consumer = thread::Builder::new().name("dispatch".into()).spawn(move || -> anyhow::Result<()> {
         for batch in rx {
             if let Some(sink) = sink.as_mut() {
                 sink.write_batch(&batch)?;
             }
             UserCounters::add(&consumer_counters.frames_consumed, batch.len() as u64);
+            dispatcher.dispatch(batch);
         }
+        drop(dispatcher);
         match sink {
             Some(sink) => sink.finish(),
             None => Ok(()),
@@ -137,7 +151,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
         thread::sleep(CONTROL_TICK);
         if Signals::take(&signals.dump_counters) {
-            print_report(&xdp, &user, opts.bpf_stats);
+            print_report(&xdp, &user, opts.bpf_stats, &pipeline.counters());
         }
         if Signals::take(&signals.reload) {
             match current_dcs(opts).and_then(|next| {
@@ -167,7 +181,21 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     for r in readers {
         let _ = r.join();
     }
-    let written = consumer.join().map_err(|_| anyhow::anyhow!("consumer thread panicked"))?;
-    print_report(&xdp, &user, opts.bpf_stats);
+    let written = consumer.join().map_err(|_| anyhow::anyhow!("dispatch thread panicked"))?;
+    let pipeline = Arc::into_inner(pipeline).ok_or_else(|| anyhow::anyhow!("pipeline still shared at exit"))?;
+    let (counters, summaries) = pipeline.finish()?;
+    print_report(&xdp, &user, opts.bpf_stats, &counters);
+    print_summary(&summaries);
     written
+}
+
+/// Totals of what the streams carried, over all workers.
+pub fn print_summary(summaries: &[StreamSummary]) {
+    let mut total = StreamSummary::default();
+    for s in summaries {
+        total.merge(s);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = crate::telemetry::write_rows(&mut out, "stream", &total.rows());
+    let _ = out.flush();
 }

@@ -126,16 +126,18 @@ impl Default for FlowLimits {
 
 crate::counter_set! {
     pub struct FlowCounters {
-        flows_created,
-        flows_closed_fin,
-        flows_closed_rst,
-        flows_idle_timeout,
+        created,
+        closed_fin,
+        closed_rst,
+        idle_timeout,
         /// Flows evicted (oldest idle first) to stay within the flow limit.
-        flows_evicted,
-        flows_closed_at_shutdown,
+        evicted,
+        closed_at_shutdown,
         udp_datagrams,
-        /// Most flows open at once.
-        flows_peak,
+        /// Empty TCP segments (no SYN, no data) of no tracked flow: not a reason to open one.
+        segments_without_flow,
+        /// Most flows open at once (per worker; summed over workers in reports).
+        peak,
     }
 }
 
@@ -213,9 +215,17 @@ impl<C: StreamConsumer> FlowTracker<C> {
         let (src, dst) = (SocketAddr::new(p.src, sp), SocketAddr::new(p.dst, dp));
         let (key, src_is_lo) = FlowKey::of(src, dst, transport);
         if !self.table.contains(&key) {
+            // A bare ACK, FIN or RST of a conversation not (or no longer) tracked, such as
+            // the last ACK after both FINs, does not open a flow: only a SYN or data does.
+            if let L4::Tcp(t) = &p.l4 {
+                if !t.flags.syn() && t.payload.is_empty() {
+                    self.counters.segments_without_flow += 1;
+                    return;
+                }
+            }
             if self.table.len() >= self.limits.max_flows {
                 if let Some((_, flow)) = self.table.pop_lru() {
-                    self.counters.flows_evicted += 1;
+                    self.counters.evicted += 1;
                     self.close(flow, CloseReason::Evicted);
                 }
             }
@@ -224,7 +234,7 @@ impl<C: StreamConsumer> FlowTracker<C> {
             let meta =
                 FlowMeta { id: self.next_id, client, server, transport, vlan: p.vlan, first_seen: ts, last_seen: ts };
             self.next_id += 1;
-            self.counters.flows_created += 1;
+            self.counters.created += 1;
             let client_is_lo = src_is_lo != server_is_src;
             self.table.put(
                 key,
@@ -237,7 +247,7 @@ impl<C: StreamConsumer> FlowTracker<C> {
                     state: C::State::default(),
                 },
             );
-            self.counters.flows_peak = self.counters.flows_peak.max(self.table.len() as u64);
+            self.counters.peak = self.counters.peak.max(self.table.len() as u64);
         }
         let Some(flow) = self.table.get_mut(&key) else { return };
         flow.meta.last_seen = ts;
@@ -274,8 +284,8 @@ impl<C: StreamConsumer> FlowTracker<C> {
             if let Some(flow) = self.table.pop(&key) {
                 let reason = if flow.reset { CloseReason::Reset } else { CloseReason::Fin };
                 match reason {
-                    CloseReason::Reset => self.counters.flows_closed_rst += 1,
-                    _ => self.counters.flows_closed_fin += 1,
+                    CloseReason::Reset => self.counters.closed_rst += 1,
+                    _ => self.counters.closed_fin += 1,
                 }
                 self.close(flow, reason);
             }
@@ -294,7 +304,7 @@ impl<C: StreamConsumer> FlowTracker<C> {
                 break;
             }
             let (_, flow) = self.table.pop_lru().expect("peeked");
-            self.counters.flows_idle_timeout += 1;
+            self.counters.idle_timeout += 1;
             self.close(flow, CloseReason::IdleTimeout);
         }
     }
@@ -315,7 +325,7 @@ impl<C: StreamConsumer> FlowTracker<C> {
     /// Closes every flow (end of a capture file, or the sensor stopping).
     pub fn finish(&mut self) {
         while let Some((_, flow)) = self.table.pop_lru() {
-            self.counters.flows_closed_at_shutdown += 1;
+            self.counters.closed_at_shutdown += 1;
             self.close(flow, CloseReason::Shutdown);
         }
     }
@@ -410,7 +420,7 @@ mod tests {
             ]
         );
         assert_eq!(ft.tcp_counters.duplicate_segments, 1);
-        assert_eq!(ft.counters.flows_closed_fin, 1);
+        assert_eq!(ft.counters.closed_fin, 1);
     }
 
     #[test]
@@ -439,7 +449,7 @@ mod tests {
         ft.packet(t(0), &tcp(S, C, 9000, ACK, b"reply", None));
         ft.finish();
         assert_eq!(ft.consumer.0[0], format!("{C}->{S} ToClient reply"));
-        assert_eq!(ft.counters.flows_closed_at_shutdown, 1);
+        assert_eq!(ft.counters.closed_at_shutdown, 1);
         assert_eq!(ft.tcp_counters.midstream_starts, 1);
     }
 
@@ -451,16 +461,16 @@ mod tests {
         ft.packet(t(1), &tcp("10.0.0.2:40000", S, 1, ACK, b"b", None));
         ft.packet(t(2), &tcp("10.0.0.1:40000", S, 2, ACK, b"c", None));
         ft.packet(t(3), &tcp("10.0.0.3:40000", S, 1, ACK, b"d", None));
-        assert_eq!(ft.counters.flows_evicted, 1);
+        assert_eq!(ft.counters.evicted, 1);
         assert!(
             ft.consumer.0.iter().any(|e| e.starts_with("10.0.0.2:40000") && e.contains("closed Evicted")),
             "{:?}",
             ft.consumer.0
         );
         ft.tick(Duration::from_secs(11));
-        assert_eq!(ft.counters.flows_idle_timeout, 2);
+        assert_eq!(ft.counters.idle_timeout, 2);
         assert!(ft.is_empty());
-        assert_eq!(ft.counters.flows_peak, 2);
+        assert_eq!(ft.counters.peak, 2);
     }
 
     #[test]

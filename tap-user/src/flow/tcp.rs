@@ -83,14 +83,15 @@ pub struct HalfStream {
     ooo_bytes: usize,
     /// Stream offset of the FIN, once seen.
     fin_at: Option<u64>,
-    /// Offset, length and first bytes of the last delivered segment, to recognise its
-    /// SPAN copy without keeping delivered data.
-    last: Option<(u64, usize, [u8; 16])>,
+    /// Offset, length and first bytes of the last two delivered pieces, to recognise their
+    /// SPAN copies without keeping delivered data (two: a segment that fills a hole is
+    /// delivered together with the held one after it, and its copy follows both).
+    last: [Option<(u64, usize, [u8; 8])>; 2],
 }
 
-fn head(data: &[u8]) -> [u8; 16] {
-    let mut h = [0u8; 16];
-    let n = data.len().min(16);
+fn head(data: &[u8]) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    let n = data.len().min(8);
     h[..n].copy_from_slice(&data[..n]);
     h
 }
@@ -165,7 +166,7 @@ impl HalfStream {
     ) {
         let end = offset + data.len() as u64;
         if end <= self.delivered {
-            if self.last == Some((offset, data.len(), head(data))) {
+            if self.last.contains(&Some((offset, data.len(), head(data)))) {
                 c.duplicate_segments += 1;
             } else {
                 c.retransmitted_segments += 1;
@@ -202,7 +203,7 @@ impl HalfStream {
         emit(Chunk::Data(data));
         c.bytes_delivered += data.len() as u64;
         self.delivered = offset + data.len() as u64;
-        self.last = Some((offset, data.len(), head(data)));
+        self.last = [Some((offset, data.len(), head(data))), self.last[0]];
         if let Some(n) = self.next_seq.as_mut() {
             *n = n.wrapping_add(data.len() as u32);
         }
@@ -336,10 +337,10 @@ mod tests {
     #[test]
     fn retransmissions_and_span_duplicates_are_delivered_once() {
         let (out, c) = run(
-            &[(0, SYN, b""), (1, ACK, b"abc"), (1, ACK, b"abc"), (4, ACK, b"def"), (1, ACK, b"abc")],
+            &[(0, SYN, b""), (1, ACK, b"abc"), (1, ACK, b"abc"), (4, ACK, b"def"), (7, ACK, b"ghi"), (1, ACK, b"abc")],
             TcpLimits::default(),
         );
-        assert_eq!(out, b"abcdef");
+        assert_eq!(out, b"abcdefghi");
         assert_eq!(c.duplicate_segments, 1, "the copy right after the original");
         assert_eq!(c.retransmitted_segments, 1, "the later retransmission");
     }

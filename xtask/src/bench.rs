@@ -33,11 +33,14 @@ use crate::{
 pub enum Which {
     /// XDP capture vs tcpdump on the same veth and traffic.
     Capture,
+    /// Offline decode + flows + reassembly on a large lab-derived capture, vs tshark.
+    Pipeline,
 }
 
 pub fn run(env: &Env, which: Which) -> anyhow::Result<()> {
     match which {
         Which::Capture => capture(env),
+        Which::Pipeline => pipeline(env),
     }
 }
 
@@ -475,4 +478,130 @@ fn render(results: &[Measured], cost: &ProgramCost, mix: &[Vec<u8>], kept: usize
         );
     }
     s
+}
+
+/// Measured figures of one command under GNU time.
+struct Timed {
+    wall: f64,
+    cpu: f64,
+    max_rss_kib: u64,
+    stdout: String,
+}
+
+/// Runs `cmd` under `/usr/bin/time -v` and reads wall time, CPU time and peak RSS.
+fn timed(env: &Env, program: &str, args: &[&str]) -> anyhow::Result<Timed> {
+    let out = env.command("/usr/bin/time").arg("-v").arg(program).args(args).output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    let field = |name: &str| -> anyhow::Result<String> {
+        err.lines()
+            .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+            .with_context(|| format!("no '{name}' in GNU time output:\n{err}"))
+    };
+    let user: f64 = field("User time (seconds):")?.parse()?;
+    let sys: f64 = field("System time (seconds):")?.parse()?;
+    let wall_text = field("Elapsed (wall clock) time (h:mm:ss or m:ss):")?;
+    let wall = wall_text.split(':').try_fold(0.0, |acc, part| part.parse::<f64>().map(|v| acc * 60.0 + v))?;
+    let max_rss_kib = field("Maximum resident set size (kbytes):")?.parse()?;
+    Ok(Timed { wall, cpu: user + sys, max_rss_kib, stdout: String::from_utf8_lossy(&out.stdout).into_owned() })
+}
+
+/// The benchmark capture: ../shared/adlab's make_big.py, about 1 GB of lab traffic replayed
+/// by thousands of simulated clients at once. Built once, kept in target/bench.
+fn pipeline_capture(env: &Env, work: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let tool = env.root.join("../shared/adlab/tools/make_big.py");
+    if !tool.exists() {
+        bail!("{} not found: bench pipeline builds its capture from ../shared/adlab", tool.display());
+    }
+    let out = work.join(format!("pipeline-{PIPELINE_MB}mb-c{PIPELINE_CONCURRENCY}.pcap"));
+    if out.exists() {
+        note(&format!("capture: {} (already built)", out.display()));
+        return Ok(out);
+    }
+    note(&format!("capture: building {} with make_big.py (about a minute)", out.display()));
+    let tmp = out.with_extension("tmp");
+    env.command("python3")
+        .arg(&tool)
+        .arg("--out")
+        .arg(&tmp)
+        .args([
+            "--target-mb",
+            &PIPELINE_MB.to_string(),
+            "--seed",
+            "1",
+            "--concurrency",
+            &PIPELINE_CONCURRENCY.to_string(),
+        ])
+        .output()?;
+    std::fs::rename(&tmp, &out)?;
+    Ok(out)
+}
+
+/// Size of the pipeline benchmark capture and the scenario instances active at once
+/// (about 20 flows each: about 100k concurrent flows in the table).
+const PIPELINE_MB: u32 = 1000;
+const PIPELINE_CONCURRENCY: u32 = 4500;
+
+pub fn pipeline(env: &Env) -> anyhow::Result<()> {
+    step("build the sensor (release)");
+    env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
+    let sensor = env.root.join("target/release/tap-sensor");
+    let work = env.root.join("target/bench");
+    std::fs::create_dir_all(&work)?;
+    let capture = pipeline_capture(env, &work)?;
+    let capture_s = capture.to_str().context("path")?;
+    let sensor_s = sensor.to_str().context("path")?;
+
+    let mut rows = Vec::new();
+    for workers in ["1", "2"] {
+        step(&format!("tap-sensor --read, {workers} worker(s)"));
+        let t = timed(env, sensor_s, &["--read", capture_s, "--workers", workers])?;
+        let c = tap_testkit::sensor::Counters::parse(&t.stdout.lines().map(String::from).collect::<Vec<_>>());
+        let bytes = c.get("read_bytes") as f64;
+        let frames = c.get("read_frames") as f64;
+        note(&format!(
+            "{:.2} s wall, {:.2} s CPU, {} MiB peak RSS, {} flows at peak, {} gaps",
+            t.wall,
+            t.cpu,
+            t.max_rss_kib / 1024,
+            c.get("flow_peak"),
+            c.get("tcp_gaps")
+        ));
+        note(&format!("{} flows created, {} evicted for room (limit 262144)", c.get("flow_created"), c.get("flow_evicted")));
+        rows.push((format!("tap-sensor --read --workers {workers}"), t, Some((bytes, frames, c.get("flow_peak")))));
+    }
+    step("tshark -q -z conv,tcp on the same capture");
+    let t = timed(env, "tshark", &["-r", capture_s, "-q", "-z", "conv,tcp"])?;
+    note(&format!("{:.2} s wall, {:.2} s CPU, {} MiB peak RSS", t.wall, t.cpu, t.max_rss_kib / 1024));
+    rows.push(("tshark -q -z conv,tcp".into(), t, None));
+
+    let (bytes, frames) = rows.iter().find_map(|(_, _, b)| b.map(|(b, f, _)| (b, f))).context("no sensor run")?;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Capture: {} ({:.0} MB of frames, {:.0} frames)\n",
+        capture.file_name().unwrap_or_default().to_string_lossy(),
+        bytes / 1e6,
+        frames
+    );
+    let _ = writeln!(s, "| run | wall (s) | CPU (s) | Gbit/s per CPU-second | frames/s per CPU-second | peak RSS (MiB) | flows at peak |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- | --- |");
+    let tshark_cpu = rows.last().map(|r| r.1.cpu).unwrap_or(f64::NAN);
+    for (name, t, extra) in &rows {
+        let _ = writeln!(
+            s,
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.0} | {} | {} |",
+            t.wall,
+            t.cpu,
+            bytes * 8.0 / t.cpu / 1e9,
+            frames / t.cpu,
+            t.max_rss_kib / 1024,
+            extra.map_or("-".into(), |e| e.2.to_string())
+        );
+    }
+    let _ = writeln!(s, "\nCPU time relative to tshark: {:.3} (1 worker)", rows[0].1.cpu / tshark_cpu);
+    println!("\n{s}");
+    let out = work.join("pipeline.md");
+    std::fs::write(&out, &s)?;
+    note(&format!("written to {}", out.display()));
+    Ok(())
 }

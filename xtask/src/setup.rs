@@ -16,8 +16,8 @@ use crate::util::{note, step, Cmd};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests, demo and benchmarks run: tcpreplay/trafgen generate traffic,
 /// tcpdump is the benchmark's peer, bpftool inspects programs, iproute2 builds the veth lab,
-/// tshark is the reference the reassembly is checked against.
-const APT_PACKAGES: &[&str] = &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2", "tshark"];
+/// tshark is the reference the reassembly is checked against, GNU time measures peak RSS.
+const APT_PACKAGES: &[&str] = &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2", "tshark", "time"];
 
 /// What later steps need from the set-up: a PATH with bpf-linker on it.
 pub struct Env {
@@ -29,6 +29,13 @@ impl Env {
     /// `cargo` with the set-up PATH, run from the workspace root.
     pub fn cargo(&self) -> Cmd {
         let mut c = Cmd::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        c.0.env("PATH", &self.path).current_dir(&self.root);
+        c
+    }
+
+    /// Any program with the set-up PATH, run from the workspace root.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Cmd {
+        let mut c = Cmd::new(program);
         c.0.env("PATH", &self.path).current_dir(&self.root);
         c
     }

@@ -566,7 +566,11 @@ pub fn pipeline(env: &Env) -> anyhow::Result<()> {
             c.get("flow_peak"),
             c.get("tcp_gaps")
         ));
-        note(&format!("{} flows created, {} evicted for room (limit 262144)", c.get("flow_created"), c.get("flow_evicted")));
+        note(&format!(
+            "{} flows created, {} evicted for room (limit 262144)",
+            c.get("flow_created"),
+            c.get("flow_evicted")
+        ));
         rows.push((format!("tap-sensor --read --workers {workers}"), t, Some((bytes, frames, c.get("flow_peak")))));
     }
     step("tshark -q -z conv,tcp on the same capture");

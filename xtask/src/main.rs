@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod util;
 
@@ -34,6 +35,12 @@ enum Command {
     },
     /// Every test: rustfmt check, clippy with warnings denied, unit and live XDP tests.
     Test,
+    /// Run every cargo-fuzz target (not part of `test`).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Benchmarks (not part of `test`).
     Bench {
         #[command(subcommand)]
@@ -48,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo { pcap, dc } => demo::run(&env, pcap, dc),
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
+        Command::Fuzz { seconds } => fuzz::run(&env, seconds),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,138 @@
+//! `cargo xtask fuzz --seconds N`: every cargo-fuzz target for N seconds each, seeded from
+//! the lab captures (../shared/adlab/pcaps) or, without them, the generated test mix. Seeds
+//! and findings stay under target/fuzz; nothing from ../shared is committed.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{bail, Context as _};
+use tap_testkit::{mix, pcap};
+
+use crate::{
+    setup::Env,
+    util::{note, step},
+};
+
+/// Targets and how their seeds are made.
+const TARGETS: &[&str] = &["pipeline_frames"];
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+/// Encodes frames the way `pipeline_frames` reads them: 2-byte length, 1-byte time step.
+fn encode_frames(frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for f in frames {
+        let f = &f[..f.len().min(u16::MAX as usize)];
+        out.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        out.push(1);
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+fn seed_pipeline(root: &Path, dir: &Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    let lab = root.join("../shared/adlab/pcaps");
+    let mut captures: Vec<Vec<Vec<u8>>> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(&lab) {
+        let mut files: Vec<_> =
+            rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pcap")).collect();
+        files.sort();
+        for f in files {
+            captures.push(pcap::read(&f)?.into_iter().map(|p| p.data).collect());
+        }
+    } else {
+        note("../shared/adlab/pcaps not found: seeding from the generated mix only");
+    }
+    captures.push(mix::mix(2).into_iter().map(|l| l.frame).collect());
+    let mut n = 0;
+    for (ci, frames) in captures.iter().enumerate() {
+        // Windows of 16 consecutive frames: whole small conversations, parts of long ones.
+        for (wi, window) in frames.chunks(16).enumerate() {
+            std::fs::write(dir.join(format!("seed-{ci}-{wi}")), encode_frames(window))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn ensure_cargo_fuzz(env: &Env) -> anyhow::Result<()> {
+    if env.cargo().args(["fuzz", "--version"]).succeeds() {
+        note("cargo-fuzz: present");
+        return Ok(());
+    }
+    note(&format!("cargo-fuzz: installing {CARGO_FUZZ_VERSION} from crates.io"));
+    env.cargo().args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]).run()
+}
+
+/// libFuzzer's closing line: "Done 123456 runs in 60 second(s)".
+fn executions(output: &str) -> Option<u64> {
+    output.lines().rev().find_map(|l| l.trim().strip_prefix("Done ")?.split_whitespace().next()?.parse().ok())
+}
+
+pub fn run(env: &Env, seconds: u64) -> anyhow::Result<()> {
+    ensure_cargo_fuzz(env)?;
+    let fuzz_dir = env.root.join("tap-user/fuzz");
+    let work = env.root.join("target/fuzz");
+    let mut results = Vec::new();
+    for target in TARGETS {
+        step(&format!("fuzz {target} for {seconds} s"));
+        let corpus = work.join("corpus").join(target);
+        let seeds = match *target {
+            "pipeline_frames" => seed_pipeline(&env.root, &corpus)?,
+            other => bail!("no seeds defined for {other}"),
+        };
+        note(&format!("{seeds} seed inputs in {}", corpus.display()));
+        let artifacts = work.join("artifacts").join(target);
+        std::fs::create_dir_all(&artifacts)?;
+        let out = env
+            .command("cargo")
+            .args(["+nightly", "fuzz", "run", "--fuzz-dir"])
+            .arg(&fuzz_dir)
+            .arg(target)
+            .arg(&corpus)
+            .arg("--")
+            .arg(format!("-max_total_time={seconds}"))
+            .arg(format!("-artifact_prefix={}/", artifacts.display()))
+            .arg("-rss_limit_mb=2048")
+            .arg("-timeout=10")
+            .0
+            .output()
+            .context("run cargo fuzz")?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!(
+                "fuzz target {target} failed (crash, hang or out of memory); see {}\n{}",
+                artifacts.display(),
+                tail(&text, 40)
+            );
+        }
+        let runs = executions(&text).context("libFuzzer did not report its run count")?;
+        note(&format!("{target}: {runs} executions in {seconds} s, no crash, hang or out-of-memory"));
+        results.push((target, runs));
+    }
+    step("summary");
+    for (t, runs) in results {
+        println!("    {t:<24}{runs:>14} executions in {:?}", Duration::from_secs(seconds));
+    }
+    Ok(())
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_libfuzzer_run_count() {
+        assert_eq!(executions("#1000 pulse\nDone 123456 runs in 61 second(s)\n"), Some(123456));
+        assert_eq!(executions("crash"), None);
+    }
+
+    #[test]
+    fn frames_encode_with_length_and_step() {
+        assert_eq!(encode_frames(&[vec![7, 8]]), vec![0, 2, 1, 7, 8]);
+    }
+}

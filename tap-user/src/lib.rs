@@ -5,10 +5,12 @@
 
 pub mod capture;
 pub mod decode;
+pub mod event;
 pub mod flow;
 pub mod frames;
 pub mod output;
 pub mod pipeline;
+pub mod proto;
 pub mod signals;
 pub mod telemetry;
 pub mod time;

@@ -1,6 +1,11 @@
 //! `tap-sensor`: the dctap sensor daemon.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    io::Write,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
@@ -10,7 +15,8 @@ use tap_user::{
         run::{print_summary, CaptureOptions},
         AttachMode, DcSet, PortSet,
     },
-    pipeline::{read::read_file, summary::StreamSummary, Pipeline, PipelineOptions},
+    event::{analyzer::Analyzer, Discard, EventSink, JsonLines, Stamper},
+    pipeline::{read::read_file, Pipeline, PipelineOptions},
     signals::Signals,
 };
 
@@ -24,6 +30,10 @@ struct Cli {
     /// pipeline, then a report, then exit.
     #[arg(long, value_name = "FILE")]
     read: Option<PathBuf>,
+    /// With --read: print the activity events as JSON lines on stdout (the counters then go
+    /// to stderr).
+    #[arg(long, requires = "read")]
+    json: bool,
     #[command(flatten)]
     pipeline: PipelineArgs,
     #[command(subcommand)]
@@ -36,6 +46,9 @@ struct PipelineArgs {
     /// Worker threads for decoding, flows and reassembly [default: one per CPU].
     #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
+    /// Sensor id stamped on every event [default: the host name].
+    #[arg(long, global = true)]
+    sensor_id: Option<String>,
     /// Most conversations tracked at once, over all workers; the longest idle is evicted.
     #[arg(long, global = true, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..))]
     max_flows: u32,
@@ -112,9 +125,10 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let pipeline = cli.pipeline.options();
+    let sensor_id = cli.pipeline.sensor_id.clone().unwrap_or_else(host_name);
     match (cli.command, cli.read) {
-        (Some(Command::Capture(args)), _) => capture(args, pipeline),
-        (None, Some(path)) => read(&path, pipeline),
+        (Some(Command::Capture(args)), _) => capture(args, pipeline, sensor_id),
+        (None, Some(path)) => read(&path, pipeline, cli.json, &sensor_id),
         (None, None) => {
             Cli::command().print_help()?;
             anyhow::bail!("give --read FILE or the capture command")
@@ -122,14 +136,28 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn read(path: &std::path::Path, opts: PipelineOptions) -> anyhow::Result<()> {
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "sensor".into())
+}
+
+fn read(path: &std::path::Path, opts: PipelineOptions, json: bool, sensor_id: &str) -> anyhow::Result<()> {
     let signals = Signals::install()?;
-    let pipeline = Pipeline::start(&opts, |_| StreamSummary::default())?;
+    let stamper = Stamper::new(sensor_id);
+    let json_out = json.then(|| Arc::new(Mutex::new(std::io::BufWriter::new(std::io::stdout()))));
+    let pipeline = Pipeline::start(&opts, |_| {
+        let sink: Box<dyn EventSink> = match &json_out {
+            Some(out) => Box::new(JsonLines::new(Arc::clone(out))),
+            None => Box::new(Discard),
+        };
+        Analyzer::new(sink, stamper.clone())
+    })?;
     let started = std::time::Instant::now();
     let result = read_file(path, &mut |batch| {
         pipeline.dispatch(batch);
         if Signals::take(&signals.dump_counters) {
-            let _ = pipeline.counters().write(&mut std::io::stdout().lock());
+            let _ = pipeline.counters().write(&mut std::io::stderr().lock());
         }
         if signals.stopping() {
             anyhow::bail!("interrupted");
@@ -139,22 +167,27 @@ fn read(path: &std::path::Path, opts: PipelineOptions) -> anyhow::Result<()> {
     let (counters, summaries) = pipeline.finish()?;
     let elapsed = started.elapsed();
     let stats = result.as_ref().map(|s| *s).unwrap_or_default();
+    if let Some(out) = &json_out {
+        out.lock().map_err(|_| anyhow::anyhow!("JSON output poisoned"))?.flush()?;
+    }
+    // With --json, stdout carries the events; the report goes to stderr.
+    let mut report: Box<dyn Write> = if json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
     {
-        let mut out = std::io::stdout().lock();
+        let out = &mut report;
         let rows = [
             ("frames", counters.decode.frames),
             ("bytes", counters.decode.bytes),
             ("skipped_link_type", stats.skipped_link_type),
             ("elapsed_us", elapsed.as_micros() as u64),
         ];
-        tap_user::telemetry::write_rows(&mut out, "read", &rows)?;
-        counters.write(&mut out)?;
+        tap_user::telemetry::write_rows(out, "read", &rows)?;
+        counters.write(out)?;
     }
-    print_summary(&summaries);
+    print_summary(&summaries, &mut report);
     result.map(|_| ()).with_context(|| format!("read {}", path.display()))
 }
 
-fn capture(args: CaptureArgs, pipeline: PipelineOptions) -> anyhow::Result<()> {
+fn capture(args: CaptureArgs, pipeline: PipelineOptions, sensor_id: String) -> anyhow::Result<()> {
     let dcs = match &args.dc {
         Some(list) => DcSet::parse_list(list, "--dc")?,
         None => DcSet::default(),
@@ -182,6 +215,7 @@ fn capture(args: CaptureArgs, pipeline: PipelineOptions) -> anyhow::Result<()> {
         bpf_stats: args.bpf_stats,
         floor_program: args.floor_program,
         pipeline,
+        sensor_id,
     };
     let signals = Signals::install()?;
     tap_user::capture::run::run(&opts, &signals).context("capture")

@@ -116,3 +116,41 @@ fn bad_input_is_refused_with_the_reason() {
     assert!(!ok);
     assert!(err.contains("--read FILE or the capture command"), "{err}");
 }
+
+#[test]
+fn json_lines_are_the_events_and_the_report_moves_to_stderr() {
+    let pcap = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/adlab/pcaps/04_asrep_roasting.pcap");
+    if !pcap.exists() {
+        eprintln!("SKIPPED json_lines_are_the_events: {} not found", pcap.display());
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tap-sensor"))
+        .args(["--read", pcap.to_str().unwrap(), "--json", "--sensor-id", "lab-sensor-1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    let report = String::from_utf8_lossy(&out.stderr);
+    let reported: usize = report
+        .lines()
+        .find_map(|l| l.strip_prefix("parse_events").map(|v| v.trim().parse().unwrap()))
+        .expect("report on stderr");
+    assert_eq!(events.len(), reported);
+    assert!(!events.is_empty());
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["sensor_id"], "lab-sensor-1");
+        assert_eq!(e["seq"], i as u64 + 1);
+        assert!(["kerberos", "ldap", "dns"].contains(&e["protocol"].as_str().unwrap()), "{e}");
+        assert_eq!(e["dc_ip"], "10.77.0.10");
+    }
+    // AS-REP roasting: AS-REQs without PA-ENC-TIMESTAMP answered with an AS-REP whose
+    // encrypted part the requester can attack offline.
+    let as_reps: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["detail"]["Kerberos"]["msg_type"] == 11).collect();
+    assert!(!as_reps.is_empty());
+    assert!(as_reps.iter().all(
+        |e| e["result"] == "success" && e["detail"]["Kerberos"]["ticket_fingerprint"].as_str().unwrap().len() == 16
+    ));
+}

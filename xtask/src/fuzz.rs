@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Targets and how their seeds are made.
-const TARGETS: &[&str] = &["pipeline_frames"];
+const TARGETS: &[&str] = &["pipeline_frames", "kerberos", "dns"];
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// Encodes frames the way `pipeline_frames` reads them: 2-byte length, 1-byte time step.
@@ -28,8 +28,8 @@ fn encode_frames(frames: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-fn seed_pipeline(root: &Path, dir: &Path) -> anyhow::Result<usize> {
-    std::fs::create_dir_all(dir)?;
+/// Frames of every lab capture (one list per capture), plus the generated mix.
+fn seed_captures(root: &Path) -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
     let lab = root.join("../shared/adlab/pcaps");
     let mut captures: Vec<Vec<Vec<u8>>> = Vec::new();
     if let Ok(rd) = std::fs::read_dir(&lab) {
@@ -43,6 +43,35 @@ fn seed_pipeline(root: &Path, dir: &Path) -> anyhow::Result<usize> {
         note("../shared/adlab/pcaps not found: seeding from the generated mix only");
     }
     captures.push(mix::mix(2).into_iter().map(|l| l.frame).collect());
+    Ok(captures)
+}
+
+/// Payloads to or from `port` in the seed captures, one file each (TCP payloads as they
+/// come, so record framing is exercised from real segment boundaries).
+fn seed_payloads(root: &Path, dir: &Path, port: u16) -> anyhow::Result<usize> {
+    use etherparse::{SlicedPacket, TransportSlice};
+    std::fs::create_dir_all(dir)?;
+    let mut n = 0;
+    for frames in seed_captures(root)? {
+        for f in frames {
+            let Ok(p) = SlicedPacket::from_ethernet(&f) else { continue };
+            let payload = match &p.transport {
+                Some(TransportSlice::Udp(u)) if u.source_port() == port || u.destination_port() == port => u.payload(),
+                Some(TransportSlice::Tcp(t)) if t.source_port() == port || t.destination_port() == port => t.payload(),
+                _ => continue,
+            };
+            if !payload.is_empty() {
+                std::fs::write(dir.join(format!("seed-{n}")), payload)?;
+                n += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn seed_pipeline(root: &Path, dir: &Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir)?;
+    let captures = seed_captures(root)?;
     let mut n = 0;
     for (ci, frames) in captures.iter().enumerate() {
         // Windows of 16 consecutive frames: whole small conversations, parts of long ones.
@@ -78,6 +107,8 @@ pub fn run(env: &Env, seconds: u64) -> anyhow::Result<()> {
         let corpus = work.join("corpus").join(target);
         let seeds = match *target {
             "pipeline_frames" => seed_pipeline(&env.root, &corpus)?,
+            "kerberos" => seed_payloads(&env.root, &corpus, 88)?,
+            "dns" => seed_payloads(&env.root, &corpus, 53)?,
             other => bail!("no seeds defined for {other}"),
         };
         note(&format!("{seeds} seed inputs in {}", corpus.display()));

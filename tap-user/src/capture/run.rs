@@ -20,9 +20,10 @@ use super::{
     reader::RingReader,
 };
 use crate::{
+    event::{analyzer::Analyzer, Discard, Stamper},
     frames::FrameBatch,
     output::PcapSink,
-    pipeline::{summary::StreamSummary, Pipeline, PipelineOptions},
+    pipeline::{Pipeline, PipelineOptions},
     signals::Signals,
     time::WallClock,
 };
@@ -49,6 +50,8 @@ pub struct CaptureOptions {
     /// total run time (a few ns per frame of overhead while on).
     pub bpf_stats: bool,
     pub pipeline: PipelineOptions,
+    /// Stamped on every event.
+    pub sensor_id: String,
     /// Attach the benchmark's floor program (drops everything, counts nothing) instead of
     /// the filter.
     pub floor_program: bool,
@@ -115,7 +118,10 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         Some(path) => Some(PcapSink::create(path)?),
         None => None,
     };
-    let pipeline = Arc::new(Pipeline::start(&opts.pipeline, |_| StreamSummary::default())?);
+    // Events have no destination yet in live mode (the uplink comes next): they are
+    // produced and counted.
+    let stamper = Stamper::new(&opts.sensor_id);
+    let pipeline = Arc::new(Pipeline::start(&opts.pipeline, |_| Analyzer::new(Box::new(Discard), stamper.clone()))?);
     let consumer_counters = Arc::clone(&user);
     let dispatcher = Arc::clone(&pipeline);
     // The consumer writes the pcap (when asked) and dispatches to the pipeline workers.
@@ -185,17 +191,20 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     let pipeline = Arc::into_inner(pipeline).ok_or_else(|| anyhow::anyhow!("pipeline still shared at exit"))?;
     let (counters, summaries) = pipeline.finish()?;
     print_report(&xdp, &user, opts.bpf_stats, &counters);
-    print_summary(&summaries);
+    print_summary(&summaries, &mut std::io::stdout().lock());
     written
 }
 
-/// Totals of what the streams carried, over all workers.
-pub fn print_summary(summaries: &[StreamSummary]) {
-    let mut total = StreamSummary::default();
-    for s in summaries {
-        total.merge(s);
+/// Totals of what the streams carried and the parsers made of them, over all workers.
+pub fn print_summary(analyzers: &[Analyzer], out: &mut dyn std::io::Write) {
+    let mut streams = crate::pipeline::summary::StreamSummary::default();
+    let mut parse = crate::event::analyzer::ParseCounters::default();
+    for a in analyzers {
+        streams.merge(&a.streams);
+        parse.merge(&a.counters);
     }
-    let mut out = std::io::stdout().lock();
-    let _ = crate::telemetry::write_rows(&mut out, "stream", &total.rows());
+    let mut out = out;
+    let _ = crate::telemetry::write_rows(&mut out, "stream", &streams.rows());
+    let _ = crate::telemetry::write_rows(&mut out, "parse", &parse.rows());
     let _ = out.flush();
 }

@@ -1,0 +1,389 @@
+//! The consumer of the reassembled streams: picks a parser per flow from the server port,
+//! feeds it the flow's bytes or datagrams (across PDU boundaries and gaps), and turns what
+//! it decodes into activity events.
+
+use std::net::SocketAddr;
+
+use super::{pb, pb::activity_event::Detail, ActivityEvent, EventSink, Stamper};
+use crate::{
+    flow::{Direction, FlowMeta, StreamConsumer, StreamEvent, Transport},
+    pipeline::summary::StreamSummary,
+    proto::{dns, kerberos, ldap},
+};
+
+/// LDAP requests waiting for their response, per flow: the oldest is reported without a
+/// result when more are outstanding (clients pipeline a few; more is abuse).
+const MAX_PENDING_LDAP: usize = 64;
+
+crate::counter_set! {
+    pub struct ParseCounters {
+        events,
+        kerberos_messages,
+        /// Records on a Kerberos port that did not decode as Kerberos.
+        kerberos_malformed,
+        /// TCP records longer than kerberos::MAX_TCP_MESSAGE, skipped.
+        kerberos_oversized,
+        dns_messages,
+        dns_malformed,
+        /// TCP DNS streams abandoned after a gap (framing lost).
+        dns_framing_lost,
+        ldap_messages,
+        ldap_malformed,
+        /// LDAP messages nested deeper than ldap::MAX_DEPTH (refused before parsing).
+        ldap_too_deep,
+        /// LDAP PDUs over ldap::MAX_PDU, skipped.
+        ldap_oversized,
+        /// LDAP directions abandoned after a gap (no PDU boundary to resynchronise on).
+        ldap_framing_lost,
+        /// LDAP sessions that turned SASL-sealed.
+        ldap_sealed_sessions,
+        /// Flows on ports no parser handles yet.
+        flows_unparsed,
+    }
+}
+
+/// Per-flow parser state, chosen on the flow's first event.
+#[derive(Debug, Default)]
+pub enum FlowState {
+    #[default]
+    Unclassified,
+    Kerberos {
+        to_server: kerberos::TcpFramer,
+        to_client: kerberos::TcpFramer,
+    },
+    Dns {
+        to_server: dns::TcpFramer,
+        to_client: dns::TcpFramer,
+    },
+    Ldap(Box<LdapFlow>),
+    Unparsed,
+}
+
+#[derive(Debug, Default)]
+pub struct LdapFlow {
+    to_server: ldap::TcpFramer,
+    to_client: ldap::TcpFramer,
+    /// Requests waiting for their response: (message id, event).
+    pending: Vec<(u32, ActivityEvent)>,
+}
+
+fn classify(flow: &FlowMeta) -> FlowState {
+    match flow.server.port() {
+        88 => FlowState::Kerberos { to_server: Default::default(), to_client: Default::default() },
+        53 => FlowState::Dns { to_server: Default::default(), to_client: Default::default() },
+        389 | 3268 => FlowState::Ldap(Box::default()),
+        _ => FlowState::Unparsed,
+    }
+}
+
+pub struct Analyzer {
+    sink: Box<dyn EventSink>,
+    stamper: Stamper,
+    pub counters: ParseCounters,
+    pub streams: StreamSummary,
+}
+
+/// The fields every event of a flow shares.
+fn base(flow: &FlowMeta, protocol: &str, category: &str) -> ActivityEvent {
+    let ip = |a: SocketAddr| a.ip().to_string();
+    ActivityEvent {
+        time_unix_ns: flow.last_seen.as_nanos() as i64,
+        src_ip: ip(flow.client),
+        src_port: flow.client.port() as u32,
+        dc_ip: ip(flow.server),
+        dc_port: flow.server.port() as u32,
+        protocol: protocol.into(),
+        category: category.into(),
+        ..ActivityEvent::default()
+    }
+}
+
+fn kerberos_event(flow: &FlowMeta, m: kerberos::KerberosMessage) -> ActivityEvent {
+    let mut e = base(flow, "kerberos", "logon");
+    if !m.cname.is_empty() {
+        e.account = if m.crealm.is_empty() { m.cname.clone() } else { format!("{}@{}", m.cname, m.crealm) };
+    }
+    e.result = match m.msg_type {
+        kerberos::msg::AS_REP | kerberos::msg::TGS_REP => "success".into(),
+        kerberos::msg::ERROR => "failure".into(),
+        _ => String::new(),
+    };
+    e.status_code = m.error_code as i64;
+    e.detail = Some(Detail::Kerberos(pb::Kerberos {
+        msg_type: m.msg_type,
+        cname: m.cname,
+        crealm: m.crealm,
+        sname: m.sname,
+        realm: m.realm,
+        requested_etypes: m.requested_etypes,
+        ticket_etype: m.ticket_etype,
+        enc_part_etype: m.enc_part_etype,
+        padata_types: m.padata_types,
+        enc_timestamp_etype: m.enc_timestamp_etype,
+        pac_requested: m.pac_requested,
+        pk_as_req: m.pk_as_req,
+        fast: m.fast,
+        kdc_options: m.kdc_options,
+        error_code: m.error_code,
+        ticket_fingerprint: m.ticket_fingerprint,
+        over_tcp: flow.transport == Transport::Tcp,
+    }));
+    e
+}
+
+fn dns_event(flow: &FlowMeta, m: dns::DnsMessage) -> ActivityEvent {
+    let mut e = base(flow, "dns", "query");
+    if m.response {
+        e.result = if m.rcode == 0 { "success".into() } else { "failure".into() };
+        e.status_code = m.rcode as i64;
+    }
+    e.detail = Some(Detail::Dns(pb::Dns {
+        id: m.id as u32,
+        response: m.response,
+        opcode: m.opcode as u32,
+        rcode: m.rcode as u32,
+        questions: m.questions.into_iter().map(|(name, qtype)| pb::DnsQuestion { name, qtype: qtype as u32 }).collect(),
+        answers: m.answers as u32,
+        over_tcp: flow.transport == Transport::Tcp,
+    }));
+    e
+}
+
+fn ldap_request_event(flow: &FlowMeta, message_id: u32, op: ldap::LdapOp) -> Option<ActivityEvent> {
+    let mut detail = pb::Ldap { message_id, ..pb::Ldap::default() };
+    let (category, account) = match op {
+        ldap::LdapOp::Bind { name, method, sasl_mechanism, cleartext_password_sent } => {
+            detail.operation = "bind".into();
+            detail.bind_name = name.clone();
+            detail.bind_method = method.into();
+            detail.sasl_mechanism = sasl_mechanism;
+            detail.cleartext_password_sent = cleartext_password_sent;
+            ("logon", name)
+        }
+        ldap::LdapOp::Search { base, scope, filter, attributes } => {
+            detail.operation = "search".into();
+            detail.base_dn = base;
+            detail.scope = scope;
+            detail.filter = filter;
+            detail.attributes = attributes;
+            ("query", String::new())
+        }
+        ldap::LdapOp::Modify { target, attributes } => {
+            detail.operation = "modify".into();
+            detail.target_dn = target;
+            detail.modified_attributes = attributes;
+            ("directory_operation", String::new())
+        }
+        ldap::LdapOp::Add { target, attributes } => {
+            detail.operation = "add".into();
+            detail.target_dn = target;
+            detail.modified_attributes = attributes;
+            ("directory_operation", String::new())
+        }
+        ldap::LdapOp::Delete { target } => {
+            detail.operation = "delete".into();
+            detail.target_dn = target;
+            ("directory_operation", String::new())
+        }
+        ldap::LdapOp::ModifyDn { target } => {
+            detail.operation = "modify_dn".into();
+            detail.target_dn = target;
+            ("directory_operation", String::new())
+        }
+        _ => return None,
+    };
+    let mut e = base(flow, "ldap", category);
+    e.account = account;
+    e.detail = Some(Detail::Ldap(detail));
+    Some(e)
+}
+
+fn ldap_detail(e: &mut ActivityEvent) -> Option<&mut pb::Ldap> {
+    match e.detail.as_mut() {
+        Some(Detail::Ldap(l)) => Some(l),
+        _ => None,
+    }
+}
+
+impl Analyzer {
+    pub fn new(sink: Box<dyn EventSink>, stamper: Stamper) -> Self {
+        Self { sink, stamper, counters: ParseCounters::default(), streams: StreamSummary::default() }
+    }
+
+    fn emit(&mut self, mut event: ActivityEvent) {
+        self.stamper.stamp(&mut event);
+        self.counters.events += 1;
+        self.sink.emit(event);
+    }
+
+    fn kerberos(&mut self, flow: &FlowMeta, bytes: &[u8]) {
+        match kerberos::parse_message(bytes) {
+            Ok(m) => {
+                self.counters.kerberos_messages += 1;
+                self.emit(kerberos_event(flow, m));
+            }
+            Err(_) => self.counters.kerberos_malformed += 1,
+        }
+    }
+
+    fn dns(&mut self, flow: &FlowMeta, bytes: &[u8]) {
+        match dns::parse_message(bytes) {
+            Ok(m) => {
+                self.counters.dns_messages += 1;
+                self.emit(dns_event(flow, m));
+            }
+            Err(_) => self.counters.dns_malformed += 1,
+        }
+    }
+}
+
+impl Analyzer {
+    fn ldap_pdu(&mut self, flow: &FlowMeta, st: &mut LdapFlow, dir: Direction, bytes: &[u8]) {
+        let pdu = match ldap::parse_pdu(bytes) {
+            Ok(p) => p,
+            Err(ldap::LdapError::TooDeep) => return self.counters.ldap_too_deep += 1,
+            Err(_) => return self.counters.ldap_malformed += 1,
+        };
+        self.counters.ldap_messages += 1;
+        if dir == Direction::ToServer {
+            if let Some(e) = ldap_request_event(flow, pdu.message_id, pdu.op) {
+                if st.pending.len() >= MAX_PENDING_LDAP {
+                    let (_, oldest) = st.pending.remove(0);
+                    self.emit(oldest);
+                }
+                st.pending.push((pdu.message_id, e));
+            }
+            return;
+        }
+        let code = match pdu.op {
+            ldap::LdapOp::SearchEntry => {
+                if let Some((_, e)) = st.pending.iter_mut().find(|(id, _)| *id == pdu.message_id) {
+                    if let Some(l) = ldap_detail(e) {
+                        l.entries_returned += 1;
+                    }
+                }
+                return;
+            }
+            ldap::LdapOp::BindResult { code } | ldap::LdapOp::SearchDone { code } | ldap::LdapOp::Result { code } => {
+                code
+            }
+            _ => return,
+        };
+        if let Some(i) = st.pending.iter().position(|(id, _)| *id == pdu.message_id) {
+            let (_, mut e) = st.pending.remove(i);
+            // 14 is saslBindInProgress: a step of a multi-leg SASL bind, not a failure.
+            e.result = match code {
+                0 => "success".into(),
+                14 => String::new(),
+                _ => "failure".into(),
+            };
+            e.status_code = code as i64;
+            if let Some(l) = ldap_detail(&mut e) {
+                l.result_code = code;
+            }
+            self.emit(e);
+        }
+    }
+
+    fn ldap_close(&mut self, flow: &FlowMeta, st: &mut LdapFlow) {
+        for (_, e) in std::mem::take(&mut st.pending) {
+            self.emit(e);
+        }
+        let sealed = st.to_server.sealed_bytes + st.to_client.sealed_bytes;
+        if sealed > 0 {
+            self.counters.ldap_sealed_sessions += 1;
+            let mut e = base(flow, "ldap", "other");
+            e.detail = Some(Detail::Ldap(pb::Ldap {
+                operation: "sealed".into(),
+                sealed_bytes: sealed,
+                ..pb::Ldap::default()
+            }));
+            self.emit(e);
+        }
+    }
+}
+
+impl StreamConsumer for Analyzer {
+    type State = FlowState;
+
+    fn event(&mut self, flow: &FlowMeta, state: &mut FlowState, event: StreamEvent<'_>) {
+        self.streams.event(
+            flow,
+            &mut (),
+            match &event {
+                StreamEvent::Data { dir, data } => StreamEvent::Data { dir: *dir, data },
+                StreamEvent::Gap { dir, len } => StreamEvent::Gap { dir: *dir, len: *len },
+                StreamEvent::Datagram { dir, data } => StreamEvent::Datagram { dir: *dir, data },
+                StreamEvent::Closed(r) => StreamEvent::Closed(*r),
+            },
+        );
+        if matches!(state, FlowState::Unclassified) {
+            *state = classify(flow);
+            if matches!(state, FlowState::Unparsed) {
+                self.counters.flows_unparsed += 1;
+            }
+        }
+        match (state, event) {
+            (FlowState::Kerberos { .. }, StreamEvent::Datagram { data, .. }) => self.kerberos(flow, data),
+            (FlowState::Kerberos { to_server, to_client }, StreamEvent::Data { dir, data }) => {
+                let framer = if dir == Direction::ToServer { to_server } else { to_client };
+                let mut records = Vec::new();
+                framer.push(data, &mut self.counters.kerberos_oversized, &mut |r| records.push(r.to_vec()));
+                for r in records {
+                    self.kerberos(flow, &r);
+                }
+            }
+            (FlowState::Kerberos { to_server, to_client }, StreamEvent::Gap { dir, .. }) => {
+                if dir == Direction::ToServer {
+                    to_server.gap()
+                } else {
+                    to_client.gap()
+                }
+            }
+            (FlowState::Dns { .. }, StreamEvent::Datagram { data, .. }) => self.dns(flow, data),
+            (FlowState::Dns { to_server, to_client }, StreamEvent::Data { dir, data }) => {
+                let framer = if dir == Direction::ToServer { to_server } else { to_client };
+                let mut records = Vec::new();
+                framer.push(data, &mut |r| records.push(r.to_vec()));
+                for r in records {
+                    self.dns(flow, &r);
+                }
+            }
+            (FlowState::Dns { to_server, to_client }, StreamEvent::Gap { dir, .. }) => {
+                self.counters.dns_framing_lost += 1;
+                if dir == Direction::ToServer {
+                    to_server.gap()
+                } else {
+                    to_client.gap()
+                }
+            }
+            (FlowState::Ldap(st), StreamEvent::Datagram { dir, data }) => self.ldap_pdu(flow, st, dir, data),
+            (FlowState::Ldap(st), StreamEvent::Data { dir, data }) => {
+                let framer = if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client };
+                if framer.sealed() {
+                    framer.count_sealed(data.len());
+                    return;
+                }
+                let mut pdus = Vec::new();
+                let mut oversized = 0;
+                framer.push(data, &mut |f| match f {
+                    ldap::Frame::Pdu(p) => pdus.push(p.to_vec()),
+                    ldap::Frame::Oversized => oversized += 1,
+                });
+                self.counters.ldap_oversized += oversized;
+                for p in pdus {
+                    self.ldap_pdu(flow, st, dir, &p);
+                }
+            }
+            (FlowState::Ldap(st), StreamEvent::Gap { dir, .. }) => {
+                let framer = if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client };
+                if !framer.sealed() && !framer.lost() {
+                    self.counters.ldap_framing_lost += 1;
+                }
+                framer.gap();
+            }
+            (FlowState::Ldap(st), StreamEvent::Closed(_)) => self.ldap_close(flow, st),
+            _ => {}
+        }
+    }
+}

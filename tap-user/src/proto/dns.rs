@@ -1,0 +1,207 @@
+//! DNS messages (RFC 1035 section 4.1): the header and the question section, which is
+//! what the detections use (zone transfers, SRV sweeps, response codes). Written here
+//! because it is forty lines and the crates that fit decode whole messages.
+//!
+//! ```text
+//! header: ID(16) | QR(1) OPCODE(4) AA TC RD RA Z(3) RCODE(4) | QDCOUNT | ANCOUNT | NSCOUNT | ARCOUNT
+//! question: QNAME (labels, maybe compressed) | QTYPE(16) | QCLASS(16)
+//! ```
+//! Over TCP each message follows a 2-byte big-endian length (section 4.2.2).
+
+/// Questions decoded per message; a real query has one.
+pub const MAX_QUESTIONS: usize = 8;
+/// Longest name (section 2.3.4) and most compression pointers followed in one name.
+pub const MAX_NAME: usize = 255;
+const MAX_POINTERS: usize = 16;
+
+pub mod qtype {
+    pub const SRV: u16 = 33;
+    pub const IXFR: u16 = 251;
+    pub const AXFR: u16 = 252;
+    pub const ANY: u16 = 255;
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsMessage {
+    pub id: u16,
+    pub response: bool,
+    pub opcode: u8,
+    pub rcode: u8,
+    pub questions: Vec<(String, u16)>,
+    pub answers: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    #[error("DNS message shorter than its header or question section says")]
+    Truncated,
+    #[error("DNS name malformed (bad label, loop or longer than 255 bytes)")]
+    BadName,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Result<u16, DnsError> {
+    b.get(at..at + 2).map(|s| u16::from_be_bytes([s[0], s[1]])).ok_or(DnsError::Truncated)
+}
+
+/// Reads a name at `at`; returns it and the offset after it (after the first pointer).
+fn read_name(msg: &[u8], mut at: usize) -> Result<(String, usize), DnsError> {
+    let mut name = String::new();
+    let mut end = None;
+    let mut pointers = 0;
+    loop {
+        let len = *msg.get(at).ok_or(DnsError::Truncated)? as usize;
+        match len & 0xc0 {
+            0x00 if len == 0 => {
+                return Ok((if name.is_empty() { ".".into() } else { name }, end.unwrap_or(at + 1)));
+            }
+            0x00 => {
+                let label = msg.get(at + 1..at + 1 + len).ok_or(DnsError::Truncated)?;
+                if name.len() + len + 1 > MAX_NAME * 4 {
+                    return Err(DnsError::BadName);
+                }
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                for &c in label {
+                    if c.is_ascii_graphic() && c != b'.' && c != b'\\' {
+                        name.push(c as char);
+                    } else {
+                        name.push_str(&format!("\\{c:03}"));
+                    }
+                }
+                at += 1 + len;
+            }
+            0xc0 => {
+                pointers += 1;
+                if pointers > MAX_POINTERS {
+                    return Err(DnsError::BadName);
+                }
+                let target = (u16_at(msg, at)? & 0x3fff) as usize;
+                end.get_or_insert(at + 2);
+                at = target;
+            }
+            _ => return Err(DnsError::BadName),
+        }
+    }
+}
+
+pub fn parse_message(msg: &[u8]) -> Result<DnsMessage, DnsError> {
+    let id = u16_at(msg, 0)?;
+    let flags = u16_at(msg, 2)?;
+    let qdcount = u16_at(msg, 4)? as usize;
+    let answers = u16_at(msg, 6)?;
+    let mut questions = Vec::with_capacity(qdcount.min(MAX_QUESTIONS));
+    let mut at = 12;
+    for _ in 0..qdcount.min(MAX_QUESTIONS) {
+        let (name, next) = read_name(msg, at)?;
+        let qtype = u16_at(msg, next)?;
+        u16_at(msg, next + 2)?;
+        questions.push((name, qtype));
+        at = next + 4;
+    }
+    Ok(DnsMessage {
+        id,
+        response: flags & 0x8000 != 0,
+        opcode: ((flags >> 11) & 0xf) as u8,
+        rcode: (flags & 0xf) as u8,
+        questions,
+        answers,
+    })
+}
+
+/// Splits a TCP byte stream into DNS messages (2-byte length prefix). After a gap the
+/// framing is lost for good: the stream is ignored until it closes (zone transfers and
+/// long TCP DNS sessions are rare; the counters say when this happens).
+#[derive(Debug, Default)]
+pub struct TcpFramer {
+    buf: Vec<u8>,
+    lost: bool,
+}
+
+impl TcpFramer {
+    pub fn push(&mut self, data: &[u8], record: &mut dyn FnMut(&[u8])) {
+        if self.lost {
+            return;
+        }
+        self.buf.extend_from_slice(data);
+        let mut at = 0;
+        while self.buf.len() - at >= 2 {
+            let len = u16::from_be_bytes([self.buf[at], self.buf[at + 1]]) as usize;
+            if self.buf.len() - at - 2 < len {
+                break;
+            }
+            record(&self.buf[at + 2..at + 2 + len]);
+            at += 2 + len;
+        }
+        self.buf.drain(..at);
+    }
+
+    pub fn gap(&mut self) {
+        self.buf = Vec::new();
+        self.lost = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query for `_ldap._tcp.dc._msdcs.lab.example` SRV, as dig sends it.
+    fn srv_query() -> Vec<u8> {
+        let mut m = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for l in ["_ldap", "_tcp", "dc", "_msdcs", "lab", "example"] {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 33, 0, 1]);
+        m
+    }
+
+    #[test]
+    fn parses_a_query_and_a_compressed_response() {
+        let q = parse_message(&srv_query()).unwrap();
+        assert_eq!(q.id, 0x1234);
+        assert!(!q.response);
+        assert_eq!(q.questions, vec![("_ldap._tcp.dc._msdcs.lab.example".to_string(), qtype::SRV)]);
+        // A refused AXFR whose question name points back at the header's first name.
+        let mut r = srv_query();
+        r[2] = 0x80;
+        r[3] = 0x05;
+        r[5] = 2;
+        r.extend_from_slice(&[0xc0, 12, 0, 252, 0, 1]);
+        let m = parse_message(&r).unwrap();
+        assert!(m.response);
+        assert_eq!(m.rcode, 5);
+        assert_eq!(m.questions[1], ("_ldap._tcp.dc._msdcs.lab.example".to_string(), qtype::AXFR));
+    }
+
+    #[test]
+    fn loops_truncation_and_odd_bytes_are_handled() {
+        let mut looped = vec![0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        assert_eq!(parse_message(&looped), Err(DnsError::BadName));
+        let q = srv_query();
+        for cut in 0..q.len() {
+            assert!(parse_message(&q[..cut]).is_err(), "cut at {cut}");
+        }
+        let odd = [0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 2, b'a', 0x07, 0, 0, 1, 0, 1];
+        assert_eq!(parse_message(&odd).unwrap().questions[0].0, "a\\007");
+    }
+
+    #[test]
+    fn tcp_framing_across_segments() {
+        let q = srv_query();
+        let mut s = (q.len() as u16).to_be_bytes().to_vec();
+        s.extend(&q);
+        s.extend(s.clone());
+        let mut f = TcpFramer::default();
+        let mut n = 0;
+        for c in s.chunks(5) {
+            f.push(c, &mut |m| {
+                assert_eq!(m, &q[..]);
+                n += 1;
+            });
+        }
+        assert_eq!(n, 2);
+    }
+}

@@ -1,0 +1,471 @@
+//! LDAP (RFC 4511) operations as the detections see them, decoded with the rusticata
+//! `ldap-parser` (what Suricata uses) behind two guards: a BER nesting-depth check before
+//! parsing (its filter parser recurses without a limit) and a PDU size limit.
+//!
+//! ```text
+//! LDAPMessage ::= SEQUENCE { messageID MessageID, protocolOp CHOICE { bindRequest [APPLICATION 0] ... }, controls [0] OPTIONAL }
+//! ```
+//! A simple bind's password is never kept: only whether one was sent.
+
+use std::fmt::Write as _;
+
+use ldap_parser::{
+    asn1_rs::FromBer,
+    filter::{Filter, Substring},
+    ldap::{AuthenticationChoice, LdapMessage, ProtocolOp},
+};
+
+/// Largest LDAP PDU decoded. Search result entries with large multi-valued attributes
+/// reach hundreds of KB; anything larger is skipped and counted.
+pub const MAX_PDU: usize = 1 << 20;
+/// Deepest BER nesting accepted; a real filter nests a handful of levels.
+pub const MAX_DEPTH: usize = 48;
+/// Longest rendered filter kept in an event.
+pub const MAX_FILTER_CHARS: usize = 4096;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LdapOp {
+    Bind {
+        name: String,
+        method: &'static str,
+        sasl_mechanism: String,
+        cleartext_password_sent: bool,
+    },
+    BindResult {
+        code: u32,
+    },
+    Search {
+        base: String,
+        scope: u32,
+        filter: String,
+        attributes: Vec<String>,
+    },
+    SearchEntry,
+    SearchDone {
+        code: u32,
+    },
+    Modify {
+        target: String,
+        attributes: Vec<String>,
+    },
+    Add {
+        target: String,
+        attributes: Vec<String>,
+    },
+    Delete {
+        target: String,
+    },
+    ModifyDn {
+        target: String,
+    },
+    /// Any other response with a result code (modify, add, delete, modify DN, extended).
+    Result {
+        code: u32,
+    },
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LdapPdu {
+    pub message_id: u32,
+    pub op: LdapOp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LdapError {
+    #[error("LDAP message nested deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    #[error("LDAP message malformed")]
+    Malformed,
+}
+
+/// Length of the BER element at the start of `b` (header + content), if complete enough to
+/// know: `Ok(None)` means more bytes are needed.
+pub fn element_len(b: &[u8]) -> Result<Option<usize>, LdapError> {
+    if b.len() < 2 {
+        return Ok(None);
+    }
+    let first = b[1] as usize;
+    if first < 0x80 {
+        return Ok(Some(2 + first));
+    }
+    let n = first & 0x7f;
+    if n == 0 || n > 4 {
+        return Err(LdapError::Malformed);
+    }
+    if b.len() < 2 + n {
+        return Ok(None);
+    }
+    let len = b[2..2 + n].iter().fold(0usize, |acc, &x| (acc << 8) | x as usize);
+    Ok(Some(2 + n + len))
+}
+
+/// Whether constructed elements nest deeper than `max` anywhere in `b`, walked with an
+/// explicit stack so hostile input cannot recurse.
+fn too_deep(b: &[u8], max: usize) -> bool {
+    let mut ends: Vec<usize> = Vec::new();
+    let mut at = 0;
+    while at + 2 <= b.len() {
+        while ends.last().is_some_and(|&e| at >= e) {
+            ends.pop();
+        }
+        let Ok(Some(len)) = element_len(&b[at..]) else { return false };
+        let header = if b[at + 1] < 0x80 { 2 } else { 2 + (b[at + 1] & 0x7f) as usize };
+        if b[at] & 0x20 != 0 {
+            ends.push(at + len);
+            if ends.len() > max {
+                return true;
+            }
+            at += header;
+        } else {
+            at += len;
+        }
+    }
+    false
+}
+
+fn escape_value(v: &[u8], out: &mut String) {
+    for &c in v {
+        match c {
+            b'*' | b'(' | b')' | b'\\' | 0 => {
+                let _ = write!(out, "\\{c:02x}");
+            }
+            c if c.is_ascii_graphic() || c == b' ' => out.push(c as char),
+            c => {
+                let _ = write!(out, "\\{c:02x}");
+            }
+        }
+    }
+}
+
+/// The RFC 4515 string form of a filter, e.g. `(&(objectClass=user)(servicePrincipalName=*))`.
+pub fn render_filter(f: &Filter<'_>, out: &mut String) {
+    if out.len() > MAX_FILTER_CHARS {
+        return;
+    }
+    match f {
+        Filter::And(v) | Filter::Or(v) => {
+            out.push('(');
+            out.push(if matches!(f, Filter::And(_)) { '&' } else { '|' });
+            for x in v {
+                render_filter(x, out);
+            }
+            out.push(')');
+        }
+        Filter::Not(x) => {
+            out.push_str("(!");
+            render_filter(x, out);
+            out.push(')');
+        }
+        Filter::EqualityMatch(a) | Filter::GreaterOrEqual(a) | Filter::LessOrEqual(a) | Filter::ApproxMatch(a) => {
+            let op = match f {
+                Filter::EqualityMatch(_) => "=",
+                Filter::GreaterOrEqual(_) => ">=",
+                Filter::LessOrEqual(_) => "<=",
+                _ => "~=",
+            };
+            out.push('(');
+            out.push_str(&a.attribute_desc.0);
+            out.push_str(op);
+            escape_value(&a.assertion_value, out);
+            out.push(')');
+        }
+        Filter::Present(a) => {
+            out.push('(');
+            out.push_str(&a.0);
+            out.push_str("=*)");
+        }
+        Filter::Substrings(s) => {
+            out.push('(');
+            out.push_str(&s.filter_type.0);
+            out.push('=');
+            let mut star_pending = true;
+            for part in &s.substrings {
+                match part {
+                    Substring::Initial(v) => {
+                        escape_value(&v.0, out);
+                        star_pending = true;
+                    }
+                    Substring::Any(v) => {
+                        out.push('*');
+                        escape_value(&v.0, out);
+                        star_pending = true;
+                    }
+                    Substring::Final(v) => {
+                        out.push('*');
+                        escape_value(&v.0, out);
+                        star_pending = false;
+                    }
+                }
+            }
+            if star_pending {
+                out.push('*');
+            }
+            out.push(')');
+        }
+        Filter::ExtensibleMatch(m) => {
+            out.push('(');
+            if let Some(t) = &m.rule_type {
+                out.push_str(&t.0);
+            }
+            if m.dn_attributes == Some(true) {
+                out.push_str(":dn");
+            }
+            if let Some(r) = &m.matching_rule {
+                out.push(':');
+                out.push_str(&r.0);
+            }
+            out.push_str(":=");
+            escape_value(&m.assertion_value.0, out);
+            out.push(')');
+        }
+    }
+}
+
+/// Decodes one whole LDAPMessage.
+pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
+    if too_deep(bytes, MAX_DEPTH) {
+        return Err(LdapError::TooDeep);
+    }
+    let (_, m) = LdapMessage::from_ber(bytes).map_err(|_| LdapError::Malformed)?;
+    let op = match &m.protocol_op {
+        ProtocolOp::BindRequest(b) => {
+            let (method, sasl_mechanism, cleartext) = match &b.authentication {
+                AuthenticationChoice::Simple(pw) => ("simple", String::new(), !pw.is_empty()),
+                AuthenticationChoice::Sasl(s) => ("sasl", s.mechanism.0.to_string(), false),
+            };
+            LdapOp::Bind { name: b.name.0.to_string(), method, sasl_mechanism, cleartext_password_sent: cleartext }
+        }
+        ProtocolOp::BindResponse(r) => LdapOp::BindResult { code: r.result.result_code.0 },
+        ProtocolOp::SearchRequest(s) => {
+            let mut filter = String::new();
+            render_filter(&s.filter, &mut filter);
+            LdapOp::Search {
+                base: s.base_object.0.to_string(),
+                scope: s.scope.0,
+                filter,
+                attributes: s.attributes.iter().map(|a| a.0.to_string()).collect(),
+            }
+        }
+        ProtocolOp::SearchResultEntry(_) => LdapOp::SearchEntry,
+        ProtocolOp::SearchResultDone(r) => LdapOp::SearchDone { code: r.result_code.0 },
+        ProtocolOp::ModifyRequest(r) => LdapOp::Modify {
+            target: r.object.0.to_string(),
+            attributes: r.changes.iter().map(|c| c.modification.attr_type.0.to_string()).collect(),
+        },
+        ProtocolOp::AddRequest(r) => LdapOp::Add {
+            target: r.entry.0.to_string(),
+            attributes: r.attributes.iter().map(|a| a.attr_type.0.to_string()).collect(),
+        },
+        ProtocolOp::DelRequest(dn) => LdapOp::Delete { target: dn.0.to_string() },
+        ProtocolOp::ModDnRequest(r) => LdapOp::ModifyDn { target: r.entry.0.to_string() },
+        ProtocolOp::ModifyResponse(r) => LdapOp::Result { code: r.result.result_code.0 },
+        ProtocolOp::AddResponse(r) | ProtocolOp::DelResponse(r) | ProtocolOp::ModDnResponse(r) => {
+            LdapOp::Result { code: r.result_code.0 }
+        }
+        ProtocolOp::ExtendedResponse(r) => LdapOp::Result { code: r.result.result_code.0 },
+        _ => LdapOp::Other,
+    };
+    Ok(LdapPdu { message_id: m.message_id.0, op })
+}
+
+/// Splits one direction of an LDAP stream into PDUs. SASL-sealed traffic (a 4-byte length
+/// then an opaque wrapped token, RFC 4752 section 3.3) does not start with a SEQUENCE
+/// tag: it is reported as sealed bytes, not parsed.
+#[derive(Debug, Default)]
+pub struct TcpFramer {
+    buf: Vec<u8>,
+    skip: usize,
+    lost: bool,
+    pub sealed_bytes: u64,
+}
+
+pub enum Frame<'a> {
+    Pdu(&'a [u8]),
+    Oversized,
+}
+
+impl TcpFramer {
+    pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(Frame<'_>)) {
+        if self.lost {
+            return;
+        }
+        let mut data = data;
+        if self.skip > 0 {
+            let n = self.skip.min(data.len());
+            self.skip -= n;
+            data = &data[n..];
+        }
+        self.buf.extend_from_slice(data);
+        let mut at = 0;
+        loop {
+            let rest = &self.buf[at..];
+            if rest.is_empty() {
+                break;
+            }
+            if rest[0] != 0x30 {
+                // Not an LDAPMessage: SASL-wrapped (sealed or signed) data, from here on.
+                self.sealed_bytes += rest.len() as u64;
+                at = self.buf.len();
+                self.lost = true;
+                break;
+            }
+            match element_len(rest) {
+                Ok(Some(len)) if len > MAX_PDU => {
+                    out(Frame::Oversized);
+                    self.skip = len - rest.len().min(len);
+                    at = self.buf.len();
+                    break;
+                }
+                Ok(Some(len)) if len <= rest.len() => {
+                    out(Frame::Pdu(&rest[..len]));
+                    at += len;
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    self.lost = true;
+                    at = self.buf.len();
+                    break;
+                }
+            }
+        }
+        self.buf.drain(..at);
+    }
+
+    /// Whether the stream turned into SASL-wrapped data.
+    pub fn sealed(&self) -> bool {
+        self.sealed_bytes > 0
+    }
+
+    /// Counts bytes of a stream already known to be sealed.
+    pub fn count_sealed(&mut self, n: usize) {
+        self.sealed_bytes += n as u64;
+    }
+
+    /// After a gap LDAP framing cannot be trusted until the next PDU start is certain;
+    /// LDAP gives no marker for that, so the direction is given up (and counted).
+    pub fn gap(&mut self) {
+        self.buf = Vec::new();
+        self.lost = true;
+    }
+
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(&(objectCategory=person)(servicePrincipalName=*))` search, as ldapsearch sends it.
+    fn spn_search() -> Vec<u8> {
+        let base = b"DC=lab,DC=example";
+        let mut filter = vec![0xa0, 0x00];
+        let eq = [&[0xa3, 0x18, 0x04, 0x0e][..], b"objectCategory", &[0x04, 0x06], b"person"].concat();
+        let pres = [&[0x87, 0x14][..], b"servicePrincipalName"].concat();
+        filter.extend(&eq);
+        filter.extend(&pres);
+        filter[1] = (filter.len() - 2) as u8;
+        let mut req = vec![0x04, base.len() as u8];
+        req.extend(base);
+        req.extend([0x0a, 0x01, 0x02, 0x0a, 0x01, 0x00, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00, 0x01, 0x01, 0x00]);
+        req.extend(&filter);
+        req.extend([0x30, 0x0a, 0x04, 0x08]);
+        req.extend(b"sAMAccou");
+        let mut op = vec![0x63, req.len() as u8];
+        op.extend(req);
+        let mut msg = vec![0x30, 0x00, 0x02, 0x01, 0x07];
+        msg.extend(op);
+        msg[1] = (msg.len() - 2) as u8;
+        msg
+    }
+
+    #[test]
+    fn search_filter_renders_in_string_form() {
+        let pdu = parse_pdu(&spn_search()).unwrap();
+        assert_eq!(pdu.message_id, 7);
+        let LdapOp::Search { base, scope, filter, attributes } = pdu.op else { panic!("{pdu:?}") };
+        assert_eq!(base, "DC=lab,DC=example");
+        assert_eq!(scope, 2);
+        assert_eq!(filter, "(&(objectCategory=person)(servicePrincipalName=*))");
+        assert_eq!(attributes, vec!["sAMAccou"]);
+    }
+
+    #[test]
+    fn simple_bind_keeps_no_password() {
+        // bindRequest: version 3, name "alice", simple "Secret1!".
+        let mut m = vec![0x30, 0x00, 0x02, 0x01, 0x01, 0x60, 0x00, 0x02, 0x01, 0x03, 0x04, 0x05];
+        m.extend(b"alice");
+        m.extend([0x80, 0x08]);
+        m.extend(b"Secret1!");
+        m[6] = (m.len() - 7) as u8;
+        m[1] = (m.len() - 2) as u8;
+        let pdu = parse_pdu(&m).unwrap();
+        assert_eq!(
+            pdu.op,
+            LdapOp::Bind {
+                name: "alice".into(),
+                method: "simple",
+                sasl_mechanism: String::new(),
+                cleartext_password_sent: true
+            }
+        );
+        assert!(!format!("{pdu:?}").contains("Secret1!"), "the password is not in the parsed message");
+    }
+
+    #[test]
+    fn escaping_and_substrings_follow_rfc4515() {
+        let mut s = String::new();
+        escape_value(b"a*b(c)\\\0", &mut s);
+        assert_eq!(s, "a\\2ab\\28c\\29\\5c\\00");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        // 200 nested NOT filters would recurse 200 deep in the filter parser.
+        let mut inner = vec![0x87, 0x01, b'x'];
+        for _ in 0..200 {
+            let mut n = vec![0xa2];
+            let len = inner.len();
+            if len < 0x80 {
+                n.push(len as u8);
+            } else {
+                n.extend([0x82, (len >> 8) as u8, len as u8]);
+            }
+            n.extend(inner);
+            inner = n;
+        }
+        let mut msg = vec![0x30, 0x82, 0, 0, 0x02, 0x01, 0x01, 0x63, 0x82, 0, 0];
+        msg.extend(&inner);
+        let op_len = inner.len();
+        msg[9] = (op_len >> 8) as u8;
+        msg[10] = op_len as u8;
+        let total = msg.len() - 4;
+        msg[2] = (total >> 8) as u8;
+        msg[3] = total as u8;
+        assert_eq!(parse_pdu(&msg), Err(LdapError::TooDeep));
+    }
+
+    #[test]
+    fn framer_splits_pdus_and_recognises_sealed_data() {
+        let a = spn_search();
+        let mut stream = a.clone();
+        stream.extend(&a);
+        let mut f = TcpFramer::default();
+        let mut n = 0;
+        for c in stream.chunks(7) {
+            f.push(c, &mut |fr| {
+                if let Frame::Pdu(p) = fr {
+                    assert_eq!(p, &a[..]);
+                    n += 1;
+                }
+            });
+        }
+        assert_eq!(n, 2);
+        // After a GSSAPI bind, data is wrapped: 4-byte length, then the token.
+        f.push(&[0x00, 0x00, 0x00, 0x40, 0x05, 0x04], &mut |_| panic!("sealed data is not a PDU"));
+        assert!(f.sealed());
+        assert_eq!(f.sealed_bytes, 6);
+    }
+}

@@ -1,0 +1,7 @@
+//! Protocol parsers: pure functions from bytes to typed messages. No I/O, no panics, no
+//! allocation beyond what the input's own lengths justify (each bounded by a named limit).
+#![forbid(unsafe_code)]
+
+pub mod dns;
+pub mod kerberos;
+pub mod ldap;

@@ -1,0 +1,149 @@
+//! The Kerberos and DNS events of the lab captures agree with tshark's dissection of the
+//! same files: every KDC message on port 88 and every DNS message on port 53 once, with
+//! the same message type, error code, client name, query name and type, and response code.
+//! Skips, saying so, without ../shared or tshark (under `cargo xtask test` a missing
+//! tshark fails).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+};
+
+use tap_user::{
+    event::{analyzer::Analyzer, pb::activity_event::Detail, ActivityEvent, Collect, Stamper},
+    pipeline::{read::read_file, PipelineOptions, Worker},
+};
+
+fn lab_pcaps() -> Option<Vec<PathBuf>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/adlab/pcaps");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
+        .collect();
+    files.sort();
+    Some(files)
+}
+
+fn events(pcap: &Path) -> Vec<ActivityEvent> {
+    let sink = Collect::default();
+    let store = Arc::clone(&sink.0);
+    let mut w = Worker::new(Analyzer::new(Box::new(sink), Stamper::new("test")), &PipelineOptions::default());
+    read_file(pcap, &mut |b| {
+        for f in b.iter() {
+            w.frame(std::time::Duration::from_nanos(f.timestamp_ns), f.data);
+        }
+        Ok(())
+    })
+    .unwrap();
+    w.finish();
+    let v = store.lock().unwrap().clone();
+    v
+}
+
+fn tshark(pcap: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(pcap).args(["-Y", filter, "-T", "fields", "-E", "occurrence=f"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').map(String::from).collect()).collect()
+}
+
+#[test]
+fn kerberos_and_dns_events_match_tshark() {
+    let Some(pcaps) = lab_pcaps().filter(|p| !p.is_empty()) else {
+        eprintln!("SKIPPED kerberos_and_dns_events_match_tshark: ../shared/adlab/pcaps not found");
+        return;
+    };
+    if Command::new("tshark").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(std::env::var("DCTAP_REQUIRE_LIVE").as_deref() != Ok("1"), "tshark is required under cargo xtask test");
+        eprintln!("SKIPPED kerberos_and_dns_events_match_tshark: tshark is not installed");
+        return;
+    }
+    let (mut krb_total, mut dns_total) = (0, 0);
+    for pcap in &pcaps {
+        let name = pcap.file_name().unwrap().to_string_lossy().into_owned();
+        let ev = events(pcap);
+        // Kerberos: (msg_type, error_code, cname of AS exchanges and errors).
+        let mut ours: Vec<(String, String, String)> = ev
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Some(Detail::Kerberos(k)) => Some((
+                    k.msg_type.to_string(),
+                    if k.msg_type == 30 { k.error_code.to_string() } else { String::new() },
+                    if matches!(k.msg_type, 10 | 11 | 30) {
+                        k.cname.split('/').next().unwrap_or("").to_string()
+                    } else {
+                        String::new()
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
+        let mut theirs: Vec<(String, String, String)> = tshark(
+            pcap,
+            "kerberos && (tcp.port == 88 || udp.port == 88)",
+            &["kerberos.msg_type", "kerberos.error_code", "kerberos.CNameString"],
+        )
+        .into_iter()
+        .map(|r| {
+            let t = r[0].clone();
+            let cname = if matches!(t.as_str(), "10" | "11" | "30") {
+                r.get(2).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            };
+            (t, r.get(1).cloned().unwrap_or_default(), cname)
+        })
+        .collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{name}: Kerberos messages (msg_type, error_code, cname)");
+        krb_total += ours.len();
+
+        // DNS: (response, rcode, first question name, its type, answer count).
+        let mut ours: Vec<(String, String, String, String, String)> = ev
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Some(Detail::Dns(d)) => {
+                    let q = d.questions.first();
+                    Some((
+                        u8::from(d.response).to_string(),
+                        if d.response { d.rcode.to_string() } else { String::new() },
+                        q.map(|q| q.name.clone()).unwrap_or_default(),
+                        q.map(|q| q.qtype.to_string()).unwrap_or_default(),
+                        d.answers.to_string(),
+                    ))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut theirs: Vec<(String, String, String, String, String)> = tshark(
+            pcap,
+            "dns && (tcp.port == 53 || udp.port == 53)",
+            &["dns.flags.response", "dns.flags.rcode", "dns.qry.name", "dns.qry.type", "dns.count.answers"],
+        )
+        .into_iter()
+        .map(|r| {
+            let g = |i: usize| r.get(i).cloned().unwrap_or_default();
+            let response = if g(0) == "True" || g(0) == "1" { "1" } else { "0" };
+            (response.to_string(), if response == "1" { g(1) } else { String::new() }, g(2), g(3), g(4))
+        })
+        .collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{name}: DNS messages");
+        dns_total += ours.len();
+
+        // Every event is stamped, in order, without holes.
+        let seqs: Vec<u64> = ev.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=ev.len() as u64).collect::<Vec<_>>(), "{name}: sequence numbers");
+    }
+    eprintln!("matched {krb_total} Kerberos and {dns_total} DNS messages with tshark");
+    assert!(krb_total > 100 && dns_total > 500, "{krb_total} Kerberos, {dns_total} DNS");
+}

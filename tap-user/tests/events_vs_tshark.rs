@@ -54,18 +54,50 @@ fn tshark(pcap: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
     String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').map(String::from).collect()).collect()
 }
 
+/// Searches as tshark's verbose output shows them: the filter's string form is a text
+/// item, not a field, so it is read from `-V` ("messageID: N" then "Filter: ...").
+fn tshark_ldap_searches(pcap: &Path) -> Vec<(String, String, String, String)> {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(pcap)
+        .args(["-Y", "ldap.protocolOp == 3 && (tcp.port == 389 || udp.port == 389 || tcp.port == 3268)", "-V"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut id, mut base) = (String::new(), String::new());
+    let mut taken = false;
+    let mut found = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("messageID: ") {
+            id = v.to_string();
+            taken = false;
+        } else if let Some(v) = line.strip_prefix("baseObject: ") {
+            base = v.to_string();
+        } else if line == "baseObject:" {
+            base.clear();
+        } else if let Some(v) = line.strip_prefix("Filter: ") {
+            // The first "Filter:" of a message is the whole filter; nested ones follow.
+            if !taken {
+                found.push(("search".to_string(), id.clone(), base.clone(), v.to_string()));
+                taken = true;
+            }
+        }
+    }
+    found
+}
+
 #[test]
-fn kerberos_and_dns_events_match_tshark() {
+fn kerberos_dns_and_ldap_events_match_tshark() {
     let Some(pcaps) = lab_pcaps().filter(|p| !p.is_empty()) else {
-        eprintln!("SKIPPED kerberos_and_dns_events_match_tshark: ../shared/adlab/pcaps not found");
+        eprintln!("SKIPPED kerberos_dns_and_ldap_events_match_tshark: ../shared/adlab/pcaps not found");
         return;
     };
     if Command::new("tshark").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
         assert!(std::env::var("DCTAP_REQUIRE_LIVE").as_deref() != Ok("1"), "tshark is required under cargo xtask test");
-        eprintln!("SKIPPED kerberos_and_dns_events_match_tshark: tshark is not installed");
+        eprintln!("SKIPPED kerberos_dns_and_ldap_events_match_tshark: tshark is not installed");
         return;
     }
-    let (mut krb_total, mut dns_total) = (0, 0);
+    let (mut krb_total, mut dns_total, mut ldap_total) = (0, 0, 0);
     for pcap in &pcaps {
         let name = pcap.file_name().unwrap().to_string_lossy().into_owned();
         let ev = events(pcap);
@@ -140,10 +172,47 @@ fn kerberos_and_dns_events_match_tshark() {
         assert_eq!(ours, theirs, "{name}: DNS messages");
         dns_total += ours.len();
 
+        // LDAP: binds (message id, name, SASL mechanism) and searches (message id, base, filter).
+        let mut ours: Vec<(String, String, String, String)> = ev
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Some(Detail::Ldap(l)) if l.operation == "bind" => {
+                    Some(("bind".into(), l.message_id.to_string(), l.bind_name.clone(), l.sasl_mechanism.clone()))
+                }
+                Some(Detail::Ldap(l)) if l.operation == "search" => {
+                    Some(("search".into(), l.message_id.to_string(), l.base_dn.clone(), l.filter.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut theirs: Vec<(String, String, String, String)> = tshark(
+            pcap,
+            "ldap.protocolOp == 0 && (tcp.port == 389 || udp.port == 389 || tcp.port == 3268)",
+            &["ldap.messageID", "ldap.name", "ldap.mechanism"],
+        )
+        .into_iter()
+        .map(|r| {
+            (
+                "bind".to_string(),
+                r[0].clone(),
+                r.get(1).cloned().unwrap_or_default(),
+                r.get(2).cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+        theirs.extend(tshark_ldap_searches(pcap));
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{name}: LDAP binds and searches");
+        ldap_total += ours.len();
+
         // Every event is stamped, in order, without holes.
         let seqs: Vec<u64> = ev.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=ev.len() as u64).collect::<Vec<_>>(), "{name}: sequence numbers");
     }
-    eprintln!("matched {krb_total} Kerberos and {dns_total} DNS messages with tshark");
-    assert!(krb_total > 100 && dns_total > 500, "{krb_total} Kerberos, {dns_total} DNS");
+    eprintln!("matched {krb_total} Kerberos, {dns_total} DNS and {ldap_total} LDAP messages with tshark");
+    assert!(
+        krb_total > 100 && dns_total > 500 && ldap_total > 30,
+        "{krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP"
+    );
 }

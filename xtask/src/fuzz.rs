@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Targets and how their seeds are made.
-const TARGETS: &[&str] = &["pipeline_frames", "kerberos", "dns"];
+const TARGETS: &[&str] = &["pipeline_frames", "kerberos", "dns", "ldap"];
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// Encodes frames the way `pipeline_frames` reads them: 2-byte length, 1-byte time step.
@@ -109,6 +109,7 @@ pub fn run(env: &Env, seconds: u64) -> anyhow::Result<()> {
             "pipeline_frames" => seed_pipeline(&env.root, &corpus)?,
             "kerberos" => seed_payloads(&env.root, &corpus, 88)?,
             "dns" => seed_payloads(&env.root, &corpus, 53)?,
+            "ldap" => seed_payloads(&env.root, &corpus, 389)?,
             other => bail!("no seeds defined for {other}"),
         };
         note(&format!("{seeds} seed inputs in {}", corpus.display()));

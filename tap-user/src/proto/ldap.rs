@@ -222,12 +222,47 @@ pub fn render_filter(f: &Filter<'_>, out: &mut String) {
     }
 }
 
+/// A TLV at `at`: (tag, content start, content end), bounded by `b`.
+fn tlv_at(b: &[u8], at: usize) -> Option<(u8, usize, usize)> {
+    let rest = b.get(at..)?;
+    let total = element_len(rest).ok()??;
+    let header = if *rest.get(1)? < 0x80 { 2 } else { 2 + (rest[1] & 0x7f) as usize };
+    (total <= rest.len()).then(|| (rest[0], at + header, at + total))
+}
+
+/// Active Directory's "Sicily" NTLM bind (MS-ADTS 5.1.1.1.3), which RFC 4511 parsers
+/// refuse: a bindRequest whose authentication choice is [9] package discovery, [10]
+/// negotiate or [11] response (the latter two carry NTLM messages).
+fn sicily_bind(bytes: &[u8]) -> Option<LdapPdu> {
+    let (t, start, _) = tlv_at(bytes, 0)?;
+    let (id_tag, id_s, id_e) = tlv_at(bytes, start)?;
+    if t != 0x30 || id_tag != 0x02 || id_e - id_s > 4 {
+        return None;
+    }
+    let message_id = bytes[id_s..id_e].iter().fold(0u32, |a, &x| (a << 8) | x as u32);
+    let (op, op_s, _) = tlv_at(bytes, id_e)?;
+    let (_, _, ver_e) = tlv_at(bytes, op_s).filter(|(t, _, _)| *t == 0x02)?;
+    let (name_tag, name_s, name_e) = tlv_at(bytes, ver_e)?;
+    let (auth, _, _) = tlv_at(bytes, name_e)?;
+    if op != 0x60 || name_tag != 0x04 || !(0x89..=0x8b).contains(&auth) {
+        return None;
+    }
+    let name = String::from_utf8_lossy(&bytes[name_s..name_e]).into_owned();
+    Some(LdapPdu {
+        message_id,
+        op: LdapOp::Bind { name, method: "sicily", sasl_mechanism: String::new(), cleartext_password_sent: false },
+    })
+}
+
 /// Decodes one whole LDAPMessage.
 pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
     if too_deep(bytes, MAX_DEPTH) {
         return Err(LdapError::TooDeep);
     }
-    let (_, m) = LdapMessage::from_ber(bytes).map_err(|_| LdapError::Malformed)?;
+    let m = match LdapMessage::from_ber(bytes) {
+        Ok((_, m)) => m,
+        Err(_) => return sicily_bind(bytes).ok_or(LdapError::Malformed),
+    };
     let op = match &m.protocol_op {
         ProtocolOp::BindRequest(b) => {
             let (method, sasl_mechanism, cleartext) = match &b.authentication {
@@ -412,6 +447,15 @@ mod tests {
             }
         );
         assert!(!format!("{pdu:?}").contains("Secret1!"), "the password is not in the parsed message");
+    }
+
+    #[test]
+    fn sicily_package_discovery_is_a_bind() {
+        // From ldapdomaindump's NTLM bind: bindRequest(1) "" [9] (empty).
+        let m = [0x30, 0x0c, 0x02, 0x01, 0x01, 0x60, 0x07, 0x02, 0x01, 0x03, 0x04, 0x00, 0x89, 0x00];
+        let pdu = parse_pdu(&m).unwrap();
+        assert_eq!(pdu.message_id, 1);
+        assert!(matches!(pdu.op, LdapOp::Bind { method: "sicily", .. }));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The Kerberos and DNS events of the lab captures agree with tshark's dissection of the
-//! same files: every KDC message on port 88 and every DNS message on port 53 once, with
-//! the same message type, error code, client name, query name and type, and response code.
+//! The events of the lab captures agree with tshark's dissection of the same files: every
+//! KDC message on port 88 (type, error code, client name), every DNS message on port 53
+//! (query name and type, response code, answers), every LDAP bind (name, SASL mechanism)
+//! and search (base, filter string), and every NTLM AUTHENTICATE carried by LDAP (domain,
+//! user, workstation), each once.
 //! Skips, saying so, without ../shared or tshark (under `cargo xtask test` a missing
 //! tshark fails).
 
@@ -87,17 +89,17 @@ fn tshark_ldap_searches(pcap: &Path) -> Vec<(String, String, String, String)> {
 }
 
 #[test]
-fn kerberos_dns_and_ldap_events_match_tshark() {
+fn kerberos_dns_ldap_and_ntlm_events_match_tshark() {
     let Some(pcaps) = lab_pcaps().filter(|p| !p.is_empty()) else {
-        eprintln!("SKIPPED kerberos_dns_and_ldap_events_match_tshark: ../shared/adlab/pcaps not found");
+        eprintln!("SKIPPED kerberos_dns_ldap_and_ntlm_events_match_tshark: ../shared/adlab/pcaps not found");
         return;
     };
     if Command::new("tshark").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
         assert!(std::env::var("DCTAP_REQUIRE_LIVE").as_deref() != Ok("1"), "tshark is required under cargo xtask test");
-        eprintln!("SKIPPED kerberos_dns_and_ldap_events_match_tshark: tshark is not installed");
+        eprintln!("SKIPPED kerberos_dns_ldap_and_ntlm_events_match_tshark: tshark is not installed");
         return;
     }
-    let (mut krb_total, mut dns_total, mut ldap_total) = (0, 0, 0);
+    let (mut krb_total, mut dns_total, mut ldap_total, mut ntlm_total) = (0, 0, 0, 0);
     for pcap in &pcaps {
         let name = pcap.file_name().unwrap().to_string_lossy().into_owned();
         let ev = events(pcap);
@@ -206,13 +208,39 @@ fn kerberos_dns_and_ldap_events_match_tshark() {
         assert_eq!(ours, theirs, "{name}: LDAP binds and searches");
         ldap_total += ours.len();
 
+        // NTLM AUTHENTICATE carried by LDAP: (domain, user, workstation).
+        let mut ours: Vec<(String, String, String)> = ev
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Some(Detail::Ntlm(n)) if n.carrier == "ldap" => {
+                    Some((n.domain.clone(), n.user.clone(), n.workstation.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut theirs: Vec<(String, String, String)> = tshark(
+            pcap,
+            "ntlmssp.messagetype == 3 && (tcp.port == 389 || tcp.port == 3268)",
+            &["ntlmssp.auth.domain", "ntlmssp.auth.username", "ntlmssp.auth.hostname"],
+        )
+        .into_iter()
+        .map(|r| {
+            let g = |i: usize| r.get(i).cloned().filter(|v| v != "NULL").unwrap_or_default();
+            (g(0), g(1), g(2))
+        })
+        .collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{name}: NTLM over LDAP");
+        ntlm_total += ours.len();
+
         // Every event is stamped, in order, without holes.
         let seqs: Vec<u64> = ev.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=ev.len() as u64).collect::<Vec<_>>(), "{name}: sequence numbers");
     }
-    eprintln!("matched {krb_total} Kerberos, {dns_total} DNS and {ldap_total} LDAP messages with tshark");
+    eprintln!("matched {krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP and {ntlm_total} NTLM-over-LDAP messages with tshark");
     assert!(
-        krb_total > 100 && dns_total > 500 && ldap_total > 30,
-        "{krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP"
+        krb_total > 100 && dns_total > 500 && ldap_total > 30 && ntlm_total > 0,
+        "{krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP, {ntlm_total} NTLM"
     );
 }

@@ -8,7 +8,7 @@ use super::{pb, pb::activity_event::Detail, ActivityEvent, EventSink, Stamper};
 use crate::{
     flow::{Direction, FlowMeta, StreamConsumer, StreamEvent, Transport},
     pipeline::summary::StreamSummary,
-    proto::{dns, kerberos, ldap},
+    proto::{dns, kerberos, ldap, ntlm},
 };
 
 /// LDAP requests waiting for their response, per flow: the oldest is reported without a
@@ -29,6 +29,8 @@ crate::counter_set! {
         dns_framing_lost,
         ldap_messages,
         ldap_malformed,
+        /// NTLM messages found in any carrier.
+        ntlm_messages,
         /// LDAP messages nested deeper than ldap::MAX_DEPTH (refused before parsing).
         ldap_too_deep,
         /// LDAP PDUs over ldap::MAX_PDU, skipped.
@@ -63,8 +65,11 @@ pub enum FlowState {
 pub struct LdapFlow {
     to_server: ldap::TcpFramer,
     to_client: ldap::TcpFramer,
-    /// Requests waiting for their response: (message id, event).
+    /// Requests waiting for their response: (message id, event); a bind carrying NTLM
+    /// waits twice under one id, as an LDAP and as an NTLM event.
     pending: Vec<(u32, ActivityEvent)>,
+    /// Target name of the last NTLM CHALLENGE the server sent on this flow.
+    ntlm_target: String,
 }
 
 fn classify(flow: &FlowMeta) -> FlowState {
@@ -149,10 +154,27 @@ fn dns_event(flow: &FlowMeta, m: dns::DnsMessage) -> ActivityEvent {
     e
 }
 
+/// An NTLM AUTHENTICATE as an event; `carrier` is the protocol that carried it.
+fn ntlm_event(flow: &FlowMeta, m: &ntlm::NtlmMessage, carrier: &str, target_name: &str) -> ActivityEvent {
+    let mut e = base(flow, "ntlm", "logon");
+    e.account = if m.domain.is_empty() { m.user.clone() } else { format!("{}\\{}", m.domain, m.user) };
+    e.detail = Some(Detail::Ntlm(pb::Ntlm {
+        message_type: m.message_type,
+        domain: m.domain.clone(),
+        user: m.user.clone(),
+        workstation: m.workstation.clone(),
+        version: m.version.into(),
+        flags: m.flags,
+        target_name: target_name.into(),
+        carrier: carrier.into(),
+    }));
+    e
+}
+
 fn ldap_request_event(flow: &FlowMeta, message_id: u32, op: ldap::LdapOp) -> Option<ActivityEvent> {
     let mut detail = pb::Ldap { message_id, ..pb::Ldap::default() };
     let (category, account) = match op {
-        ldap::LdapOp::Bind { name, method, sasl_mechanism, cleartext_password_sent } => {
+        ldap::LdapOp::Bind { name, method, sasl_mechanism, cleartext_password_sent, .. } => {
             detail.operation = "bind".into();
             detail.bind_name = name.clone();
             detail.bind_method = method.into();
@@ -246,6 +268,13 @@ impl Analyzer {
         };
         self.counters.ldap_messages += 1;
         if dir == Direction::ToServer {
+            if let ldap::LdapOp::Bind { ntlm: Some(m), .. } = &pdu.op {
+                self.counters.ntlm_messages += 1;
+                if m.message_type == 3 {
+                    let e = ntlm_event(flow, m, "ldap", &st.ntlm_target);
+                    st.pending.push((pdu.message_id, e));
+                }
+            }
             if let Some(e) = ldap_request_event(flow, pdu.message_id, pdu.op) {
                 if st.pending.len() >= MAX_PENDING_LDAP {
                     let (_, oldest) = st.pending.remove(0);
@@ -264,12 +293,19 @@ impl Analyzer {
                 }
                 return;
             }
-            ldap::LdapOp::BindResult { code } | ldap::LdapOp::SearchDone { code } | ldap::LdapOp::Result { code } => {
+            ldap::LdapOp::BindResult { code, ntlm } => {
+                if let Some(m) = ntlm {
+                    self.counters.ntlm_messages += 1;
+                    if m.message_type == 2 {
+                        st.ntlm_target = m.target_name;
+                    }
+                }
                 code
             }
+            ldap::LdapOp::SearchDone { code } | ldap::LdapOp::Result { code } => code,
             _ => return,
         };
-        if let Some(i) = st.pending.iter().position(|(id, _)| *id == pdu.message_id) {
+        while let Some(i) = st.pending.iter().position(|(id, _)| *id == pdu.message_id) {
             let (_, mut e) = st.pending.remove(i);
             // 14 is saslBindInProgress: a step of a multi-leg SASL bind, not a failure.
             e.result = match code {

@@ -9,6 +9,8 @@
 
 use std::fmt::Write as _;
 
+use super::ntlm;
+
 use ldap_parser::{
     asn1_rs::FromBer,
     filter::{Filter, Substring},
@@ -30,9 +32,13 @@ pub enum LdapOp {
         method: &'static str,
         sasl_mechanism: String,
         cleartext_password_sent: bool,
+        /// NTLM carried by a Sicily or SASL (GSS-SPNEGO, NTLM) bind.
+        ntlm: Option<ntlm::NtlmMessage>,
     },
     BindResult {
         code: u32,
+        /// The NTLM CHALLENGE of a SASL bind's server credentials.
+        ntlm: Option<ntlm::NtlmMessage>,
     },
     Search {
         base: String,
@@ -243,14 +249,20 @@ fn sicily_bind(bytes: &[u8]) -> Option<LdapPdu> {
     let (op, op_s, _) = tlv_at(bytes, id_e)?;
     let (_, _, ver_e) = tlv_at(bytes, op_s).filter(|(t, _, _)| *t == 0x02)?;
     let (name_tag, name_s, name_e) = tlv_at(bytes, ver_e)?;
-    let (auth, _, _) = tlv_at(bytes, name_e)?;
+    let (auth, auth_s, auth_e) = tlv_at(bytes, name_e)?;
     if op != 0x60 || name_tag != 0x04 || !(0x89..=0x8b).contains(&auth) {
         return None;
     }
     let name = String::from_utf8_lossy(&bytes[name_s..name_e]).into_owned();
     Some(LdapPdu {
         message_id,
-        op: LdapOp::Bind { name, method: "sicily", sasl_mechanism: String::new(), cleartext_password_sent: false },
+        op: LdapOp::Bind {
+            name,
+            method: "sicily",
+            sasl_mechanism: String::new(),
+            cleartext_password_sent: false,
+            ntlm: ntlm::find_message(&bytes[auth_s..auth_e]),
+        },
     })
 }
 
@@ -265,13 +277,24 @@ pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
     };
     let op = match &m.protocol_op {
         ProtocolOp::BindRequest(b) => {
-            let (method, sasl_mechanism, cleartext) = match &b.authentication {
-                AuthenticationChoice::Simple(pw) => ("simple", String::new(), !pw.is_empty()),
-                AuthenticationChoice::Sasl(s) => ("sasl", s.mechanism.0.to_string(), false),
+            let (method, sasl_mechanism, cleartext, ntlm) = match &b.authentication {
+                AuthenticationChoice::Simple(pw) => ("simple", String::new(), !pw.is_empty(), None),
+                AuthenticationChoice::Sasl(s) => {
+                    ("sasl", s.mechanism.0.to_string(), false, s.credentials.as_deref().and_then(ntlm::find_message))
+                }
             };
-            LdapOp::Bind { name: b.name.0.to_string(), method, sasl_mechanism, cleartext_password_sent: cleartext }
+            LdapOp::Bind {
+                name: b.name.0.to_string(),
+                method,
+                sasl_mechanism,
+                cleartext_password_sent: cleartext,
+                ntlm,
+            }
         }
-        ProtocolOp::BindResponse(r) => LdapOp::BindResult { code: r.result.result_code.0 },
+        ProtocolOp::BindResponse(r) => LdapOp::BindResult {
+            code: r.result.result_code.0,
+            ntlm: r.server_sasl_creds.as_deref().and_then(ntlm::find_message),
+        },
         ProtocolOp::SearchRequest(s) => {
             let mut filter = String::new();
             render_filter(&s.filter, &mut filter);
@@ -443,7 +466,8 @@ mod tests {
                 name: "alice".into(),
                 method: "simple",
                 sasl_mechanism: String::new(),
-                cleartext_password_sent: true
+                cleartext_password_sent: true,
+                ntlm: None
             }
         );
         assert!(!format!("{pdu:?}").contains("Secret1!"), "the password is not in the parsed message");

@@ -5,3 +5,4 @@
 pub mod dns;
 pub mod kerberos;
 pub mod ldap;
+pub mod ntlm;

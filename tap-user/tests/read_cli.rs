@@ -142,7 +142,7 @@ fn json_lines_are_the_events_and_the_report_moves_to_stderr() {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e["sensor_id"], "lab-sensor-1");
         assert_eq!(e["seq"], i as u64 + 1);
-        assert!(["kerberos", "ldap", "dns"].contains(&e["protocol"].as_str().unwrap()), "{e}");
+        assert!(["kerberos", "ldap", "dns", "ntlm"].contains(&e["protocol"].as_str().unwrap()), "{e}");
         assert_eq!(e["dc_ip"], "10.77.0.10");
     }
     // AS-REP roasting: AS-REQs without PA-ENC-TIMESTAMP answered with an AS-REP whose

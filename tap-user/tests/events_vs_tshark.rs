@@ -99,7 +99,7 @@ fn kerberos_dns_ldap_and_ntlm_events_match_tshark() {
         eprintln!("SKIPPED kerberos_dns_ldap_and_ntlm_events_match_tshark: tshark is not installed");
         return;
     }
-    let (mut krb_total, mut dns_total, mut ldap_total, mut ntlm_total) = (0, 0, 0, 0);
+    let (mut krb_total, mut dns_total, mut ldap_total, mut ntlm_total, mut smb_total) = (0, 0, 0, 0, 0);
     for pcap in &pcaps {
         let name = pcap.file_name().unwrap().to_string_lossy().into_owned();
         let ev = events(pcap);
@@ -234,13 +234,60 @@ fn kerberos_dns_ldap_and_ntlm_events_match_tshark() {
         assert_eq!(ours, theirs, "{name}: NTLM over LDAP");
         ntlm_total += ours.len();
 
+        // SMB2: tree connects (share path), creates (file or pipe name), NTLM AUTHENTICATE in
+        // session setups, and messages hidden in SMB3 transform headers.
+        let mut ours: Vec<(String, String)> = ev
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Some(Detail::Smb2(m)) if m.command == "tree_connect" => Some(("tree".into(), m.tree.clone())),
+                Some(Detail::Smb2(m)) if m.command == "create" => Some(("create".into(), m.file.clone())),
+                Some(Detail::Ntlm(n)) if n.carrier == "smb2" => {
+                    Some(("ntlm".into(), format!("{}\\{}@{}", n.domain, n.user, n.workstation)))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut theirs: Vec<(String, String)> = Vec::new();
+        for r in tshark(pcap, "smb2.cmd == 3 && smb2.flags.response == 0 && tcp.port == 445", &["smb2.tree"]) {
+            theirs.push(("tree".into(), r[0].clone()));
+        }
+        for r in tshark(pcap, "smb2.cmd == 5 && smb2.flags.response == 0 && tcp.port == 445", &["smb2.filename"]) {
+            theirs.push(("create".into(), r.first().cloned().unwrap_or_default()));
+        }
+        for r in tshark(
+            pcap,
+            "ntlmssp.messagetype == 3 && tcp.port == 445",
+            &["ntlmssp.auth.domain", "ntlmssp.auth.username", "ntlmssp.auth.hostname"],
+        ) {
+            let g = |i: usize| r.get(i).cloned().filter(|v| v != "NULL").unwrap_or_default();
+            theirs.push(("ntlm".into(), format!("{}\\{}@{}", g(0), g(1), g(2))));
+        }
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{name}: SMB2 tree connects, creates and NTLM session setups");
+        smb_total += ours.len();
+        let encrypted_ours: u64 = ev
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Some(Detail::Smb2(m)) if m.command == "encrypted" => Some(m.encrypted_messages),
+                _ => None,
+            })
+            .sum();
+        let encrypted_theirs: usize = tshark(pcap, "tcp.port == 445", &["smb2.header.transform.msg_size"])
+            .iter()
+            .map(|r| r.first().map_or(0, |v| if v.is_empty() { 0 } else { v.split(',').count() }))
+            .sum();
+        assert_eq!(encrypted_ours, encrypted_theirs as u64, "{name}: SMB3 encrypted messages");
+
         // Every event is stamped, in order, without holes.
         let seqs: Vec<u64> = ev.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=ev.len() as u64).collect::<Vec<_>>(), "{name}: sequence numbers");
     }
-    eprintln!("matched {krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP and {ntlm_total} NTLM-over-LDAP messages with tshark");
+    eprintln!(
+        "matched {krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP, {ntlm_total} NTLM-over-LDAP and {smb_total} SMB2 messages with tshark"
+    );
     assert!(
-        krb_total > 100 && dns_total > 500 && ldap_total > 30 && ntlm_total > 0,
+        krb_total > 100 && dns_total > 500 && ldap_total > 30 && ntlm_total > 0 && smb_total > 20,
         "{krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP, {ntlm_total} NTLM"
     );
 }

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Targets and how their seeds are made.
-const TARGETS: &[&str] = &["pipeline_frames", "kerberos", "dns", "ldap", "ntlm"];
+const TARGETS: &[&str] = &["pipeline_frames", "kerberos", "dns", "ldap", "ntlm", "smb2"];
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// Encodes frames the way `pipeline_frames` reads them: 2-byte length, 1-byte time step.
@@ -110,6 +110,7 @@ pub fn run(env: &Env, seconds: u64) -> anyhow::Result<()> {
             "kerberos" => seed_payloads(&env.root, &corpus, 88)?,
             "dns" => seed_payloads(&env.root, &corpus, 53)?,
             "ldap" => seed_payloads(&env.root, &corpus, 389)?,
+            "smb2" => seed_payloads(&env.root, &corpus, 445)?,
             // LDAP and SMB payloads, where the lab's NTLM messages travel.
             "ntlm" => seed_payloads(&env.root, &corpus, 389)? + seed_payloads(&env.root, &corpus, 445)?,
             other => bail!("no seeds defined for {other}"),

@@ -8,7 +8,7 @@ use super::{pb, pb::activity_event::Detail, ActivityEvent, EventSink, Stamper};
 use crate::{
     flow::{Direction, FlowMeta, StreamConsumer, StreamEvent, Transport},
     pipeline::summary::StreamSummary,
-    proto::{dns, kerberos, ldap, ntlm},
+    proto::{dns, kerberos, ldap, ntlm, smb2},
 };
 
 /// LDAP requests waiting for their response, per flow: the oldest is reported without a
@@ -39,6 +39,13 @@ crate::counter_set! {
         ldap_framing_lost,
         /// LDAP sessions that turned SASL-sealed.
         ldap_sealed_sessions,
+        smb2_messages,
+        /// SMB3 messages in transform headers (encrypted; only counted).
+        smb2_encrypted_messages,
+        /// NetBIOS messages over smb2::MAX_MESSAGE, skipped.
+        smb2_oversized,
+        /// SMB directions abandoned after a gap or a broken NetBIOS header.
+        smb2_framing_lost,
         /// Flows on ports no parser handles yet.
         flows_unparsed,
     }
@@ -58,7 +65,28 @@ pub enum FlowState {
         to_client: dns::TcpFramer,
     },
     Ldap(Box<LdapFlow>),
+    Smb2(Box<Smb2Flow>),
     Unparsed,
+}
+
+/// Trees and outstanding requests remembered per SMB connection; clients use a few of
+/// each, so these small bounds only ever bite on abuse.
+const MAX_SMB_TREES: usize = 64;
+const MAX_PENDING_SMB: usize = 128;
+
+#[derive(Debug, Default)]
+pub struct Smb2Flow {
+    to_server: smb2::TcpFramer,
+    to_client: smb2::TcpFramer,
+    dialect: u16,
+    /// Tree id to share path, from tree connect responses.
+    trees: Vec<(u32, String)>,
+    /// Requests waiting for their response status: (message id, tree path for a tree
+    /// connect, event).
+    pending: Vec<(u64, Option<String>, ActivityEvent)>,
+    ntlm_target: String,
+    encrypted_messages: u64,
+    encrypted_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -77,6 +105,7 @@ fn classify(flow: &FlowMeta) -> FlowState {
         88 => FlowState::Kerberos { to_server: Default::default(), to_client: Default::default() },
         53 => FlowState::Dns { to_server: Default::default(), to_client: Default::default() },
         389 | 3268 => FlowState::Ldap(Box::default()),
+        445 => FlowState::Smb2(Box::default()),
         _ => FlowState::Unparsed,
     }
 }
@@ -339,6 +368,123 @@ impl Analyzer {
     }
 }
 
+fn smb2_event(
+    flow: &FlowMeta,
+    st: &Smb2Flow,
+    command: &str,
+    tree: String,
+    file: String,
+    session_id: u64,
+) -> ActivityEvent {
+    let mut e = base(flow, "smb2", "other");
+    e.detail = Some(Detail::Smb2(pb::Smb2 {
+        command: command.into(),
+        dialect: st.dialect as u32,
+        tree,
+        file,
+        session_id,
+        ..pb::Smb2::default()
+    }));
+    e
+}
+
+impl Analyzer {
+    fn smb2_unit(&mut self, flow: &FlowMeta, st: &mut Smb2Flow, dir: Direction, unit: &[u8]) {
+        let messages = match smb2::parse_unit(unit) {
+            smb2::Smb2Unit::Encrypted { len } => {
+                self.counters.smb2_encrypted_messages += 1;
+                st.encrypted_messages += 1;
+                st.encrypted_bytes += len as u64;
+                return;
+            }
+            smb2::Smb2Unit::NotSmb2 => return,
+            smb2::Smb2Unit::Messages(m) => m,
+        };
+        for m in messages {
+            self.counters.smb2_messages += 1;
+            if dir == Direction::ToServer {
+                let pending = match &m.body {
+                    smb2::Smb2Body::SessionSetup { security_blob } => match ntlm::find_message(security_blob) {
+                        Some(n) => {
+                            self.counters.ntlm_messages += 1;
+                            (n.message_type == 3).then(|| (None, ntlm_event(flow, &n, "smb2", &st.ntlm_target)))
+                        }
+                        None => None,
+                    },
+                    smb2::Smb2Body::TreeConnect { path } => Some((
+                        Some(path.clone()),
+                        smb2_event(flow, st, "tree_connect", path.clone(), String::new(), m.session_id),
+                    )),
+                    smb2::Smb2Body::Create { name } => {
+                        let tree = st
+                            .trees
+                            .iter()
+                            .find(|(id, _)| *id == m.tree_id)
+                            .map(|(_, p)| p.clone())
+                            .unwrap_or_default();
+                        Some((None, smb2_event(flow, st, "create", tree, name.clone(), m.session_id)))
+                    }
+                    _ => None,
+                };
+                if let Some((path, e)) = pending {
+                    if st.pending.len() >= MAX_PENDING_SMB {
+                        let (_, _, oldest) = st.pending.remove(0);
+                        self.emit(oldest);
+                    }
+                    st.pending.push((m.message_id, path, e));
+                }
+                continue;
+            }
+            match &m.body {
+                smb2::Smb2Body::NegotiateResponse { dialect } => st.dialect = *dialect,
+                smb2::Smb2Body::SessionSetup { security_blob } => {
+                    if let Some(n) = ntlm::find_message(security_blob) {
+                        self.counters.ntlm_messages += 1;
+                        if n.message_type == 2 {
+                            st.ntlm_target = n.target_name;
+                        }
+                    }
+                }
+                _ => {}
+            }
+            // An interim "pending" response (async) is followed by the final one.
+            if m.status == 0x0000_0103 {
+                continue;
+            }
+            while let Some(i) = st.pending.iter().position(|(id, _, _)| *id == m.message_id) {
+                let (_, path, mut e) = st.pending.remove(i);
+                if let (Some(path), smb2::status::SUCCESS) = (path, m.status) {
+                    if st.trees.len() >= MAX_SMB_TREES {
+                        st.trees.remove(0);
+                    }
+                    st.trees.push((m.tree_id, path));
+                }
+                e.result = match m.status {
+                    smb2::status::SUCCESS => "success".into(),
+                    smb2::status::MORE_PROCESSING_REQUIRED => String::new(),
+                    _ => "failure".into(),
+                };
+                e.status_code = m.status as i64;
+                self.emit(e);
+            }
+        }
+    }
+
+    fn smb2_close(&mut self, flow: &FlowMeta, st: &mut Smb2Flow) {
+        for (_, _, e) in std::mem::take(&mut st.pending) {
+            self.emit(e);
+        }
+        if st.encrypted_messages > 0 {
+            let mut e = smb2_event(flow, st, "encrypted", String::new(), String::new(), 0);
+            if let Some(Detail::Smb2(d)) = e.detail.as_mut() {
+                d.encrypted_messages = st.encrypted_messages;
+                d.encrypted_bytes = st.encrypted_bytes;
+            }
+            self.emit(e);
+        }
+    }
+}
+
 impl StreamConsumer for Analyzer {
     type State = FlowState;
 
@@ -419,6 +565,38 @@ impl StreamConsumer for Analyzer {
                 framer.gap();
             }
             (FlowState::Ldap(st), StreamEvent::Closed(_)) => self.ldap_close(flow, st),
+            (FlowState::Smb2(st), StreamEvent::Data { dir, data }) => {
+                let framer = if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client };
+                let was_lost = framer.lost();
+                let mut units = Vec::new();
+                framer.push(data, &mut |f| match f {
+                    smb2::Frame::Unit(u) => units.push((u.to_vec(), 0)),
+                    smb2::Frame::Oversized { head, len } => units.push((head.to_vec(), len)),
+                });
+                if !was_lost && framer.lost() {
+                    self.counters.smb2_framing_lost += 1;
+                }
+                for (u, oversized_len) in units {
+                    if oversized_len > 0 {
+                        self.counters.smb2_oversized += 1;
+                        // A large encrypted message is still an encrypted message.
+                        if u.starts_with(b"\xfdSMB") {
+                            st.encrypted_messages += 1;
+                            st.encrypted_bytes += oversized_len as u64;
+                        }
+                        continue;
+                    }
+                    self.smb2_unit(flow, st, dir, &u);
+                }
+            }
+            (FlowState::Smb2(st), StreamEvent::Gap { dir, .. }) => {
+                let framer = if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client };
+                if !framer.lost() {
+                    self.counters.smb2_framing_lost += 1;
+                }
+                framer.gap();
+            }
+            (FlowState::Smb2(st), StreamEvent::Closed(_)) => self.smb2_close(flow, st),
             _ => {}
         }
     }

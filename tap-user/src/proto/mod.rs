@@ -6,3 +6,4 @@ pub mod dns;
 pub mod kerberos;
 pub mod ldap;
 pub mod ntlm;
+pub mod smb2;

@@ -1,0 +1,294 @@
+//! SMB2/3 (MS-SMB2) on TCP 445, as much as the detections need: the negotiated dialect,
+//! session setups (their security blobs carry NTLM or Kerberos), tree connects, creates of
+//! pipes and files, and SMB3 encryption (which hides everything after the session setup).
+//! Written here: no maintained crate parses SMB2 without a client or server around it.
+//!
+//! ```text
+//! NetBIOS session message: type(1)=0 | length(3) | SMB2 message(s), chained by NextCommand
+//! SMB2 header (64): "\xfeSMB" | size(2)=64 | credit charge(2) | status(4) | command(2) |
+//!   credits(2) | flags(4) | next command(4) | message id(8) | reserved/async(4/8) |
+//!   tree id(4) | session id(8) | signature(16)
+//! Transform header: "\xfdSMB" | signature(16) | nonce(16) | original size(4) | ... (52)
+//! ```
+
+/// Largest NetBIOS message accepted (SMB2 writes/reads up to 8 MiB exist; the sensor only
+/// needs headers, so larger messages are skipped, not buffered).
+pub const MAX_MESSAGE: usize = 1 << 20;
+const HEADER: usize = 64;
+/// SMB2 messages followed through NextCommand in one NetBIOS message.
+const MAX_CHAIN: usize = 32;
+/// Longest path or file name kept, in UTF-16 code units.
+const MAX_NAME_UNITS: usize = 1024;
+
+pub mod command {
+    pub const NEGOTIATE: u16 = 0;
+    pub const SESSION_SETUP: u16 = 1;
+    pub const TREE_CONNECT: u16 = 3;
+    pub const CREATE: u16 = 5;
+}
+
+/// NTSTATUS values with a meaning for the flow of a session setup.
+pub mod status {
+    pub const SUCCESS: u32 = 0;
+    pub const MORE_PROCESSING_REQUIRED: u32 = 0xc000_0016;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Smb2Body {
+    NegotiateResponse { dialect: u16 },
+    SessionSetup { security_blob: Vec<u8> },
+    TreeConnect { path: String },
+    Create { name: String },
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Smb2Message {
+    pub command: u16,
+    pub response: bool,
+    pub status: u32,
+    pub message_id: u64,
+    pub tree_id: u32,
+    pub session_id: u64,
+    pub body: Smb2Body,
+}
+
+/// What one NetBIOS message held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Smb2Unit {
+    Messages(Vec<Smb2Message>),
+    /// An SMB3 transform header: `len` bytes nobody but the endpoints can read.
+    Encrypted {
+        len: usize,
+    },
+    /// SMB1 (the negotiate some clients still open with) or anything else.
+    NotSmb2,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
+}
+
+/// UTF-16LE name at (offset, length) from the start of the SMB2 header.
+fn name(msg: &[u8], offset: usize, len: usize) -> Option<String> {
+    let bytes = msg.get(offset..offset.checked_add(len)?)?;
+    let units: Vec<u16> =
+        bytes.chunks_exact(2).take(MAX_NAME_UNITS).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    Some(String::from_utf16_lossy(&units))
+}
+
+fn parse_one(msg: &[u8]) -> Option<Smb2Message> {
+    if msg.get(..4)? != b"\xfeSMB" || u16_at(msg, 4)? as usize != HEADER {
+        return None;
+    }
+    let status = u32_at(msg, 8)?;
+    let command = u16_at(msg, 12)?;
+    let flags = u32_at(msg, 16)?;
+    let response = flags & 1 != 0;
+    let async_flag = flags & 2 != 0;
+    let message_id = u64_at(msg, 24)?;
+    let tree_id = if async_flag { 0 } else { u32_at(msg, 36)? };
+    let session_id = u64_at(msg, 40)?;
+    let body = &msg.get(HEADER..)?;
+    let parsed = match (command, response) {
+        (command::NEGOTIATE, true) if status == status::SUCCESS => {
+            Smb2Body::NegotiateResponse { dialect: u16_at(body, 4)? }
+        }
+        (command::SESSION_SETUP, _) => {
+            let (off_at, len_at) = if response { (4, 6) } else { (12, 14) };
+            let (off, len) = (u16_at(body, off_at)? as usize, u16_at(body, len_at)? as usize);
+            let blob = if len == 0 { &[][..] } else { msg.get(off..off.checked_add(len)?)? };
+            Smb2Body::SessionSetup { security_blob: blob.to_vec() }
+        }
+        (command::TREE_CONNECT, false) => {
+            Smb2Body::TreeConnect { path: name(msg, u16_at(body, 4)? as usize, u16_at(body, 6)? as usize)? }
+        }
+        (command::CREATE, false) => {
+            Smb2Body::Create { name: name(msg, u16_at(body, 44)? as usize, u16_at(body, 46)? as usize)? }
+        }
+        _ => Smb2Body::Other,
+    };
+    Some(Smb2Message { command, response, status, message_id, tree_id, session_id, body: parsed })
+}
+
+/// Decodes the payload of one NetBIOS session message.
+pub fn parse_unit(b: &[u8]) -> Smb2Unit {
+    match b.get(..4) {
+        Some(b"\xfdSMB") => return Smb2Unit::Encrypted { len: b.len() },
+        Some(b"\xfeSMB") => {}
+        _ => return Smb2Unit::NotSmb2,
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    for _ in 0..MAX_CHAIN {
+        let msg = &b[at..];
+        let next = u32_at(msg, 20).unwrap_or(0) as usize;
+        let this = if next == 0 { msg } else { &msg[..next.min(msg.len())] };
+        match parse_one(this) {
+            Some(m) => out.push(m),
+            None => break,
+        }
+        if next == 0 || next < HEADER || at + next >= b.len() {
+            break;
+        }
+        at += next;
+    }
+    Smb2Unit::Messages(out)
+}
+
+/// Splits a TCP stream into NetBIOS session messages (RFC 1002 4.3.1: type 0, 24-bit
+/// length as used by direct-hosted SMB), skipping keep-alives and oversized messages.
+#[derive(Debug, Default)]
+pub struct TcpFramer {
+    buf: Vec<u8>,
+    skip: usize,
+    lost: bool,
+}
+
+pub enum Frame<'a> {
+    Unit(&'a [u8]),
+    /// A message over `MAX_MESSAGE` whose first bytes are given (enough to see a transform
+    /// header) and whose length is `len`.
+    Oversized {
+        head: &'a [u8],
+        len: usize,
+    },
+}
+
+impl TcpFramer {
+    pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(Frame<'_>)) {
+        if self.lost {
+            return;
+        }
+        let mut data = data;
+        if self.skip > 0 {
+            let n = self.skip.min(data.len());
+            self.skip -= n;
+            data = &data[n..];
+        }
+        self.buf.extend_from_slice(data);
+        let mut at = 0;
+        while self.buf.len() - at >= 4 {
+            let b = &self.buf[at..];
+            if b[0] != 0x00 && b[0] != 0x85 {
+                // Not a session message or keep-alive: the framing is lost.
+                self.lost = true;
+                at = self.buf.len();
+                break;
+            }
+            let len = ((b[1] as usize) << 16) | ((b[2] as usize) << 8) | b[3] as usize;
+            if len > MAX_MESSAGE {
+                let have = b.len() - 4;
+                out(Frame::Oversized { head: &b[4..4 + have.min(64)], len });
+                self.skip = len - have.min(len);
+                at = self.buf.len();
+                break;
+            }
+            if b.len() - 4 < len {
+                break;
+            }
+            if b[0] == 0x00 {
+                out(Frame::Unit(&b[4..4 + len]));
+            }
+            at += 4 + len;
+        }
+        self.buf.drain(..at);
+    }
+
+    /// After a gap, the next NetBIOS header cannot be found with certainty: give up the
+    /// direction (counted by the caller).
+    pub fn gap(&mut self) {
+        self.buf = Vec::new();
+        self.lost = true;
+    }
+
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(command: u16, response: bool, status: u32, message_id: u64, tree_id: u32) -> Vec<u8> {
+        let mut h = b"\xfeSMB".to_vec();
+        h.extend(64u16.to_le_bytes());
+        h.extend(0u16.to_le_bytes());
+        h.extend(status.to_le_bytes());
+        h.extend(command.to_le_bytes());
+        h.extend(1u16.to_le_bytes());
+        h.extend(u32::from(response).to_le_bytes());
+        h.extend(0u32.to_le_bytes());
+        h.extend(message_id.to_le_bytes());
+        h.extend(0u32.to_le_bytes());
+        h.extend(tree_id.to_le_bytes());
+        h.extend(0x1122u64.to_le_bytes());
+        h.extend([0u8; 16]);
+        h
+    }
+
+    fn utf16(s: &str) -> Vec<u8> {
+        s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn tree_connect_and_create_names() {
+        let path = utf16("\\\\dc1.lab.example\\IPC$");
+        let mut m = header(command::TREE_CONNECT, false, 0, 4, 0);
+        m.extend(9u16.to_le_bytes());
+        m.extend(0u16.to_le_bytes());
+        m.extend(72u16.to_le_bytes());
+        m.extend((path.len() as u16).to_le_bytes());
+        m.extend(&path);
+        let Smb2Unit::Messages(v) = parse_unit(&m) else { panic!() };
+        assert_eq!(v[0].body, Smb2Body::TreeConnect { path: "\\\\dc1.lab.example\\IPC$".into() });
+
+        let pipe = utf16("samr");
+        let mut c = header(command::CREATE, false, 0, 5, 7);
+        let mut body = vec![0u8; 56];
+        body[0..2].copy_from_slice(&57u16.to_le_bytes());
+        body[44..46].copy_from_slice(&120u16.to_le_bytes());
+        body[46..48].copy_from_slice(&(pipe.len() as u16).to_le_bytes());
+        c.extend(body);
+        c.extend(&pipe);
+        let Smb2Unit::Messages(v) = parse_unit(&c) else { panic!() };
+        assert_eq!((v[0].tree_id, &v[0].body), (7, &Smb2Body::Create { name: "samr".into() }));
+    }
+
+    #[test]
+    fn encrypted_and_foreign_units_and_bad_offsets() {
+        assert_eq!(parse_unit(b"\xfdSMBxxxxxxxxxxxx"), Smb2Unit::Encrypted { len: 16 });
+        assert_eq!(parse_unit(b"\xffSMBr"), Smb2Unit::NotSmb2);
+        let mut m = header(command::TREE_CONNECT, false, 0, 4, 0);
+        m.extend([9, 0, 0, 0, 0xff, 0xff, 0x10, 0]);
+        assert_eq!(parse_unit(&m), Smb2Unit::Messages(vec![]), "path outside the message");
+        let h = header(command::CREATE, false, 0, 1, 1);
+        for cut in 0..h.len() {
+            let _ = parse_unit(&h[..cut]);
+        }
+    }
+
+    #[test]
+    fn framer_splits_netbios_messages_and_skips_keepalives() {
+        let mut s = vec![0x85, 0, 0, 0];
+        s.extend([0, 0, 0, 3, b'a', b'b', b'c']);
+        s.extend([0, 0, 0, 2, b'd', b'e']);
+        let mut f = TcpFramer::default();
+        let mut got = Vec::new();
+        for c in s.chunks(3) {
+            f.push(c, &mut |fr| {
+                if let Frame::Unit(u) = fr {
+                    got.push(u.to_vec())
+                }
+            });
+        }
+        assert_eq!(got, vec![b"abc".to_vec(), b"de".to_vec()]);
+    }
+}

@@ -35,12 +35,15 @@ pub enum Which {
     Capture,
     /// Offline decode + flows + reassembly on a large lab-derived capture, vs tshark.
     Pipeline,
+    /// The same capture through every parser to JSON events, vs tshark -T fields.
+    Parse,
 }
 
 pub fn run(env: &Env, which: Which) -> anyhow::Result<()> {
     match which {
         Which::Capture => capture(env),
         Which::Pipeline => pipeline(env),
+        Which::Parse => parse(env),
     }
 }
 
@@ -605,6 +608,99 @@ pub fn pipeline(env: &Env) -> anyhow::Result<()> {
     let _ = writeln!(s, "\nCPU time relative to tshark: {:.3} (1 worker)", rows[0].1.cpu / tshark_cpu);
     println!("\n{s}");
     let out = work.join("pipeline.md");
+    std::fs::write(&out, &s)?;
+    note(&format!("written to {}", out.display()));
+    Ok(())
+}
+
+/// `bench parse`: the pipeline benchmark's capture through every parser to JSON events
+/// (`tap-sensor --read --json --workers 1 > /dev/null`), against tshark extracting the same
+/// Kerberos, NTLM, LDAP and DNS fields with `-T fields`.
+pub fn parse(env: &Env) -> anyhow::Result<()> {
+    step("build the sensor (release)");
+    env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
+    let sensor = env.root.join("target/release/tap-sensor");
+    let work = env.root.join("target/bench");
+    std::fs::create_dir_all(&work)?;
+    let capture = pipeline_capture(env, &work)?;
+    let capture_s = capture.to_str().context("path")?;
+
+    step("tap-sensor --read --json (1 worker), events to /dev/null");
+    let script = format!("{} --read {capture_s} --json --workers 1 > /dev/null", sensor.display());
+    let ours = timed(env, "sh", &["-c", &script])?;
+    // The report went to stderr; GNU time's text follows it there, so run again quietly
+    // for the counters (the timing above is the one reported).
+    let report = env.command(&sensor).args(["--read", capture_s, "--workers", "1"]).output()?;
+    let c = tap_testkit::sensor::Counters::parse(
+        &String::from_utf8_lossy(&report.stdout).lines().map(String::from).collect::<Vec<_>>(),
+    );
+    let (bytes, frames, events) =
+        (c.get("read_bytes") as f64, c.get("read_frames") as f64, c.get("parse_events") as f64);
+    note(&format!(
+        "{:.2} s wall, {:.2} s CPU, {} MiB peak RSS, {events} events",
+        ours.wall,
+        ours.cpu,
+        ours.max_rss_kib / 1024
+    ));
+
+    step("tshark -T fields with the same Kerberos, NTLM, LDAP and DNS fields");
+    let fields = [
+        "kerberos.msg_type",
+        "kerberos.CNameString",
+        "kerberos.realm",
+        "kerberos.SNameString",
+        "kerberos.etype",
+        "kerberos.error_code",
+        "ntlmssp.messagetype",
+        "ntlmssp.auth.domain",
+        "ntlmssp.auth.username",
+        "ldap.protocolOp",
+        "ldap.name",
+        "ldap.baseObject",
+        "dns.qry.name",
+        "dns.qry.type",
+        "dns.flags.rcode",
+    ];
+    let mut args = vec!["-r", capture_s, "-Y", "kerberos || ntlmssp || ldap || dns", "-T", "fields"];
+    for f in &fields {
+        args.extend(["-e", f]);
+    }
+    let script =
+        format!("tshark {} > /dev/null 2>&1", args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" "));
+    let theirs = timed(env, "sh", &["-c", &script])?;
+    note(&format!("{:.2} s wall, {:.2} s CPU, {} MiB peak RSS", theirs.wall, theirs.cpu, theirs.max_rss_kib / 1024));
+
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Capture: {} ({:.0} MB, {:.0} frames)\n",
+        capture.file_name().unwrap_or_default().to_string_lossy(),
+        bytes / 1e6,
+        frames
+    );
+    let _ =
+        writeln!(s, "| run | wall (s) | CPU (s) | Gbit/s per CPU-second | events/s per CPU-second | peak RSS (MiB) |");
+    let _ = writeln!(s, "| --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(
+        s,
+        "| tap-sensor --read --json, 1 worker | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+        ours.wall,
+        ours.cpu,
+        bytes * 8.0 / ours.cpu / 1e9,
+        events / ours.cpu,
+        ours.max_rss_kib / 1024
+    );
+    let _ = writeln!(
+        s,
+        "| tshark -T fields (same fields) | {:.2} | {:.2} | {:.2} | - | {} |",
+        theirs.wall,
+        theirs.cpu,
+        bytes * 8.0 / theirs.cpu / 1e9,
+        theirs.max_rss_kib / 1024
+    );
+    let _ = writeln!(s, "\nCPU time of tshark / tap-sensor: {:.1}", theirs.cpu / ours.cpu);
+    println!("\n{s}");
+    let out = work.join("parse.md");
     std::fs::write(&out, &s)?;
     note(&format!("written to {}", out.display()));
     Ok(())

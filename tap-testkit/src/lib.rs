@@ -8,3 +8,4 @@ pub mod mix;
 pub mod netns;
 pub mod pcap;
 pub mod sensor;
+pub mod shared;

@@ -6,28 +6,13 @@
 //! Skips, saying so, without ../shared or tshark (under `cargo xtask test` a missing
 //! tshark fails).
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    sync::Arc,
-};
+use std::{path::Path, process::Command, sync::Arc};
 
+use tap_testkit::shared::lab_pcaps_and_tshark_or_skip;
 use tap_user::{
     event::{analyzer::Analyzer, pb::activity_event::Detail, ActivityEvent, Collect, Stamper},
     pipeline::{read::read_file, PipelineOptions, Worker},
 };
-
-fn lab_pcaps() -> Option<Vec<PathBuf>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/adlab/pcaps");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
-        .collect();
-    files.sort();
-    Some(files)
-}
 
 fn events(pcap: &Path) -> Vec<ActivityEvent> {
     let sink = Collect::default();
@@ -90,15 +75,7 @@ fn tshark_ldap_searches(pcap: &Path) -> Vec<(String, String, String, String)> {
 
 #[test]
 fn kerberos_dns_ldap_and_ntlm_events_match_tshark() {
-    let Some(pcaps) = lab_pcaps().filter(|p| !p.is_empty()) else {
-        eprintln!("SKIPPED kerberos_dns_ldap_and_ntlm_events_match_tshark: ../shared/adlab/pcaps not found");
-        return;
-    };
-    if Command::new("tshark").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
-        assert!(std::env::var("DCTAP_REQUIRE_LIVE").as_deref() != Ok("1"), "tshark is required under cargo xtask test");
-        eprintln!("SKIPPED kerberos_dns_ldap_and_ntlm_events_match_tshark: tshark is not installed");
-        return;
-    }
+    let Some(pcaps) = lab_pcaps_and_tshark_or_skip("kerberos_dns_ldap_and_ntlm_events_match_tshark") else { return };
     let (mut krb_total, mut dns_total, mut ldap_total, mut ntlm_total, mut smb_total) = (0, 0, 0, 0, 0);
     for pcap in &pcaps {
         let name = pcap.file_name().unwrap().to_string_lossy().into_owned();

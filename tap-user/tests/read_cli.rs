@@ -119,7 +119,7 @@ fn bad_input_is_refused_with_the_reason() {
 
 #[test]
 fn json_lines_are_the_events_and_the_report_moves_to_stderr() {
-    let pcap = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/adlab/pcaps/04_asrep_roasting.pcap");
+    let pcap = tap_testkit::shared::shared_dir().join("adlab/pcaps/04_asrep_roasting.pcap");
     if !pcap.exists() {
         eprintln!("SKIPPED json_lines_are_the_events: {} not found", pcap.display());
         return;

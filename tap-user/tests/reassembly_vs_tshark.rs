@@ -3,13 +3,9 @@
 //! reassembles from the same files. Skips, saying so, when ../shared or tshark is missing
 //! (under `cargo xtask test` a missing tshark fails: the set-up installs it).
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{collections::HashMap, net::SocketAddr, path::Path, process::Command};
 
+use tap_testkit::shared::lab_pcaps_and_tshark_or_skip;
 use tap_user::{
     flow::{Direction, FlowMeta, StreamConsumer, StreamEvent, Transport},
     pipeline::{read::read_file, PipelineOptions, Worker},
@@ -47,22 +43,6 @@ impl StreamConsumer for Streams {
             StreamEvent::Closed(_) => {}
         }
     }
-}
-
-fn lab_pcaps() -> Option<Vec<PathBuf>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/adlab/pcaps");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pcap"))
-        .collect();
-    files.sort();
-    Some(files)
-}
-
-fn tshark_available() -> bool {
-    Command::new("tshark").arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 fn hex(s: &str) -> Vec<u8> {
@@ -118,15 +98,7 @@ fn tshark_streams(pcap: &Path) -> Vec<FollowedStream> {
 
 #[test]
 fn every_lab_tcp_stream_matches_tshark_follow() {
-    let Some(pcaps) = lab_pcaps().filter(|p| !p.is_empty()) else {
-        eprintln!("SKIPPED every_lab_tcp_stream_matches_tshark_follow: ../shared/adlab/pcaps not found");
-        return;
-    };
-    if !tshark_available() {
-        assert!(std::env::var("DCTAP_REQUIRE_LIVE").as_deref() != Ok("1"), "tshark is required under cargo xtask test");
-        eprintln!("SKIPPED every_lab_tcp_stream_matches_tshark_follow: tshark is not installed");
-        return;
-    }
+    let Some(pcaps) = lab_pcaps_and_tshark_or_skip("every_lab_tcp_stream_matches_tshark_follow") else { return };
     let mut compared = 0;
     let mut bytes = 0;
     for pcap in &pcaps {

@@ -39,6 +39,15 @@ pub enum Which {
     Parse,
 }
 
+/// Builds the release sensor; returns its path and the benchmarks' working directory.
+fn release_sensor(env: &Env) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    step("build the sensor (release)");
+    env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
+    let work = env.root.join("target/bench");
+    std::fs::create_dir_all(&work)?;
+    Ok((env.root.join("target/release/tap-sensor"), work))
+}
+
 pub fn run(env: &Env, which: Which) -> anyhow::Result<()> {
     match which {
         Which::Capture => capture(env),
@@ -304,11 +313,7 @@ fn program_cost(sensor_bin: &Path, pair: &SpanPair, input: &Path, frames: usize,
 }
 
 fn capture(env: &Env) -> anyhow::Result<()> {
-    step("build the sensor (release)");
-    env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
-    let sensor_bin = env.root.join("target/release/tap-sensor");
-    let work = env.root.join("target/bench");
-    std::fs::create_dir_all(&work)?;
+    let (sensor_bin, work) = release_sensor(env)?;
 
     step("traffic");
     let (mix, kept) = bench_mix();
@@ -545,11 +550,7 @@ const PIPELINE_MB: u32 = 1000;
 const PIPELINE_CONCURRENCY: u32 = 4500;
 
 pub fn pipeline(env: &Env) -> anyhow::Result<()> {
-    step("build the sensor (release)");
-    env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
-    let sensor = env.root.join("target/release/tap-sensor");
-    let work = env.root.join("target/bench");
-    std::fs::create_dir_all(&work)?;
+    let (sensor, work) = release_sensor(env)?;
     let capture = pipeline_capture(env, &work)?;
     let capture_s = capture.to_str().context("path")?;
     let sensor_s = sensor.to_str().context("path")?;
@@ -617,11 +618,7 @@ pub fn pipeline(env: &Env) -> anyhow::Result<()> {
 /// (`tap-sensor --read --json --workers 1 > /dev/null`), against tshark extracting the same
 /// Kerberos, NTLM, LDAP and DNS fields with `-T fields`.
 pub fn parse(env: &Env) -> anyhow::Result<()> {
-    step("build the sensor (release)");
-    env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
-    let sensor = env.root.join("target/release/tap-sensor");
-    let work = env.root.join("target/bench");
-    std::fs::create_dir_all(&work)?;
+    let (sensor, work) = release_sensor(env)?;
     let capture = pipeline_capture(env, &work)?;
     let capture_s = capture.to_str().context("path")?;
 

@@ -22,25 +22,16 @@ const LAB_DC: &str = "10.77.0.10";
 /// Replay rate: a busy DC's worth of traffic, slow enough to watch.
 const DEMO_PPS: u32 = 20_000;
 
-fn shared_lab_pcaps(root: &Path) -> Vec<PathBuf> {
-    let dir = root.join("../shared/adlab/pcaps");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pcap")).collect())
-        .unwrap_or_default();
-    files.sort();
-    files
-}
-
 /// The built-in capture: the generated labelled mix (every tagging and breakage the filter
 /// handles) followed by the real AD traffic of the lab captures when ../shared is present.
-fn build_default_capture(root: &Path, out: &Path) -> anyhow::Result<()> {
+fn build_default_capture(out: &Path) -> anyhow::Result<()> {
     let generated: Vec<Vec<u8>> = mix::mix(40).into_iter().map(|l| l.frame).collect();
     note(&format!(
         "generated mix: {} frames (DC and non-DC traffic, VLAN/QinQ, IPv6, fragments, malformed)",
         generated.len()
     ));
     let mut frames = generated;
-    let lab = shared_lab_pcaps(root);
+    let lab = tap_testkit::shared::lab_pcaps();
     if lab.is_empty() {
         note("../shared/adlab/pcaps not found: replaying the generated mix only");
     }
@@ -107,7 +98,7 @@ pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyh
         }
         None => {
             let p = work.join("demo-input.pcap");
-            build_default_capture(&env.root, &p)?;
+            build_default_capture(&p)?;
             p
         }
     };

@@ -29,18 +29,14 @@ fn encode_frames(frames: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Frames of every lab capture (one list per capture), plus the generated mix.
-fn seed_captures(root: &Path) -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
-    let lab = root.join("../shared/adlab/pcaps");
-    let mut captures: Vec<Vec<Vec<u8>>> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(&lab) {
-        let mut files: Vec<_> =
-            rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pcap")).collect();
-        files.sort();
-        for f in files {
-            captures.push(pcap::read(&f)?.into_iter().map(|p| p.data).collect());
-        }
-    } else {
+fn seed_captures() -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
+    let lab = tap_testkit::shared::lab_pcaps();
+    if lab.is_empty() {
         note("../shared/adlab/pcaps not found: seeding from the generated mix only");
+    }
+    let mut captures: Vec<Vec<Vec<u8>>> = Vec::new();
+    for f in lab {
+        captures.push(pcap::read(&f)?.into_iter().map(|p| p.data).collect());
     }
     captures.push(mix::mix(2).into_iter().map(|l| l.frame).collect());
     Ok(captures)
@@ -48,11 +44,11 @@ fn seed_captures(root: &Path) -> anyhow::Result<Vec<Vec<Vec<u8>>>> {
 
 /// Payloads to or from `port` in the seed captures, one file each (TCP payloads as they
 /// come, so record framing is exercised from real segment boundaries).
-fn seed_payloads(root: &Path, dir: &Path, port: u16) -> anyhow::Result<usize> {
+fn seed_payloads(dir: &Path, port: u16) -> anyhow::Result<usize> {
     use etherparse::{SlicedPacket, TransportSlice};
     std::fs::create_dir_all(dir)?;
     let mut n = 0;
-    for frames in seed_captures(root)? {
+    for frames in seed_captures()? {
         for f in frames {
             let Ok(p) = SlicedPacket::from_ethernet(&f) else { continue };
             let payload = match &p.transport {
@@ -69,9 +65,9 @@ fn seed_payloads(root: &Path, dir: &Path, port: u16) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-fn seed_pipeline(root: &Path, dir: &Path) -> anyhow::Result<usize> {
+fn seed_pipeline(dir: &Path) -> anyhow::Result<usize> {
     std::fs::create_dir_all(dir)?;
-    let captures = seed_captures(root)?;
+    let captures = seed_captures()?;
     let mut n = 0;
     for (ci, frames) in captures.iter().enumerate() {
         // Windows of 16 consecutive frames: whole small conversations, parts of long ones.
@@ -106,13 +102,13 @@ pub fn run(env: &Env, seconds: u64) -> anyhow::Result<()> {
         step(&format!("fuzz {target} for {seconds} s"));
         let corpus = work.join("corpus").join(target);
         let seeds = match *target {
-            "pipeline_frames" => seed_pipeline(&env.root, &corpus)?,
-            "kerberos" => seed_payloads(&env.root, &corpus, 88)?,
-            "dns" => seed_payloads(&env.root, &corpus, 53)?,
-            "ldap" => seed_payloads(&env.root, &corpus, 389)?,
-            "smb2" => seed_payloads(&env.root, &corpus, 445)?,
+            "pipeline_frames" => seed_pipeline(&corpus)?,
+            "kerberos" => seed_payloads(&corpus, 88)?,
+            "dns" => seed_payloads(&corpus, 53)?,
+            "ldap" => seed_payloads(&corpus, 389)?,
+            "smb2" => seed_payloads(&corpus, 445)?,
             // LDAP and SMB payloads, where the lab's NTLM messages travel.
-            "ntlm" => seed_payloads(&env.root, &corpus, 389)? + seed_payloads(&env.root, &corpus, 445)?,
+            "ntlm" => seed_payloads(&corpus, 389)? + seed_payloads(&corpus, 445)?,
             other => bail!("no seeds defined for {other}"),
         };
         note(&format!("{seeds} seed inputs in {}", corpus.display()));

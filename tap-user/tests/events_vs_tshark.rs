@@ -74,9 +74,10 @@ fn tshark_ldap_searches(pcap: &Path) -> Vec<(String, String, String, String)> {
 }
 
 #[test]
-fn kerberos_dns_ldap_and_ntlm_events_match_tshark() {
-    let Some(pcaps) = lab_pcaps_and_tshark_or_skip("kerberos_dns_ldap_and_ntlm_events_match_tshark") else { return };
-    let (mut krb_total, mut dns_total, mut ldap_total, mut ntlm_total, mut smb_total) = (0, 0, 0, 0, 0);
+fn lab_capture_events_match_tshark() {
+    let Some(pcaps) = lab_pcaps_and_tshark_or_skip("lab_capture_events_match_tshark") else { return };
+    let (mut krb_total, mut dns_total, mut ldap_total, mut ntlm_total, mut smb_total, mut rpc_total) =
+        (0, 0, 0, 0, 0, 0);
     for pcap in &pcaps {
         let name = pcap.file_name().unwrap().to_string_lossy().into_owned();
         let ev = events(pcap);
@@ -256,15 +257,36 @@ fn kerberos_dns_ldap_and_ntlm_events_match_tshark() {
             .sum();
         assert_eq!(encrypted_ours, encrypted_theirs as u64, "{name}: SMB3 encrypted messages");
 
+        // DCE/RPC: binds (interface UUID) and calls (opnum), over TCP and SMB pipes.
+        let mut ours: Vec<(String, String)> = ev
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Some(Detail::Dcerpc(d)) if d.operation == "bind" => Some(("bind".into(), d.interface_uuid.clone())),
+                Some(Detail::Dcerpc(d)) if d.operation == "call" => Some(("call".into(), d.opnum.to_string())),
+                _ => None,
+            })
+            .collect();
+        let mut theirs: Vec<(String, String)> = Vec::new();
+        for r in tshark(pcap, "dcerpc.pkt_type == 11", &["dcerpc.cn_bind_to_uuid"]) {
+            theirs.push(("bind".into(), r[0].clone()));
+        }
+        for r in tshark(pcap, "dcerpc.pkt_type == 0 && dcerpc.cn_flags.first_frag == 1", &["dcerpc.opnum"]) {
+            theirs.push(("call".into(), r[0].clone()));
+        }
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{name}: DCE/RPC binds and calls");
+        rpc_total += ours.len();
+
         // Every event is stamped, in order, without holes.
         let seqs: Vec<u64> = ev.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=ev.len() as u64).collect::<Vec<_>>(), "{name}: sequence numbers");
     }
     eprintln!(
-        "matched {krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP, {ntlm_total} NTLM-over-LDAP and {smb_total} SMB2 messages with tshark"
+        "matched {krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP, {ntlm_total} NTLM-over-LDAP, {smb_total} SMB2 and {rpc_total} DCE/RPC messages with tshark"
     );
     assert!(
-        krb_total > 100 && dns_total > 500 && ldap_total > 30 && ntlm_total > 0 && smb_total > 20,
+        krb_total > 100 && dns_total > 500 && ldap_total > 30 && ntlm_total > 0 && smb_total > 20 && rpc_total > 40,
         "{krb_total} Kerberos, {dns_total} DNS, {ldap_total} LDAP, {ntlm_total} NTLM"
     );
 }

@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Targets and how their seeds are made.
-const TARGETS: &[&str] = &["pipeline_frames", "kerberos", "dns", "ldap", "ntlm", "smb2"];
+const TARGETS: &[&str] = &["pipeline_frames", "kerberos", "dns", "ldap", "ntlm", "smb2", "dcerpc"];
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// Encodes frames the way `pipeline_frames` reads them: 2-byte length, 1-byte time step.
@@ -107,6 +107,8 @@ pub fn run(env: &Env, seconds: u64) -> anyhow::Result<()> {
             "dns" => seed_payloads(&corpus, 53)?,
             "ldap" => seed_payloads(&corpus, 389)?,
             "smb2" => seed_payloads(&corpus, 445)?,
+            // SMB payloads hold the lab's DCE/RPC (named pipes); the framer skips to PDUs.
+            "dcerpc" => seed_payloads(&corpus, 445)? + seed_payloads(&corpus, 135)?,
             // LDAP and SMB payloads, where the lab's NTLM messages travel.
             "ntlm" => seed_payloads(&corpus, 389)? + seed_payloads(&corpus, 445)?,
             other => bail!("no seeds defined for {other}"),

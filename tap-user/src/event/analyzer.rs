@@ -8,7 +8,7 @@ use super::{pb, pb::activity_event::Detail, ActivityEvent, EventSink, Stamper};
 use crate::{
     flow::{Direction, FlowMeta, StreamConsumer, StreamEvent, Transport},
     pipeline::summary::StreamSummary,
-    proto::{dns, kerberos, ldap, ntlm, smb2},
+    proto::{dcerpc, dns, kerberos, ldap, ntlm, smb2},
 };
 
 /// LDAP requests waiting for their response, per flow: the oldest is reported without a
@@ -46,6 +46,10 @@ crate::counter_set! {
         smb2_oversized,
         /// SMB directions abandoned after a gap or a broken NetBIOS header.
         smb2_framing_lost,
+        dcerpc_pdus,
+        dcerpc_malformed,
+        /// DCE/RPC streams (TCP or pipe) abandoned after a gap or a broken header.
+        dcerpc_framing_lost,
         /// Flows on ports no parser handles yet.
         flows_unparsed,
     }
@@ -66,7 +70,32 @@ pub enum FlowState {
     },
     Ldap(Box<LdapFlow>),
     Smb2(Box<Smb2Flow>),
+    DceRpc(Box<DceRpcConn>),
+    /// An unknown port: decided on the client's first bytes (a DCE/RPC bind to a dynamic
+    /// endpoint, or nothing the sensor parses).
+    Probe,
     Unparsed,
+}
+
+/// Presentation contexts, outstanding calls and named pipes remembered per connection.
+const MAX_DCE_CONTEXTS: usize = 32;
+const MAX_PENDING_DCE: usize = 128;
+const MAX_PIPES: usize = 32;
+const MAX_PENDING_READS: usize = 64;
+
+/// One DCE/RPC association: a TCP connection or one named pipe of an SMB connection.
+#[derive(Debug, Default)]
+pub struct DceRpcConn {
+    to_server: dcerpc::StreamFramer,
+    to_client: dcerpc::StreamFramer,
+    /// Presentation context id to interface UUID, from binds and alter-contexts.
+    contexts: Vec<(u16, String)>,
+    /// Calls waiting for their response or fault: (call id, event).
+    pending: Vec<(u32, ActivityEvent)>,
+    /// "tcp" or the pipe's name.
+    transport: String,
+    /// The last auth verifier's (type, level): calls at privacy level are sealed.
+    auth: Option<(u8, u8)>,
 }
 
 /// Trees and outstanding requests remembered per SMB connection; clients use a few of
@@ -87,6 +116,10 @@ pub struct Smb2Flow {
     ntlm_target: String,
     encrypted_messages: u64,
     encrypted_bytes: u64,
+    /// Open named pipes: file id and the DCE/RPC association on it.
+    pipes: Vec<([u8; 16], DceRpcConn)>,
+    /// Read requests on pipes waiting for their data: (message id, file id).
+    pending_reads: Vec<(u64, [u8; 16])>,
 }
 
 #[derive(Debug, Default)]
@@ -106,7 +139,8 @@ fn classify(flow: &FlowMeta) -> FlowState {
         53 => FlowState::Dns { to_server: Default::default(), to_client: Default::default() },
         389 | 3268 => FlowState::Ldap(Box::default()),
         445 => FlowState::Smb2(Box::default()),
-        _ => FlowState::Unparsed,
+        135 => FlowState::DceRpc(Box::new(DceRpcConn { transport: "tcp".into(), ..DceRpcConn::default() })),
+        _ => FlowState::Probe,
     }
 }
 
@@ -368,6 +402,117 @@ impl Analyzer {
     }
 }
 
+fn dcerpc_event(flow: &FlowMeta, conn: &DceRpcConn, detail: pb::DceRpc, category: &str) -> ActivityEvent {
+    let mut e = base(flow, "dcerpc", category);
+    let mut detail = detail;
+    detail.transport = conn.transport.clone();
+    if let Some((t, l)) = conn.auth {
+        detail.auth_type = t as u32;
+        detail.auth_level = l as u32;
+        detail.sealed = l == dcerpc::LEVEL_PRIVACY;
+    }
+    e.detail = Some(Detail::Dcerpc(detail));
+    e
+}
+
+impl Analyzer {
+    fn dcerpc_bytes(&mut self, flow: &FlowMeta, conn: &mut DceRpcConn, dir: Direction, data: &[u8]) {
+        let framer = if dir == Direction::ToServer { &mut conn.to_server } else { &mut conn.to_client };
+        let was_lost = framer.lost();
+        let mut pdus = Vec::new();
+        framer.push(data, &mut |p| pdus.push(p.to_vec()));
+        if !was_lost && framer.lost() {
+            self.counters.dcerpc_framing_lost += 1;
+        }
+        for p in pdus {
+            self.dcerpc_pdu(flow, conn, dir, &p);
+        }
+    }
+
+    fn dcerpc_pdu(&mut self, flow: &FlowMeta, conn: &mut DceRpcConn, dir: Direction, bytes: &[u8]) {
+        let m = match dcerpc::parse_pdu(bytes) {
+            Ok(m) => m,
+            Err(_) => return self.counters.dcerpc_malformed += 1,
+        };
+        self.counters.dcerpc_pdus += 1;
+        if let Some(a) = &m.auth {
+            conn.auth = Some((a.auth_type, a.level));
+            if let Some(n) = &a.ntlm {
+                self.counters.ntlm_messages += 1;
+                if n.message_type == 3 && dir == Direction::ToServer {
+                    let e = ntlm_event(flow, n, "dcerpc", "");
+                    self.emit(e);
+                }
+            }
+        }
+        match (dir, m.pdu) {
+            (Direction::ToServer, dcerpc::Pdu::Bind { contexts }) => {
+                for (id, uuid) in contexts {
+                    let name = dcerpc::interface_name(&uuid).unwrap_or("").to_string();
+                    conn.contexts.retain(|(c, _)| *c != id);
+                    if conn.contexts.len() >= MAX_DCE_CONTEXTS {
+                        conn.contexts.remove(0);
+                    }
+                    conn.contexts.push((id, uuid.clone()));
+                    let detail = pb::DceRpc {
+                        operation: "bind".into(),
+                        interface: if name.is_empty() { uuid.clone() } else { name },
+                        interface_uuid: uuid,
+                        call_id: m.call_id,
+                        ..pb::DceRpc::default()
+                    };
+                    let e = dcerpc_event(flow, conn, detail, "other");
+                    self.emit(e);
+                }
+            }
+            (Direction::ToServer, dcerpc::Pdu::Request { context_id, opnum }) => {
+                // A call in several request fragments is one call: the first fragment counts.
+                if conn.pending.iter().any(|(id, _)| *id == m.call_id) {
+                    return;
+                }
+                let uuid =
+                    conn.contexts.iter().find(|(c, _)| *c == context_id).map(|(_, u)| u.clone()).unwrap_or_default();
+                let name = dcerpc::interface_name(&uuid).unwrap_or("");
+                let detail = pb::DceRpc {
+                    operation: "call".into(),
+                    interface: if name.is_empty() { uuid.clone() } else { name.to_string() },
+                    interface_uuid: uuid.clone(),
+                    opnum: opnum as u32,
+                    operation_name: dcerpc::operation_name(name, opnum).unwrap_or("").into(),
+                    call_id: m.call_id,
+                    ..pb::DceRpc::default()
+                };
+                let e = dcerpc_event(flow, conn, detail, dcerpc::category(name, opnum));
+                if conn.pending.len() >= MAX_PENDING_DCE {
+                    let (_, oldest) = conn.pending.remove(0);
+                    self.emit(oldest);
+                }
+                conn.pending.push((m.call_id, e));
+            }
+            (Direction::ToClient, pdu @ (dcerpc::Pdu::Response | dcerpc::Pdu::Fault { .. })) => {
+                if let Some(i) = conn.pending.iter().position(|(id, _)| *id == m.call_id) {
+                    let (_, mut e) = conn.pending.remove(i);
+                    match pdu {
+                        dcerpc::Pdu::Fault { status } => {
+                            e.result = "failure".into();
+                            e.status_code = status as i64;
+                        }
+                        _ => e.result = "success".into(),
+                    }
+                    self.emit(e);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dcerpc_close(&mut self, conn: &mut DceRpcConn) {
+        for (_, e) in std::mem::take(&mut conn.pending) {
+            self.emit(e);
+        }
+    }
+}
+
 fn smb2_event(
     flow: &FlowMeta,
     st: &Smb2Flow,
@@ -402,6 +547,7 @@ impl Analyzer {
         };
         for m in messages {
             self.counters.smb2_messages += 1;
+            self.smb2_pipe_data(flow, st, dir, &m);
             if dir == Direction::ToServer {
                 let pending = match &m.body {
                     smb2::Smb2Body::SessionSetup { security_blob } => match ntlm::find_message(security_blob) {
@@ -453,6 +599,19 @@ impl Analyzer {
             }
             while let Some(i) = st.pending.iter().position(|(id, _, _)| *id == m.message_id) {
                 let (_, path, mut e) = st.pending.remove(i);
+                // A named pipe opened: DCE/RPC may follow on its file id.
+                if let (smb2::Smb2Body::CreateResponse { file_id }, Some(Detail::Smb2(d))) =
+                    (&m.body, e.detail.as_ref())
+                {
+                    if !d.file.is_empty() {
+                        if st.pipes.len() >= MAX_PIPES {
+                            let (_, mut old) = st.pipes.remove(0);
+                            self.dcerpc_close(&mut old);
+                        }
+                        let conn = DceRpcConn { transport: d.file.to_lowercase(), ..DceRpcConn::default() };
+                        st.pipes.push((*file_id, conn));
+                    }
+                }
                 if let (Some(path), smb2::status::SUCCESS) = (path, m.status) {
                     if st.trees.len() >= MAX_SMB_TREES {
                         st.trees.remove(0);
@@ -470,9 +629,39 @@ impl Analyzer {
         }
     }
 
+    /// Routes pipe data (writes, reads, transceives) to the DCE/RPC association on the pipe.
+    fn smb2_pipe_data(&mut self, flow: &FlowMeta, st: &mut Smb2Flow, dir: Direction, m: &smb2::Smb2Message) {
+        let (file_id, data) = match (&m.body, dir) {
+            (smb2::Smb2Body::Write { file_id, data }, Direction::ToServer) => (*file_id, data),
+            (smb2::Smb2Body::Transceive { file_id, data }, _) => (*file_id, data),
+            (smb2::Smb2Body::Read { file_id }, Direction::ToServer) => {
+                if st.pending_reads.len() >= MAX_PENDING_READS {
+                    st.pending_reads.remove(0);
+                }
+                st.pending_reads.push((m.message_id, *file_id));
+                return;
+            }
+            (smb2::Smb2Body::ReadResponse { data }, Direction::ToClient) => {
+                let Some(i) = st.pending_reads.iter().position(|(id, _)| *id == m.message_id) else { return };
+                let (_, file_id) = st.pending_reads.remove(i);
+                (file_id, data)
+            }
+            _ => return,
+        };
+        if data.is_empty() {
+            return;
+        }
+        if let Some((_, conn)) = st.pipes.iter_mut().find(|(id, _)| *id == file_id) {
+            self.dcerpc_bytes(flow, conn, dir, data);
+        }
+    }
+
     fn smb2_close(&mut self, flow: &FlowMeta, st: &mut Smb2Flow) {
         for (_, _, e) in std::mem::take(&mut st.pending) {
             self.emit(e);
+        }
+        for (_, mut conn) in std::mem::take(&mut st.pipes) {
+            self.dcerpc_close(&mut conn);
         }
         if st.encrypted_messages > 0 {
             let mut e = smb2_event(flow, st, "encrypted", String::new(), String::new(), 0);
@@ -501,8 +690,18 @@ impl StreamConsumer for Analyzer {
         );
         if matches!(state, FlowState::Unclassified) {
             *state = classify(flow);
-            if matches!(state, FlowState::Unparsed) {
-                self.counters.flows_unparsed += 1;
+        }
+        if matches!(state, FlowState::Probe) {
+            match &event {
+                StreamEvent::Data { dir: Direction::ToServer, data } if dcerpc::looks_like_bind(data) => {
+                    *state =
+                        FlowState::DceRpc(Box::new(DceRpcConn { transport: "tcp".into(), ..DceRpcConn::default() }));
+                }
+                StreamEvent::Data { .. } | StreamEvent::Datagram { .. } => {
+                    *state = FlowState::Unparsed;
+                    self.counters.flows_unparsed += 1;
+                }
+                _ => {}
             }
         }
         match (state, event) {
@@ -597,6 +796,15 @@ impl StreamConsumer for Analyzer {
                 framer.gap();
             }
             (FlowState::Smb2(st), StreamEvent::Closed(_)) => self.smb2_close(flow, st),
+            (FlowState::DceRpc(conn), StreamEvent::Data { dir, data }) => self.dcerpc_bytes(flow, conn, dir, data),
+            (FlowState::DceRpc(conn), StreamEvent::Gap { dir, .. }) => {
+                let framer = if dir == Direction::ToServer { &mut conn.to_server } else { &mut conn.to_client };
+                if !framer.lost() {
+                    self.counters.dcerpc_framing_lost += 1;
+                }
+                framer.gap();
+            }
+            (FlowState::DceRpc(conn), StreamEvent::Closed(_)) => self.dcerpc_close(conn),
             _ => {}
         }
     }

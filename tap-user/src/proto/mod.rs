@@ -2,6 +2,7 @@
 //! allocation beyond what the input's own lengths justify (each bounded by a named limit).
 #![forbid(unsafe_code)]
 
+pub mod dcerpc;
 pub mod dns;
 pub mod kerberos;
 pub mod ldap;

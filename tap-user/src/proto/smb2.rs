@@ -25,7 +25,14 @@ pub mod command {
     pub const SESSION_SETUP: u16 = 1;
     pub const TREE_CONNECT: u16 = 3;
     pub const CREATE: u16 = 5;
+    pub const READ: u16 = 8;
+    pub const WRITE: u16 = 9;
+    pub const IOCTL: u16 = 11;
 }
+
+/// FSCTL_PIPE_TRANSCEIVE (MS-FSCC 2.3.49): a write and a read on a named pipe in one call,
+/// how Windows clients carry most DCE/RPC over SMB.
+pub const FSCTL_PIPE_TRANSCEIVE: u32 = 0x0011_c017;
 
 /// NTSTATUS values with a meaning for the flow of a session setup.
 pub mod status {
@@ -35,10 +42,38 @@ pub mod status {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Smb2Body {
-    NegotiateResponse { dialect: u16 },
-    SessionSetup { security_blob: Vec<u8> },
-    TreeConnect { path: String },
-    Create { name: String },
+    NegotiateResponse {
+        dialect: u16,
+    },
+    SessionSetup {
+        security_blob: Vec<u8>,
+    },
+    TreeConnect {
+        path: String,
+    },
+    Create {
+        name: String,
+    },
+    CreateResponse {
+        file_id: [u8; 16],
+    },
+    /// Request data written to a file or pipe.
+    Write {
+        file_id: [u8; 16],
+        data: Vec<u8>,
+    },
+    /// A read request; its response carries the data but not the file id.
+    Read {
+        file_id: [u8; 16],
+    },
+    ReadResponse {
+        data: Vec<u8>,
+    },
+    /// A pipe transceive: `data` is the input (request) or output (response).
+    Transceive {
+        file_id: [u8; 16],
+        data: Vec<u8>,
+    },
     Other,
 }
 
@@ -83,6 +118,19 @@ fn name(msg: &[u8], offset: usize, len: usize) -> Option<String> {
     Some(String::from_utf16_lossy(&units))
 }
 
+fn file_id(body: &[u8], at: usize) -> Option<[u8; 16]> {
+    body.get(at..at + 16)?.try_into().ok()
+}
+
+/// `len` bytes at `offset` from the start of the SMB2 header; a length of zero needs no
+/// valid offset.
+fn slice(msg: &[u8], offset: usize, len: usize) -> Option<&[u8]> {
+    if len == 0 {
+        return Some(&[]);
+    }
+    msg.get(offset..offset.checked_add(len)?)
+}
+
 fn parse_one(msg: &[u8]) -> Option<Smb2Message> {
     if msg.get(..4)? != b"\xfeSMB" || u16_at(msg, 4)? as usize != HEADER {
         return None;
@@ -111,6 +159,24 @@ fn parse_one(msg: &[u8]) -> Option<Smb2Message> {
         }
         (command::CREATE, false) => {
             Smb2Body::Create { name: name(msg, u16_at(body, 44)? as usize, u16_at(body, 46)? as usize)? }
+        }
+        (command::CREATE, true) if status == status::SUCCESS => {
+            Smb2Body::CreateResponse { file_id: file_id(body, 64)? }
+        }
+        (command::WRITE, false) => {
+            let (off, len) = (u16_at(body, 2)? as usize, u32_at(body, 4)? as usize);
+            Smb2Body::Write { file_id: file_id(body, 16)?, data: slice(msg, off, len)?.to_vec() }
+        }
+        (command::READ, false) => Smb2Body::Read { file_id: file_id(body, 16)? },
+        (command::READ, true) if status == status::SUCCESS => {
+            let (off, len) = (*body.get(2)? as usize, u32_at(body, 4)? as usize);
+            Smb2Body::ReadResponse { data: slice(msg, off, len)?.to_vec() }
+        }
+        (command::IOCTL, _) if u32_at(body, 4)? == FSCTL_PIPE_TRANSCEIVE => {
+            // Request: input at (24, 28); response: output at (32, 36).
+            let (off_at, len_at) = if response { (32, 36) } else { (24, 28) };
+            let (off, len) = (u32_at(body, off_at)? as usize, u32_at(body, len_at)? as usize);
+            Smb2Body::Transceive { file_id: file_id(body, 8)?, data: slice(msg, off, len)?.to_vec() }
         }
         _ => Smb2Body::Other,
     };

@@ -1,34 +1,19 @@
 //! The events of the lab captures agree with tshark's dissection of the same files: every
 //! KDC message on port 88 (type, error code, client name), every DNS message on port 53
 //! (query name and type, response code, answers), every LDAP bind (name, SASL mechanism)
-//! and search (base, filter string), and every NTLM AUTHENTICATE carried by LDAP (domain,
-//! user, workstation), each once.
+//! and search (base, filter string), every NTLM AUTHENTICATE carried by LDAP or SMB2
+//! (domain, user, workstation), every SMB2 tree connect and create, and every DCE/RPC bind
+//! and call (interface UUID, opnum), each once.
 //! Skips, saying so, without ../shared or tshark (under `cargo xtask test` a missing
 //! tshark fails).
 
-use std::{path::Path, process::Command, sync::Arc};
+use std::{path::Path, process::Command};
 
+mod common;
+
+use common::events;
 use tap_testkit::shared::lab_pcaps_and_tshark_or_skip;
-use tap_user::{
-    event::{analyzer::Analyzer, pb::activity_event::Detail, ActivityEvent, Collect, Stamper},
-    pipeline::{read::read_file, PipelineOptions, Worker},
-};
-
-fn events(pcap: &Path) -> Vec<ActivityEvent> {
-    let sink = Collect::default();
-    let store = Arc::clone(&sink.0);
-    let mut w = Worker::new(Analyzer::new(Box::new(sink), Stamper::new("test")), &PipelineOptions::default());
-    read_file(pcap, &mut |b| {
-        for f in b.iter() {
-            w.frame(std::time::Duration::from_nanos(f.timestamp_ns), f.data);
-        }
-        Ok(())
-    })
-    .unwrap();
-    w.finish();
-    let v = store.lock().unwrap().clone();
-    v
-}
+use tap_user::event::pb::activity_event::Detail;
 
 fn tshark(pcap: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
     let mut cmd = Command::new("tshark");

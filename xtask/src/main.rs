@@ -35,6 +35,9 @@ enum Command {
     },
     /// Every test: rustfmt check, clippy with warnings denied, unit and live XDP tests.
     Test,
+    /// Compare the sensor's events with the tshark ground truth of ../shared/corpus,
+    /// printing agreement per protocol and every disagreement.
+    Conformance,
     /// Run every cargo-fuzz target (not part of `test`).
     Fuzz {
         /// Seconds per target.
@@ -56,6 +59,11 @@ fn main() -> std::process::ExitCode {
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
         Command::Fuzz { seconds } => fuzz::run(&env, seconds),
+        Command::Conformance => env
+            .cargo()
+            .args(["test", "-q", "-p", "tap-user", "--test", "corpus_conformance", "--", "--nocapture"])
+            .env("DCTAP_CONFORMANCE_VERBOSE", "1")
+            .run(),
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

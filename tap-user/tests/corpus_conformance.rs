@@ -245,3 +245,47 @@ fn corpus_truth_agreement() {
     }
     assert!(below.is_empty(), "conformance fell: {below:?}");
 }
+
+/// Endpoint-mapper replies teach the sensor the DC's dynamic RPC ports: the ports it learns
+/// from each corpus capture are the ones tshark reads from the ept_map replies' towers.
+#[test]
+fn epm_replies_teach_the_dynamic_ports() {
+    let dirs = truth_dirs();
+    if dirs.is_empty() {
+        eprintln!("SKIPPED epm_replies_teach_the_dynamic_ports: ../shared/corpus not found");
+        return;
+    }
+    let tshark =
+        std::process::Command::new("tshark").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if !tshark {
+        assert!(std::env::var("DCTAP_REQUIRE_LIVE").as_deref() != Ok("1"), "tshark is required under cargo xtask test");
+        eprintln!("SKIPPED epm_replies_teach_the_dynamic_ports: tshark is not installed");
+        return;
+    }
+    let mut learned_total = 0;
+    for dir in &dirs {
+        let Some(pcap) = capture_in(dir) else { continue };
+        let out =
+            std::process::Command::new(env!("CARGO_BIN_EXE_tap-sensor")).arg("--read").arg(&pcap).output().unwrap();
+        let learned: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("parse_epm_ports_learned").map(|v| v.trim().parse().unwrap()))
+            .expect("counter reported");
+        let t = std::process::Command::new("tshark")
+            .arg("-r")
+            .arg(&pcap)
+            .args(["-Y", "epm && dcerpc.pkt_type == 2", "-T", "fields", "-e", "epm.proto.tcp_port"])
+            .output()
+            .unwrap();
+        let mut ports: Vec<u16> = String::from_utf8_lossy(&t.stdout)
+            .split([',', '\n'])
+            .filter_map(|p| p.trim().parse().ok())
+            .filter(|p| *p != 0 && *p != 135)
+            .collect();
+        ports.sort();
+        ports.dedup();
+        assert_eq!(learned, ports.len() as u64, "{}: learned ports vs tshark {ports:?}", dir.display());
+        learned_total += learned;
+    }
+    assert!(learned_total > 0, "no corpus capture taught a port");
+}

@@ -118,6 +118,12 @@ fn changes_to_dcs_ports_and_snaplen_apply_to_the_next_frame() {
     assert_eq!(run_one(&xdp, &mut rings, &to("10.0.0.11", 88, 10)).0, Verdict::Filtered, "88 no longer a service");
     assert_eq!(run_one(&xdp, &mut rings, &to("10.0.0.11", 8443, 10)).0, Verdict::Kept);
 
+    // A dynamic RPC port learned from the endpoint mapper joins the set.
+    assert_eq!(run_one(&xdp, &mut rings, &to("10.0.0.11", 49667, 10)).0, Verdict::Filtered);
+    assert!(xdp.filter.add_port(49667).unwrap());
+    assert!(!xdp.filter.add_port(49667).unwrap(), "already there");
+    assert_eq!(run_one(&xdp, &mut rings, &to("10.0.0.11", 49667, 10)).0, Verdict::Kept);
+
     xdp.filter.set_snaplen(64).unwrap();
     let big = to("10.0.0.11", 8443, 1000);
     let before = xdp.counters().unwrap();

@@ -257,6 +257,17 @@ impl FilterMaps {
         Ok(())
     }
 
+    /// Adds one service port (a dynamic RPC endpoint learned from the endpoint mapper);
+    /// returns whether it was new.
+    pub fn add_port(&mut self, port: u16) -> Result<bool, MapError> {
+        if port == 0 || self.current_ports.contains(&port) {
+            return Ok(false);
+        }
+        self.ports.set(port as u32, 1, 0)?;
+        self.current_ports.insert(port);
+        Ok(true)
+    }
+
     pub fn set_snaplen(&mut self, snaplen: u32) -> Result<(), MapError> {
         self.config.set(ConfigSlot::Snaplen as u32, snaplen, 0)
     }

@@ -121,7 +121,13 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     // Events have no destination yet in live mode (the uplink comes next): they are
     // produced and counted.
     let stamper = Stamper::new(&opts.sensor_id);
-    let pipeline = Arc::new(Pipeline::start(&opts.pipeline, |_| Analyzer::new(Box::new(Discard), stamper.clone()))?);
+    // Dynamic RPC ports the parsers learn from endpoint-mapper replies come back here and
+    // join the XDP port map, so the RPC connections that follow are captured.
+    let (port_tx, port_rx) = bounded::<u16>(1024);
+    let pipeline = Arc::new(Pipeline::start(&opts.pipeline, |_| {
+        Analyzer::new(Box::new(Discard), stamper.clone()).with_port_sink(port_tx.clone())
+    })?);
+    drop(port_tx);
     let consumer_counters = Arc::clone(&user);
     let dispatcher = Arc::clone(&pipeline);
     // The consumer writes the pcap (when asked) and dispatches to the pipeline workers.
@@ -156,6 +162,13 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     let started = Instant::now();
     while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
         thread::sleep(CONTROL_TICK);
+        for port in port_rx.try_iter() {
+            match xdp.filter.add_port(port) {
+                Ok(true) => info!("dynamic RPC port {port} learned from the endpoint mapper: now captured"),
+                Ok(false) => {}
+                Err(e) => warn!("could not add learned port {port} to the XDP map: {e}"),
+            }
+        }
         if Signals::take(&signals.dump_counters) {
             print_report(&xdp, &user, opts.bpf_stats, &pipeline.counters());
         }

@@ -48,6 +48,8 @@ crate::counter_set! {
         smb2_framing_lost,
         dcerpc_pdus,
         dcerpc_malformed,
+        /// Dynamic RPC ports learned from endpoint-mapper replies (new ones only).
+        epm_ports_learned,
         /// DCE/RPC streams (TCP or pipe) abandoned after a gap or a broken header.
         dcerpc_framing_lost,
         /// Flows on ports no parser handles yet.
@@ -144,9 +146,16 @@ fn classify(flow: &FlowMeta) -> FlowState {
     }
 }
 
+/// Most dynamic RPC ports remembered per worker (a DC exposes a few dozen).
+const MAX_LEARNED_PORTS: usize = 1024;
+
 pub struct Analyzer {
     sink: Box<dyn EventSink>,
     stamper: Stamper,
+    /// Where newly learned dynamic RPC ports go (the capture stage adds them to the XDP
+    /// port map); None in offline mode, where they are only counted.
+    port_sink: Option<crossbeam_channel::Sender<u16>>,
+    learned_ports: std::collections::BTreeSet<u16>,
     pub counters: ParseCounters,
     pub streams: StreamSummary,
 }
@@ -292,7 +301,31 @@ fn ldap_detail(e: &mut ActivityEvent) -> Option<&mut pb::Ldap> {
 
 impl Analyzer {
     pub fn new(sink: Box<dyn EventSink>, stamper: Stamper) -> Self {
-        Self { sink, stamper, counters: ParseCounters::default(), streams: StreamSummary::default() }
+        Self {
+            sink,
+            stamper,
+            port_sink: None,
+            learned_ports: Default::default(),
+            counters: ParseCounters::default(),
+            streams: StreamSummary::default(),
+        }
+    }
+
+    /// Sends ports learned from endpoint-mapper replies to `ports`.
+    pub fn with_port_sink(mut self, ports: crossbeam_channel::Sender<u16>) -> Self {
+        self.port_sink = Some(ports);
+        self
+    }
+
+    fn learn_port(&mut self, port: u16) {
+        if self.learned_ports.len() >= MAX_LEARNED_PORTS || !self.learned_ports.insert(port) {
+            return;
+        }
+        self.counters.epm_ports_learned += 1;
+        if let Some(tx) = &self.port_sink {
+            // A full channel only delays learning until the port is seen again.
+            let _ = tx.try_send(port);
+        }
     }
 
     fn emit(&mut self, mut event: ActivityEvent) {
@@ -492,6 +525,14 @@ impl Analyzer {
             (Direction::ToClient, pdu @ (dcerpc::Pdu::Response | dcerpc::Pdu::Fault { .. })) => {
                 if let Some(i) = conn.pending.iter().position(|(id, _)| *id == m.call_id) {
                     let (_, mut e) = conn.pending.remove(i);
+                    let is_ept_map =
+                        matches!(&e.detail, Some(Detail::Dcerpc(d)) if d.interface == "epm" && d.opnum == 3);
+                    if is_ept_map {
+                        for (_, port) in dcerpc::response_stub(bytes).map(dcerpc::epm_tcp_endpoints).unwrap_or_default()
+                        {
+                            self.learn_port(port);
+                        }
+                    }
                     match pdu {
                         dcerpc::Pdu::Fault { status } => {
                             e.result = "failure".into();

@@ -148,6 +148,37 @@ pub fn parse_pdu(b: &[u8]) -> Result<Message, DceRpcError> {
     Ok(Message { ptype, call_id, pdu, auth })
 }
 
+/// The stub of a response PDU (after the 24 bytes of header and response fields, before
+/// any auth trailer), or None for other PDUs.
+pub fn response_stub(b: &[u8]) -> Option<&[u8]> {
+    if b.len() < 24 || b[2] != ptype::RESPONSE {
+        return None;
+    }
+    let frag_len = (u16_at(b, 8)? as usize).min(b.len());
+    let auth_len = u16_at(b, 10)? as usize;
+    let end = if auth_len > 0 { frag_len.checked_sub(auth_len + 8)? } else { frag_len };
+    b.get(24..end)
+}
+
+/// The TCP endpoints in an `ept_map` response stub (C706 appendix L): each tower lists its
+/// floors as (lhs length, lhs, rhs length, rhs); an ncacn_ip_tcp tower has a TCP floor
+/// (protocol 0x07, port big-endian) followed by an IP floor (protocol 0x09, address).
+/// Searched for as that fixed 16-byte pattern rather than by walking NDR pointers: the
+/// pattern cannot occur by accident in the short, structured EPM reply.
+pub fn epm_tcp_endpoints(stub: &[u8]) -> Vec<(std::net::Ipv4Addr, u16)> {
+    let mut out = Vec::new();
+    for w in stub.windows(16) {
+        if let [0x01, 0x00, 0x07, 0x02, 0x00, p1, p2, 0x01, 0x00, 0x09, 0x04, 0x00, a, b, c, d] = *w {
+            let port = u16::from_be_bytes([p1, p2]);
+            let ip = std::net::Ipv4Addr::new(a, b, c, d);
+            if port != 0 && !out.contains(&(ip, port)) {
+                out.push((ip, port));
+            }
+        }
+    }
+    out
+}
+
 /// Splits a byte stream (TCP, or the data of one named pipe) into PDUs by `frag_len`.
 #[derive(Debug, Default)]
 pub struct StreamFramer {
@@ -319,6 +350,22 @@ mod tests {
         assert_eq!((auth.auth_type, auth.level), (10, LEVEL_PRIVACY));
         assert_eq!(operation_name("drsuapi", 3), Some("DRSGetNCChanges"));
         assert_eq!(category("drsuapi", 3), "directory_operation");
+    }
+
+    #[test]
+    fn epm_reply_yields_its_tcp_endpoint() {
+        // Floors 4 and 5 of a tower for 10.0.0.10 port 49667, inside some NDR around it.
+        let mut stub = vec![0u8; 40];
+        stub.extend([0x01, 0x00, 0x07, 0x02, 0x00, 0xc2, 0x03, 0x01, 0x00, 0x09, 0x04, 0x00, 10, 0, 0, 10]);
+        stub.extend([0u8; 8]);
+        assert_eq!(epm_tcp_endpoints(&stub), vec![("10.0.0.10".parse().unwrap(), 49667)]);
+        assert!(epm_tcp_endpoints(&[0u8; 64]).is_empty());
+        let mut resp = vec![5, 0, 2, 3, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        resp.extend([0u8; 8]);
+        resp.extend(&stub);
+        let len = resp.len() as u16;
+        resp[8..10].copy_from_slice(&len.to_le_bytes());
+        assert_eq!(response_stub(&resp), Some(&stub[..]));
     }
 
     #[test]

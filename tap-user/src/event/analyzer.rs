@@ -480,6 +480,7 @@ impl Analyzer {
         }
         match (dir, m.pdu) {
             (Direction::ToServer, dcerpc::Pdu::Bind { contexts }) => {
+                let bind_contexts = contexts.len() as u32;
                 for (id, uuid) in contexts {
                     let name = dcerpc::interface_name(&uuid).unwrap_or("").to_string();
                     conn.contexts.retain(|(c, _)| *c != id);
@@ -492,6 +493,7 @@ impl Analyzer {
                         interface: if name.is_empty() { uuid.clone() } else { name },
                         interface_uuid: uuid,
                         call_id: m.call_id,
+                        bind_contexts,
                         ..pb::DceRpc::default()
                     };
                     let e = dcerpc_event(flow, conn, detail, "other");
@@ -734,7 +736,7 @@ impl StreamConsumer for Analyzer {
         }
         if matches!(state, FlowState::Probe) {
             match &event {
-                StreamEvent::Data { dir: Direction::ToServer, data } if dcerpc::looks_like_bind(data) => {
+                StreamEvent::Data { data, .. } if dcerpc::looks_like_pdu(data) => {
                     *state =
                         FlowState::DceRpc(Box::new(DceRpcConn { transport: "tcp".into(), ..DceRpcConn::default() }));
                 }

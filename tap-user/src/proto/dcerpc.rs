@@ -91,10 +91,22 @@ pub fn uuid_string(b: &[u8]) -> Option<String> {
     ))
 }
 
-/// Whether `b` starts like a DCE/RPC bind or alter-context (how a connection to a dynamic
-/// port is recognised: version 5.0 and the bind type leave little room for accidents).
+/// Whether `b` starts like a DCE/RPC bind or alter-context.
 pub fn looks_like_bind(b: &[u8]) -> bool {
     matches!(b, [5, 0, ptype::BIND | ptype::ALTER_CONTEXT, _, 0x10, ..])
+}
+
+/// Whether `b` starts like any connection-oriented DCE/RPC PDU: how a connection to a
+/// dynamic port is recognised, also when the capture begins after its bind. Version 5.0,
+/// a known packet type, little-endian data representation and a fragment length that
+/// fits leave little room for accidents.
+pub fn looks_like_pdu(b: &[u8]) -> bool {
+    if b.len() < 16 || b[0] != 5 || b[1] != 0 || b[2] > ptype::AUTH3 || b[4] != 0x10 {
+        return false;
+    }
+    let frag_len = u16::from_le_bytes([b[8], b[9]]) as usize;
+    let auth_len = u16::from_le_bytes([b[10], b[11]]) as usize;
+    (16..=MAX_FRAGMENT).contains(&frag_len) && auth_len + 16 <= frag_len
 }
 
 /// Decodes one whole PDU (`frag_len` bytes).
@@ -330,6 +342,8 @@ mod tests {
         assert_eq!(contexts[0].1, "12345778-1234-abcd-ef00-0123456789ac");
         assert_eq!(interface_name(&contexts[0].1), Some("samr"));
         assert!(looks_like_bind(&samr_bind()));
+        assert!(looks_like_pdu(&samr_bind()));
+        assert!(!looks_like_pdu(b"GET / HTTP/1.1\r\nHost: x\r\n"));
     }
 
     #[test]

@@ -502,8 +502,14 @@ impl Analyzer {
             }
             (Direction::ToServer, dcerpc::Pdu::Request { context_id, opnum }) => {
                 // A call in several request fragments is one call: the first fragment counts.
-                if conn.pending.iter().any(|(id, _)| *id == m.call_id) {
+                if !m.first_fragment {
                     return;
+                }
+                // A call id reused before the last call with it was answered: that one is
+                // reported without a result.
+                if let Some(i) = conn.pending.iter().position(|(id, _)| *id == m.call_id) {
+                    let (_, unanswered) = conn.pending.remove(i);
+                    self.emit(unanswered);
                 }
                 let uuid =
                     conn.contexts.iter().find(|(c, _)| *c == context_id).map(|(_, u)| u.clone()).unwrap_or_default();
@@ -596,7 +602,10 @@ impl Analyzer {
                     smb2::Smb2Body::SessionSetup { security_blob } => match ntlm::find_message(security_blob) {
                         Some(n) => {
                             self.counters.ntlm_messages += 1;
-                            (n.message_type == 3).then(|| (None, ntlm_event(flow, &n, "smb2", &st.ntlm_target)))
+                            (n.message_type == 3).then(|| {
+                                let carrier = if m.smb1 { "smb1" } else { "smb2" };
+                                (None, ntlm_event(flow, &n, carrier, &st.ntlm_target))
+                            })
                         }
                         None => None,
                     },

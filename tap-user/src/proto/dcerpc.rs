@@ -50,6 +50,8 @@ pub enum Pdu {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     pub ptype: u8,
+    /// PFC_FIRST_FRAG: the first fragment of a call (later ones carry the rest of its stub).
+    pub first_fragment: bool,
     pub call_id: u32,
     pub pdu: Pdu,
     pub auth: Option<Auth>,
@@ -157,7 +159,7 @@ pub fn parse_pdu(b: &[u8]) -> Result<Message, DceRpcError> {
         ptype::FAULT => Pdu::Fault { status: u32_at(body, 8).ok_or(bad)? },
         _ => Pdu::Other,
     };
-    Ok(Message { ptype, call_id, pdu, auth })
+    Ok(Message { ptype, first_fragment: flags & 0x01 != 0, call_id, pdu, auth })
 }
 
 /// The stub of a response PDU (after the 24 bytes of header and response fields, before

@@ -7,4 +7,5 @@ pub mod dns;
 pub mod kerberos;
 pub mod ldap;
 pub mod ntlm;
+pub mod smb1;
 pub mod smb2;

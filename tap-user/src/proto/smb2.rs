@@ -86,6 +86,8 @@ pub struct Smb2Message {
     pub tree_id: u32,
     pub session_id: u64,
     pub body: Smb2Body,
+    /// Decoded from SMB1 (see `smb1`), mapped onto SMB2 commands.
+    pub smb1: bool,
 }
 
 /// What one NetBIOS message held.
@@ -180,7 +182,7 @@ fn parse_one(msg: &[u8]) -> Option<Smb2Message> {
         }
         _ => Smb2Body::Other,
     };
-    Some(Smb2Message { command, response, status, message_id, tree_id, session_id, body: parsed })
+    Some(Smb2Message { command, response, status, message_id, tree_id, session_id, body: parsed, smb1: false })
 }
 
 /// Decodes the payload of one NetBIOS session message.
@@ -188,6 +190,7 @@ pub fn parse_unit(b: &[u8]) -> Smb2Unit {
     match b.get(..4) {
         Some(b"\xfdSMB") => return Smb2Unit::Encrypted { len: b.len() },
         Some(b"\xfeSMB") => {}
+        Some(b"\xffSMB") => return Smb2Unit::Messages(super::smb1::parse(b)),
         _ => return Smb2Unit::NotSmb2,
     }
     let mut out = Vec::new();
@@ -331,7 +334,8 @@ mod tests {
     #[test]
     fn encrypted_and_foreign_units_and_bad_offsets() {
         assert_eq!(parse_unit(b"\xfdSMBxxxxxxxxxxxx"), Smb2Unit::Encrypted { len: 16 });
-        assert_eq!(parse_unit(b"\xffSMBr"), Smb2Unit::NotSmb2);
+        assert_eq!(parse_unit(b"\xffSMBr"), Smb2Unit::Messages(vec![]));
+        assert_eq!(parse_unit(b"GET / HTTP/1.1"), Smb2Unit::NotSmb2);
         let mut m = header(command::TREE_CONNECT, false, 0, 4, 0);
         m.extend([9, 0, 0, 0, 0xff, 0xff, 0x10, 0]);
         assert_eq!(parse_unit(&m), Smb2Unit::Messages(vec![]), "path outside the message");

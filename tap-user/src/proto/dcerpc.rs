@@ -12,6 +12,7 @@
 //! ```
 
 use super::ntlm;
+use super::wire::{u16_at, u32_at};
 
 /// Contexts read from one bind (a client offers one to three).
 const MAX_CONTEXTS: usize = 16;
@@ -65,13 +66,6 @@ pub enum DceRpcError {
     BigEndian,
     #[error("DCE/RPC PDU cut short or inconsistent")]
     Malformed,
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// An NDR UUID (first three fields little-endian) in its usual text form.

@@ -9,3 +9,4 @@ pub mod ldap;
 pub mod ntlm;
 pub mod smb1;
 pub mod smb2;
+pub mod wire;

@@ -10,6 +10,8 @@
 //! ```
 //! Challenge responses and keys are never kept: only their lengths decide NTLMv1 or v2.
 
+use super::wire::u32_at;
+
 pub const SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
 /// NTLMSSP_NEGOTIATE_UNICODE: strings are UTF-16LE, otherwise OEM (read as Latin-1).
 const NEGOTIATE_UNICODE: u32 = 0x0000_0001;
@@ -36,10 +38,6 @@ pub enum NtlmError {
     NoSignature,
     #[error("NTLM message cut short or with a field outside it")]
     Malformed,
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// The bytes a (len, maxlen, offset) field points at, checked against the message.

@@ -11,6 +11,7 @@
 //! ```
 
 use super::smb2::{command, Smb2Body, Smb2Message};
+use super::wire::{u16_at, u32_at};
 
 const HEADER: usize = 32;
 /// Commands followed along one AndX chain.
@@ -23,13 +24,6 @@ pub mod cmd {
     pub const TREE_CONNECT_ANDX: u8 = 0x75;
     pub const NT_CREATE_ANDX: u8 = 0xa2;
     pub const NO_ANDX: u8 = 0xff;
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 /// A FID as the 16-byte file id the SMB2 side uses.

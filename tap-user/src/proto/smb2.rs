@@ -11,6 +11,8 @@
 //! Transform header: "\xfdSMB" | signature(16) | nonce(16) | original size(4) | ... (52)
 //! ```
 
+use super::wire::{u16_at, u32_at, u64_at};
+
 /// Largest NetBIOS message accepted (SMB2 writes/reads up to 8 MiB exist; the sensor only
 /// needs headers, so larger messages are skipped, not buffered).
 pub const MAX_MESSAGE: usize = 1 << 20;
@@ -100,16 +102,6 @@ pub enum Smb2Unit {
     },
     /// SMB1 (the negotiate some clients still open with) or anything else.
     NotSmb2,
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?]))
-}
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    b.get(at..at + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().unwrap_or([0; 8])))
 }
 
 /// UTF-16LE name at (offset, length) from the start of the SMB2 header.

@@ -11,8 +11,11 @@
 //! auth verifier (last 8 + auth_len bytes): type(1) level(1) pad_len(1) reserved(1) ctx(4) value
 //! ```
 
-use super::ntlm;
 use super::wire::{u16_at, u32_at};
+use super::{
+    framing::{Framed, Framer, Header},
+    ntlm,
+};
 
 /// Contexts read from one bind (a client offers one to three).
 const MAX_CONTEXTS: usize = 16;
@@ -189,47 +192,38 @@ pub fn epm_tcp_endpoints(stub: &[u8]) -> Vec<(std::net::Ipv4Addr, u16)> {
 
 /// Splits a byte stream (TCP, or the data of one named pipe) into PDUs by `frag_len`.
 #[derive(Debug, Default)]
-pub struct StreamFramer {
-    buf: Vec<u8>,
-    lost: bool,
+pub struct StreamFramer(Framer);
+
+fn header(b: &[u8]) -> Header {
+    if b.len() < 16 {
+        return Header::Incomplete;
+    }
+    let len = u16::from_le_bytes([b[8], b[9]]) as usize;
+    if b[0] != 5 || len < 16 {
+        return Header::Broken;
+    }
+    Header::Record { header: 0, total: len }
 }
 
 impl StreamFramer {
     pub fn push(&mut self, data: &[u8], pdu: &mut dyn FnMut(&[u8])) {
-        if self.lost {
-            return;
+        let mut oversized = false;
+        self.0.push(data, MAX_FRAGMENT, header, &mut |f| match f {
+            Framed::Record { whole, .. } => pdu(whole),
+            _ => oversized = true,
+        });
+        // A fragment over the limit is not DCE/RPC as any endpoint sends it.
+        if oversized {
+            self.0.gap();
         }
-        self.buf.extend_from_slice(data);
-        let mut at = 0;
-        while self.buf.len() - at >= 16 {
-            let b = &self.buf[at..];
-            if b[0] != 5 {
-                self.lost = true;
-                at = self.buf.len();
-                break;
-            }
-            let len = u16::from_le_bytes([b[8], b[9]]) as usize;
-            if !(16..=MAX_FRAGMENT).contains(&len) {
-                self.lost = true;
-                at = self.buf.len();
-                break;
-            }
-            if b.len() < len {
-                break;
-            }
-            pdu(&b[..len]);
-            at += len;
-        }
-        self.buf.drain(..at);
     }
 
     pub fn gap(&mut self) {
-        self.buf = Vec::new();
-        self.lost = true;
+        self.0.gap();
     }
 
     pub fn lost(&self) -> bool {
-        self.lost
+        self.0.lost()
     }
 }
 

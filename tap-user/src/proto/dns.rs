@@ -8,6 +8,8 @@
 //! ```
 //! Over TCP each message follows a 2-byte big-endian length (section 4.2.2).
 
+use super::framing::{Framed, Framer, Header};
+
 /// Questions decoded per message; a real query has one.
 pub const MAX_QUESTIONS: usize = 8;
 /// Longest name (section 2.3.4) and most compression pointers followed in one name.
@@ -113,32 +115,26 @@ pub fn parse_message(msg: &[u8]) -> Result<DnsMessage, DnsError> {
 /// framing is lost for good: the stream is ignored until it closes (zone transfers and
 /// long TCP DNS sessions are rare; the counters say when this happens).
 #[derive(Debug, Default)]
-pub struct TcpFramer {
-    buf: Vec<u8>,
-    lost: bool,
+pub struct TcpFramer(Framer);
+
+fn header(b: &[u8]) -> Header {
+    match b {
+        [h, l, ..] => Header::Record { header: 2, total: 2 + u16::from_be_bytes([*h, *l]) as usize },
+        _ => Header::Incomplete,
+    }
 }
 
 impl TcpFramer {
     pub fn push(&mut self, data: &[u8], record: &mut dyn FnMut(&[u8])) {
-        if self.lost {
-            return;
-        }
-        self.buf.extend_from_slice(data);
-        let mut at = 0;
-        while self.buf.len() - at >= 2 {
-            let len = u16::from_be_bytes([self.buf[at], self.buf[at + 1]]) as usize;
-            if self.buf.len() - at - 2 < len {
-                break;
+        self.0.push(data, usize::MAX, header, &mut |f| {
+            if let Framed::Record { payload, .. } = f {
+                record(payload);
             }
-            record(&self.buf[at + 2..at + 2 + len]);
-            at += 2 + len;
-        }
-        self.buf.drain(..at);
+        });
     }
 
     pub fn gap(&mut self) {
-        self.buf = Vec::new();
-        self.lost = true;
+        self.0.gap();
     }
 }
 

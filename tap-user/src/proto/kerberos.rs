@@ -15,6 +15,8 @@ use kerberos_parser::{
 };
 use sha2::{Digest, Sha256};
 
+use super::framing::{Framed, Framer, Header};
+
 /// Largest Kerberos message accepted over TCP. Tickets with large PACs reach tens of KB;
 /// the length prefix could claim 2 GB.
 pub const MAX_TCP_MESSAGE: usize = 256 << 10;
@@ -272,11 +274,9 @@ fn parse_strict(bytes: &[u8]) -> Result<KerberosMessage, KerberosError> {
 /// the next plausible record start.
 #[derive(Debug, Default)]
 pub struct TcpFramer {
-    buf: Vec<u8>,
-    /// Bytes of an oversized record still to skip.
-    skip: usize,
-    /// After a gap: look for a record start instead of trusting the next 4 bytes.
-    resync: bool,
+    framer: Framer,
+    /// After a gap: bytes searched for a record start before framing resumes.
+    resync: Option<Vec<u8>>,
 }
 
 /// Whether `b` starts with a length prefix followed by a KDC message tag whose own DER
@@ -292,55 +292,52 @@ fn looks_like_record(b: &[u8]) -> bool {
         && (b[5] & 0x80 != 0 || b[5] as usize + 2 == len)
 }
 
+/// RFC 4120 7.2.2: a 4-byte big-endian length whose top bit is reserved.
+fn header(b: &[u8]) -> Header {
+    match b {
+        [a, b1, c, d, ..] => {
+            Header::Record { header: 4, total: 4 + (u32::from_be_bytes([*a, *b1, *c, *d]) & 0x7fff_ffff) as usize }
+        }
+        _ => Header::Incomplete,
+    }
+}
+
 impl TcpFramer {
     /// Feeds stream bytes; calls `record` with each complete message.
     pub fn push(&mut self, data: &[u8], oversized: &mut u64, record: &mut dyn FnMut(&[u8])) {
-        let mut data = data;
-        if self.skip > 0 {
-            let n = self.skip.min(data.len());
-            self.skip -= n;
-            data = &data[n..];
-        }
-        self.buf.extend_from_slice(data);
-        if self.resync {
-            match (0..self.buf.len()).find(|&i| looks_like_record(&self.buf[i..])) {
-                Some(i) => {
-                    self.buf.drain(..i);
-                    self.resync = false;
+        let data = match self.resync.as_mut() {
+            None => data,
+            Some(held) => {
+                held.extend_from_slice(data);
+                match (0..held.len()).find(|&i| looks_like_record(&held[i..])) {
+                    Some(i) => {
+                        let from_start = held.split_off(i);
+                        self.resync = None;
+                        self.framer = Framer::default();
+                        return self.push(&from_start, oversized, record);
+                    }
+                    None => {
+                        // Keep the tail that could begin a record.
+                        let keep = held.len().min(5);
+                        held.drain(..held.len() - keep);
+                        return;
+                    }
                 }
-                None => {
-                    // Keep the tail that could begin a record.
-                    let keep = self.buf.len().min(5);
-                    self.buf.drain(..self.buf.len() - keep);
-                    return;
-                }
             }
-        }
-        let mut at = 0;
-        while self.buf.len() - at >= 4 {
-            let len = (u32::from_be_bytes([self.buf[at], self.buf[at + 1], self.buf[at + 2], self.buf[at + 3]])
-                & 0x7fff_ffff) as usize;
-            if len > MAX_TCP_MESSAGE {
-                *oversized += 1;
-                let have = self.buf.len() - at - 4;
-                self.skip = len.saturating_sub(have);
-                at = self.buf.len();
-                break;
-            }
-            if self.buf.len() - at - 4 < len {
-                break;
-            }
-            record(&self.buf[at + 4..at + 4 + len]);
-            at += 4 + len;
-        }
-        self.buf.drain(..at);
+        };
+        let mut over = 0;
+        self.framer.push(data, MAX_TCP_MESSAGE + 4, header, &mut |f| match f {
+            Framed::Record { payload, .. } => record(payload),
+            Framed::Oversized { .. } => over += 1,
+            Framed::Foreign(_) => {}
+        });
+        *oversized += over;
     }
 
     /// Bytes went missing: what is buffered is no longer trustworthy.
     pub fn gap(&mut self) {
-        self.buf.clear();
-        self.skip = 0;
-        self.resync = true;
+        self.framer.gap();
+        self.resync = Some(Vec::new());
     }
 }
 

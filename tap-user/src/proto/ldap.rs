@@ -9,7 +9,10 @@
 
 use std::fmt::Write as _;
 
-use super::ntlm;
+use super::{
+    framing::{Framed, Framer, Header},
+    ntlm,
+};
 
 use ldap_parser::{
     asn1_rs::FromBer,
@@ -332,9 +335,7 @@ pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
 /// tag: it is reported as sealed bytes, not parsed.
 #[derive(Debug, Default)]
 pub struct TcpFramer {
-    buf: Vec<u8>,
-    skip: usize,
-    lost: bool,
+    framer: Framer,
     pub sealed_bytes: u64,
 }
 
@@ -343,51 +344,28 @@ pub enum Frame<'a> {
     Oversized,
 }
 
+fn header(b: &[u8]) -> Header {
+    match b.first() {
+        None => Header::Incomplete,
+        Some(0x30) => match element_len(b) {
+            Ok(Some(total)) => Header::Record { header: 0, total },
+            Ok(None) => Header::Incomplete,
+            Err(_) => Header::Broken,
+        },
+        // Not an LDAPMessage: SASL-wrapped (sealed or signed) data, from here on.
+        Some(_) => Header::Foreign,
+    }
+}
+
 impl TcpFramer {
     pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(Frame<'_>)) {
-        if self.lost {
-            return;
-        }
-        let mut data = data;
-        if self.skip > 0 {
-            let n = self.skip.min(data.len());
-            self.skip -= n;
-            data = &data[n..];
-        }
-        self.buf.extend_from_slice(data);
-        let mut at = 0;
-        loop {
-            let rest = &self.buf[at..];
-            if rest.is_empty() {
-                break;
-            }
-            if rest[0] != 0x30 {
-                // Not an LDAPMessage: SASL-wrapped (sealed or signed) data, from here on.
-                self.sealed_bytes += rest.len() as u64;
-                at = self.buf.len();
-                self.lost = true;
-                break;
-            }
-            match element_len(rest) {
-                Ok(Some(len)) if len > MAX_PDU => {
-                    out(Frame::Oversized);
-                    self.skip = len - rest.len().min(len);
-                    at = self.buf.len();
-                    break;
-                }
-                Ok(Some(len)) if len <= rest.len() => {
-                    out(Frame::Pdu(&rest[..len]));
-                    at += len;
-                }
-                Ok(_) => break,
-                Err(_) => {
-                    self.lost = true;
-                    at = self.buf.len();
-                    break;
-                }
-            }
-        }
-        self.buf.drain(..at);
+        let mut sealed = 0;
+        self.framer.push(data, MAX_PDU, header, &mut |f| match f {
+            Framed::Record { whole, .. } => out(Frame::Pdu(whole)),
+            Framed::Oversized { .. } => out(Frame::Oversized),
+            Framed::Foreign(rest) => sealed += rest.len() as u64,
+        });
+        self.sealed_bytes += sealed;
     }
 
     /// Whether the stream turned into SASL-wrapped data.
@@ -403,12 +381,11 @@ impl TcpFramer {
     /// After a gap LDAP framing cannot be trusted until the next PDU start is certain;
     /// LDAP gives no marker for that, so the direction is given up (and counted).
     pub fn gap(&mut self) {
-        self.buf = Vec::new();
-        self.lost = true;
+        self.framer.gap();
     }
 
     pub fn lost(&self) -> bool {
-        self.lost
+        self.framer.lost()
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod dcerpc;
 pub mod dns;
+pub mod framing;
 pub mod kerberos;
 pub mod ldap;
 pub mod ntlm;

@@ -11,7 +11,10 @@
 //! Transform header: "\xfdSMB" | signature(16) | nonce(16) | original size(4) | ... (52)
 //! ```
 
-use super::wire::{u16_at, u32_at, u64_at};
+use super::{
+    framing::{Framed, Framer, Header},
+    wire::{u16_at, u32_at, u64_at},
+};
 
 /// Largest NetBIOS message accepted (SMB2 writes/reads up to 8 MiB exist; the sensor only
 /// needs headers, so larger messages are skipped, not buffered).
@@ -206,11 +209,7 @@ pub fn parse_unit(b: &[u8]) -> Smb2Unit {
 /// Splits a TCP stream into NetBIOS session messages (RFC 1002 4.3.1: type 0, 24-bit
 /// length as used by direct-hosted SMB), skipping keep-alives and oversized messages.
 #[derive(Debug, Default)]
-pub struct TcpFramer {
-    buf: Vec<u8>,
-    skip: usize,
-    lost: bool,
-}
+pub struct TcpFramer(Framer);
 
 pub enum Frame<'a> {
     Unit(&'a [u8]),
@@ -222,55 +221,36 @@ pub enum Frame<'a> {
     },
 }
 
+fn header(b: &[u8]) -> Header {
+    match b {
+        [0x00 | 0x85, a, b2, c, ..] => {
+            Header::Record { header: 4, total: 4 + (((*a as usize) << 16) | ((*b2 as usize) << 8) | *c as usize) }
+        }
+        [_, _, _, _, ..] => Header::Broken,
+        _ => Header::Incomplete,
+    }
+}
+
 impl TcpFramer {
     pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(Frame<'_>)) {
-        if self.lost {
-            return;
-        }
-        let mut data = data;
-        if self.skip > 0 {
-            let n = self.skip.min(data.len());
-            self.skip -= n;
-            data = &data[n..];
-        }
-        self.buf.extend_from_slice(data);
-        let mut at = 0;
-        while self.buf.len() - at >= 4 {
-            let b = &self.buf[at..];
-            if b[0] != 0x00 && b[0] != 0x85 {
-                // Not a session message or keep-alive: the framing is lost.
-                self.lost = true;
-                at = self.buf.len();
-                break;
+        self.0.push(data, MAX_MESSAGE + 4, header, &mut |f| match f {
+            // Type 0x85 is a keep-alive: nothing to decode.
+            Framed::Record { payload, whole } if whole[0] == 0x00 => out(Frame::Unit(payload)),
+            Framed::Oversized { head, total } => {
+                out(Frame::Oversized { head: head.get(4..).unwrap_or(&[]), len: total - 4 })
             }
-            let len = ((b[1] as usize) << 16) | ((b[2] as usize) << 8) | b[3] as usize;
-            if len > MAX_MESSAGE {
-                let have = b.len() - 4;
-                out(Frame::Oversized { head: &b[4..4 + have.min(64)], len });
-                self.skip = len - have.min(len);
-                at = self.buf.len();
-                break;
-            }
-            if b.len() - 4 < len {
-                break;
-            }
-            if b[0] == 0x00 {
-                out(Frame::Unit(&b[4..4 + len]));
-            }
-            at += 4 + len;
-        }
-        self.buf.drain(..at);
+            _ => {}
+        });
     }
 
     /// After a gap, the next NetBIOS header cannot be found with certainty: give up the
     /// direction (counted by the caller).
     pub fn gap(&mut self) {
-        self.buf = Vec::new();
-        self.lost = true;
+        self.0.gap();
     }
 
     pub fn lost(&self) -> bool {
-        self.lost
+        self.0.lost()
     }
 }
 

@@ -1,0 +1,151 @@
+//! Splitting one direction of a TCP stream (or a named pipe) into the records of a
+//! protocol: a partial record waits for the rest, a record longer than a limit is skipped
+//! without being buffered, and a header that cannot be right gives the direction up.
+//! Each protocol supplies only how to read its header.
+
+/// What a protocol's header says about the bytes at the start of a slice.
+pub enum Header {
+    /// Not enough bytes to tell.
+    Incomplete,
+    /// A record of `total` bytes, header included, whose payload starts at `header`.
+    Record { header: usize, total: usize },
+    /// The stream is no longer made of records from here (e.g. SASL-wrapped LDAP).
+    Foreign,
+    /// Not this protocol's framing: the direction is given up.
+    Broken,
+}
+
+pub enum Framed<'a> {
+    Record {
+        payload: &'a [u8],
+        whole: &'a [u8],
+    },
+    /// A record over the limit, skipped: its first bytes and its full length.
+    Oversized {
+        head: &'a [u8],
+        total: usize,
+    },
+    /// The rest of the buffered bytes after the stream turned `Header::Foreign`.
+    Foreign(&'a [u8]),
+}
+
+#[derive(Debug, Default)]
+pub struct Framer {
+    buf: Vec<u8>,
+    /// Bytes of an oversized record still to skip.
+    skip: usize,
+    lost: bool,
+}
+
+/// How much of an oversized record is handed on (enough for any header).
+const OVERSIZED_HEAD: usize = 64;
+
+impl Framer {
+    /// Feeds bytes; `header` reads a record header; records longer than `max` bytes are
+    /// skipped.
+    pub fn push(&mut self, data: &[u8], max: usize, header: impl Fn(&[u8]) -> Header, out: &mut dyn FnMut(Framed<'_>)) {
+        if self.lost {
+            return;
+        }
+        let mut data = data;
+        if self.skip > 0 {
+            let n = self.skip.min(data.len());
+            self.skip -= n;
+            data = &data[n..];
+        }
+        self.buf.extend_from_slice(data);
+        let mut at = 0;
+        while at < self.buf.len() {
+            let rest = &self.buf[at..];
+            match header(rest) {
+                Header::Incomplete => break,
+                Header::Record { header, total } if total == 0 || total < header => {
+                    self.lost = true;
+                    at = self.buf.len();
+                }
+                Header::Record { total, .. } if total > max => {
+                    out(Framed::Oversized { head: &rest[..rest.len().min(OVERSIZED_HEAD)], total });
+                    self.skip = total - rest.len().min(total);
+                    at = self.buf.len();
+                }
+                Header::Record { header, total } => {
+                    if rest.len() < total {
+                        break;
+                    }
+                    out(Framed::Record { payload: &rest[header..total], whole: &rest[..total] });
+                    at += total;
+                }
+                Header::Foreign => {
+                    out(Framed::Foreign(rest));
+                    self.lost = true;
+                    at = self.buf.len();
+                }
+                Header::Broken => {
+                    self.lost = true;
+                    at = self.buf.len();
+                }
+            }
+        }
+        self.buf.drain(..at);
+    }
+
+    /// Bytes went missing: nothing buffered can be trusted, and the direction is given up
+    /// until `resume`.
+    pub fn gap(&mut self) {
+        self.buf = Vec::new();
+        self.skip = 0;
+        self.lost = true;
+    }
+
+    /// Starts again from a point the caller knows to be a record start.
+    pub fn resume(&mut self) {
+        self.lost = false;
+    }
+
+    pub fn lost(&self) -> bool {
+        self.lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1-byte length prefix, records over 8 bytes skipped, 0xff breaks, 0xee is foreign.
+    fn header(b: &[u8]) -> Header {
+        match b.first() {
+            None => Header::Incomplete,
+            Some(0xff) => Header::Broken,
+            Some(0xee) => Header::Foreign,
+            Some(&n) => Header::Record { header: 1, total: 1 + n as usize },
+        }
+    }
+
+    fn run(chunks: &[&[u8]]) -> (Vec<String>, bool) {
+        let mut f = Framer::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            f.push(c, 9, header, &mut |fr| {
+                out.push(match fr {
+                    Framed::Record { payload, .. } => format!("rec {payload:?}"),
+                    Framed::Oversized { total, .. } => format!("over {total}"),
+                    Framed::Foreign(rest) => format!("foreign {}", rest.len()),
+                })
+            });
+        }
+        (out, f.lost())
+    }
+
+    #[test]
+    fn records_split_across_pushes_and_oversized_ones_are_skipped() {
+        let (out, lost) = run(&[&[2, 7], &[8, 1], &[9], &[10, 0, 0, 0, 0], &[0, 0, 0, 0, 0, 0, 1, 6]]);
+        assert_eq!(out, vec!["rec [7, 8]", "rec [9]", "over 11", "rec [6]"]);
+        assert!(!lost);
+    }
+
+    #[test]
+    fn broken_and_foreign_streams_stop() {
+        assert_eq!(run(&[&[1, 5, 0xff, 1, 2], &[1, 3]]), (vec!["rec [5]".to_string()], true));
+        assert_eq!(run(&[&[1, 5, 0xee, 1, 2]]), (vec!["rec [5]".to_string(), "foreign 3".to_string()], true));
+    }
+}

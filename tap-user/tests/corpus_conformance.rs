@@ -68,12 +68,12 @@ fn null(v: &str) -> String {
 }
 
 /// The compared fields of a truth row, or None when the row is not one the sensor reports
-/// (AP-REQ/AP-REP inside GSS-API, NTLM NEGOTIATE/CHALLENGE, LDAP responses, bind_acks).
+/// (AP-REP inside GSS-API, NTLM NEGOTIATE/CHALLENGE, LDAP responses, bind_acks).
 fn truth_key(r: &Row) -> Option<(String, String)> {
     let g = |k: &str| r.get(k).cloned().unwrap_or_default();
     let proto = g("proto");
     let key = match (proto.as_str(), g("msg").as_str()) {
-        ("kerberos", m @ ("AS-REQ" | "AS-REP" | "TGS-REQ" | "TGS-REP" | "KRB-ERROR")) => {
+        ("kerberos", m @ ("AS-REQ" | "AS-REP" | "TGS-REQ" | "TGS-REP" | "KRB-ERROR" | "AP-REQ")) => {
             let code = g("krb_error_code").split_whitespace().next().unwrap_or("").to_string();
             format!(
                 "{m} realm={} cname={} sname={} etypes={} error={code}",
@@ -169,6 +169,7 @@ fn krb_name(t: u32) -> &'static str {
         msg::AS_REP => "AS-REP",
         msg::TGS_REQ => "TGS-REQ",
         msg::TGS_REP => "TGS-REP",
+        msg::AP_REQ => "AP-REQ",
         _ => "KRB-ERROR",
     }
 }
@@ -199,7 +200,9 @@ fn event_keys(ev: &[ActivityEvent]) -> Vec<(String, String)> {
                 let is_rep = matches!(k.msg_type, msg::AS_REP | msg::TGS_REP);
                 let realm = if is_rep { &k.crealm } else { &k.realm };
                 let sname = if is_rep { format!("{}@{}", k.sname, k.realm) } else { k.sname.clone() };
-                let etypes = if is_req {
+                let etypes = if k.msg_type == msg::AP_REQ {
+                    format!("ticket:{}", k.ticket_etype)
+                } else if is_req {
                     k.requested_etypes.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(",")
                 } else if is_rep {
                     format!("ticket:{},enc-part:{}", k.ticket_etype, k.enc_part_etype)

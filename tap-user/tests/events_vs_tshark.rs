@@ -70,7 +70,7 @@ fn lab_capture_events_match_tshark() {
         let mut ours: Vec<(String, String, String)> = ev
             .iter()
             .filter_map(|e| match &e.detail {
-                Some(Detail::Kerberos(k)) => Some((
+                Some(Detail::Kerberos(k)) if k.carrier.is_empty() => Some((
                     k.msg_type.to_string(),
                     if k.msg_type == 30 { k.error_code.to_string() } else { String::new() },
                     if matches!(k.msg_type, 10 | 11 | 30) {
@@ -101,6 +101,27 @@ fn lab_capture_events_match_tshark() {
         ours.sort();
         theirs.sort();
         assert_eq!(ours, theirs, "{name}: Kerberos messages (msg_type, error_code, cname)");
+        krb_total += ours.len();
+
+        // Kerberos AP-REQs inside other protocols' authentication: the service name's first
+        // component (tshark's first SNameString).
+        let mut ours: Vec<String> = ev
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Some(Detail::Kerberos(k)) if !k.carrier.is_empty() => {
+                    Some(k.sname.split('/').next().unwrap_or("").to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        let mut theirs: Vec<String> =
+            tshark(pcap, "kerberos.msg_type == 14 && !(tcp.port == 88 || udp.port == 88)", &["kerberos.SNameString"])
+                .into_iter()
+                .map(|r| r.first().cloned().unwrap_or_default())
+                .collect();
+        ours.sort();
+        theirs.sort();
+        assert_eq!(ours, theirs, "{name}: Kerberos AP-REQs in SMB, LDAP and DCE/RPC");
         krb_total += ours.len();
 
         // DNS: (response, rcode, first question name, its type, answer count).

@@ -19,6 +19,8 @@ crate::counter_set! {
     pub struct ParseCounters {
         events,
         kerberos_messages,
+        /// Kerberos AP-REQs found in SMB, LDAP and DCE/RPC authentication.
+        kerberos_ap_reqs,
         /// Records on a Kerberos port that did not decode as Kerberos.
         kerberos_malformed,
         /// TCP records longer than kerberos::MAX_TCP_MESSAGE, skipped.
@@ -204,7 +206,20 @@ fn kerberos_event(flow: &FlowMeta, m: kerberos::KerberosMessage) -> ActivityEven
         error_code: m.error_code,
         ticket_fingerprint: m.ticket_fingerprint,
         over_tcp: flow.transport == Transport::Tcp,
+        carrier: String::new(),
     }));
+    e
+}
+
+/// A Kerberos AP-REQ found in another protocol's authentication (SMB session setup, LDAP
+/// SASL bind, DCE/RPC auth verifier).
+fn ap_req_event(flow: &FlowMeta, m: kerberos::KerberosMessage, carrier: &str) -> ActivityEvent {
+    let mut e = kerberos_event(flow, m);
+    e.result = String::new();
+    if let Some(Detail::Kerberos(k)) = e.detail.as_mut() {
+        k.carrier = carrier.into();
+        k.over_tcp = true;
+    }
     e
 }
 
@@ -364,6 +379,10 @@ impl Analyzer {
         };
         self.counters.ldap_messages += 1;
         if dir == Direction::ToServer {
+            if let ldap::LdapOp::Bind { ap_req: Some(k), .. } = &pdu.op {
+                self.counters.kerberos_ap_reqs += 1;
+                st.pending.push((pdu.message_id, ap_req_event(flow, k.as_ref().clone(), "ldap")));
+            }
             if let ldap::LdapOp::Bind { ntlm: Some(m), .. } = &pdu.op {
                 self.counters.ntlm_messages += 1;
                 if m.message_type == 3 {
@@ -470,6 +489,11 @@ impl Analyzer {
         self.counters.dcerpc_pdus += 1;
         if let Some(a) = &m.auth {
             conn.auth = Some((a.auth_type, a.level));
+            if let (Some(k), Direction::ToServer) = (&a.ap_req, dir) {
+                self.counters.kerberos_ap_reqs += 1;
+                let e = ap_req_event(flow, k.clone(), "dcerpc");
+                self.emit(e);
+            }
             if let Some(n) = &a.ntlm {
                 self.counters.ntlm_messages += 1;
                 if n.message_type == 3 && dir == Direction::ToServer {
@@ -599,16 +623,19 @@ impl Analyzer {
             self.smb2_pipe_data(flow, st, dir, &m);
             if dir == Direction::ToServer {
                 let pending = match &m.body {
-                    smb2::Smb2Body::SessionSetup { security_blob } => match ntlm::find_message(security_blob) {
-                        Some(n) => {
-                            self.counters.ntlm_messages += 1;
-                            (n.message_type == 3).then(|| {
-                                let carrier = if m.smb1 { "smb1" } else { "smb2" };
-                                (None, ntlm_event(flow, &n, carrier, &st.ntlm_target))
-                            })
+                    smb2::Smb2Body::SessionSetup { security_blob } => {
+                        let carrier = if m.smb1 { "smb1" } else { "smb2" };
+                        match ntlm::find_message(security_blob) {
+                            Some(n) => {
+                                self.counters.ntlm_messages += 1;
+                                (n.message_type == 3).then(|| (None, ntlm_event(flow, &n, carrier, &st.ntlm_target)))
+                            }
+                            None => kerberos::find_ap_req(security_blob).map(|k| {
+                                self.counters.kerberos_ap_reqs += 1;
+                                (None, ap_req_event(flow, k, carrier))
+                            }),
                         }
-                        None => None,
-                    },
+                    }
                     smb2::Smb2Body::TreeConnect { path } => Some((
                         Some(path.clone()),
                         smb2_event(flow, st, "tree_connect", path.clone(), String::new(), m.session_id),

@@ -14,7 +14,7 @@
 use super::wire::{u16_at, u32_at};
 use super::{
     framing::{Framed, Framer, Header},
-    ntlm,
+    kerberos, ntlm,
 };
 
 /// Contexts read from one bind (a client offers one to three).
@@ -40,6 +40,8 @@ pub struct Auth {
     pub auth_type: u8,
     pub level: u8,
     pub ntlm: Option<ntlm::NtlmMessage>,
+    /// A Kerberos AP-REQ in the verifier (auth types 9 SPNEGO and 16 Kerberos).
+    pub ap_req: Option<kerberos::KerberosMessage>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +131,12 @@ pub fn parse_pdu(b: &[u8]) -> Result<Message, DceRpcError> {
     let auth = if auth_len > 0 {
         let at = frag_len.checked_sub(auth_len + 8).filter(|&a| a >= 16).ok_or(bad)?;
         let value = &b[at + 8..];
-        Some(Auth { auth_type: b[at], level: b[at + 1], ntlm: ntlm::find_message(value) })
+        Some(Auth {
+            auth_type: b[at],
+            level: b[at + 1],
+            ntlm: ntlm::find_message(value),
+            ap_req: kerberos::find_ap_req(value),
+        })
     } else {
         None
     };

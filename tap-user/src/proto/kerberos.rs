@@ -36,7 +36,42 @@ pub mod msg {
     pub const AS_REP: u32 = 11;
     pub const TGS_REQ: u32 = 12;
     pub const TGS_REP: u32 = 13;
+    pub const AP_REQ: u32 = 14;
     pub const ERROR: u32 = 30;
+}
+
+/// Bytes of a carrier's security blob searched for an AP-REQ (SPNEGO and GSS-API
+/// wrappers are a few dozen bytes).
+const MAX_GSS_SEARCH: usize = 512;
+
+/// The start of an AP-REQ's body: pvno [0] INTEGER 5, msg-type [1] INTEGER 14.
+const AP_REQ_HEAD: [u8; 10] = [0xa0, 0x03, 0x02, 0x01, 0x05, 0xa1, 0x03, 0x02, 0x01, 0x0e];
+
+/// The AP-REQ a carrier's security blob holds, wherever SPNEGO or a GSS-API initial
+/// context token (RFC 4121 4.1: mech OID, TOK_ID 01 00, AP-REQ) wrapped it; some clients
+/// put the bare AP-REQ in SPNEGO's mechToken. Found by its fixed first fields (pvno 5,
+/// msg-type 14), then decoded from the [APPLICATION 14] tag a few bytes before them.
+/// Returns the service ticket's realm, service name, encryption type and fingerprint,
+/// and the authenticator's encryption type.
+pub fn find_ap_req(blob: &[u8]) -> Option<KerberosMessage> {
+    let window = &blob[..blob.len().min(MAX_GSS_SEARCH)];
+    let head = window.windows(AP_REQ_HEAD.len()).position(|w| w == AP_REQ_HEAD)?;
+    // [APPLICATION 14] and SEQUENCE headers: 2, 3 or 4 bytes each (short or long length).
+    let ap = [4, 5, 6, 7, 8].into_iter().filter_map(|back| head.checked_sub(back)).find_map(|start| {
+        if blob[start] != 0x6e {
+            return None;
+        }
+        ApReq::from_der(&blob[start..]).ok().map(|(_, ap)| ap)
+    })?;
+    Some(KerberosMessage {
+        msg_type: msg::AP_REQ,
+        sname: principal(&ap.ticket.sname),
+        realm: ap.ticket.realm.0.clone(),
+        ticket_etype: ap.ticket.enc_part.etype.0,
+        enc_part_etype: ap.authenticator.etype.0,
+        ticket_fingerprint: ticket_fingerprint(&ap.ticket),
+        ..KerberosMessage::default()
+    })
 }
 
 /// One KDC exchange message, as the detections see it.

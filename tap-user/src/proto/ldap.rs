@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use super::{
     framing::{Framed, Framer, Header},
-    ntlm,
+    kerberos, ntlm,
 };
 
 use ldap_parser::{
@@ -37,6 +37,8 @@ pub enum LdapOp {
         cleartext_password_sent: bool,
         /// NTLM carried by a Sicily or SASL (GSS-SPNEGO, NTLM) bind.
         ntlm: Option<ntlm::NtlmMessage>,
+        /// The Kerberos AP-REQ of a SASL GSSAPI or GSS-SPNEGO bind.
+        ap_req: Option<Box<kerberos::KerberosMessage>>,
     },
     BindResult {
         code: u32,
@@ -265,6 +267,7 @@ fn sicily_bind(bytes: &[u8]) -> Option<LdapPdu> {
             sasl_mechanism: String::new(),
             cleartext_password_sent: false,
             ntlm: ntlm::find_message(&bytes[auth_s..auth_e]),
+            ap_req: None,
         },
     })
 }
@@ -280,18 +283,17 @@ pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
     };
     let op = match &m.protocol_op {
         ProtocolOp::BindRequest(b) => {
-            let (method, sasl_mechanism, cleartext, ntlm) = match &b.authentication {
+            let (method, sasl_mechanism, cleartext, creds) = match &b.authentication {
                 AuthenticationChoice::Simple(pw) => ("simple", String::new(), !pw.is_empty(), None),
-                AuthenticationChoice::Sasl(s) => {
-                    ("sasl", s.mechanism.0.to_string(), false, s.credentials.as_deref().and_then(ntlm::find_message))
-                }
+                AuthenticationChoice::Sasl(s) => ("sasl", s.mechanism.0.to_string(), false, s.credentials.as_deref()),
             };
             LdapOp::Bind {
                 name: b.name.0.to_string(),
                 method,
                 sasl_mechanism,
                 cleartext_password_sent: cleartext,
-                ntlm,
+                ntlm: creds.and_then(ntlm::find_message),
+                ap_req: creds.and_then(kerberos::find_ap_req).map(Box::new),
             }
         }
         ProtocolOp::BindResponse(r) => LdapOp::BindResult {
@@ -444,7 +446,8 @@ mod tests {
                 method: "simple",
                 sasl_mechanism: String::new(),
                 cleartext_password_sent: true,
-                ntlm: None
+                ntlm: None,
+                ap_req: None
             }
         );
         assert!(!format!("{pdu:?}").contains("Secret1!"), "the password is not in the parsed message");

@@ -93,12 +93,15 @@ fn executions(output: &str) -> Option<u64> {
     output.lines().rev().find_map(|l| l.trim().strip_prefix("Done ")?.split_whitespace().next()?.parse().ok())
 }
 
-pub fn run(env: &Env, seconds: u64) -> anyhow::Result<()> {
+pub fn run(env: &Env, seconds: u64, only: &[String]) -> anyhow::Result<()> {
+    if let Some(unknown) = only.iter().find(|t| !TARGETS.contains(&t.as_str())) {
+        bail!("no fuzz target '{unknown}'; targets: {}", TARGETS.join(", "));
+    }
     ensure_cargo_fuzz(env)?;
     let fuzz_dir = env.root.join("tap-user/fuzz");
     let work = env.root.join("target/fuzz");
     let mut results = Vec::new();
-    for target in TARGETS {
+    for target in TARGETS.iter().filter(|t| only.is_empty() || only.iter().any(|o| o == *t)) {
         step(&format!("fuzz {target} for {seconds} s"));
         let corpus = work.join("corpus").join(target);
         let seeds = match *target {

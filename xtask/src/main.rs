@@ -43,6 +43,9 @@ enum Command {
         /// Seconds per target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Run only these targets (repeatable; default: all).
+        #[arg(long = "target", value_name = "NAME")]
+        targets: Vec<String>,
     },
     /// Benchmarks (not part of `test`).
     Bench {
@@ -58,7 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo { pcap, dc } => demo::run(&env, pcap, dc),
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
-        Command::Fuzz { seconds } => fuzz::run(&env, seconds),
+        Command::Fuzz { seconds, targets } => fuzz::run(&env, seconds, &targets),
         Command::Conformance => env
             .cargo()
             .args(["test", "-q", "-p", "tap-user", "--test", "corpus_conformance", "--", "--nocapture"])

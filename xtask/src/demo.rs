@@ -136,6 +136,21 @@ pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyh
         println!("    {label:<40}{:>10}", counters.get(name));
     }
 
+    step("what the parsers made of it (events go to the uplink once it exists; see --read --json)");
+    for (label, name) in [
+        ("activity events", "parse_events"),
+        ("Kerberos messages to the KDC", "parse_kerberos_messages"),
+        ("Kerberos AP-REQs in SMB/LDAP/RPC", "parse_kerberos_ap_reqs"),
+        ("NTLM messages", "parse_ntlm_messages"),
+        ("LDAP messages", "parse_ldap_messages"),
+        ("SMB messages", "parse_smb2_messages"),
+        ("DCE/RPC PDUs", "parse_dcerpc_pdus"),
+        ("DNS messages", "parse_dns_messages"),
+        ("conversations (TCP and UDP)", "flow_created"),
+    ] {
+        println!("    {label:<40}{:>10}", counters.0.get(name).copied().unwrap_or(0));
+    }
+
     step("kept frames by service");
     let kept = pcap::read(&kept_path)?;
     for (service, n) in kept_by_service(&kept) {

@@ -196,6 +196,11 @@ impl HalfStream {
         if force_gap || self.ooo_bytes > limits.max_ooo_bytes || self.ooo.len() > limits.max_ooo_segments {
             c.ooo_overflows += 1;
             self.skip_to_held(c, emit);
+            // Held data can be several islands: give holes up until the direction is within
+            // its limits again, so the bound holds whatever the arrival pattern.
+            while self.ooo_bytes > limits.max_ooo_bytes || self.ooo.len() > limits.max_ooo_segments {
+                self.skip_to_held(c, emit);
+            }
         }
     }
 
@@ -381,6 +386,20 @@ mod tests {
         // The late bytes of the hole are old news once the gap is delivered.
         let (out, _) = run(&[(0, SYN, b""), (6, ACK, b"fg"), (8, ACK, b"hij"), (1, ACK, b"abcde")], limits);
         assert_eq!(out, b"#####fghij");
+    }
+
+    #[test]
+    fn many_islands_never_exceed_the_limits() {
+        let limits = TcpLimits { max_ooo_bytes: 8, max_ooo_segments: 3, ..TcpLimits::default() };
+        let mut h = HalfStream::default();
+        let mut c = TcpCounters::default();
+        let seg = |seq, payload| TcpSegment { src_port: 1, dst_port: 2, seq, ack: 0, flags: TcpFlags(ACK), payload };
+        h.segment(&TcpSegment { flags: TcpFlags(SYN), ..seg(0, b"") }, &limits, false, &mut c, &mut |_| {});
+        // Islands of two bytes with one-byte holes between them, arriving backwards.
+        for i in (1..40u32).rev() {
+            h.segment(&seg(1 + 3 * i, b"xy"), &limits, false, &mut c, &mut |_| {});
+            assert!(h.ooo_bytes() <= 8 && h.ooo.len() <= 3, "held {} bytes in {} segments", h.ooo_bytes(), h.ooo.len());
+        }
     }
 
     #[test]

@@ -488,18 +488,34 @@ fn render(results: &[Measured], cost: &ProgramCost, mix: &[Vec<u8>], kept: usize
     s
 }
 
-/// Measured figures of one command under GNU time.
+/// Measured figures of one command under GNU time, and what the command printed.
 struct Timed {
     wall: f64,
     cpu: f64,
     max_rss_kib: u64,
     stdout: String,
+    stderr: String,
 }
 
-/// Runs `cmd` under `/usr/bin/time -v` and reads wall time, CPU time and peak RSS.
+impl Timed {
+    /// The `name value` counters the command printed (the sensor's report goes to stdout,
+    /// or to stderr under `--json`).
+    fn counters(&self) -> tap_testkit::sensor::Counters {
+        let lines: Vec<String> = self.stdout.lines().chain(self.stderr.lines()).map(String::from).collect();
+        tap_testkit::sensor::Counters::parse(&lines)
+    }
+
+    fn summary(&self) -> String {
+        format!("{:.2} s wall, {:.2} s CPU, {} MiB peak RSS", self.wall, self.cpu, self.max_rss_kib / 1024)
+    }
+}
+
+/// Runs `cmd` under `/usr/bin/time -v` and reads wall time, CPU time and peak RSS. GNU
+/// time writes to a file of its own (`-o`), so the command's stderr stays its own.
 fn timed(env: &Env, program: &str, args: &[&str]) -> anyhow::Result<Timed> {
-    let out = env.command("/usr/bin/time").arg("-v").arg(program).args(args).output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
+    let report = env.root.join("target/bench/time.txt");
+    let out = env.command("/usr/bin/time").arg("-v").arg("-o").arg(&report).arg(program).args(args).output()?;
+    let err = std::fs::read_to_string(&report).with_context(|| format!("read GNU time output {}", report.display()))?;
     let field = |name: &str| -> anyhow::Result<String> {
         err.lines()
             .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
@@ -510,7 +526,13 @@ fn timed(env: &Env, program: &str, args: &[&str]) -> anyhow::Result<Timed> {
     let wall_text = field("Elapsed (wall clock) time (h:mm:ss or m:ss):")?;
     let wall = wall_text.split(':').try_fold(0.0, |acc, part| part.parse::<f64>().map(|v| acc * 60.0 + v))?;
     let max_rss_kib = field("Maximum resident set size (kbytes):")?.parse()?;
-    Ok(Timed { wall, cpu: user + sys, max_rss_kib, stdout: String::from_utf8_lossy(&out.stdout).into_owned() })
+    Ok(Timed {
+        wall,
+        cpu: user + sys,
+        max_rss_kib,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
 }
 
 /// The benchmark capture: ../shared/adlab's make_big.py, about 1 GB of lab traffic replayed
@@ -559,17 +581,10 @@ pub fn pipeline(env: &Env) -> anyhow::Result<()> {
     for workers in ["1", "2"] {
         step(&format!("tap-sensor --read, {workers} worker(s)"));
         let t = timed(env, sensor_s, &["--read", capture_s, "--workers", workers])?;
-        let c = tap_testkit::sensor::Counters::parse(&t.stdout.lines().map(String::from).collect::<Vec<_>>());
+        let c = t.counters();
         let bytes = c.get("read_bytes") as f64;
         let frames = c.get("read_frames") as f64;
-        note(&format!(
-            "{:.2} s wall, {:.2} s CPU, {} MiB peak RSS, {} flows at peak, {} gaps",
-            t.wall,
-            t.cpu,
-            t.max_rss_kib / 1024,
-            c.get("flow_peak"),
-            c.get("tcp_gaps")
-        ));
+        note(&format!("{}, {} flows at peak, {} gaps", t.summary(), c.get("flow_peak"), c.get("tcp_gaps")));
         note(&format!(
             "{} flows created, {} evicted for room (limit 262144)",
             c.get("flow_created"),
@@ -579,7 +594,7 @@ pub fn pipeline(env: &Env) -> anyhow::Result<()> {
     }
     step("tshark -q -z conv,tcp on the same capture");
     let t = timed(env, "tshark", &["-r", capture_s, "-q", "-z", "conv,tcp"])?;
-    note(&format!("{:.2} s wall, {:.2} s CPU, {} MiB peak RSS", t.wall, t.cpu, t.max_rss_kib / 1024));
+    note(&t.summary());
     rows.push(("tshark -q -z conv,tcp".into(), t, None));
 
     let (bytes, frames) = rows.iter().find_map(|(_, _, b)| b.map(|(b, f, _)| (b, f))).context("no sensor run")?;
@@ -625,20 +640,10 @@ pub fn parse(env: &Env) -> anyhow::Result<()> {
     step("tap-sensor --read --json (1 worker), events to /dev/null");
     let script = format!("{} --read {capture_s} --json --workers 1 > /dev/null", sensor.display());
     let ours = timed(env, "sh", &["-c", &script])?;
-    // The report went to stderr; GNU time's text follows it there, so run again quietly
-    // for the counters (the timing above is the one reported).
-    let report = env.command(&sensor).args(["--read", capture_s, "--workers", "1"]).output()?;
-    let c = tap_testkit::sensor::Counters::parse(
-        &String::from_utf8_lossy(&report.stdout).lines().map(String::from).collect::<Vec<_>>(),
-    );
+    let c = ours.counters();
     let (bytes, frames, events) =
         (c.get("read_bytes") as f64, c.get("read_frames") as f64, c.get("parse_events") as f64);
-    note(&format!(
-        "{:.2} s wall, {:.2} s CPU, {} MiB peak RSS, {events} events",
-        ours.wall,
-        ours.cpu,
-        ours.max_rss_kib / 1024
-    ));
+    note(&format!("{}, {events} events", ours.summary()));
 
     step("tshark -T fields with the same Kerberos, NTLM, LDAP and DNS fields");
     let fields = [
@@ -665,7 +670,7 @@ pub fn parse(env: &Env) -> anyhow::Result<()> {
     let script =
         format!("tshark {} > /dev/null 2>&1", args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" "));
     let theirs = timed(env, "sh", &["-c", &script])?;
-    note(&format!("{:.2} s wall, {:.2} s CPU, {} MiB peak RSS", theirs.wall, theirs.cpu, theirs.max_rss_kib / 1024));
+    note(&theirs.summary());
 
     let mut s = String::new();
     let _ = writeln!(

@@ -34,6 +34,9 @@ struct Cli {
     /// to stderr).
     #[arg(long, requires = "read")]
     json: bool,
+    /// Benchmarks only: with --read, reassemble and count streams but run no parser.
+    #[arg(long, requires = "read", hide = true)]
+    no_parsers: bool,
     #[command(flatten)]
     pipeline: PipelineArgs,
     #[command(subcommand)]
@@ -128,7 +131,7 @@ fn main() -> anyhow::Result<()> {
     let sensor_id = cli.pipeline.sensor_id.clone().unwrap_or_else(host_name);
     match (cli.command, cli.read) {
         (Some(Command::Capture(args)), _) => capture(args, pipeline, sensor_id),
-        (None, Some(path)) => read(&path, pipeline, cli.json, &sensor_id),
+        (None, Some(path)) => read(&path, pipeline, cli.json, cli.no_parsers, &sensor_id),
         (None, None) => {
             Cli::command().print_help()?;
             anyhow::bail!("give --read FILE or the capture command")
@@ -142,7 +145,13 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "sensor".into())
 }
 
-fn read(path: &std::path::Path, opts: PipelineOptions, json: bool, sensor_id: &str) -> anyhow::Result<()> {
+fn read(
+    path: &std::path::Path,
+    opts: PipelineOptions,
+    json: bool,
+    no_parsers: bool,
+    sensor_id: &str,
+) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     let stamper = Stamper::new(sensor_id);
     let json_out = json.then(|| Arc::new(Mutex::new(std::io::BufWriter::new(std::io::stdout()))));
@@ -151,7 +160,12 @@ fn read(path: &std::path::Path, opts: PipelineOptions, json: bool, sensor_id: &s
             Some(out) => Box::new(JsonLines::new(Arc::clone(out))),
             None => Box::new(Discard),
         };
-        Analyzer::new(sink, stamper.clone())
+        let analyzer = Analyzer::new(sink, stamper.clone());
+        if no_parsers {
+            analyzer.streams_only()
+        } else {
+            analyzer
+        }
     })?;
     let started = std::time::Instant::now();
     let result = read_file(path, &mut |batch| {

@@ -158,6 +158,8 @@ pub struct Analyzer {
     /// port map); None in offline mode, where they are only counted.
     port_sink: Option<crossbeam_channel::Sender<u16>>,
     learned_ports: std::collections::BTreeSet<u16>,
+    /// Reassemble and count the streams, parse nothing (benchmarks of the stages below).
+    streams_only: bool,
     pub counters: ParseCounters,
     pub streams: StreamSummary,
 }
@@ -320,10 +322,18 @@ impl Analyzer {
             sink,
             stamper,
             port_sink: None,
+            streams_only: false,
             learned_ports: Default::default(),
             counters: ParseCounters::default(),
             streams: StreamSummary::default(),
         }
+    }
+
+    /// Parses nothing: every flow is only counted (how `bench pipeline` measures decode
+    /// and reassembly alone).
+    pub fn streams_only(mut self) -> Self {
+        self.streams_only = true;
+        self
     }
 
     /// Sends ports learned from endpoint-mapper replies to `ports`.
@@ -768,7 +778,7 @@ impl StreamConsumer for Analyzer {
             },
         );
         if matches!(state, FlowState::Unclassified) {
-            *state = classify(flow);
+            *state = if self.streams_only { FlowState::Unparsed } else { classify(flow) };
         }
         if matches!(state, FlowState::Probe) {
             match &event {

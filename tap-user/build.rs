@@ -1,12 +1,15 @@
 //! Builds the XDP program for bpfel-unknown-none with the nightly toolchain (aya-build),
 //! leaving the object in OUT_DIR where `capture::loader` embeds it, and compiles
-//! proto/dctap.proto with protox (no system protoc) into prost types with serde, for
-//! `event::pb`.
+//! proto/dctap.proto with protox (no system protoc) into prost types with serde
+//! and the uplink's gRPC client, for `event::pb`.
 fn main() -> anyhow::Result<()> {
     let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
     println!("cargo:rerun-if-changed={proto_dir}");
     let fds = protox::compile(["dctap.proto"], [proto_dir])?;
-    prost_build::Config::new().type_attribute(".", "#[derive(serde::Serialize)]").compile_fds(fds)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .type_attribute(".", "#[derive(serde::Serialize)]")
+        .compile_fds(fds)?;
 
     let package = aya_build::Package {
         name: "tap-ebpf",

@@ -14,3 +14,4 @@ pub mod proto;
 pub mod signals;
 pub mod telemetry;
 pub mod time;
+pub mod uplink;

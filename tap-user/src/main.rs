@@ -15,9 +15,10 @@ use tap_user::{
         run::{print_summary, CaptureOptions},
         AttachMode, DcSet, PortSet,
     },
-    event::{analyzer::Analyzer, Discard, EventSink, JsonLines, Stamper},
+    event::{analyzer::Analyzer, pb::SensorInfo, Discard, EventSink, JsonLines, Stamper},
     pipeline::{read::read_file, Pipeline, PipelineOptions},
     signals::Signals,
+    uplink::{ClientConfig, OverflowPolicy, SpoolConfig, TlsFiles, Uplink, UplinkOptions},
 };
 
 /// dctap sensor: watches the traffic of Active Directory domain controllers on a switch
@@ -32,13 +33,19 @@ struct Cli {
     read: Option<PathBuf>,
     /// With --read: print the activity events as JSON lines on stdout (the counters then go
     /// to stderr).
-    #[arg(long, requires = "read")]
+    #[arg(long, requires = "read", conflicts_with = "cloud")]
     json: bool,
+    /// With --read and --cloud: how long to wait, after the file is read, for the cloud to
+    /// acknowledge every event. What is left stays in the spool for the next run.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60.0, requires = "read")]
+    drain_timeout: f64,
     /// Benchmarks only: with --read, reassemble and count streams but run no parser.
     #[arg(long, requires = "read", hide = true)]
     no_parsers: bool,
     #[command(flatten)]
     pipeline: PipelineArgs,
+    #[command(flatten)]
+    uplink: UplinkArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -66,6 +73,101 @@ impl PipelineArgs {
         let mut opts = PipelineOptions { workers, ..PipelineOptions::default() };
         opts.flows.max_flows = (self.max_flows as usize).div_ceil(workers);
         opts
+    }
+}
+
+/// Where events go: the cloud, through a durable spool (both modes).
+#[derive(clap::Args)]
+struct UplinkArgs {
+    /// The cloud's ingest endpoint, e.g. https://cloud.example:7443. Without it, live
+    /// events are counted only.
+    #[arg(long, global = true, value_name = "URL")]
+    cloud: Option<String>,
+    /// CA certificate that signed the cloud's certificate (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "cloud")]
+    tls_ca: Option<PathBuf>,
+    /// This sensor's client certificate (PEM); re-read on SIGHUP.
+    #[arg(long, global = true, value_name = "FILE", requires = "cloud")]
+    tls_cert: Option<PathBuf>,
+    /// This sensor's private key (PEM); re-read on SIGHUP.
+    #[arg(long, global = true, value_name = "FILE", requires = "cloud")]
+    tls_key: Option<PathBuf>,
+    /// Name to check the cloud's certificate against, when not the host in --cloud.
+    #[arg(long, global = true, value_name = "NAME", requires = "cloud")]
+    tls_server_name: Option<String>,
+    /// File with the access key `tap-cloud sensors add` issued [default: $DCTAP_ACCESS_KEY];
+    /// re-read on SIGHUP.
+    #[arg(long, global = true, value_name = "FILE", requires = "cloud")]
+    access_key_file: Option<PathBuf>,
+    /// Plaintext gRPC to an http:// cloud, without TLS: local demos only.
+    #[arg(long, global = true, requires = "cloud")]
+    insecure: bool,
+    /// Directory of the durable spool (events wait here while the cloud is away).
+    #[arg(long, global = true, value_name = "DIR", default_value = "/var/lib/dctap/spool")]
+    spool_dir: PathBuf,
+    /// Largest size of the spool on disk, in MiB.
+    #[arg(long, global = true, value_name = "MIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    spool_max_mb: u64,
+    /// What to give up when the spool is full.
+    #[arg(long, global = true, value_enum, default_value_t = OverflowPolicy::DropOldest)]
+    spool_overflow: OverflowPolicy,
+    /// Send at most this many events per second (for thin links) [default: no limit].
+    #[arg(long, global = true, value_name = "EVENTS")]
+    uplink_max_rate: Option<f64>,
+}
+
+impl UplinkArgs {
+    fn options(&self, info: SensorInfo) -> anyhow::Result<Option<UplinkOptions>> {
+        let Some(url) = &self.cloud else { return Ok(None) };
+        let tls = match (self.insecure, url.starts_with("https://"), url.starts_with("http://")) {
+            (true, _, true) => None,
+            (true, _, false) => anyhow::bail!("--insecure needs an http:// --cloud address, not {url}"),
+            (false, true, _) => {
+                let need = |v: &Option<PathBuf>, flag: &str| {
+                    v.clone().ok_or_else(|| {
+                        anyhow::anyhow!("--cloud {url} needs {flag} (mutual TLS), or --insecure with http://")
+                    })
+                };
+                Some(TlsFiles {
+                    ca: need(&self.tls_ca, "--tls-ca")?,
+                    cert: need(&self.tls_cert, "--tls-cert")?,
+                    key: need(&self.tls_key, "--tls-key")?,
+                    server_name: self.tls_server_name.clone(),
+                })
+            }
+            (false, false, true) => {
+                anyhow::bail!("--cloud {url} is plaintext: use https:// with TLS, or add --insecure for a local demo")
+            }
+            _ => anyhow::bail!("--cloud {url}: give an https:// (or, with --insecure, http://) address"),
+        };
+        if let Some(rate) = self.uplink_max_rate {
+            if !(rate.is_finite() && rate >= 1.0) {
+                anyhow::bail!("--uplink-max-rate {rate}: give at least 1 event per second");
+            }
+        }
+        let mut client = ClientConfig::new(url.clone(), info);
+        client.tls = tls;
+        client.access_key_file = self.access_key_file.clone();
+        client.max_rate = self.uplink_max_rate;
+        if client.access_key_file.is_none() && std::env::var_os("DCTAP_ACCESS_KEY").is_none() {
+            anyhow::bail!("--cloud needs the sensor's access key: --access-key-file FILE or DCTAP_ACCESS_KEY");
+        }
+        let mut spool = SpoolConfig::new(&self.spool_dir, self.spool_max_mb << 20);
+        spool.overflow = self.spool_overflow;
+        Ok(Some(UplinkOptions { spool, client }))
+    }
+}
+
+fn sensor_info(sensor_id: &str, dcs: Vec<String>, live: bool) -> SensorInfo {
+    let mut capabilities: Vec<String> =
+        ["kerberos", "ntlm", "ldap", "smb2", "dcerpc", "dns"].iter().map(|s| s.to_string()).collect();
+    capabilities.push(if live { "capture" } else { "offline" }.into());
+    SensorInfo {
+        sensor_id: sensor_id.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        monitored_dcs: dcs,
+        capabilities,
+        hostname: host_name(),
     }
 }
 
@@ -130,8 +232,15 @@ fn main() -> anyhow::Result<()> {
     let pipeline = cli.pipeline.options();
     let sensor_id = cli.pipeline.sensor_id.clone().unwrap_or_else(host_name);
     match (cli.command, cli.read) {
-        (Some(Command::Capture(args)), _) => capture(args, pipeline, sensor_id),
-        (None, Some(path)) => read(&path, pipeline, cli.json, cli.no_parsers, &sensor_id),
+        (Some(Command::Capture(args)), _) => capture(args, pipeline, &cli.uplink, sensor_id),
+        (None, Some(path)) => {
+            let uplink = cli.uplink.options(sensor_info(&sensor_id, Vec::new(), false))?;
+            let drain = match cli.drain_timeout {
+                s if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+                s => anyhow::bail!("--drain-timeout {s}: give a number of seconds"),
+            };
+            read(&path, pipeline, ReadOutput { json: cli.json, no_parsers: cli.no_parsers, uplink, drain }, &sensor_id)
+        }
         (None, None) => {
             Cli::command().print_help()?;
             anyhow::bail!("give --read FILE or the capture command")
@@ -145,20 +254,30 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "sensor".into())
 }
 
-fn read(
-    path: &std::path::Path,
-    opts: PipelineOptions,
+struct ReadOutput {
     json: bool,
     no_parsers: bool,
-    sensor_id: &str,
-) -> anyhow::Result<()> {
+    uplink: Option<UplinkOptions>,
+    drain: Duration,
+}
+
+fn read(path: &std::path::Path, opts: PipelineOptions, output: ReadOutput, sensor_id: &str) -> anyhow::Result<()> {
+    let ReadOutput { json, no_parsers, uplink, drain } = output;
     let signals = Signals::install()?;
     let stamper = Stamper::new(sensor_id);
     let json_out = json.then(|| Arc::new(Mutex::new(std::io::BufWriter::new(std::io::stdout()))));
+    let mut uplink = match uplink {
+        Some(u) => Some(Uplink::start(u, Some(path))?),
+        None => None,
+    };
+    if let Some(u) = &uplink {
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&u.reload))?;
+    }
     let pipeline = Pipeline::start(&opts, |_| {
-        let sink: Box<dyn EventSink> = match &json_out {
-            Some(out) => Box::new(JsonLines::new(Arc::clone(out))),
-            None => Box::new(Discard),
+        let sink: Box<dyn EventSink> = match (&json_out, &uplink) {
+            (Some(out), _) => Box::new(JsonLines::new(Arc::clone(out))),
+            (None, Some(u)) => Box::new(u.sink(true)),
+            (None, None) => Box::new(Discard),
         };
         let analyzer = Analyzer::new(sink, stamper.clone());
         if no_parsers {
@@ -180,6 +299,11 @@ fn read(
     });
     let (counters, summaries) = pipeline.finish()?;
     let elapsed = started.elapsed();
+    let mut unsent = 0;
+    if let Some(u) = uplink.as_mut() {
+        u.finish_writing()?;
+        unsent = u.drain(drain, &signals.stop);
+    }
     let stats = result.as_ref().map(|s| *s).unwrap_or_default();
     if let Some(out) = &json_out {
         out.lock().map_err(|_| anyhow::anyhow!("JSON output poisoned"))?.flush()?;
@@ -196,12 +320,27 @@ fn read(
         ];
         tap_user::telemetry::write_rows(out, "read", &rows)?;
         counters.write(out)?;
+        if let Some(u) = &uplink {
+            tap_user::telemetry::write_rows(out, "", &u.report_rows())?;
+        }
     }
     print_summary(&summaries, &mut report);
+    if let Some(u) = uplink {
+        let (dir, error) = (u.spool.dir().to_path_buf(), u.status.last_error());
+        u.stop();
+        if unsent > 0 {
+            anyhow::bail!(
+                "{unsent} events not acknowledged by the cloud within {:.0} s ({}); they stay in the spool {} and go out on the next run",
+                drain.as_secs_f64(),
+                error.unwrap_or_else(|| "no error seen".into()),
+                dir.display()
+            );
+        }
+    }
     result.map(|_| ()).with_context(|| format!("read {}", path.display()))
 }
 
-fn capture(args: CaptureArgs, pipeline: PipelineOptions, sensor_id: String) -> anyhow::Result<()> {
+fn capture(args: CaptureArgs, pipeline: PipelineOptions, uplink: &UplinkArgs, sensor_id: String) -> anyhow::Result<()> {
     let dcs = match &args.dc {
         Some(list) => DcSet::parse_list(list, "--dc")?,
         None => DcSet::default(),
@@ -210,6 +349,7 @@ fn capture(args: CaptureArgs, pipeline: PipelineOptions, sensor_id: String) -> a
         Some(list) => PortSet::parse_list(list, "--ports")?,
         None => PortSet::default(),
     };
+    let dc_names: Vec<String> = dcs.to_string().split(',').filter(|s| !s.is_empty()).map(String::from).collect();
     let duration = match args.duration {
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
         Some(s) => anyhow::bail!("--duration {s}: give a positive number of seconds"),
@@ -228,6 +368,7 @@ fn capture(args: CaptureArgs, pipeline: PipelineOptions, sensor_id: String) -> a
         channel_batches: 1024,
         bpf_stats: args.bpf_stats,
         floor_program: args.floor_program,
+        uplink: uplink.options(sensor_info(&sensor_id, dc_names, true))?,
         pipeline,
         sensor_id,
     };

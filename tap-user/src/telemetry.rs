@@ -26,7 +26,8 @@ macro_rules! counter_set {
 /// Writes `prefix_name value` lines, the format of every sensor report.
 pub fn write_rows(out: &mut impl std::io::Write, prefix: &str, rows: &[(&'static str, u64)]) -> std::io::Result<()> {
     for (name, value) in rows {
-        writeln!(out, "{:<34}{:>14}", format!("{prefix}_{name}"), value)?;
+        let name = if prefix.is_empty() { name.to_string() } else { format!("{prefix}_{name}") };
+        writeln!(out, "{name:<34}{value:>14}")?;
     }
     Ok(())
 }

@@ -29,6 +29,11 @@ impl WallClock {
     }
 }
 
+/// Wall-clock time now, in nanoseconds since the Unix epoch.
+pub fn unix_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,7 +49,7 @@ impl UserCounters {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
-    fn rows(&self) -> [(&'static str, u64); 5] {
+    pub fn rows(&self) -> [(&'static str, u64); 5] {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("user_frames_read", g(&self.frames_read)),

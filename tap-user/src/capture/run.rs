@@ -26,6 +26,7 @@ use crate::{
     pipeline::{Pipeline, PipelineOptions},
     signals::Signals,
     time::WallClock,
+    uplink::{Uplink, UplinkOptions},
 };
 
 /// How often the control loop looks at signals and the deadline: the longest a SIGTERM
@@ -50,6 +51,8 @@ pub struct CaptureOptions {
     /// total run time (a few ns per frame of overhead while on).
     pub bpf_stats: bool,
     pub pipeline: PipelineOptions,
+    /// Where events go; `None`: produced and counted only.
+    pub uplink: Option<UplinkOptions>,
     /// Stamped on every event.
     pub sensor_id: String,
     /// Attach the benchmark's floor program (drops everything, counts nothing) instead of
@@ -118,14 +121,23 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         Some(path) => Some(PcapSink::create(path)?),
         None => None,
     };
-    // Events have no destination yet in live mode (the uplink comes next): they are
-    // produced and counted.
+    // Events go to the spool and the cloud when one is configured; else they are counted.
+    let mut uplink = match &opts.uplink {
+        Some(u) => Some(Uplink::start(u.clone(), None)?),
+        None => None,
+    };
     let stamper = Stamper::new(&opts.sensor_id);
     // Dynamic RPC ports the parsers learn from endpoint-mapper replies come back here and
     // join the XDP port map, so the RPC connections that follow are captured.
     let (port_tx, port_rx) = bounded::<u16>(1024);
     let pipeline = Arc::new(Pipeline::start(&opts.pipeline, |_| {
-        Analyzer::new(Box::new(Discard), stamper.clone()).with_port_sink(port_tx.clone())
+        let sink: Box<dyn crate::event::EventSink> = match &uplink {
+            // Live capture never waits for the disk: a writer that falls behind costs
+            // events (counted), not frames.
+            Some(u) => Box::new(u.sink(false)),
+            None => Box::new(Discard),
+        };
+        Analyzer::new(sink, stamper.clone()).with_port_sink(port_tx.clone())
     })?);
     drop(port_tx);
     let consumer_counters = Arc::clone(&user);
@@ -160,8 +172,15 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     }
 
     let started = Instant::now();
+    let mut published = Instant::now();
     while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
         thread::sleep(CONTROL_TICK);
+        if let Some(u) = &uplink {
+            if published.elapsed() >= Duration::from_secs(1) {
+                publish_health(u, &xdp, &user, &pipeline.counters());
+                published = Instant::now();
+            }
+        }
         for port in port_rx.try_iter() {
             match xdp.filter.add_port(port) {
                 Ok(true) => info!("dynamic RPC port {port} learned from the endpoint mapper: now captured"),
@@ -173,6 +192,9 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
             print_report(&xdp, &user, opts.bpf_stats, &pipeline.counters());
         }
         if Signals::take(&signals.reload) {
+            if let Some(u) = &uplink {
+                u.reload.store(true, Ordering::Relaxed);
+            }
             match current_dcs(opts).and_then(|next| {
                 if next.is_empty() {
                     bail!("the new DC list is empty; keeping the current one");
@@ -205,7 +227,53 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     let (counters, summaries) = pipeline.finish()?;
     print_report(&xdp, &user, opts.bpf_stats, &counters);
     print_summary(&summaries, &mut std::io::stdout().lock());
+    if let Some(mut u) = uplink.take() {
+        u.finish_writing()?;
+        // A short grace to send the last events; the rest waits in the spool.
+        let left = u.drain(EXIT_GRACE, &AtomicBool::new(false));
+        let _ = crate::telemetry::write_rows(&mut std::io::stdout().lock(), "", &u.report_rows());
+        if left > 0 {
+            info!("{left} events wait in the spool {} for the next start", u.spool.dir().display());
+        }
+        u.stop();
+    }
     written
+}
+
+/// How long a stopping sensor keeps sending what is left in the spool.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Puts the capture and pipeline counters where the uplink's heartbeat reads them, with
+/// the health alerts they imply.
+fn publish_health(u: &Uplink, xdp: &XdpCapture, user: &UserCounters, pipeline: &crate::pipeline::PipelineCounters) {
+    let mut counters = std::collections::HashMap::new();
+    let mut alerts = Vec::new();
+    if let Ok(x) = xdp.counters() {
+        for c in tap_common::counters::Counter::ALL {
+            counters.insert(format!("xdp_{}", c.name()), x.get(c));
+        }
+        if x.get(tap_common::counters::Counter::RingFull) > 0 {
+            alerts.push("capture_drops".to_string());
+        }
+    }
+    for (name, value) in user.rows() {
+        counters.insert(name.to_string(), value);
+    }
+    if user.frames_channel_full.load(Ordering::Relaxed) > 0 {
+        alerts.push("capture_drops".to_string());
+    }
+    let mut rows = Vec::new();
+    let _ = pipeline.write(&mut rows);
+    for line in String::from_utf8_lossy(&rows).lines() {
+        let mut parts = line.split_whitespace();
+        if let (Some(k), Some(Ok(v))) = (parts.next(), parts.next().map(str::parse::<u64>)) {
+            counters.insert(k.to_string(), v);
+        }
+    }
+    alerts.dedup();
+    if let Ok(mut board) = u.health.lock() {
+        *board = (counters, alerts);
+    }
 }
 
 /// Totals of what the streams carried and the parsers made of them, over all workers.

@@ -1,0 +1,95 @@
+//! `tap-cloud certs init`: a local certificate authority and the certificates for a demo or
+//! a small deployment: one for the cloud's ingest endpoint and one per sensor (mTLS).
+//! Private keys are written readable by the owner only.
+
+use std::{
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+/// What `init` wrote.
+#[derive(Debug)]
+pub struct Issued {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// (sensor id, certificate, key)
+    pub sensors: Vec<(String, PathBuf, PathBuf)>,
+}
+
+fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.write_all(contents.as_bytes()).with_context(|| format!("write {}", path.display()))
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = OffsetDateTime::now_utc();
+    // A day of slack for clocks that are a little behind.
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(days);
+}
+
+/// Creates `dir/ca.pem` (+ `ca.key`), `dir/server.pem` (+ `.key`) valid for
+/// `server_names` (host names or IP addresses), and `dir/sensor-ID.pem` (+ `.key`) per
+/// sensor. Refuses to overwrite an existing CA.
+pub fn init(dir: &Path, server_names: &[String], sensors: &[String]) -> anyhow::Result<Issued> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let ca_path = dir.join("ca.pem");
+    if ca_path.exists() {
+        bail!("{} exists: certs init creates a new authority; use another directory or remove it", ca_path.display());
+    }
+    for id in sensors {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            bail!("sensor id {id:?}: use letters, digits, '-', '_' and '.'");
+        }
+    }
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.distinguished_name.push(DnType::CommonName, "dctap local CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    validity(&mut ca_params, 3650);
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    write_file(&dir.join("ca.key"), &ca_key.serialize_pem(), true)?;
+    write_file(&ca_path, &ca_cert.pem(), false)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let leaf = |sans: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| -> anyhow::Result<(String, String)> {
+        let mut params = CertificateParams::new(sans).with_context(|| format!("names of {cn}"))?;
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![usage];
+        validity(&mut params, 825);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+
+    let (cert, key) = leaf(server_names.to_vec(), "dctap cloud", ExtendedKeyUsagePurpose::ServerAuth)?;
+    let (server_cert, server_key) = (dir.join("server.pem"), dir.join("server.key"));
+    write_file(&server_cert, &cert, false)?;
+    write_file(&server_key, &key, true)?;
+    let mut issued = Vec::new();
+    for id in sensors {
+        // The sensor id is also a DNS-style SAN, so the certificate names the sensor.
+        let (cert, key) = leaf(vec![id.clone()], id, ExtendedKeyUsagePurpose::ClientAuth)?;
+        let (c, k) = (dir.join(format!("sensor-{id}.pem")), dir.join(format!("sensor-{id}.key")));
+        write_file(&c, &cert, false)?;
+        write_file(&k, &key, true)?;
+        issued.push((id.clone(), c, k));
+    }
+    Ok(Issued { ca: ca_path, server_cert, server_key, sensors: issued })
+}

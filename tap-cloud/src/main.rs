@@ -1,0 +1,302 @@
+//! `tap-cloud`: the dctap cloud service.
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use tap_cloud::{
+    certs, ingest, keys,
+    store::{SqliteStore, Store},
+};
+
+/// dctap cloud service: takes activity events from dctap sensors over gRPC (mTLS and a
+/// per-sensor access key), stores them in an embedded SQLite database, and manages the
+/// sensors allowed to send.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DbArg {
+    /// The SQLite database (created when missing).
+    #[arg(long, default_value = "/var/lib/dctap/cloud.db", env = "DCTAP_CLOUD_DB")]
+    db: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the ingest endpoint until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Issue, list and revoke sensor access keys.
+    #[command(subcommand)]
+    Sensors(SensorsCmd),
+    /// Create a local certificate authority and certificates for mTLS.
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// Look at the stored events.
+    #[command(subcommand)]
+    Events(EventsCmd),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    db: DbArg,
+    /// Address of the gRPC ingest endpoint.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// Directory with ca.pem (the CA sensors' certificates must chain to), server.pem and
+    /// server.key, as `certs init` writes them.
+    #[arg(long, value_name = "DIR", required_unless_present = "insecure")]
+    tls_dir: Option<PathBuf>,
+    /// Plaintext gRPC without TLS: local demos only.
+    #[arg(long, conflicts_with = "tls_dir")]
+    insecure: bool,
+}
+
+#[derive(Subcommand)]
+enum SensorsCmd {
+    /// Register a sensor and issue its access key (shown once; only its hash is stored).
+    Add {
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+        /// Write the key to this file (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// List sensors with their state and last heartbeat.
+    List {
+        #[command(flatten)]
+        db: DbArg,
+        /// One JSON object per sensor instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a sensor's key: its connections are refused from now on (open streams within
+    /// seconds).
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create DIR/ca.pem, a server certificate and one client certificate per sensor.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Names (DNS or IP) sensors use to reach the cloud; repeat for several.
+        #[arg(long = "server-name", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        server_names: Vec<String>,
+        /// Sensor ids to issue client certificates for; repeat for several.
+        #[arg(long = "sensor", value_name = "ID")]
+        sensors: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// Print stored events as JSON lines, in (sensor, sequence) order.
+    Export {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Count stored events and the latency from the sensor's spool to the cloud's store.
+    Stats {
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match Cli::parse().command {
+        Command::Serve(args) => serve(args),
+        Command::Sensors(cmd) => sensors(cmd),
+        Command::Certs(CertsCmd::Init { dir, server_names, sensors }) => {
+            let issued = certs::init(&dir, &server_names, &sensors)?;
+            println!("CA:      {}", issued.ca.display());
+            println!("server:  {} {}", issued.server_cert.display(), issued.server_key.display());
+            for (id, c, k) in issued.sensors {
+                println!("sensor {id}: {} {}", c.display(), k.display());
+            }
+            Ok(())
+        }
+        Command::Events(EventsCmd::Export { db }) => export(&open(&db.db)?),
+        Command::Events(EventsCmd::Stats { db }) => stats(&open(&db.db)?),
+    }
+}
+
+fn open(db: &Path) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open(db)
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> = Arc::new(open(&args.db.db)?);
+    let tls = args.tls_dir.map(|d| ingest::ServerTls {
+        ca: d.join("ca.pem"),
+        cert: d.join("server.pem"),
+        key: d.join("server.key"),
+    });
+    if tls.is_none() {
+        log::warn!("--insecure: sensors connect without TLS; their access keys cross the network in the clear");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = ingest::bind(args.listen).await?;
+        log::info!(
+            "ingest listening on {} ({}), database {}",
+            listener.local_addr()?,
+            if tls.is_some() { "mTLS" } else { "plaintext" },
+            args.db.db.display()
+        );
+        ingest::serve(listener, tls, store, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    log::info!("stopping");
+}
+
+fn sensors(cmd: SensorsCmd) -> anyhow::Result<()> {
+    match cmd {
+        SensorsCmd::Add { id, db, key_file } => {
+            if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                bail!("sensor id {id:?}: 1 to 128 letters, digits, '-', '_' or '.'");
+            }
+            let store = open(&db.db)?;
+            let key = keys::generate()?;
+            store.add_sensor(&id, &keys::hash(&key))?;
+            match key_file {
+                Some(path) => {
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&path)
+                        .with_context(|| format!("write {}", path.display()))?;
+                    writeln!(f, "{key}")?;
+                    eprintln!("sensor {id} added; its access key is in {}", path.display());
+                }
+                None => {
+                    eprintln!("sensor {id} added; its access key (shown once):");
+                    println!("{key}");
+                }
+            }
+            Ok(())
+        }
+        SensorsCmd::List { db, json } => {
+            let list = open(&db.db)?.sensors()?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                for s in &list {
+                    serde_json::to_writer(&mut out, s)?;
+                    writeln!(out)?;
+                }
+                return Ok(());
+            }
+            writeln!(
+                out,
+                "{:<24} {:<8} {:<10} {:<28} {:<20}",
+                "SENSOR", "STATE", "VERSION", "MONITORED DCS", "LAST HEARTBEAT"
+            )?;
+            let now = tap_cloud::unix_ns();
+            for s in &list {
+                let state = if s.revoked_unix_ns.is_some() { "revoked" } else { "active" };
+                let beat = match s.last_heartbeat_unix_ns {
+                    Some(t) => format!("{} s ago", (now - t) / 1_000_000_000),
+                    None => "never".into(),
+                };
+                writeln!(
+                    out,
+                    "{:<24} {:<8} {:<10} {:<28} {beat:<20}",
+                    s.id,
+                    state,
+                    s.version,
+                    s.monitored_dcs.join(",")
+                )?;
+            }
+            Ok(())
+        }
+        SensorsCmd::Revoke { id, db } => {
+            if !open(&db.db)?.revoke_sensor(&id)? {
+                bail!("no sensor {id}");
+            }
+            eprintln!("sensor {id}: access key revoked");
+            Ok(())
+        }
+    }
+}
+
+fn export(store: &SqliteStore) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut after: Option<(String, u64)> = None;
+    loop {
+        let page = store.events_after(after.as_ref().map(|(s, q)| (s.as_str(), *q)), 10_000)?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.event.sensor_id.clone(), last.event.seq));
+        for e in &page {
+            serde_json::to_writer(&mut out, &e.event)?;
+            writeln!(out)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn stats(store: &SqliteStore) -> anyhow::Result<()> {
+    let mut latencies = Vec::new();
+    let mut after: Option<(String, u64)> = None;
+    let (mut first_spooled, mut last_stored) = (i64::MAX, i64::MIN);
+    loop {
+        let page = store.events_after(after.as_ref().map(|(s, q)| (s.as_str(), *q)), 10_000)?;
+        let Some(last) = page.last() else { break };
+        after = Some((last.event.sensor_id.clone(), last.event.seq));
+        for e in &page {
+            if e.spooled_unix_ns > 0 {
+                latencies.push(e.stored_unix_ns - e.spooled_unix_ns);
+                first_spooled = first_spooled.min(e.spooled_unix_ns);
+            }
+            last_stored = last_stored.max(e.stored_unix_ns);
+        }
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i] as f64 / 1e6
+    };
+    let span_s = if latencies.is_empty() { 0.0 } else { (last_stored - first_spooled) as f64 / 1e9 };
+    let report = serde_json::json!({
+        "events": store.event_count()?,
+        "latency_ms_p50": pct(0.50),
+        "latency_ms_p99": pct(0.99),
+        "latency_ms_max": pct(1.0),
+        "first_spooled_to_last_stored_s": span_s,
+    });
+    println!("{report}");
+    Ok(())
+}

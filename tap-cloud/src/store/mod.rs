@@ -1,0 +1,69 @@
+//! The cloud's storage behind a narrow interface: SQLite (one file, no server) is the
+//! default; a server database implements the same trait.
+
+pub mod sqlite;
+
+use crate::pb::{ActivityEvent, Health, SensorInfo};
+
+pub use sqlite::SqliteStore;
+
+/// Result of storing one batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InsertOutcome {
+    pub stored: u32,
+    /// Already held (same sensor and sequence number): a resend, dropped.
+    pub duplicates: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SensorRecord {
+    pub id: String,
+    #[serde(skip)]
+    pub key_sha256: String,
+    pub created_unix_ns: i64,
+    pub revoked_unix_ns: Option<i64>,
+    pub version: String,
+    pub hostname: String,
+    pub monitored_dcs: Vec<String>,
+    pub capabilities: Vec<String>,
+    pub registered_unix_ns: Option<i64>,
+    pub last_heartbeat_unix_ns: Option<i64>,
+    /// The last heartbeat's clock minus the cloud's when it arrived.
+    pub clock_skew_ns: Option<i64>,
+    pub health_counters: std::collections::BTreeMap<String, u64>,
+    pub health_alerts: Vec<String>,
+}
+
+/// One stored event with its bookkeeping.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    pub event: ActivityEvent,
+    pub spooled_unix_ns: i64,
+    pub stored_unix_ns: i64,
+}
+
+pub trait Store: Send + Sync {
+    /// Stores a batch in one durable transaction; events whose (sensor, seq) is already
+    /// held are skipped. Returns only after the data is on disk.
+    fn insert_events(
+        &self,
+        sensor_id: &str,
+        events: &[ActivityEvent],
+        spooled_unix_ns: &[i64],
+    ) -> anyhow::Result<InsertOutcome>;
+    /// Highest sequence number stored for the sensor (0: none).
+    fn stored_through(&self, sensor_id: &str) -> anyhow::Result<u64>;
+    /// Events in (sensor, seq) order after the given position, at most `limit`.
+    fn events_after(&self, after: Option<(&str, u64)>, limit: usize) -> anyhow::Result<Vec<StoredEvent>>;
+    fn event_count(&self) -> anyhow::Result<u64>;
+
+    /// Registers a sensor with the hash of its access key. A revoked sensor may be added
+    /// again (with a new key); an active one may not.
+    fn add_sensor(&self, id: &str, key_sha256: &str) -> anyhow::Result<()>;
+    /// False when there is no such sensor.
+    fn revoke_sensor(&self, id: &str) -> anyhow::Result<bool>;
+    fn sensor(&self, id: &str) -> anyhow::Result<Option<SensorRecord>>;
+    fn sensors(&self) -> anyhow::Result<Vec<SensorRecord>>;
+    fn record_registration(&self, info: &SensorInfo) -> anyhow::Result<()>;
+    fn record_heartbeat(&self, health: &Health, received_unix_ns: i64) -> anyhow::Result<()>;
+}

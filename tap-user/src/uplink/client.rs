@@ -1,0 +1,432 @@
+//! The gRPC client: reads the spool in order and streams it to the cloud, moves the
+//! acknowledged mark as the cloud confirms storage, and reconnects with exponential backoff
+//! and jitter. It runs on its own thread with its own runtime, so nothing on the network
+//! path can hold up capture: the only link to the pipeline is the spool on disk.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use prost::Message as _;
+use tokio::sync::watch;
+use tonic::{
+    codec::CompressionEncoding,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+    Code, Request,
+};
+
+use super::spool::Spool;
+use crate::event::pb::{ingest_client::IngestClient, ActivityEvent, EventBatch, Health, SensorInfo};
+
+/// Largest message either side accepts; a batch stays well under it.
+pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+
+/// Certificate files for mTLS, read again at every connection (so SIGHUP, which forces a
+/// reconnection, picks up rotated ones).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Name to verify the cloud's certificate against, when not the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `https://host:port`, or `http://` with `tls: None` (`--insecure`).
+    pub endpoint: String,
+    pub tls: Option<TlsFiles>,
+    /// File holding the access key `tap-cloud sensors add` issued; read at every connection.
+    pub access_key_file: Option<PathBuf>,
+    pub info: SensorInfo,
+    pub batch_events: usize,
+    pub batch_bytes: usize,
+    /// Batches sent and not yet acknowledged, at most.
+    pub window: usize,
+    pub heartbeat: Duration,
+    /// Events per second, at most (thin WAN links); `None`: as fast as the cloud takes them.
+    pub max_rate: Option<f64>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(endpoint: impl Into<String>, info: SensorInfo) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            tls: None,
+            access_key_file: None,
+            info,
+            batch_events: 2000,
+            batch_bytes: 1 << 20,
+            window: 8,
+            heartbeat: Duration::from_secs(10),
+            max_rate: None,
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the uplink has done, for the counters and health.
+#[derive(Debug, Default)]
+pub struct UplinkStatus {
+    pub connected: AtomicBool,
+    /// The cloud refused this sensor (unknown or revoked key, wrong id).
+    pub refused: AtomicBool,
+    pub connects: AtomicU64,
+    pub failures: AtomicU64,
+    pub batches_acked: AtomicU64,
+    pub events_acked: AtomicU64,
+    /// Events the cloud already held when they arrived (resends after a reconnect).
+    pub duplicates: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl UplinkStatus {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// Supplies the counters and alerts a heartbeat carries.
+pub type HealthFn = Arc<dyn Fn() -> (HashMap<String, u64>, Vec<String>) + Send + Sync>;
+
+enum SessionEnd {
+    Shutdown,
+    Reload,
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(
+    cfg: ClientConfig,
+    spool: Arc<Spool>,
+    status: Arc<UplinkStatus>,
+    health: HealthFn,
+    reload: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let result = session(&cfg, &spool, &status, &health, &reload, &mut shutdown, &mut backoff).await;
+        status.connected.store(false, Ordering::Relaxed);
+        match result {
+            Ok(SessionEnd::Shutdown) => return,
+            Ok(SessionEnd::Reload) => {
+                log::info!("uplink: reconnecting to load the certificates and access key again");
+                backoff.reset();
+            }
+            Err(e) => {
+                status.failures.fetch_add(1, Ordering::Relaxed);
+                let text = format!("{e:#}");
+                let changed = status.last_error.lock().map(|mut last| last.replace(text.clone()) != Some(text.clone()));
+                let delay = backoff.next_wait();
+                // Repeats of the same failure are logged quietly: a cloud down for an hour
+                // is one warning, not thousands.
+                if changed.unwrap_or(true) {
+                    log::warn!("uplink: {text}; retrying in {:.1} s (and backing off)", delay.as_secs_f64());
+                } else {
+                    log::debug!("uplink: {text}; retrying in {:.1} s", delay.as_secs_f64());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+fn authed<T>(msg: T, sensor_id: &str, key: &str) -> anyhow::Result<Request<T>> {
+    let mut req = Request::new(msg);
+    let md = req.metadata_mut();
+    md.insert("x-dctap-sensor-id", MetadataValue::try_from(sensor_id).context("sensor id is not valid in a header")?);
+    md.insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {key}")).context("access key is not valid in a header")?,
+    );
+    Ok(req)
+}
+
+fn read_key(cfg: &ClientConfig) -> anyhow::Result<String> {
+    match &cfg.access_key_file {
+        Some(path) => {
+            let key = std::fs::read_to_string(path).with_context(|| format!("access key file {}", path.display()))?;
+            Ok(key.trim().to_string())
+        }
+        None => std::env::var("DCTAP_ACCESS_KEY")
+            .map_err(|_| anyhow!("no access key: give --access-key-file or set DCTAP_ACCESS_KEY")),
+    }
+}
+
+async fn connect(cfg: &ClientConfig) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(cfg.endpoint.clone())
+        .with_context(|| format!("cloud address {}", cfg.endpoint))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true);
+    if let Some(tls) = &cfg.tls {
+        let read = |p: &PathBuf| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+        let mut tls_cfg = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
+            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(name) = &tls.server_name {
+            tls_cfg = tls_cfg.domain_name(name.clone());
+        }
+        endpoint = endpoint.tls_config(tls_cfg).context("TLS configuration")?;
+    }
+    endpoint.connect().await.map_err(|e| anyhow!("cannot reach the cloud at {}: {}", cfg.endpoint, error_chain(&e)))
+}
+
+/// tonic's transport errors say "transport error" at the top; the cause is below.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn refused(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied)
+}
+
+fn describe(status: &tonic::Status, what: &str) -> anyhow::Error {
+    if refused(status) {
+        anyhow!("the cloud refused this sensor ({what}): {}", status.message())
+    } else if status.code() == Code::Unavailable || status.code() == Code::Unknown {
+        anyhow!("{what}: {}", error_chain(status))
+    } else {
+        anyhow!("{what}: {:?}: {}", status.code(), status.message())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    cfg: &ClientConfig,
+    spool: &Spool,
+    status: &UplinkStatus,
+    health: &HealthFn,
+    reload: &AtomicBool,
+    shutdown: &mut watch::Receiver<bool>,
+    backoff: &mut Backoff,
+) -> anyhow::Result<SessionEnd> {
+    let key = read_key(cfg)?;
+    let id = cfg.info.sensor_id.clone();
+    let channel = connect(cfg).await?;
+    let mut client = IngestClient::new(channel)
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let reply = client.register(authed(cfg.info.clone(), &id, &key)?).await.map_err(|s| {
+        status.refused.store(refused(&s), Ordering::Relaxed);
+        describe(&s, "register")
+    })?;
+    status.refused.store(false, Ordering::Relaxed);
+    let stored_through = reply.into_inner().stored_through;
+    spool.skip_to_above(stored_through);
+    // Whatever the cloud already holds need not be sent again (our mark can lag when the
+    // sensor died between the cloud's store and its acknowledgement).
+    if stored_through > spool.acked() {
+        spool.ack(stored_through.min(spool.written()))?;
+    }
+    status.connects.fetch_add(1, Ordering::Relaxed);
+    status.connected.store(true, Ordering::Relaxed);
+    backoff.reset();
+    log::info!("uplink: connected to {} as {id}; sending from event {}", cfg.endpoint, spool.acked() + 1);
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<EventBatch>(cfg.window.max(1));
+    let mut acks = client
+        .stream(authed(tokio_stream::wrappers::ReceiverStream::new(rx), &id, &key)?)
+        .await
+        .map_err(|s| describe(&s, "open stream"))?
+        .into_inner();
+    let mut cursor = spool.cursor(spool.acked());
+    let mut inflight: VecDeque<u64> = VecDeque::new();
+    let mut bucket = cfg.max_rate.map(|rate| TokenBucket::new(rate, cfg.batch_events));
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        while inflight.len() < cfg.window {
+            let allowed = match bucket.as_mut() {
+                Some(b) => b.take_up_to(cfg.batch_events),
+                None => cfg.batch_events,
+            };
+            if allowed == 0 {
+                break;
+            }
+            let records = spool.read(&mut cursor, allowed, cfg.batch_bytes)?;
+            if let Some(b) = bucket.as_mut() {
+                b.give_back(allowed - records.len());
+            }
+            let Some(last) = records.last().map(|r| r.seq) else { break };
+            let mut batch = EventBatch {
+                events: Vec::with_capacity(records.len()),
+                spooled_unix_ns: Vec::with_capacity(records.len()),
+            };
+            for r in records {
+                match ActivityEvent::decode(r.payload.as_slice()) {
+                    Ok(mut ev) => {
+                        ev.seq = r.seq;
+                        batch.events.push(ev);
+                        batch.spooled_unix_ns.push(r.spooled_unix_ns);
+                    }
+                    // The CRC matched, so this is a bug, not rot; the rest still goes.
+                    Err(e) => log::error!("spool record {} is not an event: {e}", r.seq),
+                }
+            }
+            if batch.events.is_empty() {
+                continue;
+            }
+            inflight.push_back(last);
+            if tx.send(batch).await.is_err() {
+                bail!("the stream to the cloud closed");
+            }
+        }
+        tokio::select! {
+            msg = acks.message() => match msg {
+                Ok(Some(ack)) => {
+                    spool.ack(ack.last_seq)?;
+                    while inflight.front().is_some_and(|&l| l <= ack.last_seq) {
+                        inflight.pop_front();
+                    }
+                    status.batches_acked.fetch_add(1, Ordering::Relaxed);
+                    status.events_acked.fetch_add(u64::from(ack.stored + ack.duplicates), Ordering::Relaxed);
+                    status.duplicates.fetch_add(u64::from(ack.duplicates), Ordering::Relaxed);
+                }
+                Ok(None) => bail!("the cloud ended the stream"),
+                Err(s) => {
+                    status.refused.store(refused(&s), Ordering::Relaxed);
+                    return Err(describe(&s, "stream"));
+                }
+            },
+            _ = spool.notify.notified(), if inflight.len() < cfg.window => {}
+            _ = heartbeat.tick() => {
+                let (counters, alerts) = health();
+                let beat = Health { sensor_id: id.clone(), sensor_time_unix_ns: crate::time::unix_ns(), counters, alerts };
+                let reply = tokio::time::timeout(Duration::from_secs(5), client.heartbeat(authed(beat, &id, &key)?)).await;
+                match reply {
+                    Ok(Ok(r)) => check_clock(r.into_inner().cloud_time_unix_ns),
+                    Ok(Err(s)) => return Err(describe(&s, "heartbeat")),
+                    Err(_) => bail!("heartbeat: no answer from the cloud in 5 s"),
+                }
+            }
+            _ = tick.tick() => {
+                if reload.swap(false, Ordering::Relaxed) {
+                    return Ok(SessionEnd::Reload);
+                }
+            }
+            _ = shutdown.changed() => return Ok(SessionEnd::Shutdown),
+        }
+    }
+}
+
+/// Clock skew over five minutes breaks Kerberos-time reasoning in the cloud; say so.
+fn check_clock(cloud_ns: i64) {
+    let skew = (crate::time::unix_ns() - cloud_ns).abs();
+    if skew > 300_000_000_000 {
+        log::warn!("clock skew with the cloud: {:.0} s (over 5 minutes)", skew as f64 / 1e9);
+    }
+}
+
+/// Exponential backoff with full jitter (each wait uniform in [min, current]), so a fleet of
+/// sensors does not reconnect in lockstep after a cloud restart.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self { min, max, current: min }
+    }
+
+    pub fn next_wait(&mut self) -> Duration {
+        let upper = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let span = upper.saturating_sub(self.min).as_millis() as u64;
+        self.min + Duration::from_millis(fastrand::u64(0..=span))
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// Events-per-second limit with a burst of one batch.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: usize) -> Self {
+        let burst = (burst as f64).min(rate.max(1.0));
+        Self { rate, burst, tokens: burst, at: Instant::now() }
+    }
+
+    fn take_up_to(&mut self, n: usize) -> usize {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        let take = (self.tokens.floor() as usize).min(n);
+        self.tokens -= take as f64;
+        take
+    }
+
+    fn give_back(&mut self, n: usize) {
+        self.tokens = (self.tokens + n as f64).min(self.burst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+        let waits: Vec<Duration> = (0..12).map(|_| b.next_wait()).collect();
+        assert!(waits.iter().all(|w| *w >= Duration::from_millis(100) && *w <= Duration::from_secs(3)));
+        assert_eq!(b.current, Duration::from_secs(3));
+        // Jitter: late waits are not all the same.
+        assert!(waits[6..].windows(2).any(|w| w[0] != w[1]), "{waits:?}");
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn token_bucket_limits_the_rate() {
+        let mut bucket = TokenBucket::new(1000.0, 500);
+        let start = Instant::now();
+        let mut sent = 0;
+        while start.elapsed() < Duration::from_millis(300) {
+            sent += bucket.take_up_to(100);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let allowed = 500.0 + 1000.0 * start.elapsed().as_secs_f64();
+        // Never more than the burst plus the rate over the time taken; and the refill works.
+        assert!(sent as f64 <= allowed + 1.0 && sent >= 700, "{sent} of {allowed}");
+    }
+}

@@ -208,12 +208,22 @@ fn refused(status: &tonic::Status) -> bool {
 }
 
 fn describe(status: &tonic::Status, what: &str) -> anyhow::Error {
+    use std::error::Error as _;
     if refused(status) {
-        anyhow!("the cloud refused this sensor ({what}): {}", status.message())
-    } else if status.code() == Code::Unavailable || status.code() == Code::Unknown {
-        anyhow!("{what}: {}", error_chain(status))
+        return anyhow!("the cloud refused this sensor ({what}): {}", status.message());
+    }
+    if !matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled) {
+        return anyhow!("{what}: {:?}: {}", status.code(), status.message());
+    }
+    // Transport failures: the useful part is the cause, not tonic's wrapper.
+    let cause = status.source().map(error_chain).unwrap_or_else(|| status.message().to_string());
+    if ["alert", "certificate", "Certificate", "handshake"].iter().any(|w| cause.contains(w)) {
+        anyhow!(
+            "{what}: TLS with the cloud failed: {cause} (is --tls-cert signed by the CA the cloud trusts, and does \
+             --tls-ca hold the CA that signed the cloud's certificate?)"
+        )
     } else {
-        anyhow!("{what}: {:?}: {}", status.code(), status.message())
+        anyhow!("{what}: connection to the cloud lost: {cause}")
     }
 }
 

@@ -39,6 +39,10 @@ struct Cli {
     /// acknowledge every event. What is left stays in the spool for the next run.
     #[arg(long, value_name = "SECONDS", default_value_t = 60.0, requires = "read")]
     drain_timeout: f64,
+    /// With --read: feed the file at this rate, in Mbit/s of frame bytes (like tcpreplay
+    /// --mbps), instead of as fast as it can be read. For demos and load tests.
+    #[arg(long, value_name = "MBIT", requires = "read")]
+    read_mbps: Option<f64>,
     /// Benchmarks only: with --read, reassemble and count streams but run no parser.
     #[arg(long, requires = "read", hide = true)]
     no_parsers: bool,
@@ -239,7 +243,13 @@ fn main() -> anyhow::Result<()> {
                 s if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
                 s => anyhow::bail!("--drain-timeout {s}: give a number of seconds"),
             };
-            read(&path, pipeline, ReadOutput { json: cli.json, no_parsers: cli.no_parsers, uplink, drain }, &sensor_id)
+            let pace = match cli.read_mbps {
+                None => None,
+                Some(m) if m.is_finite() && m > 0.0 => Some(m),
+                Some(m) => anyhow::bail!("--read-mbps {m}: give a positive rate"),
+            };
+            let output = ReadOutput { json: cli.json, no_parsers: cli.no_parsers, uplink, drain, pace };
+            read(&path, pipeline, output, &sensor_id)
         }
         (None, None) => {
             Cli::command().print_help()?;
@@ -259,10 +269,12 @@ struct ReadOutput {
     no_parsers: bool,
     uplink: Option<UplinkOptions>,
     drain: Duration,
+    /// Mbit/s to feed the file at.
+    pace: Option<f64>,
 }
 
 fn read(path: &std::path::Path, opts: PipelineOptions, output: ReadOutput, sensor_id: &str) -> anyhow::Result<()> {
-    let ReadOutput { json, no_parsers, uplink, drain } = output;
+    let ReadOutput { json, no_parsers, uplink, drain, pace } = output;
     let signals = Signals::install()?;
     let stamper = Stamper::new(sensor_id);
     let json_out = json.then(|| Arc::new(Mutex::new(std::io::BufWriter::new(std::io::stdout()))));
@@ -287,7 +299,15 @@ fn read(path: &std::path::Path, opts: PipelineOptions, output: ReadOutput, senso
         }
     })?;
     let started = std::time::Instant::now();
+    let mut fed_bits = 0f64;
     let result = read_file(path, &mut |batch| {
+        if let Some(mbps) = pace {
+            fed_bits += batch.iter().map(|f| f.data.len() as f64 * 8.0).sum::<f64>();
+            let due = Duration::from_secs_f64(fed_bits / (mbps * 1e6));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         pipeline.dispatch(batch);
         if Signals::take(&signals.dump_counters) {
             let _ = pipeline.counters().write(&mut std::io::stderr().lock());

@@ -37,10 +37,12 @@ pub enum Which {
     Pipeline,
     /// The same capture through every parser to JSON events, vs tshark -T fields.
     Parse,
+    /// Events from the sensor to tap-cloud over mTLS into SQLite: rate and latency.
+    Uplink,
 }
 
 /// Builds the release sensor; returns its path and the benchmarks' working directory.
-fn release_sensor(env: &Env) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+pub(crate) fn release_sensor(env: &Env) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
     step("build the sensor (release)");
     env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
     let work = env.root.join("target/bench");
@@ -53,6 +55,7 @@ pub fn run(env: &Env, which: Which) -> anyhow::Result<()> {
         Which::Capture => capture(env),
         Which::Pipeline => pipeline(env),
         Which::Parse => parse(env),
+        Which::Uplink => crate::bench_uplink::run(env),
     }
 }
 
@@ -489,30 +492,30 @@ fn render(results: &[Measured], cost: &ProgramCost, mix: &[Vec<u8>], kept: usize
 }
 
 /// Measured figures of one command under GNU time, and what the command printed.
-struct Timed {
-    wall: f64,
-    cpu: f64,
-    max_rss_kib: u64,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Timed {
+    pub(crate) wall: f64,
+    pub(crate) cpu: f64,
+    pub(crate) max_rss_kib: u64,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Timed {
     /// The `name value` counters the command printed (the sensor's report goes to stdout,
     /// or to stderr under `--json`).
-    fn counters(&self) -> tap_testkit::sensor::Counters {
+    pub(crate) fn counters(&self) -> tap_testkit::sensor::Counters {
         let lines: Vec<String> = self.stdout.lines().chain(self.stderr.lines()).map(String::from).collect();
         tap_testkit::sensor::Counters::parse(&lines)
     }
 
-    fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!("{:.2} s wall, {:.2} s CPU, {} MiB peak RSS", self.wall, self.cpu, self.max_rss_kib / 1024)
     }
 }
 
 /// Runs `cmd` under `/usr/bin/time -v` and reads wall time, CPU time and peak RSS. GNU
 /// time writes to a file of its own (`-o`), so the command's stderr stays its own.
-fn timed(env: &Env, program: &str, args: &[&str]) -> anyhow::Result<Timed> {
+pub(crate) fn timed(env: &Env, program: &str, args: &[&str]) -> anyhow::Result<Timed> {
     let report = env.root.join("target/bench/time.txt");
     let out = env.command("/usr/bin/time").arg("-v").arg("-o").arg(&report).arg(program).args(args).output()?;
     let err = std::fs::read_to_string(&report).with_context(|| format!("read GNU time output {}", report.display()))?;

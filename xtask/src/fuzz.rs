@@ -13,8 +13,22 @@ use crate::{
 };
 
 /// Targets and how their seeds are made.
-const TARGETS: &[&str] = &["pipeline_frames", "kerberos", "dns", "ldap", "ntlm", "smb2", "dcerpc"];
+const TARGETS: &[&str] = &["pipeline_frames", "kerberos", "dns", "ldap", "ntlm", "smb2", "dcerpc", "http"];
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
+
+/// Seeds for the HTTP target: authentication exchanges as Windows clients and IIS make
+/// them (request with a token, 401 challenge, chunked and sized bodies).
+fn seed_http(corpus: &Path) -> anyhow::Result<usize> {
+    let seeds: [&[u8]; 3] = [
+        b"GET /certsrv/ HTTP/1.1\r\nHost: dc1\r\nAuthorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAAAAAAAAAAAAAKAGFKAAAADw==\r\n\r\n",
+        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\nWWW-Authenticate: NTLM TlRMTVNTUAACAAAA\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
+        b"POST /wsman HTTP/1.1\r\nContent-Length: 4\r\nAuthorization: Negotiate YIIBBgYGKwYBBQUCoIH7MIH4\r\n\r\nbodyHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    ];
+    for (i, seed) in seeds.iter().enumerate() {
+        std::fs::write(corpus.join(format!("http-{i}")), seed)?;
+    }
+    Ok(seeds.len())
+}
 
 /// Encodes frames the way `pipeline_frames` reads them: 2-byte length, 1-byte time step.
 fn encode_frames(frames: &[Vec<u8>]) -> Vec<u8> {
@@ -114,6 +128,8 @@ pub fn run(env: &Env, seconds: u64, only: &[String]) -> anyhow::Result<()> {
             "dcerpc" => seed_payloads(&corpus, 445)? + seed_payloads(&corpus, 135)?,
             // LDAP and SMB payloads, where the lab's NTLM messages travel.
             "ntlm" => seed_payloads(&corpus, 389)? + seed_payloads(&corpus, 445)?,
+            // The lab has no HTTP; hand-written exchanges with NTLM and Negotiate tokens.
+            "http" => seed_http(&corpus)?,
             other => bail!("no seeds defined for {other}"),
         };
         note(&format!("{seeds} seed inputs in {}", corpus.display()));

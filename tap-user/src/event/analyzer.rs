@@ -8,7 +8,7 @@ use super::{pb, pb::activity_event::Detail, ActivityEvent, EventSink, Stamper};
 use crate::{
     flow::{Direction, FlowMeta, StreamConsumer, StreamEvent, Transport},
     pipeline::summary::StreamSummary,
-    proto::{dcerpc, dns, kerberos, ldap, ntlm, smb2},
+    proto::{dcerpc, dns, http, kerberos, ldap, ntlm, smb2},
 };
 
 /// LDAP requests waiting for their response, per flow: the oldest is reported without a
@@ -54,6 +54,10 @@ crate::counter_set! {
         epm_ports_learned,
         /// DCE/RPC streams (TCP or pipe) abandoned after a gap or a broken header.
         dcerpc_framing_lost,
+        /// HTTP message heads seen (requests and responses).
+        http_messages,
+        /// HTTP heads over http::MAX_HEAD, skipped.
+        http_oversized,
         /// Flows on ports no parser handles yet.
         flows_unparsed,
     }
@@ -75,6 +79,7 @@ pub enum FlowState {
     Ldap(Box<LdapFlow>),
     Smb2(Box<Smb2Flow>),
     DceRpc(Box<DceRpcConn>),
+    Http(Box<HttpFlow>),
     /// An unknown port: decided on the client's first bytes (a DCE/RPC bind to a dynamic
     /// endpoint, or nothing the sensor parses).
     Probe,
@@ -137,6 +142,23 @@ pub struct LdapFlow {
     ntlm_target: String,
 }
 
+/// Requests waiting for their response per HTTP connection (responses come in request
+/// order, so a queue pairs them).
+const MAX_PENDING_HTTP: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct HttpFlow {
+    to_server: http::HeadFramer,
+    to_client: http::HeadFramer,
+    /// One entry per request in flight: the authentication event it carried, if any.
+    pending: std::collections::VecDeque<Option<ActivityEvent>>,
+    ntlm_target: String,
+}
+
+/// HTTP ports where DCs and their neighbours take Windows authentication: certificate
+/// enrollment (80, 8080) and WinRM (5985). TLS ports hide it.
+pub const HTTP_PORTS: [u16; 3] = [80, 5985, 8080];
+
 fn classify(flow: &FlowMeta) -> FlowState {
     match flow.server.port() {
         88 => FlowState::Kerberos { to_server: Default::default(), to_client: Default::default() },
@@ -144,6 +166,7 @@ fn classify(flow: &FlowMeta) -> FlowState {
         389 | 3268 => FlowState::Ldap(Box::default()),
         445 => FlowState::Smb2(Box::default()),
         135 => FlowState::DceRpc(Box::new(DceRpcConn { transport: "tcp".into(), ..DceRpcConn::default() })),
+        p if HTTP_PORTS.contains(&p) && flow.transport == Transport::Tcp => FlowState::Http(Box::default()),
         _ => FlowState::Probe,
     }
 }
@@ -763,6 +786,57 @@ impl Analyzer {
     }
 }
 
+impl Analyzer {
+    fn http_head(&mut self, flow: &FlowMeta, st: &mut HttpFlow, head: http::Head) {
+        self.counters.http_messages += 1;
+        match head {
+            http::Head::Request { auth, .. } => {
+                let event = auth.and_then(|token| match ntlm::find_message(&token) {
+                    Some(n) => {
+                        self.counters.ntlm_messages += 1;
+                        (n.message_type == 3).then(|| ntlm_event(flow, &n, "http", &st.ntlm_target))
+                    }
+                    None => kerberos::find_ap_req(&token).map(|k| {
+                        self.counters.kerberos_ap_reqs += 1;
+                        ap_req_event(flow, k, "http")
+                    }),
+                });
+                if st.pending.len() >= MAX_PENDING_HTTP {
+                    if let Some(Some(oldest)) = st.pending.pop_front() {
+                        self.emit(oldest);
+                    }
+                }
+                st.pending.push_back(event);
+            }
+            http::Head::Response { status, auth } => {
+                if let Some(n) = auth.as_deref().and_then(ntlm::find_message) {
+                    self.counters.ntlm_messages += 1;
+                    if n.message_type == 2 {
+                        st.ntlm_target = n.target_name;
+                    }
+                }
+                // 1xx are interim; the final response follows.
+                if status < 200 {
+                    return;
+                }
+                if let Some(Some(mut e)) = st.pending.pop_front() {
+                    e.result = if status < 400 { "success" } else { "failure" }.into();
+                    e.status_code = i64::from(status);
+                    self.emit(e);
+                }
+            }
+        }
+    }
+
+    fn http_close(&mut self, st: &mut HttpFlow) {
+        while let Some(e) = st.pending.pop_front() {
+            if let Some(e) = e {
+                self.emit(e);
+            }
+        }
+    }
+}
+
 impl StreamConsumer for Analyzer {
     type State = FlowState;
 
@@ -894,6 +968,26 @@ impl StreamConsumer for Analyzer {
                 framer.gap();
             }
             (FlowState::DceRpc(conn), StreamEvent::Closed(_)) => self.dcerpc_close(conn),
+            (FlowState::Http(st), StreamEvent::Data { dir, data }) => {
+                let framer = if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client };
+                let before = framer.oversized;
+                let mut heads = Vec::new();
+                framer.push(data, &mut |h| heads.push(h));
+                self.counters.http_oversized += framer.oversized - before;
+                for h in heads {
+                    self.http_head(flow, st, h);
+                }
+            }
+            (FlowState::Http(st), StreamEvent::Gap { dir, .. }) => {
+                if dir == Direction::ToServer {
+                    st.to_server.gap()
+                } else {
+                    // Responses lost: the pairing is lost with them.
+                    st.to_client.gap();
+                    self.http_close(st);
+                }
+            }
+            (FlowState::Http(st), StreamEvent::Closed(_)) => self.http_close(st),
             _ => {}
         }
     }

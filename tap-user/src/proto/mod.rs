@@ -5,6 +5,7 @@
 pub mod dcerpc;
 pub mod dns;
 pub mod framing;
+pub mod http;
 pub mod kerberos;
 pub mod ldap;
 pub mod ntlm;

@@ -222,6 +222,14 @@ fn describe(status: &tonic::Status, what: &str) -> anyhow::Error {
             "{what}: TLS with the cloud failed: {cause} (is --tls-cert signed by the CA the cloud trusts, and does \
              --tls-ca hold the CA that signed the cloud's certificate?)"
         )
+    } else if what == "register" {
+        // In TLS 1.3 the cloud checks the client certificate after the handshake looks done
+        // to the client, so a rejected certificate often shows up only as a closed
+        // connection at the first call.
+        anyhow!(
+            "{what}: connection to the cloud lost: {cause} (when this repeats, the cloud may be rejecting \
+             --tls-cert: is it signed by the CA the cloud trusts?)"
+        )
     } else {
         anyhow!("{what}: connection to the cloud lost: {cause}")
     }

@@ -4,6 +4,7 @@
 //! `main.rs` only parses the command line; everything it runs lives here so tests can use it.
 
 pub mod certs;
+pub mod detect;
 pub mod ingest;
 pub mod keys;
 pub mod store;

@@ -10,7 +10,9 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use tap_cloud::{
-    certs, ingest, keys,
+    certs,
+    detect::{runner::Runner, DetectConfig, Engine},
+    ingest, keys,
     store::{SqliteStore, Store},
 };
 
@@ -44,6 +46,49 @@ enum Command {
     /// Look at the stored events.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// Run the detections over every stored event not yet examined, then exit (`serve`
+    /// does this continuously).
+    Detect {
+        #[command(flatten)]
+        db: DbArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// List alerts, newest last.
+    Alerts {
+        #[command(flatten)]
+        db: DbArg,
+        /// One JSON object per alert instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List incidents (alerts grouped by shared entities close in time).
+    Incidents {
+        #[command(flatten)]
+        db: DbArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// TOML configuration; its [detect] table sets thresholds, exclusions, honeytokens and
+    /// DCs (deploy/cloud.toml documents every key). Defaults apply when absent.
+    #[arg(long, value_name = "FILE", env = "DCTAP_CLOUD_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn detect(&self) -> anyhow::Result<DetectConfig> {
+        match &self.config {
+            None => Ok(DetectConfig::default()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+                DetectConfig::from_toml(&text).with_context(|| format!("{}", path.display()))
+            }
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -60,6 +105,8 @@ struct ServeArgs {
     /// Plaintext gRPC without TLS: local demos only.
     #[arg(long, conflicts_with = "tls_dir")]
     insecure: bool,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +182,51 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Events(EventsCmd::Export { db }) => export(&open(&db.db)?),
         Command::Events(EventsCmd::Stats { db }) => stats(&open(&db.db)?),
+        Command::Detect { db, config } => {
+            let store: Arc<dyn Store> = Arc::new(open(&db.db)?);
+            let mut runner = Runner::new(Engine::new(config.detect()?), Arc::clone(&store))?;
+            let n = runner.catch_up()?;
+            eprintln!(
+                "{n} events examined; {} alerts in {} incidents",
+                store.alerts()?.len(),
+                store.incidents()?.len()
+            );
+            Ok(())
+        }
+        Command::Alerts { db, json } => {
+            let alerts = open(&db.db)?.alerts()?;
+            let mut out = std::io::stdout().lock();
+            for a in &alerts {
+                if json {
+                    serde_json::to_writer(&mut out, a)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(
+                        out,
+                        "#{:<4} incident {:<4} {:<7} {:<22} {:<10} src {:<16} account {:<14} {}",
+                        a.id, a.incident_id, a.severity, a.detection, a.mitre, a.src_ip, a.account, a.title
+                    )?;
+                }
+            }
+            Ok(())
+        }
+        Command::Incidents { db, json } => {
+            let incidents = open(&db.db)?.incidents()?;
+            let mut out = std::io::stdout().lock();
+            for i in &incidents {
+                if json {
+                    serde_json::to_writer(&mut out, i)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(
+                        out,
+                        "#{:<4} {:<7} {:<12} {:>3} alerts  {}",
+                        i.id, i.severity, i.status, i.alerts, i.title
+                    )?;
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -152,6 +244,18 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if tls.is_none() {
         log::warn!("--insecure: sensors connect without TLS; their access keys cross the network in the clear");
     }
+    // Detection follows the store on its own thread: ingest never waits for it.
+    let mut runner = Runner::new(Engine::new(args.config.detect()?), Arc::clone(&store))?;
+    std::thread::Builder::new().name("detect".into()).spawn(move || loop {
+        match runner.step() {
+            Ok(0) => std::thread::sleep(std::time::Duration::from_millis(500)),
+            Ok(_) => {}
+            Err(e) => {
+                log::error!("detection: {e:#}");
+                std::thread::sleep(std::time::Duration::from_secs(5));
+            }
+        }
+    })?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = ingest::bind(args.listen).await?;

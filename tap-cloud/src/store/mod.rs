@@ -3,7 +3,10 @@
 
 pub mod sqlite;
 
-use crate::pb::{ActivityEvent, Health, SensorInfo};
+use crate::{
+    detect::Alert,
+    pb::{ActivityEvent, Health, SensorInfo},
+};
 
 pub use sqlite::SqliteStore;
 
@@ -42,6 +45,19 @@ pub struct StoredEvent {
     pub stored_unix_ns: i64,
 }
 
+/// Alerts on shared entities, close in time, as one case for an analyst.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Incident {
+    pub id: i64,
+    pub title: String,
+    pub severity: String,
+    /// "new", "in_progress", "resolved", "false_positive".
+    pub status: String,
+    pub first_seen_ns: i64,
+    pub last_seen_ns: i64,
+    pub alerts: u64,
+}
+
 pub trait Store: Send + Sync {
     /// Stores a batch in one durable transaction; events whose (sensor, seq) is already
     /// held are skipped. Returns only after the data is on disk.
@@ -66,4 +82,17 @@ pub trait Store: Send + Sync {
     fn sensors(&self) -> anyhow::Result<Vec<SensorRecord>>;
     fn record_registration(&self, info: &SensorInfo) -> anyhow::Result<()>;
     fn record_heartbeat(&self, health: &Health, received_unix_ns: i64) -> anyhow::Result<()>;
+
+    /// One sensor's events after `after_seq`, in sequence order.
+    fn sensor_events_after(&self, sensor_id: &str, after_seq: u64, limit: usize) -> anyhow::Result<Vec<StoredEvent>>;
+    /// How far detection has read a sensor's events.
+    fn detect_cursor(&self, sensor_id: &str) -> anyhow::Result<u64>;
+    fn set_detect_cursor(&self, sensor_id: &str, seq: u64) -> anyhow::Result<()>;
+    /// Inserts a new alert (id 0; gives it an id and an incident: one with an alert on the
+    /// same source or account within `incident_gap_ns`, or a new one) or updates one.
+    fn save_alert(&self, alert: &mut Alert, incident_gap_ns: i64) -> anyhow::Result<()>;
+    fn alerts(&self) -> anyhow::Result<Vec<Alert>>;
+    /// Alerts last seen within `window_ns` of the newest alert.
+    fn recent_alerts(&self, window_ns: i64) -> anyhow::Result<Vec<Alert>>;
+    fn incidents(&self) -> anyhow::Result<Vec<Incident>>;
 }

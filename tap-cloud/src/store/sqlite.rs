@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use prost::Message as _;
 use rusqlite::{params, Connection, OptionalExtension as _};
 
-use super::{InsertOutcome, SensorRecord, Store, StoredEvent};
+use super::{Incident, InsertOutcome, SensorRecord, Store, StoredEvent};
+use crate::detect::Alert;
 use crate::pb::{ActivityEvent, Health, SensorInfo};
 
 const SCHEMA: &str = "
@@ -43,7 +44,64 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (sensor_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time_unix_ns);
+CREATE TABLE IF NOT EXISTS detect_cursors (
+    sensor_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    title TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'new',
+    first_seen_ns INTEGER NOT NULL,
+    last_seen_ns INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    detection TEXT NOT NULL,
+    title TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    mitre TEXT NOT NULL,
+    account TEXT NOT NULL,
+    src_ip TEXT NOT NULL,
+    dc_ip TEXT NOT NULL,
+    first_seen_ns INTEGER NOT NULL,
+    last_seen_ns INTEGER NOT NULL,
+    description TEXT NOT NULL,
+    evidence TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (last_seen_ns);
 ";
+
+fn severity_rank(s: &str) -> u8 {
+    match s {
+        "high" => 3,
+        "medium" => 2,
+        _ => 1,
+    }
+}
+
+const ALERT_COLUMNS: &str = "id, incident_id, detection, title, severity, mitre, account, src_ip, dc_ip, \
+     first_seen_ns, last_seen_ns, description, evidence";
+
+fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
+    Ok(Alert {
+        id: r.get(0)?,
+        incident_id: r.get(1)?,
+        detection: r.get(2)?,
+        title: r.get(3)?,
+        severity: r.get(4)?,
+        mitre: r.get(5)?,
+        account: r.get(6)?,
+        src_ip: r.get(7)?,
+        dc_ip: r.get(8)?,
+        first_seen_ns: r.get(9)?,
+        last_seen_ns: r.get(10)?,
+        description: r.get(11)?,
+        evidence: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
+    })
+}
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -252,6 +310,156 @@ impl Store for SqliteStore {
         )?;
         Ok(())
     }
+
+    fn sensor_events_after(&self, sensor_id: &str, after_seq: u64, limit: usize) -> anyhow::Result<Vec<StoredEvent>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT body, spooled_unix_ns, stored_unix_ns FROM events WHERE sensor_id = ?1 AND seq > ?2 \
+             ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![sensor_id, after_seq as i64, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::decode_events(rows)
+    }
+
+    fn detect_cursor(&self, sensor_id: &str) -> anyhow::Result<u64> {
+        let seq: Option<i64> = self
+            .conn()
+            .query_row("SELECT seq FROM detect_cursors WHERE sensor_id = ?1", [sensor_id], |r| r.get(0))
+            .optional()?;
+        Ok(seq.unwrap_or(0) as u64)
+    }
+
+    fn set_detect_cursor(&self, sensor_id: &str, seq: u64) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO detect_cursors (sensor_id, seq) VALUES (?1, ?2) \
+             ON CONFLICT (sensor_id) DO UPDATE SET seq = excluded.seq",
+            params![sensor_id, seq as i64],
+        )?;
+        Ok(())
+    }
+
+    fn save_alert(&self, alert: &mut Alert, incident_gap_ns: i64) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let evidence = serde_json::to_string(&alert.evidence)?;
+        if alert.id == 0 {
+            // An incident with an alert on the same source or account, close in time.
+            let joined: Option<i64> = tx
+                .query_row(
+                    "SELECT incident_id FROM alerts WHERE last_seen_ns >= ?1 AND (src_ip = ?2 OR (account != '' AND account = ?3)) \
+                     ORDER BY last_seen_ns DESC LIMIT 1",
+                    params![alert.first_seen_ns - incident_gap_ns, alert.src_ip, alert.account],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            alert.incident_id = match joined {
+                Some(id) => id,
+                None => {
+                    let who = if alert.account.is_empty() {
+                        alert.src_ip.clone()
+                    } else {
+                        format!("{} on {}", alert.account, alert.src_ip)
+                    };
+                    tx.execute(
+                        "INSERT INTO incidents (title, severity, first_seen_ns, last_seen_ns) VALUES (?1, ?2, ?3, ?4)",
+                        params![
+                            format!("{} ({who})", alert.title),
+                            alert.severity,
+                            alert.first_seen_ns,
+                            alert.last_seen_ns
+                        ],
+                    )?;
+                    tx.last_insert_rowid()
+                }
+            };
+            tx.execute(
+                "INSERT INTO alerts (incident_id, detection, title, severity, mitre, account, src_ip, dc_ip, first_seen_ns, \
+                 last_seen_ns, description, evidence) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    alert.incident_id,
+                    alert.detection,
+                    alert.title,
+                    alert.severity,
+                    alert.mitre,
+                    alert.account,
+                    alert.src_ip,
+                    alert.dc_ip,
+                    alert.first_seen_ns,
+                    alert.last_seen_ns,
+                    alert.description,
+                    evidence
+                ],
+            )?;
+            alert.id = tx.last_insert_rowid();
+        } else {
+            tx.execute(
+                "UPDATE alerts SET last_seen_ns = ?2, description = ?3, evidence = ?4, severity = ?5 WHERE id = ?1",
+                params![alert.id, alert.last_seen_ns, alert.description, evidence, alert.severity],
+            )?;
+        }
+        let (first, last, severity): (i64, i64, String) = tx.query_row(
+            "SELECT first_seen_ns, last_seen_ns, severity FROM incidents WHERE id = ?1",
+            [alert.incident_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let severity =
+            if severity_rank(&alert.severity) > severity_rank(&severity) { alert.severity.clone() } else { severity };
+        tx.execute(
+            "UPDATE incidents SET first_seen_ns = ?2, last_seen_ns = ?3, severity = ?4 WHERE id = ?1",
+            params![alert.incident_id, first.min(alert.first_seen_ns), last.max(alert.last_seen_ns), severity],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn alerts(&self) -> anyhow::Result<Vec<Alert>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {ALERT_COLUMNS} FROM alerts ORDER BY first_seen_ns, id"))?;
+        let rows = stmt.query_map([], alert_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn recent_alerts(&self, window_ns: i64) -> anyhow::Result<Vec<Alert>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE last_seen_ns >= (SELECT MAX(last_seen_ns) FROM alerts) - ?1"
+        ))?;
+        let rows = stmt.query_map([window_ns], alert_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn incidents(&self) -> anyhow::Result<Vec<Incident>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT i.id, i.title, i.severity, i.status, i.first_seen_ns, i.last_seen_ns, \
+             (SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id) FROM incidents i ORDER BY i.first_seen_ns",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Incident {
+                id: r.get(0)?,
+                title: r.get(1)?,
+                severity: r.get(2)?,
+                status: r.get(3)?,
+                first_seen_ns: r.get(4)?,
+                last_seen_ns: r.get(5)?,
+                alerts: r.get::<_, i64>(6)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl SqliteStore {
+    fn decode_events(rows: Vec<(Vec<u8>, i64, i64)>) -> anyhow::Result<Vec<StoredEvent>> {
+        rows.into_iter()
+            .map(|(body, spooled_unix_ns, stored_unix_ns)| {
+                let event = ActivityEvent::decode(body.as_slice()).context("stored event does not decode")?;
+                Ok(StoredEvent { event, spooled_unix_ns, stored_unix_ns })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -312,5 +520,51 @@ mod tests {
         assert_eq!(s.health_counters.get("kept"), Some(&42));
         assert_eq!(s.health_alerts, vec!["capture_drops"]);
         assert_eq!(s.clock_skew_ns, Some(600));
+    }
+
+    #[test]
+    fn alerts_on_a_shared_entity_close_in_time_join_one_incident() {
+        let store = SqliteStore::in_memory().unwrap();
+        let hour = 3_600_000_000_000;
+        let alert = |detection: &str, src: &str, account: &str, t: i64, severity: &str| Alert {
+            id: 0,
+            detection: detection.into(),
+            title: detection.into(),
+            severity: severity.into(),
+            mitre: String::new(),
+            account: account.into(),
+            src_ip: src.into(),
+            dc_ip: "10.0.0.10".into(),
+            first_seen_ns: t,
+            last_seen_ns: t,
+            description: String::new(),
+            evidence: vec![("s".into(), 1)],
+            incident_id: 0,
+        };
+        let mut a = alert("ldap_recon", "10.1.1.1", "", 0, "low");
+        store.save_alert(&mut a, hour).unwrap();
+        let mut b = alert("kerberoasting", "10.1.1.1", "alice", 10, "medium");
+        store.save_alert(&mut b, hour).unwrap();
+        // Same account, other host: the attacker moved; same incident.
+        let mut c = alert("pass_the_ticket", "10.1.1.2", "alice", 20, "high");
+        store.save_alert(&mut c, hour).unwrap();
+        // Unrelated, and related but much later: new incidents.
+        let mut d = alert("dns_zone_transfer", "10.9.9.9", "", 30, "medium");
+        store.save_alert(&mut d, hour).unwrap();
+        let mut e = alert("ldap_recon", "10.1.1.1", "", 5 * hour, "low");
+        store.save_alert(&mut e, hour).unwrap();
+        assert_eq!([a.incident_id, b.incident_id, c.incident_id], [a.incident_id; 3]);
+        assert_ne!(d.incident_id, a.incident_id);
+        assert_ne!(e.incident_id, a.incident_id);
+        let incidents = store.incidents().unwrap();
+        assert_eq!(incidents.len(), 3);
+        assert_eq!((incidents[0].alerts, incidents[0].severity.as_str(), incidents[0].last_seen_ns), (3, "high", 20));
+        // An update keeps the id and moves the times.
+        a.last_seen_ns = 40;
+        a.evidence.push(("s".into(), 2));
+        store.save_alert(&mut a, hour).unwrap();
+        let stored = store.alerts().unwrap().into_iter().find(|x| x.id == a.id).unwrap();
+        assert_eq!((stored.last_seen_ns, stored.evidence.len()), (40, 2));
+        assert_eq!(store.recent_alerts(hour).unwrap().len(), 1, "only the latest is within an hour of the newest");
     }
 }

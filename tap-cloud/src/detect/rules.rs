@@ -1,0 +1,641 @@
+//! The detections (DESIGN.md, "Cloud: detections"), each a few lines over shared, bounded
+//! state. Every finding names the detection, the entities and a plain-language account of
+//! what happened and what to do.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{config::DetectConfig, Finding, Windows};
+use crate::pb::{activity_event::Detail, ActivityEvent, DceRpc, Kerberos, Ldap};
+
+const MAX_KEYS: usize = 100_000;
+const MAX_PER_KEY: usize = 1_000;
+/// TGT fingerprints remembered (issued, and the host that first used each).
+const MAX_TICKETS: usize = 200_000;
+
+/// Kerberos error codes (RFC 4120 7.5.9).
+const KDC_ERR_C_PRINCIPAL_UNKNOWN: i32 = 6;
+const KDC_ERR_PREAUTH_FAILED: i32 = 24;
+/// NTSTATUS of a failed NTLM logon for a name that does not exist.
+const STATUS_NO_SUCH_USER: i64 = 0xC000_0064;
+const RC4_HMAC: i32 = 23;
+const AES: [i32; 2] = [17, 18];
+
+pub struct Rules {
+    failed_accounts_by_src: Windows<String>,
+    failures_by_src_account: Windows<(String, String)>,
+    unknown_by_src: Windows<String>,
+    ldap_kinds_by_src: Windows<String>,
+    rpc_ops_by_src: Windows<String>,
+    netlogon_by_src: Windows<String>,
+    roast_spns_by_src: Windows<String>,
+    /// AS-REQs without pre-authentication waiting for their reply: (client, port) → name.
+    asreq_without_preauth: HashMap<(String, u32), String>,
+    /// TGT fingerprint → the host it was issued to (or first used from).
+    tgt_host: HashMap<String, String>,
+    /// Domain controllers: configured, and learned from who answers Kerberos and LDAP.
+    dcs: HashSet<String>,
+    /// Time of the first event seen: the sensor's watch started then.
+    watching_since: Option<i64>,
+    honeytokens: HashSet<String>,
+}
+
+fn lower(s: &str) -> String {
+    s.to_lowercase()
+}
+
+/// "user@REALM", "DOMAIN\user" and "user" name the same account.
+fn account_key(account: &str) -> String {
+    let a = account.rsplit('\\').next().unwrap_or(account);
+    lower(a.split('@').next().unwrap_or(a))
+}
+
+fn finding(
+    ev: &ActivityEvent,
+    detection: &'static str,
+    title: &'static str,
+    severity: &'static str,
+    mitre: &'static str,
+    account: &str,
+    description: String,
+) -> Finding {
+    Finding {
+        detection,
+        title,
+        severity,
+        mitre,
+        account: account.to_string(),
+        src_ip: ev.src_ip.clone(),
+        dc_ip: ev.dc_ip.clone(),
+        description,
+    }
+}
+
+/// What kind of directory reconnaissance an LDAP filter is, if any.
+fn ldap_recon_kind(filter: &str) -> Option<&'static str> {
+    let f = lower(filter);
+    let kinds: [(&str, &[&str]); 9] = [
+        ("accounts without Kerberos pre-authentication", &["4194304"]),
+        ("accounts with service principal names", &["serviceprincipalname="]),
+        ("delegation settings", &["msds-allowedtodelegateto", "524288", "trustedfordelegation"]),
+        ("privileged accounts", &["admincount=1", "domain admins", "enterprise admins"]),
+        ("domain trusts", &["objectclass=trusteddomain"]),
+        ("computers", &["objectclass=computer", "objectcategory=computer"]),
+        ("groups", &["objectclass=group", "objectcategory=group"]),
+        ("users", &["objectcategory=person", "objectclass=user", "samaccounttype=805306368"]),
+        ("the domain object", &["objectclass=domain)"]),
+    ];
+    kinds.iter().find(|(_, needles)| needles.iter().any(|n| f.contains(n))).map(|(k, _)| *k)
+}
+
+/// SAMR and LSARPC operations that list what the domain holds.
+const RPC_RECON_OPS: [&str; 12] = [
+    "SamrEnumerateDomainsInSamServer",
+    "SamrEnumerateUsersInDomain",
+    "SamrEnumerateGroupsInDomain",
+    "SamrEnumerateAliasesInDomain",
+    "SamrGetMembersInGroup",
+    "SamrGetMembersInAlias",
+    "SamrQueryDisplayInformation",
+    "SamrQueryDisplayInformation2",
+    "SamrQueryDisplayInformation3",
+    "LsarLookupSids",
+    "LsarEnumerateAccounts",
+    "LsarEnumerateTrustedDomainsEx",
+];
+
+impl Rules {
+    pub fn new(cfg: &DetectConfig) -> Self {
+        let w = || Windows::new(MAX_KEYS, MAX_PER_KEY);
+        Self {
+            failed_accounts_by_src: w(),
+            failures_by_src_account: Windows::new(MAX_KEYS, MAX_PER_KEY),
+            unknown_by_src: w(),
+            ldap_kinds_by_src: w(),
+            rpc_ops_by_src: w(),
+            netlogon_by_src: w(),
+            roast_spns_by_src: w(),
+            asreq_without_preauth: HashMap::new(),
+            tgt_host: HashMap::new(),
+            dcs: cfg.dcs.iter().cloned().collect(),
+            watching_since: None,
+            honeytokens: cfg.honeytokens.iter().map(|a| account_key(a)).collect(),
+        }
+    }
+
+    pub fn observe(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, out: &mut Vec<Finding>) {
+        let t = ev.time_unix_ns;
+        self.watching_since = Some(self.watching_since.map_or(t, |s| s.min(t)));
+        let account = account_key(&ev.account);
+        if !account.is_empty() && self.honeytokens.contains(&account) {
+            out.push(finding(ev, "honeytoken", "Honeytoken account used", "high", "T1078", &account, format!(
+                "The honeytoken account {} was used from {} ({} {}). Nobody has a reason to use it: treat {} as compromised, find who runs what there, and reset the credentials it may have taken.",
+                ev.account, ev.src_ip, ev.protocol, ev.category, ev.src_ip
+            )));
+        }
+        match &ev.detail {
+            Some(Detail::Kerberos(k)) => self.kerberos(cfg, ev, k, out),
+            Some(Detail::Ntlm(n)) if n.message_type == 3 && ev.result == "failure" => {
+                let unknown = ev.status_code == STATUS_NO_SUCH_USER;
+                self.failed_logon(cfg, ev, &account, "NTLM", unknown, out);
+            }
+            Some(Detail::Ldap(l)) => self.ldap(cfg, ev, l, out),
+            Some(Detail::Dcerpc(d)) => self.dcerpc(cfg, ev, d, out),
+            Some(Detail::Dns(d)) if !d.response => {
+                if let Some(q) = d.questions.iter().find(|q| q.qtype == 252 || q.qtype == 251) {
+                    out.push(finding(ev, "dns_zone_transfer", "DNS zone transfer attempt", "medium", "T1590.002", "", format!(
+                        "{} asked the DC {} for a zone transfer of {} ({}). Zone transfers hand over every name in the zone; only secondary DNS servers should ask. If {} is not one, find what on it made the request.",
+                        ev.src_ip, ev.dc_ip, q.name, if q.qtype == 252 { "AXFR" } else { "IXFR" }, ev.src_ip
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn failed_logon(
+        &mut self,
+        cfg: &DetectConfig,
+        ev: &ActivityEvent,
+        account: &str,
+        protocol: &str,
+        unknown: bool,
+        out: &mut Vec<Finding>,
+    ) {
+        let (t, w, src) = (ev.time_unix_ns, cfg.window_ns(), ev.src_ip.clone());
+        if unknown {
+            let (names, _) = self.unknown_by_src.add(src, t, account, w);
+            if names >= cfg.enum_accounts {
+                out.push(finding(ev, "account_enumeration", "Account enumeration", "medium", "T1087.002", "", format!(
+                    "{} tried {names} account names that do not exist ({protocol}) within {} minutes: it is guessing which accounts exist. Find the tool running on {} and what it learned.",
+                    ev.src_ip, cfg.window_secs / 60, ev.src_ip
+                )));
+            }
+            return;
+        }
+        let (accounts, _) = self.failed_accounts_by_src.add(src.clone(), t, account, w);
+        if accounts >= cfg.spray_accounts {
+            out.push(finding(ev, "password_spray", "Password spray", "high", "T1110.003", "", format!(
+                "{} failed to log on ({protocol}) as {accounts} different accounts within {} minutes: someone is trying a few passwords against many accounts. Check which of them later logged on successfully from {}, reset those passwords, and isolate the host.",
+                ev.src_ip, cfg.window_secs / 60, ev.src_ip
+            )));
+        }
+        let (_, failures) = self.failures_by_src_account.add((src, account.to_string()), t, "", w);
+        if failures >= cfg.brute_failures {
+            out.push(finding(ev, "brute_force", "Brute force against an account", "high", "T1110.001", account, format!(
+                "{} failed to log on as {account} {failures} times ({protocol}) within {} minutes: someone is guessing its password. If a success follows, reset the password; consider a lockout policy.",
+                ev.src_ip, cfg.window_secs / 60
+            )));
+        }
+    }
+
+    fn kerberos(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, k: &Kerberos, out: &mut Vec<Finding>) {
+        let client = account_key(&k.cname);
+        match k.msg_type {
+            // AS-REQ
+            10 => {
+                if k.enc_timestamp_etype == 0 && !k.pk_as_req && !client.is_empty() {
+                    if self.asreq_without_preauth.len() >= MAX_KEYS {
+                        self.asreq_without_preauth.clear();
+                    }
+                    self.asreq_without_preauth.insert((ev.src_ip.clone(), ev.src_port), client.clone());
+                }
+                if k.enc_timestamp_etype == RC4_HMAC && !k.requested_etypes.iter().any(|e| AES.contains(e)) {
+                    out.push(finding(ev, "encryption_downgrade", "Kerberos encryption downgrade (overpass-the-hash)", "medium", "T1550.002", &client, format!(
+                        "{} asked for a TGT for {} pre-authenticated with RC4 and offering no AES, which Windows clients do not do on their own: it looks like a ticket requested with a stolen NT hash (overpass-the-hash). Check the account's recent logons and reset its password.",
+                        ev.src_ip, k.cname
+                    )));
+                }
+            }
+            // AS-REP: the DC issued a TGT.
+            11 => {
+                self.dcs.insert(ev.dc_ip.clone());
+                self.remember_ticket(&k.ticket_fingerprint, &ev.src_ip);
+                if let Some(name) = self.asreq_without_preauth.remove(&(ev.src_ip.clone(), ev.src_port)) {
+                    out.push(finding(ev, "asrep_roasting", "AS-REP roasting", "high", "T1558.004", &name, format!(
+                        "{} obtained an AS-REP for {name} without pre-authentication: the reply is encrypted with the account's password key and can be cracked offline. Require Kerberos pre-authentication on {name}, give it a long password, and find what on {} asked.",
+                        ev.src_ip, ev.src_ip
+                    )));
+                }
+            }
+            // TGS-REQ
+            12 => {
+                let service = lower(&k.sname);
+                let is_user_service = !service.starts_with("krbtgt") && !service.ends_with('$');
+                if is_user_service
+                    && !k.requested_etypes.is_empty()
+                    && !k.requested_etypes.iter().any(|e| AES.contains(e))
+                {
+                    let (spns, _) =
+                        self.roast_spns_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, &service, cfg.window_ns());
+                    out.push(finding(ev, "kerberoasting", "Kerberoasting", if spns >= 3 { "high" } else { "medium" }, "T1558.003", &client, format!(
+                        "{} asked for a service ticket for {} offering only RC4 ({spns} such service(s) within {} minutes): RC4 tickets for user accounts are cracked offline for the service account's password. Give the service account a long random password (or a managed service account) and find the tool on {}.",
+                        ev.src_ip, k.sname, cfg.window_secs / 60, ev.src_ip
+                    )));
+                }
+                self.ticket_use(cfg, ev, k, out);
+            }
+            13 => {
+                self.dcs.insert(ev.dc_ip.clone());
+            }
+            // KRB-ERROR
+            30 => {
+                self.dcs.insert(ev.dc_ip.clone());
+                let name = if client.is_empty() { account_key(&ev.account) } else { client };
+                match k.error_code {
+                    KDC_ERR_PREAUTH_FAILED => self.failed_logon(cfg, ev, &name, "Kerberos", false, out),
+                    KDC_ERR_C_PRINCIPAL_UNKNOWN => self.failed_logon(cfg, ev, &name, "Kerberos", true, out),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn remember_ticket(&mut self, fingerprint: &str, host: &str) {
+        if fingerprint.is_empty() {
+            return;
+        }
+        if self.tgt_host.len() >= MAX_TICKETS {
+            self.tgt_host.clear();
+        }
+        self.tgt_host.entry(fingerprint.to_string()).or_insert_with(|| host.to_string());
+    }
+
+    /// A TGS-REQ presents a TGT: from another host than it was issued to (pass-the-ticket),
+    /// or one no watched KDC issued although the sensor has watched longer than any
+    /// ticket lives (golden ticket).
+    fn ticket_use(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, k: &Kerberos, out: &mut Vec<Finding>) {
+        if k.ticket_fingerprint.is_empty() {
+            return;
+        }
+        match self.tgt_host.get(&k.ticket_fingerprint) {
+            Some(first) if *first != ev.src_ip => {
+                out.push(finding(ev, "pass_the_ticket", "Pass-the-ticket", "high", "T1550.003", &account_key(&k.cname), format!(
+                    "The same TGT was used from {first} and from {}: a ticket was stolen from one host and replayed on the other. Isolate both hosts, and reset the account's password (twice for krbtgt-level compromise).",
+                    ev.src_ip
+                )));
+            }
+            Some(_) => {}
+            None => {
+                let lifetime = (cfg.max_ticket_lifetime_hours as i64).saturating_mul(3_600_000_000_000);
+                if self.watching_since.is_some_and(|s| ev.time_unix_ns - s > lifetime) {
+                    out.push(finding(ev, "golden_ticket", "Forged TGT (golden ticket)", "high", "T1558.001", &account_key(&k.cname), format!(
+                        "{} presented a TGT that no watched DC issued, although the sensor has watched longer than the longest ticket lifetime: the ticket was forged with the krbtgt key. Reset the krbtgt password twice and investigate how it leaked.",
+                        ev.src_ip
+                    )));
+                }
+                self.remember_ticket(&k.ticket_fingerprint, &ev.src_ip);
+            }
+        }
+    }
+
+    fn ldap(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, l: &Ldap, out: &mut Vec<Finding>) {
+        let account = account_key(&ev.account);
+        if l.operation == "bind" {
+            self.dcs.insert(ev.dc_ip.clone());
+            if l.cleartext_password_sent {
+                out.push(finding(ev, "cleartext_ldap_bind", "Password sent in clear text (LDAP simple bind)", "medium", "T1552", &account_key(&l.bind_name), format!(
+                    "{} sent the password of {} in clear text in an LDAP simple bind to {}. Anyone on the path can read it. Move the application to LDAPS or signed SASL binds, then change that password.",
+                    ev.src_ip, l.bind_name, ev.dc_ip
+                )));
+            }
+            if ev.result == "failure" && l.result_code == 49 {
+                let name = account_key(&l.bind_name);
+                self.failed_logon(cfg, ev, &name, "LDAP", false, out);
+            }
+            return;
+        }
+        if l.operation != "search" {
+            return;
+        }
+        let Some(kind) = ldap_recon_kind(&l.filter) else { return };
+        let (kinds, _) = self.ldap_kinds_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, kind, cfg.window_ns());
+        let roastable = kind.starts_with("accounts without") || kind.starts_with("accounts with service");
+        if kinds >= cfg.ldap_recon_kinds || roastable {
+            out.push(finding(ev, "ldap_recon", "Reconnaissance using LDAP", if roastable { "medium" } else { "low" }, "T1087.002", &account, format!(
+                "{} queried the directory for {kind} ({kinds} kind(s) of enumeration within {} minutes, last filter {}). Attackers map users, groups, admins and roastable accounts this way. If {} is not an admin workstation or a known tool, find what ran the queries.",
+                ev.src_ip, cfg.window_secs / 60, l.filter, ev.src_ip
+            )));
+        }
+    }
+
+    fn dcerpc(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, d: &DceRpc, out: &mut Vec<Finding>) {
+        if d.operation != "call" {
+            return;
+        }
+        let op = d.operation_name.as_str();
+        let account = account_key(&ev.account);
+        let from_dc = self.dcs.contains(&ev.src_ip);
+        match (d.interface.as_str(), op) {
+            ("drsuapi", "DRSGetNCChanges") if !from_dc => {
+                out.push(finding(ev, "dcsync", "DCSync: directory replication from a non-DC", "high", "T1003.006", &account, format!(
+                    "{} asked {} to replicate directory data (DRSGetNCChanges) but is not a domain controller: this is how DCSync pulls password hashes, the krbtgt key included. Find the account that did it, remove its replication rights, and consider every domain credential exposed.",
+                    ev.src_ip, ev.dc_ip
+                )));
+            }
+            ("drsuapi", "DRSAddEntry" | "DRSReplicaAdd") if !from_dc => {
+                out.push(finding(ev, "dcshadow", "DCShadow: a non-DC registering or pushing replication", "high", "T1207", &account, format!(
+                    "{} called {op} on {}, which only domain controllers do: a rogue DC may be registering to push changes (DCShadow). Check for new nTDSDSA objects and recent changes to sensitive attributes.",
+                    ev.src_ip, ev.dc_ip
+                )));
+            }
+            ("efsrpc" | "lsarpc", o) if o.starts_with("EfsRpc") => {
+                out.push(finding(ev, "forced_authentication", "Forced authentication (EFSRPC, PetitPotam)", "high", "T1187", &account, format!(
+                    "{} called {o} on {}: the EFS RPC interface can make the DC authenticate to an attacker's host, whose NTLM is then relayed (PetitPotam). Block EFSRPC on DCs and require EPA/signing on the relay targets.",
+                    ev.src_ip, ev.dc_ip
+                )));
+            }
+            (
+                "spoolss",
+                "RpcRemoteFindFirstPrinterChangeNotification" | "RpcRemoteFindFirstPrinterChangeNotificationEx",
+            ) => {
+                out.push(finding(ev, "forced_authentication", "Forced authentication (print spooler)", "high", "T1187", &account, format!(
+                    "{} asked the print spooler on {} for change notifications ({op}), the printer bug that makes the DC authenticate to another host. Disable the spooler on DCs.",
+                    ev.src_ip, ev.dc_ip
+                )));
+            }
+            ("svcctl", "RCreateServiceW" | "RCreateServiceA" | "RStartServiceW" | "RChangeServiceConfigW")
+            | ("atsvc", "JobAdd")
+            | ("tsch" | "itaskschedulerservice", "SchRpcRegisterTask") => {
+                out.push(finding(ev, "remote_execution", "Remote code execution on a DC", "high", "T1569.002", &account, format!(
+                    "{} called {op} ({}) on the domain controller {}: services and scheduled tasks are how tools like PsExec run code remotely. Unless this is known administration, treat the account as compromised and inspect the DC.",
+                    ev.src_ip, d.interface, ev.dc_ip
+                )));
+            }
+            ("netlogon", "NetrServerAuthenticate3" | "NetrServerAuthenticate2" | "NetrServerReqChallenge") => {
+                let (_, attempts) =
+                    self.netlogon_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, "", cfg.window_ns() / 10);
+                if attempts >= cfg.zerologon_attempts {
+                    out.push(finding(ev, "zerologon", "Netlogon authentication bursts (ZeroLogon)", "high", "T1210", &account, format!(
+                        "{} made {attempts} Netlogon authentication calls within {} seconds, the pattern of the ZeroLogon exploit (CVE-2020-1472), which can reset the DC's machine password. Patch the DC, enforce secure RPC, and check the DC account's password change time.",
+                        ev.src_ip, cfg.window_secs / 10
+                    )));
+                }
+            }
+            ("srvsvc", "NetrSessionEnum") => {
+                out.push(finding(ev, "session_enumeration", "Reconnaissance of user sessions (SMB)", "medium", "T1049", &account, format!(
+                    "{} listed the SMB sessions on {} (NetSessionEnum): attackers use it to learn where admins are logged on. Restrict NetSessionEnum (NetCease) and check {}.",
+                    ev.src_ip, ev.dc_ip, ev.src_ip
+                )));
+            }
+            ("samr" | "lsarpc", o) if RPC_RECON_OPS.contains(&o) => {
+                let (ops, _) = self.rpc_ops_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, o, cfg.window_ns());
+                if ops >= cfg.rpc_recon_ops {
+                    out.push(finding(ev, "rpc_recon", "Reconnaissance using SAMR / LSARPC", "medium", "T1087.002", &account, format!(
+                        "{} enumerated the domain over RPC ({ops} kinds of listing within {} minutes, last {o} on {}): users, groups, members or SIDs. If {} is not an admin tool, find what ran it.",
+                        ev.src_ip, cfg.window_secs / 60, d.interface, ev.src_ip
+                    )));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DetectConfig, Engine};
+    use crate::pb::{activity_event::Detail, ActivityEvent, DceRpc, Dns, DnsQuestion, Kerberos, Ldap, Ntlm};
+
+    const S: i64 = 1_000_000_000;
+
+    fn ev(t: i64, src: &str, detail: Detail) -> ActivityEvent {
+        ActivityEvent {
+            sensor_id: "s".into(),
+            seq: t as u64,
+            time_unix_ns: t * S,
+            src_ip: src.into(),
+            src_port: 50_000,
+            dc_ip: "10.0.0.10".into(),
+            detail: Some(detail),
+            ..Default::default()
+        }
+    }
+
+    fn krb(msg_type: u32) -> Kerberos {
+        Kerberos { msg_type, sname: "krbtgt/LAB".into(), ..Default::default() }
+    }
+
+    fn krb_error(t: i64, src: &str, user: &str, code: i32) -> ActivityEvent {
+        ev(t, src, Detail::Kerberos(Kerberos { cname: user.into(), error_code: code, ..krb(30) }))
+    }
+
+    fn rpc(t: i64, src: &str, interface: &str, op: &str) -> ActivityEvent {
+        ev(
+            t,
+            src,
+            Detail::Dcerpc(DceRpc {
+                operation: "call".into(),
+                interface: interface.into(),
+                operation_name: op.into(),
+                ..Default::default()
+            }),
+        )
+    }
+
+    fn ldap_search(t: i64, src: &str, filter: &str) -> ActivityEvent {
+        ev(t, src, Detail::Ldap(Ldap { operation: "search".into(), filter: filter.into(), ..Default::default() }))
+    }
+
+    /// Detections raised by a sequence of events (each alert once).
+    fn run(cfg: DetectConfig, events: &[ActivityEvent]) -> Vec<String> {
+        let mut engine = Engine::new(cfg);
+        let mut out: Vec<String> = Vec::new();
+        for e in events {
+            for a in engine.process(e) {
+                if !out.contains(&a.detection) {
+                    out.push(a.detection);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn password_spray_fires_at_the_account_threshold_within_the_window_only() {
+        let users = ["alice", "bob", "carol", "dave", "eve"];
+        let spray: Vec<_> = users.iter().enumerate().map(|(i, u)| krb_error(i as i64, "10.1.1.1", u, 24)).collect();
+        assert_eq!(run(DetectConfig::default(), &spray), vec!["password_spray"]);
+        assert!(run(DetectConfig::default(), &spray[..4]).is_empty(), "four accounts is below the threshold");
+        // The same five, spread over more than the window, are not a spray.
+        let slow: Vec<_> =
+            users.iter().enumerate().map(|(i, u)| krb_error(i as i64 * 200, "10.1.1.1", u, 24)).collect();
+        assert!(run(DetectConfig::default(), &slow).is_empty());
+        // Five sources with one failure each are five forgetful users.
+        let spread: Vec<_> =
+            users.iter().enumerate().map(|(i, u)| krb_error(i as i64, &format!("10.1.1.{i}"), u, 24)).collect();
+        assert!(run(DetectConfig::default(), &spread).is_empty());
+        let mut cfg = DetectConfig::default();
+        cfg.exclusions.insert("password_spray".into(), vec!["10.1.1.1".into()]);
+        assert!(run(cfg, &spray).is_empty(), "an excluded source raises nothing");
+    }
+
+    #[test]
+    fn brute_force_and_enumeration_count_failures_per_account_and_unknown_names() {
+        let brute: Vec<_> = (0..10).map(|i| krb_error(i, "10.1.1.1", "bob", 24)).collect();
+        assert_eq!(run(DetectConfig::default(), &brute), vec!["brute_force"]);
+        assert!(run(DetectConfig::default(), &brute[..9]).is_empty());
+        let names: Vec<_> = (0..5).map(|i| krb_error(i, "10.1.1.1", &format!("guess{i}"), 6)).collect();
+        assert_eq!(run(DetectConfig::default(), &names), vec!["account_enumeration"]);
+        assert!(run(DetectConfig::default(), &names[..4]).is_empty());
+        // NTLM failures count the same way.
+        let ntlm: Vec<_> = (0..5)
+            .map(|i| {
+                let mut e = ev(
+                    i,
+                    "10.1.1.2",
+                    Detail::Ntlm(Ntlm { message_type: 3, user: format!("u{i}"), ..Default::default() }),
+                );
+                e.account = format!("LAB\\u{i}");
+                e.result = "failure".into();
+                e.status_code = 0xC000_006A;
+                e
+            })
+            .collect();
+        assert_eq!(run(DetectConfig::default(), &ntlm), vec!["password_spray"]);
+    }
+
+    #[test]
+    fn roasting_needs_rc4_only_requests_or_replies_without_preauth() {
+        let tgs = |etypes: Vec<i32>, sname: &str| {
+            ev(1, "10.1.1.1", Detail::Kerberos(Kerberos { requested_etypes: etypes, sname: sname.into(), ..krb(12) }))
+        };
+        assert_eq!(run(DetectConfig::default(), &[tgs(vec![23], "MSSQLSvc/sql01")]), vec!["kerberoasting"]);
+        assert!(run(DetectConfig::default(), &[tgs(vec![18, 17, 23], "MSSQLSvc/sql01")]).is_empty());
+        assert!(run(DetectConfig::default(), &[tgs(vec![23], "krbtgt/LAB")]).is_empty());
+        assert!(
+            run(DetectConfig::default(), &[tgs(vec![23], "WS01$")]).is_empty(),
+            "computer accounts are not roastable"
+        );
+        let asreq = |enc_ts: i32| {
+            ev(
+                1,
+                "10.1.1.1",
+                Detail::Kerberos(Kerberos { cname: "dave".into(), enc_timestamp_etype: enc_ts, ..krb(10) }),
+            )
+        };
+        let asrep = ev(2, "10.1.1.1", Detail::Kerberos(krb(11)));
+        assert_eq!(run(DetectConfig::default(), &[asreq(0), asrep.clone()]), vec!["asrep_roasting"]);
+        assert!(run(DetectConfig::default(), &[asreq(18), asrep.clone()]).is_empty(), "pre-authenticated");
+        assert!(run(DetectConfig::default(), &[asreq(0)]).is_empty(), "refused (KDC_ERR_PREAUTH_REQUIRED) is normal");
+    }
+
+    #[test]
+    fn tickets_used_from_a_second_host_or_never_issued_are_flagged() {
+        let tgt = |t: i64, src: &str, msg: u32| {
+            ev(
+                t,
+                src,
+                Detail::Kerberos(Kerberos { ticket_fingerprint: "ab12".into(), sname: "cifs/dc1".into(), ..krb(msg) }),
+            )
+        };
+        assert!(run(DetectConfig::default(), &[tgt(1, "10.1.1.1", 11), tgt(2, "10.1.1.1", 12)]).is_empty());
+        assert_eq!(
+            run(DetectConfig::default(), &[tgt(1, "10.1.1.1", 11), tgt(2, "10.1.1.9", 12)]),
+            vec!["pass_the_ticket"]
+        );
+        // A TGT nobody issued: only after watching longer than a ticket lives.
+        let early = [ev(0, "10.1.1.5", Detail::Kerberos(krb(13))), tgt(3600, "10.1.1.1", 12)];
+        assert!(run(DetectConfig::default(), &early).is_empty());
+        let late = [ev(0, "10.1.1.5", Detail::Kerberos(krb(13))), tgt(11 * 3600, "10.1.1.1", 12)];
+        assert_eq!(run(DetectConfig::default(), &late), vec!["golden_ticket"]);
+    }
+
+    #[test]
+    fn replication_is_normal_from_dcs_and_dcsync_from_anything_else() {
+        let mut cfg = DetectConfig::default();
+        cfg.dcs.push("10.0.0.11".into());
+        let from_dc = rpc(1, "10.0.0.11", "drsuapi", "DRSGetNCChanges");
+        let from_ws = rpc(2, "10.1.1.1", "drsuapi", "DRSGetNCChanges");
+        assert!(run(cfg.clone(), &[from_dc]).is_empty());
+        assert_eq!(run(cfg.clone(), &[from_ws]), vec!["dcsync"]);
+        // A DC learned from answering Kerberos replicates without alerts too.
+        let answers = ev(0, "10.9.9.9", Detail::Kerberos(krb(13)));
+        let mut learned = answers.clone();
+        learned.dc_ip = "10.1.1.3".into();
+        assert!(run(cfg, &[learned, rpc(3, "10.1.1.3", "drsuapi", "DRSGetNCChanges")]).is_empty());
+    }
+
+    #[test]
+    fn rpc_abuse_and_recon_detections_fire_on_their_operations() {
+        let d = DetectConfig::default;
+        assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "efsrpc", "EfsRpcOpenFileRaw")]), vec!["forced_authentication"]);
+        assert_eq!(
+            run(d(), &[rpc(1, "10.1.1.1", "spoolss", "RpcRemoteFindFirstPrinterChangeNotificationEx")]),
+            vec!["forced_authentication"]
+        );
+        assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "svcctl", "RCreateServiceW")]), vec!["remote_execution"]);
+        assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "atsvc", "JobAdd")]), vec!["remote_execution"]);
+        assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "srvsvc", "NetrSessionEnum")]), vec!["session_enumeration"]);
+        assert!(run(d(), &[rpc(1, "10.1.1.1", "srvsvc", "NetrShareEnum")]).is_empty());
+        let recon = [
+            rpc(1, "10.1.1.1", "samr", "SamrEnumerateUsersInDomain"),
+            rpc(2, "10.1.1.1", "samr", "SamrEnumerateGroupsInDomain"),
+        ];
+        assert_eq!(run(d(), &recon), vec!["rpc_recon"]);
+        assert!(run(d(), &recon[..1]).is_empty(), "one listing is below the threshold");
+        let zerologon: Vec<_> = (0..10).map(|i| rpc(i, "10.1.1.1", "netlogon", "NetrServerAuthenticate3")).collect();
+        assert_eq!(run(d(), &zerologon), vec!["zerologon"]);
+        assert!(run(d(), &zerologon[..9]).is_empty());
+    }
+
+    #[test]
+    fn ldap_recon_counts_kinds_of_query_but_flags_roastable_account_searches_at_once() {
+        let d = DetectConfig::default;
+        let kinds = [
+            ldap_search(1, "10.1.1.1", "(&(objectCategory=person)(objectClass=user))"),
+            ldap_search(2, "10.1.1.1", "(objectClass=group)"),
+            ldap_search(3, "10.1.1.1", "(objectClass=trustedDomain)"),
+        ];
+        assert_eq!(run(d(), &kinds), vec!["ldap_recon"]);
+        assert!(run(d(), &kinds[..2]).is_empty());
+        assert!(run(d(), &[ldap_search(1, "10.1.1.1", "(sAMAccountName=alice)")]).is_empty(), "a lookup is not recon");
+        let spn = ldap_search(1, "10.1.1.1", "(&(servicePrincipalName=*)(objectCategory=person))");
+        assert_eq!(run(d(), &[spn]), vec!["ldap_recon"]);
+        let bind = ev(
+            1,
+            "10.1.1.1",
+            Detail::Ldap(Ldap {
+                operation: "bind".into(),
+                bind_name: "alice".into(),
+                cleartext_password_sent: true,
+                ..Default::default()
+            }),
+        );
+        assert_eq!(run(d(), &[bind]), vec!["cleartext_ldap_bind"]);
+    }
+
+    #[test]
+    fn zone_transfers_and_honeytokens_alert_on_the_first_event() {
+        let axfr = ev(
+            1,
+            "10.1.1.1",
+            Detail::Dns(Dns {
+                questions: vec![DnsQuestion { name: "lab.example".into(), qtype: 252 }],
+                ..Default::default()
+            }),
+        );
+        assert_eq!(run(DetectConfig::default(), &[axfr]), vec!["dns_zone_transfer"]);
+        let mut cfg = DetectConfig::default();
+        cfg.honeytokens.push("LAB\\honey.admin".into());
+        let mut logon = ev(1, "10.1.1.1", Detail::Kerberos(krb(10)));
+        logon.account = "honey.admin@LAB.EXAMPLE".into();
+        assert_eq!(run(cfg, &[logon]), vec!["honeytoken"]);
+    }
+
+    #[test]
+    fn repeated_findings_extend_one_alert() {
+        let mut engine = Engine::new(DetectConfig::default());
+        let mut ids = std::collections::BTreeSet::new();
+        for i in 0..20 {
+            for mut a in engine.process(&krb_error(i, "10.1.1.1", &format!("u{}", i % 6), 24)) {
+                if a.id == 0 {
+                    a.id = ids.len() as i64 + 1;
+                    engine.saved(&a);
+                }
+                ids.insert((a.detection.clone(), a.id));
+            }
+        }
+        assert_eq!(ids.len(), 1, "{ids:?}");
+    }
+}

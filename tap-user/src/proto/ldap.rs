@@ -272,6 +272,26 @@ fn sicily_bind(bytes: &[u8]) -> Option<LdapPdu> {
     })
 }
 
+/// The server's answer to a Sicily negotiate (MS-ADTS 5.1.1.1.3), which RFC 4511 parsers
+/// refuse: a bindResponse whose matchedDN carries the binary NTLM CHALLENGE.
+fn sicily_bind_response(bytes: &[u8]) -> Option<LdapPdu> {
+    let (t, start, _) = tlv_at(bytes, 0)?;
+    let (id_tag, id_s, id_e) = tlv_at(bytes, start)?;
+    if t != 0x30 || id_tag != 0x02 || id_e - id_s > 4 {
+        return None;
+    }
+    let message_id = bytes[id_s..id_e].iter().fold(0u32, |a, &x| (a << 8) | x as u32);
+    let (op, op_s, _) = tlv_at(bytes, id_e)?;
+    let (code_tag, code_s, code_e) = tlv_at(bytes, op_s)?;
+    let (dn_tag, dn_s, dn_e) = tlv_at(bytes, code_e)?;
+    if op != 0x61 || code_tag != 0x0a || code_e - code_s > 4 || dn_tag != 0x04 {
+        return None;
+    }
+    let code = bytes[code_s..code_e].iter().fold(0u32, |a, &x| (a << 8) | x as u32);
+    let ntlm = ntlm::find_message(&bytes[dn_s..dn_e]).filter(|m| m.message_type == 2)?;
+    Some(LdapPdu { message_id, op: LdapOp::BindResult { code, ntlm: Some(ntlm) } })
+}
+
 /// Decodes one whole LDAPMessage.
 pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
     if too_deep(bytes, MAX_DEPTH) {
@@ -279,7 +299,7 @@ pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
     }
     let m = match LdapMessage::from_ber(bytes) {
         Ok((_, m)) => m,
-        Err(_) => return sicily_bind(bytes).ok_or(LdapError::Malformed),
+        Err(_) => return sicily_bind(bytes).or_else(|| sicily_bind_response(bytes)).ok_or(LdapError::Malformed),
     };
     let op = match &m.protocol_op {
         ProtocolOp::BindRequest(b) => {
@@ -460,6 +480,29 @@ mod tests {
         let pdu = parse_pdu(&m).unwrap();
         assert_eq!(pdu.message_id, 1);
         assert!(matches!(pdu.op, LdapOp::Bind { method: "sicily", .. }));
+    }
+
+    #[test]
+    fn sicily_negotiate_response_carries_the_challenge() {
+        // bindResponse(5) success, matchedDN = NTLM CHALLENGE for target "LAB" (Unicode), as
+        // a domain controller answers a Sicily negotiate (MS-ADTS 5.1.1.1.3).
+        let mut ch = b"NTLMSSP\0".to_vec();
+        ch.extend(2u32.to_le_bytes());
+        ch.extend([6, 0, 6, 0, 48, 0, 0, 0]);
+        ch.extend(0x0000_0001u32.to_le_bytes());
+        ch.extend([0xaa; 8]);
+        ch.extend([0; 16]);
+        ch.extend([b'L', 0, b'A', 0, b'B', 0, 0xff]);
+        let mut op = vec![0x0a, 0x01, 0x00, 0x04, ch.len() as u8];
+        op.extend(&ch);
+        op.extend([0x04, 0x00]);
+        let mut m = vec![0x30, 0x00, 0x02, 0x01, 0x05, 0x61, op.len() as u8];
+        m.extend(op);
+        m[1] = (m.len() - 2) as u8;
+        let pdu = parse_pdu(&m).unwrap();
+        assert_eq!(pdu.message_id, 5);
+        let LdapOp::BindResult { code: 0, ntlm: Some(n) } = pdu.op else { panic!("{pdu:?}") };
+        assert_eq!((n.message_type, n.target_name.as_str()), (2, "LAB"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_uplink;
 mod demo;
+mod eval;
 mod fuzz;
 mod setup;
 mod util;
@@ -39,6 +40,9 @@ enum Command {
     /// Compare the sensor's events with the tshark ground truth of ../shared/corpus,
     /// printing agreement per protocol and every disagreement.
     Conformance,
+    /// Replay the labelled captures of eval/labels.toml through sensor and cloud and score
+    /// the alerts per detection (true/false positives, false negatives).
+    Eval,
     /// Run every cargo-fuzz target (not part of `test`).
     Fuzz {
         /// Seconds per target.
@@ -63,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
         Command::Fuzz { seconds, targets } => fuzz::run(&env, seconds, &targets),
+        Command::Eval => eval::run(&env),
         Command::Conformance => env
             .cargo()
             .args(["test", "-q", "-p", "tap-user", "--test", "corpus_conformance", "--", "--nocapture"])

@@ -170,6 +170,11 @@ impl Engine {
         changed
     }
 
+    /// Addresses a sensor registered as the DCs it monitors.
+    pub fn add_dcs(&mut self, dcs: &[String]) {
+        self.rules.add_dcs(dcs);
+    }
+
     /// Takes back an alert saved before a restart, so later findings extend it.
     pub fn resume(&mut self, alert: Alert) {
         let key = (alert.detection.clone(), alert.src_ip.clone(), alert.account.clone());

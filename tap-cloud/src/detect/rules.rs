@@ -122,6 +122,12 @@ impl Rules {
         }
     }
 
+    /// DCs a sensor says it monitors.
+    pub fn add_dcs<'a>(&mut self, dcs: impl IntoIterator<Item = &'a String>) {
+        // Subnets ("10.0.0.0/24") are filter entries, not hosts.
+        self.dcs.extend(dcs.into_iter().filter(|d| !d.contains('/')).cloned());
+    }
+
     pub fn observe(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, out: &mut Vec<Finding>) {
         let t = ev.time_unix_ns;
         self.watching_since = Some(self.watching_since.map_or(t, |s| s.min(t)));
@@ -134,9 +140,19 @@ impl Rules {
         }
         match &ev.detail {
             Some(Detail::Kerberos(k)) => self.kerberos(cfg, ev, k, out),
-            Some(Detail::Ntlm(n)) if n.message_type == 3 && ev.result == "failure" => {
-                let unknown = ev.status_code == STATUS_NO_SUCH_USER;
-                self.failed_logon(cfg, ev, &account, "NTLM", unknown, out);
+            Some(Detail::Ntlm(n)) if n.message_type == 3 => {
+                // A DC authenticating with its own machine account to a host that is not a
+                // DC: it was made to (PetitPotam, printer bug), and the NTLM is being relayed.
+                if self.dcs.contains(&ev.src_ip) && account.ends_with('$') && !self.dcs.contains(&ev.dc_ip) {
+                    out.push(finding(ev, "forced_authentication", "Forced authentication of a DC", "high", "T1187", &account, format!(
+                        "The domain controller {} authenticated as {} to {}, which is not a domain controller. DCs do not do that on their own: something coerced it (EFSRPC, print spooler, DFS) and {} may be relaying the authentication to take over the domain. Isolate {} and check certificate enrollment and LDAP for what it did.",
+                        ev.src_ip, ev.account, ev.dc_ip, ev.dc_ip, ev.dc_ip
+                    )));
+                }
+                if ev.result == "failure" {
+                    let unknown = ev.status_code == STATUS_NO_SUCH_USER;
+                    self.failed_logon(cfg, ev, &account, "NTLM", unknown, out);
+                }
             }
             Some(Detail::Ldap(l)) => self.ldap(cfg, ev, l, out),
             Some(Detail::Dcerpc(d)) => self.dcerpc(cfg, ev, d, out),
@@ -161,6 +177,12 @@ impl Rules {
         unknown: bool,
         out: &mut Vec<Finding>,
     ) {
+        // Anonymous attempts name no account to guess for; and a failure at a server that is
+        // not a DC (a DC coerced into authenticating elsewhere) is not a guess against the
+        // domain.
+        if account.is_empty() || (!self.dcs.is_empty() && !self.dcs.contains(&ev.dc_ip)) {
+            return;
+        }
         let (t, w, src) = (ev.time_unix_ns, cfg.window_ns(), ev.src_ip.clone());
         if unknown {
             let (names, _) = self.unknown_by_src.add(src, t, account, w);
@@ -234,8 +256,19 @@ impl Rules {
                 }
                 self.ticket_use(cfg, ev, k, out);
             }
+            // TGS-REP: an RC4 ticket for a user's service is what roasting tools want, even
+            // when the request also offered AES (the account has no AES keys).
             13 => {
                 self.dcs.insert(ev.dc_ip.clone());
+                let service = lower(&k.sname);
+                if k.ticket_etype == RC4_HMAC && !service.starts_with("krbtgt") && !service.ends_with('$') {
+                    let (spns, _) =
+                        self.roast_spns_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, &service, cfg.window_ns());
+                    out.push(finding(ev, "kerberoasting", "Kerberoasting", if spns >= 3 { "high" } else { "medium" }, "T1558.003", &client, format!(
+                        "{} received an RC4-encrypted service ticket for {} (account {}): such tickets are cracked offline for the service account's password. Enable AES for the account, give it a long random password, and check what on {} asked.",
+                        ev.src_ip, k.sname, k.cname, ev.src_ip
+                    )));
+                }
             }
             // KRB-ERROR
             30 => {
@@ -325,6 +358,9 @@ impl Rules {
         }
         let op = d.operation_name.as_str();
         let account = account_key(&ev.account);
+        if d.interface == "drsuapi" {
+            self.dcs.insert(ev.dc_ip.clone());
+        }
         let from_dc = self.dcs.contains(&ev.src_ip);
         match (d.interface.as_str(), op) {
             ("drsuapi", "DRSGetNCChanges") if !from_dc => {
@@ -603,6 +639,33 @@ mod tests {
             }),
         );
         assert_eq!(run(d(), &[bind]), vec!["cleartext_ldap_bind"]);
+    }
+
+    #[test]
+    fn a_dc_authenticating_to_a_non_dc_was_coerced() {
+        let mut cfg = DetectConfig::default();
+        cfg.dcs.push("10.0.0.10".into());
+        let auth = |server: &str, account: &str| {
+            let mut e = ev(1, "10.0.0.10", Detail::Ntlm(Ntlm { message_type: 3, ..Default::default() }));
+            e.dc_ip = server.into();
+            e.account = account.into();
+            e.result = "failure".into();
+            e
+        };
+        assert_eq!(run(cfg.clone(), &[auth("10.1.1.66", "LAB\\DC1$")]), vec!["forced_authentication"]);
+        assert!(run(cfg.clone(), &[auth("10.1.1.66", "LAB\\admin")]).is_empty(), "an admin on the DC is not coercion");
+        let mut two_dcs = cfg;
+        two_dcs.dcs.push("10.0.0.11".into());
+        assert!(run(two_dcs, &[auth("10.0.0.11", "LAB\\DC1$")]).is_empty(), "DC to DC is replication business");
+        // Anonymous failures are not guesses at an account.
+        let anonymous: Vec<_> = (0..20)
+            .map(|i| {
+                let mut e = ev(i, "10.1.1.1", Detail::Ntlm(Ntlm { message_type: 3, ..Default::default() }));
+                e.result = "failure".into();
+                e
+            })
+            .collect();
+        assert!(run(DetectConfig::default(), &anonymous).is_empty());
     }
 
     #[test]

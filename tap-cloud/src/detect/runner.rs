@@ -31,6 +31,7 @@ impl Runner {
     pub fn step(&mut self) -> anyhow::Result<usize> {
         let mut processed = 0;
         for sensor in self.store.sensors()? {
+            self.engine.add_dcs(&sensor.monitored_dcs);
             let cursor = self.store.detect_cursor(&sensor.id)?;
             let events = self.store.sensor_events_after(&sensor.id, cursor, BATCH)?;
             let Some(last) = events.last().map(|e| e.event.seq) else { continue };

@@ -35,7 +35,8 @@ struct DbArg {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the ingest endpoint until SIGINT/SIGTERM.
+    /// Run the ingest endpoint and the detections until SIGINT/SIGTERM; SIGHUP re-reads
+    /// the configuration.
     Serve(ServeArgs),
     /// Issue, list and revoke sensor access keys.
     #[command(subcommand)]
@@ -246,7 +247,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // Detection follows the store on its own thread: ingest never waits for it.
     let mut runner = Runner::new(Engine::new(args.config.detect()?), Arc::clone(&store))?;
+    let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (config, reload_flag) = (args.config.clone(), Arc::clone(&reload));
     std::thread::Builder::new().name("detect".into()).spawn(move || loop {
+        if reload_flag.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            // A bad file leaves the running configuration in force.
+            match config.detect() {
+                Ok(cfg) => {
+                    runner.engine.reconfigure(cfg);
+                    log::info!("detection configuration reloaded");
+                }
+                Err(e) => log::error!("configuration not reloaded, keeping the current one: {e:#}"),
+            }
+        }
         match runner.step() {
             Ok(0) => std::thread::sleep(std::time::Duration::from_millis(500)),
             Ok(_) => {}
@@ -265,6 +278,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             if tls.is_some() { "mTLS" } else { "plaintext" },
             args.db.db.display()
         );
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                reload.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
         ingest::serve(listener, tls, store, shutdown_signal()).await
     })
 }

@@ -27,6 +27,11 @@ pub struct DetectConfig {
     /// Longest ticket lifetime in the domain: after watching this long, a TGT the sensor
     /// never saw issued is forged (golden ticket).
     pub max_ticket_lifetime_hours: u64,
+    /// Days, from the first event, during which behaviour is learned: which hosts each
+    /// account uses (and its services and hours), and which hosts normally enumerate the
+    /// directory. Afterwards, first-seen behaviour raises low-severity alerts and
+    /// enumeration from the learned hosts is quiet. 0 turns learning off.
+    pub learning_days: u64,
     /// Accounts nobody should use; any activity alerts.
     pub honeytokens: Vec<String>,
     /// Domain controllers' addresses (replication from them is normal); addresses that
@@ -48,6 +53,7 @@ impl Default for DetectConfig {
             rpc_recon_ops: 2,
             zerologon_attempts: 10,
             max_ticket_lifetime_hours: 10,
+            learning_days: 7,
             honeytokens: Vec::new(),
             dcs: Vec::new(),
             exclusions: BTreeMap::new(),
@@ -56,6 +62,10 @@ impl Default for DetectConfig {
 }
 
 impl DetectConfig {
+    pub fn learning_ns(&self) -> i64 {
+        (self.learning_days as i64).saturating_mul(86_400_000_000_000)
+    }
+
     pub fn window_ns(&self) -> i64 {
         (self.window_secs as i64).saturating_mul(1_000_000_000)
     }
@@ -112,5 +122,8 @@ mod tests {
         let err = DetectConfig::from_toml("[detect]\nbrute_failures = 0\n").unwrap_err().to_string();
         assert!(err.contains("detect.brute_failures"), "{err}");
         assert_eq!(DetectConfig::from_toml("").unwrap(), DetectConfig::default());
+        // The documented sample is valid and says the defaults.
+        let sample = include_str!("../../../deploy/cloud.toml");
+        assert_eq!(DetectConfig::from_toml(sample).unwrap(), DetectConfig::default());
     }
 }

@@ -6,6 +6,7 @@
 //! configuration, the windows, the alert type and the engine that runs them.
 
 pub mod config;
+pub mod profiles;
 pub mod rules;
 pub mod runner;
 
@@ -114,17 +115,33 @@ pub struct Engine {
     rules: rules::Rules,
     /// Open alerts by (detection, source, account): later findings extend them.
     open: HashMap<(String, String, String), Alert>,
+    pub profiles: profiles::Profiles,
+    /// Profiles changed since they were last saved.
+    pub profiles_dirty: bool,
 }
 
 impl Engine {
     pub fn new(config: DetectConfig) -> Self {
-        Self { rules: rules::Rules::new(&config), config, open: HashMap::new() }
+        Self {
+            rules: rules::Rules::new(&config),
+            config,
+            open: HashMap::new(),
+            profiles: profiles::Profiles::default(),
+            profiles_dirty: false,
+        }
     }
 
     /// Alerts that are new or changed by this event.
     pub fn process(&mut self, ev: &ActivityEvent) -> Vec<Alert> {
         let mut findings = Vec::new();
         self.rules.observe(&self.config, ev, &mut findings);
+        let learning_ns = self.config.learning_ns();
+        if learning_ns > 0 {
+            self.profiles.observe(ev, learning_ns, &mut findings);
+            self.profiles_dirty = true;
+            let learning = self.profiles.learning(ev.time_unix_ns, learning_ns);
+            findings.retain(|f| !self.profiles.normal_source(f, learning));
+        }
         let mut changed = Vec::new();
         let window = self.config.window_ns();
         for f in findings {
@@ -168,6 +185,12 @@ impl Engine {
             self.open.retain(|_, a| now - a.last_seen_ns <= window);
         }
         changed
+    }
+
+    /// Replaces the configuration (SIGHUP); what was learned and the open alerts stay.
+    pub fn reconfigure(&mut self, config: DetectConfig) {
+        self.rules.reconfigure(&config);
+        self.config = config;
     }
 
     /// Addresses a sensor registered as the DCs it monitors.

@@ -44,7 +44,7 @@ fn lower(s: &str) -> String {
 }
 
 /// "user@REALM", "DOMAIN\user" and "user" name the same account.
-fn account_key(account: &str) -> String {
+pub(crate) fn account_key(account: &str) -> String {
     let a = account.rsplit('\\').next().unwrap_or(account);
     lower(a.split('@').next().unwrap_or(a))
 }
@@ -120,6 +120,12 @@ impl Rules {
             watching_since: None,
             honeytokens: cfg.honeytokens.iter().map(|a| account_key(a)).collect(),
         }
+    }
+
+    /// Takes the honeytokens and DCs of a new configuration (learned DCs stay).
+    pub fn reconfigure(&mut self, cfg: &DetectConfig) {
+        self.honeytokens = cfg.honeytokens.iter().map(|a| account_key(a)).collect();
+        self.dcs.extend(cfg.dcs.iter().cloned());
     }
 
     /// DCs a sensor says it monitors.

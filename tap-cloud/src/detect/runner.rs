@@ -6,6 +6,9 @@ use std::sync::Arc;
 use super::{Alert, Engine};
 use crate::store::Store;
 
+/// Name of the learned profiles in the store's engine state.
+const PROFILES: &str = "profiles";
+
 /// Events read per sensor per step.
 const BATCH: usize = 5_000;
 
@@ -23,6 +26,13 @@ impl Runner {
         let mut engine = engine;
         for a in store.recent_alerts(engine.config.window_ns())? {
             engine.resume(a);
+        }
+        if let Some(json) = store.load_state(PROFILES)? {
+            match serde_json::from_str(&json) {
+                Ok(p) => engine.profiles = p,
+                // Starting to learn again beats not starting at all.
+                Err(e) => log::warn!("learned profiles unreadable, learning again: {e}"),
+            }
         }
         Ok(Self { engine, store, incident_gap_ns: 3_600_000_000_000 })
     }
@@ -43,10 +53,21 @@ impl Runner {
                     alerts.push(a);
                 }
             }
+            self.save_profiles()?;
             self.store.set_detect_cursor(&sensor.id, last)?;
             processed += events.len();
         }
         Ok(processed)
+    }
+
+    /// Saved before the cursor moves, so a crash in between learns an event twice rather
+    /// than never.
+    fn save_profiles(&mut self) -> anyhow::Result<()> {
+        if self.engine.profiles_dirty {
+            self.store.save_state(PROFILES, &serde_json::to_string(&self.engine.profiles)?)?;
+            self.engine.profiles_dirty = false;
+        }
+        Ok(())
     }
 
     /// Steps until nothing new is left.
@@ -59,5 +80,55 @@ impl Runner {
             }
             total += n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        detect::DetectConfig,
+        pb::{activity_event::Detail, ActivityEvent, Kerberos},
+        store::SqliteStore,
+    };
+
+    #[test]
+    fn a_restarted_runner_resumes_its_cursor_profiles_and_open_alerts() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.add_sensor("s1", "h").unwrap();
+        let failure = |seq: u64, user: &str| ActivityEvent {
+            sensor_id: "s1".into(),
+            seq,
+            time_unix_ns: seq as i64 * 1_000_000_000,
+            src_ip: "10.1.1.1".into(),
+            dc_ip: "10.0.0.10".into(),
+            account: format!("{user}@LAB"),
+            result: "failure".into(),
+            detail: Some(Detail::Kerberos(Kerberos {
+                msg_type: 30,
+                cname: user.into(),
+                error_code: 24,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let first: Vec<_> = (1..=5).map(|i| failure(i, &format!("u{i}"))).collect();
+        store.insert_events("s1", &first, &[]).unwrap();
+        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(runner.catch_up().unwrap(), 5);
+        assert_eq!(store.alerts().unwrap().len(), 1, "the spray");
+        let learned = runner.engine.profiles.clone();
+        drop(runner);
+
+        // Sliding windows start empty after a restart (minutes of state, not kept); five
+        // more failures spray again, and that extends the alert instead of opening another.
+        let more: Vec<_> = (6..=10).map(|i| failure(i, &format!("u{i}"))).collect();
+        store.insert_events("s1", &more, &[]).unwrap();
+        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(runner.engine.profiles, learned);
+        assert_eq!(runner.catch_up().unwrap(), 5, "only what arrived since");
+        let alerts = store.alerts().unwrap();
+        assert_eq!(alerts.len(), 1, "the spray goes on in the same alert: {alerts:?}");
+        assert_eq!(alerts[0].last_seen_ns, 10_000_000_000);
     }
 }

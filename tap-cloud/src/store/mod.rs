@@ -95,4 +95,7 @@ pub trait Store: Send + Sync {
     /// Alerts last seen within `window_ns` of the newest alert.
     fn recent_alerts(&self, window_ns: i64) -> anyhow::Result<Vec<Alert>>;
     fn incidents(&self) -> anyhow::Result<Vec<Incident>>;
+    /// Named blobs of engine state (learned profiles) that must survive a restart.
+    fn load_state(&self, name: &str) -> anyhow::Result<Option<String>>;
+    fn save_state(&self, name: &str, value: &str) -> anyhow::Result<()>;
 }

@@ -72,6 +72,10 @@ CREATE TABLE IF NOT EXISTS alerts (
     evidence TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (last_seen_ns);
+CREATE TABLE IF NOT EXISTS engine_state (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
 
 fn severity_rank(s: &str) -> u8 {
@@ -428,6 +432,18 @@ impl Store for SqliteStore {
         ))?;
         let rows = stmt.query_map([window_ns], alert_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn load_state(&self, name: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.conn().query_row("SELECT value FROM engine_state WHERE name = ?1", [name], |r| r.get(0)).optional()?)
+    }
+
+    fn save_state(&self, name: &str, value: &str) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO engine_state (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
+        Ok(())
     }
 
     fn incidents(&self) -> anyhow::Result<Vec<Incident>> {

@@ -1,0 +1,235 @@
+//! Learned behaviour: per account, the hosts it logs on from, the protocols and services it
+//! uses and the hours it is active; and which hosts normally run directory or RPC
+//! enumeration. Learned during a configurable period from the first event; afterwards,
+//! first-seen behaviour raises a lower-severity alert and enumeration from the hosts that
+//! did it while learning (admin tools, scanners) no longer does.
+//!
+//! Bounded: at most `MAX_ACCOUNTS` accounts, and an account seen from more than
+//! `MAX_HOSTS` hosts is marked roaming (no host anomalies for it). Serialised into the
+//! store so a restart keeps what was learned.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::{rules::account_key, Finding};
+use crate::pb::{activity_event::Detail, ActivityEvent};
+
+const MAX_ACCOUNTS: usize = 100_000;
+const MAX_HOSTS: usize = 64;
+const MAX_SERVICES: usize = 256;
+
+/// Detections whose normal sources are learned.
+pub const LEARNED_DETECTIONS: [&str; 3] = ["ldap_recon", "rpc_recon", "session_enumeration"];
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AccountProfile {
+    pub hosts: BTreeSet<String>,
+    pub roaming: bool,
+    pub protocols: BTreeSet<String>,
+    pub services: BTreeSet<String>,
+    /// Bit h set: active in hour h (UTC).
+    pub hours: u32,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Profiles {
+    /// Time of the first event: learning runs from here.
+    pub started_ns: Option<i64>,
+    pub accounts: BTreeMap<String, AccountProfile>,
+    /// Per learned detection, the sources that did it while learning.
+    pub normal_sources: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Profiles {
+    pub fn learning(&self, t: i64, learning_ns: i64) -> bool {
+        self.started_ns.is_none_or(|s| t - s < learning_ns)
+    }
+
+    /// During learning, remembers the source of a learned detection's finding; afterwards,
+    /// says whether the finding is from a source learned as normal (to drop it).
+    pub fn normal_source(&mut self, f: &Finding, learning: bool) -> bool {
+        if !LEARNED_DETECTIONS.contains(&f.detection) {
+            return false;
+        }
+        let set = self.normal_sources.entry(f.detection.to_string()).or_default();
+        if learning {
+            if set.len() < MAX_HOSTS * 16 {
+                set.insert(f.src_ip.clone());
+            }
+            return false;
+        }
+        set.contains(&f.src_ip)
+    }
+
+    /// Learns from a successful logon or access, or (after learning) reports what is new.
+    pub fn observe(&mut self, ev: &ActivityEvent, learning_ns: i64, out: &mut Vec<Finding>) {
+        let t = ev.time_unix_ns;
+        self.started_ns = Some(self.started_ns.map_or(t, |s| s.min(t)));
+        let account = account_key(&ev.account);
+        if account.is_empty() || ev.result == "failure" || ev.src_ip.is_empty() {
+            return;
+        }
+        let learning = self.learning(t, learning_ns);
+        if !self.accounts.contains_key(&account) && self.accounts.len() >= MAX_ACCOUNTS {
+            return;
+        }
+        let p = self.accounts.entry(account.clone()).or_default();
+        let hour = ((t / 1_000_000_000).rem_euclid(86_400) / 3_600) as u32;
+        let service = match &ev.detail {
+            Some(Detail::Kerberos(k)) if k.msg_type == 13 => Some(k.sname.to_lowercase()),
+            _ => None,
+        };
+        let new_host = !p.roaming && !p.hosts.contains(&ev.src_ip);
+        let new_service = service.as_ref().is_some_and(|s| !p.services.contains(s));
+        let new_hour = p.hours & (1 << hour) == 0;
+        // After learning, an account the profile never saw is new as a whole: its first
+        // host, service and hour are not anomalies of it.
+        let known = !p.hosts.is_empty();
+        if !learning && known {
+            let base = |detection, title, severity, mitre, description: String| Finding {
+                detection,
+                title,
+                severity,
+                mitre,
+                account: account.clone(),
+                src_ip: ev.src_ip.clone(),
+                dc_ip: ev.dc_ip.clone(),
+                description,
+            };
+            if new_host {
+                let ntlm = ev.protocol == "ntlm";
+                out.push(base(
+                    if ntlm { "pass_the_hash" } else { "unusual_source" },
+                    if ntlm { "NTLM logon from a host the account never used (pass-the-hash?)" } else { "Account used from a new host" },
+                    if ntlm { "medium" } else { "low" },
+                    if ntlm { "T1550.002" } else { "T1078" },
+                    format!(
+                        "{} authenticated ({}) from {}, a host it was never seen on (known: {}). {}Confirm with the account's owner; if it was not them, reset the password and examine {}.",
+                        ev.account,
+                        ev.protocol,
+                        ev.src_ip,
+                        p.hosts.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                        if ntlm { "NTLM from an unexpected host is how a stolen hash is used. " } else { "" },
+                        ev.src_ip
+                    ),
+                ));
+            }
+            if new_service {
+                let s = service.clone().unwrap_or_default();
+                out.push(base("unusual_service", "Account accessed a service it never used", "low", "T1078", format!(
+                    "{} obtained a ticket for {s}, a service it never used before, from {}. Expected if its job changed; otherwise check what it did there.",
+                    ev.account, ev.src_ip
+                )));
+            }
+            if new_hour {
+                out.push(base(
+                    "unusual_time",
+                    "Account active at an unusual hour",
+                    "low",
+                    "T1078",
+                    format!(
+                    "{} was active at {hour:02}:00 UTC from {}, an hour it never was while the profile was learned.",
+                    ev.account, ev.src_ip
+                ),
+                ));
+            }
+        }
+        if new_host {
+            if p.hosts.len() >= MAX_HOSTS {
+                p.roaming = true;
+                p.hosts.clear();
+            } else {
+                p.hosts.insert(ev.src_ip.clone());
+            }
+        }
+        if let Some(s) = service {
+            if p.services.len() < MAX_SERVICES {
+                p.services.insert(s);
+            }
+        }
+        p.protocols.insert(ev.protocol.clone());
+        p.hours |= 1 << hour;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{DetectConfig, Engine};
+    use crate::pb::{activity_event::Detail, ActivityEvent, DceRpc, Ntlm};
+
+    const DAY: i64 = 86_400_000_000_000;
+
+    fn logon(t: i64, src: &str, protocol: &str) -> ActivityEvent {
+        ActivityEvent {
+            time_unix_ns: t,
+            src_ip: src.into(),
+            dc_ip: "10.0.0.10".into(),
+            account: "LAB\\alice".into(),
+            protocol: protocol.into(),
+            result: "success".into(),
+            detail: Some(Detail::Ntlm(Ntlm { message_type: 3, ..Default::default() })),
+            ..Default::default()
+        }
+    }
+
+    fn detections(engine: &mut Engine, ev: &ActivityEvent) -> Vec<String> {
+        engine.process(ev).into_iter().map(|a| a.detection).collect()
+    }
+
+    #[test]
+    fn a_new_host_after_the_learning_period_alerts_and_during_it_is_learned() {
+        let cfg = DetectConfig { learning_days: 1, ..Default::default() };
+        let mut engine = Engine::new(cfg);
+        let noon = 12 * 3_600_000_000_000;
+        assert!(detections(&mut engine, &logon(noon, "10.1.1.1", "ntlm")).is_empty());
+        // Still learning: a second host is simply learned.
+        assert!(detections(&mut engine, &logon(noon + DAY / 2, "10.1.1.2", "ntlm")).is_empty());
+        // After learning: known hosts at known hours are quiet, a new host is not.
+        assert!(detections(&mut engine, &logon(noon + 2 * DAY, "10.1.1.2", "ntlm")).is_empty());
+        assert_eq!(detections(&mut engine, &logon(noon + 2 * DAY + 1, "10.1.1.66", "ntlm")), vec!["pass_the_hash"]);
+        // It is learned now: the next logon from there is quiet.
+        assert!(detections(&mut engine, &logon(noon + 2 * DAY + 2, "10.1.1.66", "ntlm")).is_empty());
+        // An hour never seen while learning.
+        assert_eq!(
+            detections(&mut engine, &logon(2 * DAY + 3 * 3_600_000_000_000, "10.1.1.2", "ntlm")),
+            vec!["unusual_time"]
+        );
+    }
+
+    #[test]
+    fn without_learning_nothing_is_profiled() {
+        let cfg = DetectConfig { learning_days: 0, ..Default::default() };
+        let mut engine = Engine::new(cfg);
+        for (i, host) in ["10.1.1.1", "10.1.1.2", "10.1.1.3"].iter().enumerate() {
+            assert!(detections(&mut engine, &logon(i as i64 * 10 * DAY, host, "ntlm")).is_empty());
+        }
+        assert!(engine.profiles.accounts.is_empty());
+    }
+
+    #[test]
+    fn hosts_that_enumerated_while_learning_are_quiet_afterwards_others_are_not() {
+        let cfg = DetectConfig { learning_days: 1, ..Default::default() };
+        let mut engine = Engine::new(cfg);
+        let recon = |t: i64, src: &str, op: &str| ActivityEvent {
+            time_unix_ns: t,
+            src_ip: src.into(),
+            detail: Some(Detail::Dcerpc(DceRpc {
+                operation: "call".into(),
+                interface: "samr".into(),
+                operation_name: op.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let burst = |engine: &mut Engine, t: i64, src: &str| {
+            let mut d = detections(engine, &recon(t, src, "SamrEnumerateUsersInDomain"));
+            d.extend(detections(engine, &recon(t + 1, src, "SamrEnumerateGroupsInDomain")));
+            d
+        };
+        // While learning the admin tool's enumeration still alerts (nothing is known yet).
+        assert_eq!(burst(&mut engine, 0, "10.1.1.5"), vec!["rpc_recon"]);
+        assert!(burst(&mut engine, 3 * DAY, "10.1.1.5").is_empty(), "learned as normal");
+        assert_eq!(burst(&mut engine, 3 * DAY, "10.1.1.66"), vec!["rpc_recon"]);
+    }
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: a SPAN port stand-in (veth pair in two namespaces), the sensor's XDP
-//! program on the mirror end, a capture replayed into the other end, and what was kept and
-//! dropped.
+//! program on the mirror end streaming its events over mTLS to `tap-cloud` (in the mirror
+//! namespace, on its loopback), a capture replayed into the other end; then what was kept
+//! and dropped, what the parsers made of it, and the incidents the cloud detected.
 
 use std::{
     collections::BTreeMap,
@@ -83,10 +84,69 @@ fn kept_by_service(kept: &[pcap::PcapFrame]) -> BTreeMap<&'static str, u64> {
     by
 }
 
+/// The cloud, killed when the demo ends however it ends (Ctrl-C included: the process group
+/// gets the signal).
+struct Cloud(std::process::Child);
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const CLOUD_ADDR: &str = "127.0.0.1:7443";
+const SENSOR_ID: &str = "demo-sensor";
+
+/// Certificates, the sensor's key and an empty database in `dir`, then `tap-cloud serve`
+/// inside the mirror namespace (so the sensor reaches it on that namespace's loopback).
+fn start_cloud(cloud_bin: &Path, pair: &SpanPair, dir: &Path) -> anyhow::Result<Cloud> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let ok = |cmd: &mut std::process::Command| -> anyhow::Result<()> {
+        let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+        if !out.status.success() {
+            anyhow::bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    ok(std::process::Command::new(cloud_bin)
+        .args(["certs", "init", "--sensor", SENSOR_ID, "--dir"])
+        .arg(dir.join("pki")))?;
+    ok(std::process::Command::new(cloud_bin)
+        .args(["sensors", "add", SENSOR_ID, "--db"])
+        .arg(dir.join("cloud.db"))
+        .arg("--key-file")
+        .arg(dir.join("sensor.key")))?;
+    ok(std::process::Command::new("ip").args(["-n", &pair.mirror_ns, "link", "set", "lo", "up"]))?;
+    let log = std::fs::File::create(dir.join("cloud.log"))?;
+    let child = SpanPair::command_in(&pair.mirror_ns, cloud_bin)
+        .args(["serve", "--listen", CLOUD_ADDR, "--db"])
+        .arg(dir.join("cloud.db"))
+        .arg("--tls-dir")
+        .arg(dir.join("pki"))
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let cloud = Cloud(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(dir.join("cloud.log")).unwrap_or_default();
+        if text.contains("ingest listening") {
+            return Ok(cloud);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("tap-cloud did not start: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyhow::Result<()> {
-    step("build the sensor (release)");
-    env.cargo().args(["build", "--release", "-p", "tap-user"]).run()?;
+    step("build the sensor and the cloud (release)");
+    env.cargo().args(["build", "--release", "-p", "tap-user", "-p", "tap-cloud"]).run()?;
     let sensor_bin = env.root.join("target/release/tap-sensor");
+    let cloud_bin = env.root.join("target/release/tap-cloud");
     let work = env.root.join("target/demo");
     std::fs::create_dir_all(&work)?;
 
@@ -109,9 +169,39 @@ pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyh
     let pair = SpanPair::create("demo")?;
     note(&format!("generator namespace {} -> mirror namespace {}", pair.gen_ns, pair.mirror_ns));
     let kept_path = work.join("kept.pcap");
-    let sensor =
-        SensorProcess::start(&sensor_bin, &pair, &["--dc", &dcs, "--write", kept_path.to_str().context("path")?])?;
-    note(&format!("{} (watching {dcs})", sensor.output.last().map(String::as_str).unwrap_or("")));
+    let cloud_dir = work.join("cloud");
+    let cloud = start_cloud(&cloud_bin, &pair, &cloud_dir)?;
+    note(&format!(
+        "tap-cloud serving mTLS ingest on {CLOUD_ADDR} in {}, database {}",
+        pair.mirror_ns,
+        cloud_dir.join("cloud.db").display()
+    ));
+    let path = |p: PathBuf| p.display().to_string();
+    let spool = work.join("spool");
+    let _ = std::fs::remove_dir_all(&spool);
+    let args = [
+        "--dc".to_string(),
+        dcs.clone(),
+        "--write".into(),
+        path(kept_path.clone()),
+        "--sensor-id".into(),
+        SENSOR_ID.into(),
+        "--cloud".into(),
+        format!("https://{CLOUD_ADDR}"),
+        "--tls-ca".into(),
+        path(cloud_dir.join("pki/ca.pem")),
+        "--tls-cert".into(),
+        path(cloud_dir.join(format!("pki/sensor-{SENSOR_ID}.pem"))),
+        "--tls-key".into(),
+        path(cloud_dir.join(format!("pki/sensor-{SENSOR_ID}.key"))),
+        "--access-key-file".into(),
+        path(cloud_dir.join("sensor.key")),
+        "--spool-dir".into(),
+        path(spool),
+    ];
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sensor = SensorProcess::start(&sensor_bin, &pair, &arg_refs)?;
+    note(&format!("{} (watching {dcs}, events to the cloud)", sensor.output.last().map(String::as_str).unwrap_or("")));
 
     step(&format!("replaying {input_frames} frames at {DEMO_PPS} frames/s"));
     let sent = pair.replay(&input, Some(DEMO_PPS), 1)?;
@@ -136,7 +226,7 @@ pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyh
         println!("    {label:<40}{:>10}", counters.get(name));
     }
 
-    step("what the parsers made of it (events go to the uplink once it exists; see --read --json)");
+    step("what the parsers made of it");
     for (label, name) in [
         ("activity events", "parse_events"),
         ("Kerberos messages to the KDC", "parse_kerberos_messages"),
@@ -147,6 +237,7 @@ pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyh
         ("DCE/RPC PDUs", "parse_dcerpc_pdus"),
         ("DNS messages", "parse_dns_messages"),
         ("conversations (TCP and UDP)", "flow_created"),
+        ("events acknowledged by the cloud", "uplink_events_acked"),
     ] {
         println!("    {label:<40}{:>10}", counters.0.get(name).copied().unwrap_or(0));
     }
@@ -157,5 +248,27 @@ pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyh
         println!("    {service:<40}{n:>10}");
     }
     note(&format!("kept frames are in {}", kept_path.display()));
+
+    step("what the cloud detected");
+    // The cloud's detection thread follows the store every half second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let db = cloud_dir.join("cloud.db");
+    for what in ["incidents", "alerts"] {
+        let out = std::process::Command::new(&cloud_bin).args([what, "--db"]).arg(&db).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("    {what}:");
+        if text.trim().is_empty() {
+            println!("      (none)");
+        }
+        for line in text.lines() {
+            println!("      {line}");
+        }
+    }
+    drop(cloud);
+    note(&format!(
+        "look further: {} alerts --json --db {}  (the portal comes with the portal issue)",
+        cloud_bin.display(),
+        db.display()
+    ));
     Ok(())
 }

@@ -115,6 +115,14 @@ fn a_live_capture_streams_every_event_and_the_spray_is_detected() {
             "no {detection} alert from 10.77.0.20: {alerts}"
         );
     }
+    // Registration and the heartbeat (sent as the session opens) reached the registry.
+    let list = ok(Command::new(&cloud_bin).args(["sensors", "list", "--json", "--db", &d("cloud.db")]));
+    let sensor: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(sensor["monitored_dcs"], serde_json::json!(["10.77.0.10"]));
+    assert!(sensor["capabilities"].as_array().unwrap().iter().any(|c| c == "capture"), "{sensor}");
+    assert_eq!(sensor["version"], env!("CARGO_PKG_VERSION"));
+    assert!(sensor["last_heartbeat_unix_ns"].as_i64().is_some(), "{sensor}");
+    assert!(sensor["health_counters"].get("spool_events_appended").is_some(), "{sensor}");
     drop(pair);
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }

@@ -2,7 +2,7 @@
 //! feeds it the flow's bytes or datagrams (across PDU boundaries and gaps), and turns what
 //! it decodes into activity events.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::{pb, pb::activity_event::Detail, ActivityEvent, EventSink, Stamper};
 use crate::{
@@ -187,9 +187,28 @@ pub struct Analyzer {
     pub streams: StreamSummary,
 }
 
+/// `ip.to_string()`, without the formatting machinery for IPv4 (every event has two).
+fn ip_string(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else { return ip.to_string() };
+    let mut s = String::with_capacity(15);
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if o >= 100 {
+            s.push((b'0' + o / 100) as char);
+        }
+        if o >= 10 {
+            s.push((b'0' + o / 10 % 10) as char);
+        }
+        s.push((b'0' + o % 10) as char);
+    }
+    s
+}
+
 /// The fields every event of a flow shares.
 fn base(flow: &FlowMeta, protocol: &str, category: &str) -> ActivityEvent {
-    let ip = |a: SocketAddr| a.ip().to_string();
+    let ip = |a: SocketAddr| ip_string(a.ip());
     ActivityEvent {
         time_unix_ns: flow.last_seen.as_nanos() as i64,
         src_ip: ip(flow.client),
@@ -504,14 +523,14 @@ impl Analyzer {
     fn dcerpc_bytes(&mut self, flow: &FlowMeta, conn: &mut DceRpcConn, dir: Direction, data: &[u8]) {
         let framer = if dir == Direction::ToServer { &mut conn.to_server } else { &mut conn.to_client };
         let was_lost = framer.lost();
-        let mut pdus = Vec::new();
-        framer.push(data, &mut |p| pdus.push(p.to_vec()));
+        // The framer is taken out of the connection while it hands PDUs on straight from
+        // the stream's bytes (no copy); the PDU handler never touches the framers.
+        let mut framer = std::mem::take(framer);
+        framer.push(data, &mut |p| self.dcerpc_pdu(flow, conn, dir, p));
         if !was_lost && framer.lost() {
             self.counters.dcerpc_framing_lost += 1;
         }
-        for p in pdus {
-            self.dcerpc_pdu(flow, conn, dir, &p);
-        }
+        *(if dir == Direction::ToServer { &mut conn.to_server } else { &mut conn.to_client }) = framer;
     }
 
     fn dcerpc_pdu(&mut self, flow: &FlowMeta, conn: &mut DceRpcConn, dir: Direction, bytes: &[u8]) {
@@ -871,11 +890,9 @@ impl StreamConsumer for Analyzer {
             (FlowState::Kerberos { .. }, StreamEvent::Datagram { data, .. }) => self.kerberos(flow, data),
             (FlowState::Kerberos { to_server, to_client }, StreamEvent::Data { dir, data }) => {
                 let framer = if dir == Direction::ToServer { to_server } else { to_client };
-                let mut records = Vec::new();
-                framer.push(data, &mut self.counters.kerberos_oversized, &mut |r| records.push(r.to_vec()));
-                for r in records {
-                    self.kerberos(flow, &r);
-                }
+                let mut oversized = 0;
+                framer.push(data, &mut oversized, &mut |r| self.kerberos(flow, r));
+                self.counters.kerberos_oversized += oversized;
             }
             (FlowState::Kerberos { to_server, to_client }, StreamEvent::Gap { dir, .. }) => {
                 if dir == Direction::ToServer {
@@ -887,11 +904,7 @@ impl StreamConsumer for Analyzer {
             (FlowState::Dns { .. }, StreamEvent::Datagram { data, .. }) => self.dns(flow, data),
             (FlowState::Dns { to_server, to_client }, StreamEvent::Data { dir, data }) => {
                 let framer = if dir == Direction::ToServer { to_server } else { to_client };
-                let mut records = Vec::new();
-                framer.push(data, &mut |r| records.push(r.to_vec()));
-                for r in records {
-                    self.dns(flow, &r);
-                }
+                framer.push(data, &mut |r| self.dns(flow, r));
             }
             (FlowState::Dns { to_server, to_client }, StreamEvent::Gap { dir, .. }) => {
                 self.counters.dns_framing_lost += 1;
@@ -908,16 +921,14 @@ impl StreamConsumer for Analyzer {
                     framer.count_sealed(data.len());
                     return;
                 }
-                let mut pdus = Vec::new();
-                let mut oversized = 0;
+                // Taken out of the flow while PDUs are handed on uncopied (ldap_pdu never
+                // touches the framers).
+                let mut framer = std::mem::take(framer);
                 framer.push(data, &mut |f| match f {
-                    ldap::Frame::Pdu(p) => pdus.push(p.to_vec()),
-                    ldap::Frame::Oversized => oversized += 1,
+                    ldap::Frame::Pdu(p) => self.ldap_pdu(flow, st, dir, p),
+                    ldap::Frame::Oversized => self.counters.ldap_oversized += 1,
                 });
-                self.counters.ldap_oversized += oversized;
-                for p in pdus {
-                    self.ldap_pdu(flow, st, dir, &p);
-                }
+                *(if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client }) = framer;
             }
             (FlowState::Ldap(st), StreamEvent::Gap { dir, .. }) => {
                 let framer = if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client };
@@ -930,26 +941,24 @@ impl StreamConsumer for Analyzer {
             (FlowState::Smb2(st), StreamEvent::Data { dir, data }) => {
                 let framer = if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client };
                 let was_lost = framer.lost();
-                let mut units = Vec::new();
+                // Taken out of the flow while units are handed on uncopied (smb2_unit never
+                // touches the framers).
+                let mut framer = std::mem::take(framer);
                 framer.push(data, &mut |f| match f {
-                    smb2::Frame::Unit(u) => units.push((u.to_vec(), 0)),
-                    smb2::Frame::Oversized { head, len } => units.push((head.to_vec(), len)),
+                    smb2::Frame::Unit(u) => self.smb2_unit(flow, st, dir, u),
+                    smb2::Frame::Oversized { head, len } => {
+                        self.counters.smb2_oversized += 1;
+                        // A large encrypted message is still an encrypted message.
+                        if head.starts_with(b"\xfdSMB") {
+                            st.encrypted_messages += 1;
+                            st.encrypted_bytes += len as u64;
+                        }
+                    }
                 });
                 if !was_lost && framer.lost() {
                     self.counters.smb2_framing_lost += 1;
                 }
-                for (u, oversized_len) in units {
-                    if oversized_len > 0 {
-                        self.counters.smb2_oversized += 1;
-                        // A large encrypted message is still an encrypted message.
-                        if u.starts_with(b"\xfdSMB") {
-                            st.encrypted_messages += 1;
-                            st.encrypted_bytes += oversized_len as u64;
-                        }
-                        continue;
-                    }
-                    self.smb2_unit(flow, st, dir, &u);
-                }
+                *(if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client }) = framer;
             }
             (FlowState::Smb2(st), StreamEvent::Gap { dir, .. }) => {
                 let framer = if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client };

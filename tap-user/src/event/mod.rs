@@ -59,21 +59,26 @@ impl EventSink for Discard {
 /// One JSON object per line on a shared writer (`--json`).
 pub struct JsonLines<W: Write + Send> {
     out: Arc<Mutex<W>>,
+    /// The line being serialised, reused: the writer sees one write per event.
+    line: Vec<u8>,
 }
 
 impl<W: Write + Send> JsonLines<W> {
     pub fn new(out: Arc<Mutex<W>>) -> Self {
-        Self { out }
+        Self { out, line: Vec::with_capacity(1024) }
     }
 }
 
 impl<W: Write + Send> EventSink for JsonLines<W> {
     fn emit(&mut self, event: ActivityEvent) {
+        self.line.clear();
+        if serde_json::to_writer(&mut self.line, &event).is_err() {
+            return;
+        }
+        self.line.push(b'\n');
         if let Ok(mut out) = self.out.lock() {
             // A closed stdout (a pager quit) is not the sensor's problem to report per event.
-            if serde_json::to_writer(&mut *out, &event).is_ok() {
-                let _ = out.write_all(b"\n");
-            }
+            let _ = out.write_all(&self.line);
         }
     }
 }

@@ -47,7 +47,7 @@ fn u16_at(b: &[u8], at: usize) -> Result<u16, DnsError> {
 
 /// Reads a name at `at`; returns it and the offset after it (after the first pointer).
 fn read_name(msg: &[u8], mut at: usize) -> Result<(String, usize), DnsError> {
-    let mut name = String::new();
+    let mut name = String::with_capacity(64);
     let mut end = None;
     let mut pointers = 0;
     loop {
@@ -64,11 +64,17 @@ fn read_name(msg: &[u8], mut at: usize) -> Result<(String, usize), DnsError> {
                 if !name.is_empty() {
                     name.push('.');
                 }
-                for &c in label {
-                    if c.is_ascii_graphic() && c != b'.' && c != b'\\' {
-                        name.push(c as char);
-                    } else {
-                        name.push_str(&format!("\\{c:03}"));
+                let plain = |c: &u8| c.is_ascii_graphic() && *c != b'.' && *c != b'\\';
+                match std::str::from_utf8(label) {
+                    Ok(l) if label.iter().all(plain) => name.push_str(l),
+                    _ => {
+                        for &c in label {
+                            if plain(&c) {
+                                name.push(c as char);
+                            } else {
+                                name.push_str(&format!("\\{c:03}"));
+                            }
+                        }
                     }
                 }
                 at += 1 + len;

@@ -53,20 +53,44 @@ impl Framer {
             self.skip -= n;
             data = &data[n..];
         }
+        if self.buf.is_empty() {
+            // Nothing held back: records are handed on straight from `data`, and only an
+            // incomplete tail is copied.
+            let at = self.records(data, max, &header, out);
+            if at < data.len() {
+                self.buf.extend_from_slice(&data[at..]);
+            }
+            return;
+        }
         self.buf.extend_from_slice(data);
+        let buf = std::mem::take(&mut self.buf);
+        let at = self.records(&buf, max, &header, out);
+        self.buf = buf;
+        self.buf.drain(..at);
+    }
+
+    /// Hands on the records at the start of `bytes`; returns how many bytes were used up
+    /// (all of them when the stream was given up or an oversized record is being skipped).
+    fn records(
+        &mut self,
+        bytes: &[u8],
+        max: usize,
+        header: &impl Fn(&[u8]) -> Header,
+        out: &mut dyn FnMut(Framed<'_>),
+    ) -> usize {
         let mut at = 0;
-        while at < self.buf.len() {
-            let rest = &self.buf[at..];
+        while at < bytes.len() {
+            let rest = &bytes[at..];
             match header(rest) {
                 Header::Incomplete => break,
                 Header::Record { header, total } if total == 0 || total < header => {
                     self.lost = true;
-                    at = self.buf.len();
+                    at = bytes.len();
                 }
                 Header::Record { total, .. } if total > max => {
                     out(Framed::Oversized { head: &rest[..rest.len().min(OVERSIZED_HEAD)], total });
                     self.skip = total - rest.len().min(total);
-                    at = self.buf.len();
+                    at = bytes.len();
                 }
                 Header::Record { header, total } => {
                     if rest.len() < total {
@@ -78,15 +102,15 @@ impl Framer {
                 Header::Foreign => {
                     out(Framed::Foreign(rest));
                     self.lost = true;
-                    at = self.buf.len();
+                    at = bytes.len();
                 }
                 Header::Broken => {
                     self.lost = true;
-                    at = self.buf.len();
+                    at = bytes.len();
                 }
             }
         }
-        self.buf.drain(..at);
+        at
     }
 
     /// Bytes went missing: nothing buffered can be trusted, and the direction is given up

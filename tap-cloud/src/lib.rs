@@ -7,6 +7,7 @@ pub mod certs;
 pub mod detect;
 pub mod ingest;
 pub mod keys;
+pub mod portal;
 pub mod store;
 
 /// Generated from proto/dctap.proto by build.rs.

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use tap_cloud::{
     certs,
     detect::{runner::Runner, DetectConfig, Engine},
-    ingest, keys,
+    ingest, keys, portal,
     store::{SqliteStore, Store},
 };
 
@@ -38,6 +38,9 @@ enum Command {
     /// Run the ingest endpoint and the detections until SIGINT/SIGTERM; SIGHUP re-reads
     /// the configuration.
     Serve(ServeArgs),
+    /// Manage the portal's users.
+    #[command(subcommand)]
+    Users(UsersCmd),
     /// Issue, list and revoke sensor access keys.
     #[command(subcommand)]
     Sensors(SensorsCmd),
@@ -108,6 +111,25 @@ struct ServeArgs {
     insecure: bool,
     #[command(flatten)]
     config: ConfigArg,
+    /// Address of the web portal and its JSON API (sign-in required; users come from
+    /// `tap-cloud users add`). Plain HTTP: keep it on localhost or behind a TLS proxy.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+}
+
+#[derive(Subcommand)]
+enum UsersCmd {
+    /// Create a portal user or set a user's password and role. The password is read from
+    /// --password-file or, without it, from the first line of standard input.
+    Add {
+        name: String,
+        #[arg(long, value_parser = ["viewer", "analyst", "admin"], default_value = "analyst")]
+        role: String,
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        #[command(flatten)]
+        db: DbArg,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +194,28 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => serve(args),
         Command::Sensors(cmd) => sensors(cmd),
+        Command::Users(UsersCmd::Add { name, role, password_file, db }) => {
+            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                bail!("user name {name:?}: 1 to 64 characters, no spaces");
+            }
+            let password = match password_file {
+                Some(p) => std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line
+                }
+            };
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.chars().count() < 12 {
+                bail!("the password must have at least 12 characters");
+            }
+            let user =
+                tap_cloud::store::User { name: name.clone(), password_hash: portal::hash_password(password)?, role };
+            open(&db.db)?.add_user(&user)?;
+            eprintln!("user {name} ({}) saved", user.role);
+            Ok(())
+        }
         Command::Certs(CertsCmd::Init { dir, server_names, sensors }) => {
             let issued = certs::init(&dir, &server_names, &sensors)?;
             println!("CA:      {}", issued.ca.display());
@@ -272,10 +316,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = ingest::bind(args.listen).await?;
+        let web = tokio::net::TcpListener::bind(args.http)
+            .await
+            .with_context(|| format!("portal: listen on {}", args.http))?;
         log::info!(
-            "ingest listening on {} ({}), database {}",
+            "ingest listening on {} ({}), portal on http://{}, database {}",
             listener.local_addr()?,
             if tls.is_some() { "mTLS" } else { "plaintext" },
+            web.local_addr()?,
             args.db.db.display()
         );
         tokio::spawn(async move {
@@ -285,7 +333,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 reload.store(true, std::sync::atomic::Ordering::Relaxed);
             }
         });
-        ingest::serve(listener, tls, store, shutdown_signal()).await
+        // One signal stops both servers.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let web_store = Arc::clone(&store);
+        let portal = tokio::spawn(portal::serve(web, web_store, stopped(stop_rx.clone())));
+        ingest::serve(listener, tls, store, stopped(stop_rx)).await?;
+        portal.await.map_err(|e| anyhow::anyhow!("portal task: {e}"))?
     })
 }
 

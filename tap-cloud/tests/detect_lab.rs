@@ -38,7 +38,7 @@ fn alerts_for(pcap: &Path) -> BTreeSet<(String, String)> {
     ok(cloud().args(["sensors", "add", "lab", "--db"]).arg(&db).arg("--key-file").arg(dir.join("key")));
     let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut server = cloud()
-        .args(["serve", "--insecure", "--db"])
+        .args(["serve", "--http", "127.0.0.1:0", "--insecure", "--db"])
         .arg(&db)
         .arg("--listen")
         .arg(addr.to_string())

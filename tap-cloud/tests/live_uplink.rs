@@ -56,7 +56,17 @@ fn a_live_capture_streams_every_event_and_the_spray_is_detected() {
     let log = std::fs::File::create(dir.join("cloud.log")).unwrap();
     let cloud = Cloud(
         SpanPair::command_in(&pair.mirror_ns, &cloud_bin)
-            .args(["serve", "--listen", "127.0.0.1:7443", "--db", &d("cloud.db"), "--tls-dir", &d("pki")])
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--listen",
+                "127.0.0.1:7443",
+                "--db",
+                &d("cloud.db"),
+                "--tls-dir",
+                &d("pki"),
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

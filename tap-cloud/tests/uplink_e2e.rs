@@ -75,7 +75,7 @@ impl Site {
     fn start_cloud(&self) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("cloud.log")).unwrap();
         let child = cloud_cmd()
-            .args(["serve", "--db"])
+            .args(["serve", "--http", "127.0.0.1:0", "--db"])
             .arg(self.db())
             .arg("--listen")
             .arg(self.addr.to_string())

@@ -73,7 +73,7 @@ impl Cloud {
             .arg(dir.join("bench.key"))
             .output()?)?;
         let child = std::process::Command::new(bin)
-            .args(["serve", "--listen", addr, "--db"])
+            .args(["serve", "--http", "127.0.0.1:0", "--listen", addr, "--db"])
             .arg(&db)
             .arg("--tls-dir")
             .arg(dir.join("certs"))

@@ -70,7 +70,7 @@ fn alerts(env: &Env, pcap: &Path, dcs: &[String], work: &Path) -> anyhow::Result
         .arg(work.join("key")))?;
     let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut server = Command::new(&cloud)
-        .args(["serve", "--insecure", "--db"])
+        .args(["serve", "--http", "127.0.0.1:0", "--insecure", "--db"])
         .arg(&db)
         .arg("--config")
         .arg(&config)

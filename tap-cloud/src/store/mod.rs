@@ -58,6 +58,23 @@ pub struct Incident {
     pub alerts: u64,
 }
 
+/// A portal user; the password is kept only as an argon2 hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub password_hash: String,
+    /// "viewer", "analyst" or "admin".
+    pub role: String,
+}
+
+/// An analyst's note on an incident, or a change of its status or assignee.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Comment {
+    pub at_unix_ns: i64,
+    pub author: String,
+    pub text: String,
+}
+
 pub trait Store: Send + Sync {
     /// Stores a batch in one durable transaction; events whose (sensor, seq) is already
     /// held are skipped. Returns only after the data is on disk.
@@ -95,6 +112,21 @@ pub trait Store: Send + Sync {
     /// Alerts last seen within `window_ns` of the newest alert.
     fn recent_alerts(&self, window_ns: i64) -> anyhow::Result<Vec<Alert>>;
     fn incidents(&self) -> anyhow::Result<Vec<Incident>>;
+    fn add_user(&self, user: &User) -> anyhow::Result<()>;
+    fn user(&self, name: &str) -> anyhow::Result<Option<User>>;
+    fn incident(&self, id: i64) -> anyhow::Result<Option<(Incident, String)>>;
+    fn incident_alerts(&self, id: i64) -> anyhow::Result<Vec<Alert>>;
+    /// Changes status and/or assignee and records who did it (and a comment) in the log.
+    fn update_incident(
+        &self,
+        id: i64,
+        status: Option<&str>,
+        assignee: Option<&str>,
+        comment: &str,
+        author: &str,
+    ) -> anyhow::Result<bool>;
+    fn incident_comments(&self, id: i64) -> anyhow::Result<Vec<Comment>>;
+    fn event(&self, sensor_id: &str, seq: u64) -> anyhow::Result<Option<StoredEvent>>;
     /// Named blobs of engine state (learned profiles) that must survive a restart.
     fn load_state(&self, name: &str) -> anyhow::Result<Option<String>>;
     fn save_state(&self, name: &str, value: &str) -> anyhow::Result<()>;

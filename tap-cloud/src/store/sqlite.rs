@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use prost::Message as _;
 use rusqlite::{params, Connection, OptionalExtension as _};
 
-use super::{Incident, InsertOutcome, SensorRecord, Store, StoredEvent};
+use super::{Comment, Incident, InsertOutcome, SensorRecord, Store, StoredEvent, User};
 use crate::detect::Alert;
 use crate::pb::{ActivityEvent, Health, SensorInfo};
 
@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS incidents (
     title TEXT NOT NULL,
     severity TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'new',
+    assignee TEXT NOT NULL DEFAULT '',
     first_seen_ns INTEGER NOT NULL,
     last_seen_ns INTEGER NOT NULL
 );
@@ -72,6 +73,17 @@ CREATE TABLE IF NOT EXISTS alerts (
     evidence TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (last_seen_ns);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS incident_comments (
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    at_unix_ns INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    text TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS engine_state (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -432,6 +444,118 @@ impl Store for SqliteStore {
         ))?;
         let rows = stmt.query_map([window_ns], alert_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_user(&self, user: &User) -> anyhow::Result<()> {
+        self.conn().execute(
+            "INSERT INTO users (name, password_hash, role) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash, role = excluded.role",
+            params![user.name, user.password_hash, user.role],
+        )?;
+        Ok(())
+    }
+
+    fn user(&self, name: &str) -> anyhow::Result<Option<User>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT name, password_hash, role FROM users WHERE name = ?1", [name], |r| {
+                Ok(User { name: r.get(0)?, password_hash: r.get(1)?, role: r.get(2)? })
+            })
+            .optional()?)
+    }
+
+    fn incident(&self, id: i64) -> anyhow::Result<Option<(Incident, String)>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT i.id, i.title, i.severity, i.status, i.first_seen_ns, i.last_seen_ns, \
+                 (SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id), i.assignee FROM incidents i WHERE i.id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        Incident {
+                            id: r.get(0)?,
+                            title: r.get(1)?,
+                            severity: r.get(2)?,
+                            status: r.get(3)?,
+                            first_seen_ns: r.get(4)?,
+                            last_seen_ns: r.get(5)?,
+                            alerts: r.get::<_, i64>(6)? as u64,
+                        },
+                        r.get(7)?,
+                    ))
+                },
+            )
+            .optional()?)
+    }
+
+    fn incident_alerts(&self, id: i64) -> anyhow::Result<Vec<Alert>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE incident_id = ?1 ORDER BY first_seen_ns, id"
+        ))?;
+        let rows = stmt.query_map([id], alert_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn update_incident(
+        &self,
+        id: i64,
+        status: Option<&str>,
+        assignee: Option<&str>,
+        comment: &str,
+        author: &str,
+    ) -> anyhow::Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let Some((old_status, old_assignee)): Option<(String, String)> = tx
+            .query_row("SELECT status, assignee FROM incidents WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+        else {
+            return Ok(false);
+        };
+        let mut log = Vec::new();
+        if let Some(s) = status.filter(|s| *s != old_status) {
+            tx.execute("UPDATE incidents SET status = ?2 WHERE id = ?1", params![id, s])?;
+            log.push(format!("status {old_status} → {s}"));
+        }
+        if let Some(a) = assignee.filter(|a| *a != old_assignee) {
+            tx.execute("UPDATE incidents SET assignee = ?2 WHERE id = ?1", params![id, a])?;
+            log.push(if a.is_empty() { "unassigned".to_string() } else { format!("assigned to {a}") });
+        }
+        if !comment.trim().is_empty() {
+            log.push(comment.trim().to_string());
+        }
+        if !log.is_empty() {
+            tx.execute(
+                "INSERT INTO incident_comments (incident_id, at_unix_ns, author, text) VALUES (?1, ?2, ?3, ?4)",
+                params![id, crate::unix_ns(), author, log.join("; ")],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    fn incident_comments(&self, id: i64) -> anyhow::Result<Vec<Comment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT at_unix_ns, author, text FROM incident_comments WHERE incident_id = ?1 ORDER BY at_unix_ns, rowid",
+        )?;
+        let rows =
+            stmt.query_map([id], |r| Ok(Comment { at_unix_ns: r.get(0)?, author: r.get(1)?, text: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn event(&self, sensor_id: &str, seq: u64) -> anyhow::Result<Option<StoredEvent>> {
+        let row: Option<(Vec<u8>, i64, i64)> = self
+            .conn()
+            .query_row(
+                "SELECT body, spooled_unix_ns, stored_unix_ns FROM events WHERE sensor_id = ?1 AND seq = ?2",
+                params![sensor_id, seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(Self::decode_events(row.into_iter().collect())?.pop())
     }
 
     fn load_state(&self, name: &str) -> anyhow::Result<Option<String>> {

@@ -1,0 +1,400 @@
+//! The analysts' portal: server-rendered pages and the JSON API behind them, served by
+//! axum from the `tap-cloud` binary. Every page and API call needs a signed-in session
+//! (local users, argon2 password hashes); changes need the session's CSRF token and the
+//! analyst or admin role.
+
+mod pages;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
+use axum::{
+    extract::{FromRequestParts, Path, Query, State},
+    http::{header, request::Parts, HeaderMap, StatusCode},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::{get, post},
+    Form, Json, Router,
+};
+use serde::Deserialize;
+
+use crate::store::{Store, User};
+
+/// A session ends after this long without a request.
+const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+const COOKIE: &str = "dctap_session";
+pub const ROLES: [&str; 3] = ["viewer", "analyst", "admin"];
+pub const STATUSES: [&str; 4] = ["new", "in_progress", "resolved", "false_positive"];
+
+/// Hashes a password for `tap-cloud users add`.
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub user: String,
+    pub role: String,
+    pub csrf: String,
+    last_seen: Instant,
+}
+
+impl Session {
+    pub fn can_change(&self) -> bool {
+        self.role == "analyst" || self.role == "admin"
+    }
+}
+
+#[derive(Clone)]
+pub struct Portal {
+    pub store: Arc<dyn Store>,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    // Without randomness there is no safe session; refusing to serve is the right failure.
+    getrandom::fill(&mut b).expect("no randomness for a session token");
+    crate::keys::hex(&b)
+}
+
+/// Rejection of a request without a valid session: pages go to the sign-in form, API calls
+/// get 401.
+pub enum NotSignedIn {
+    Page,
+    Api,
+}
+
+impl IntoResponse for NotSignedIn {
+    fn into_response(self) -> Response {
+        match self {
+            NotSignedIn::Page => Redirect::to("/login").into_response(),
+            NotSignedIn::Api => {
+                (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"error": "sign in first"}))).into_response()
+            }
+        }
+    }
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|c| {
+        let (k, v) = c.trim().split_once('=')?;
+        (k == COOKIE).then(|| v.to_string())
+    })
+}
+
+impl FromRequestParts<Portal> for Session {
+    type Rejection = NotSignedIn;
+
+    async fn from_request_parts(parts: &mut Parts, portal: &Portal) -> Result<Self, Self::Rejection> {
+        let api = parts.uri.path().starts_with("/api/");
+        let reject = || if api { NotSignedIn::Api } else { NotSignedIn::Page };
+        let token = cookie_token(&parts.headers).ok_or_else(reject)?;
+        let mut sessions = portal.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let session = sessions.get_mut(&token).ok_or_else(reject)?;
+        if session.last_seen.elapsed() > SESSION_IDLE {
+            sessions.remove(&token);
+            return Err(reject());
+        }
+        session.last_seen = Instant::now();
+        Ok(session.clone())
+    }
+}
+
+pub type PortalResult<T> = Result<T, PortalError>;
+
+/// An error page or JSON error with its status.
+pub struct PortalError(StatusCode, String);
+
+impl IntoResponse for PortalError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<anyhow::Error> for PortalError {
+    fn from(e: anyhow::Error) -> Self {
+        log::error!("portal: {e:#}");
+        PortalError(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the cloud's log)".into())
+    }
+}
+
+fn forbidden(why: &str) -> PortalError {
+    PortalError(StatusCode::FORBIDDEN, why.into())
+}
+
+fn not_found() -> PortalError {
+    PortalError(StatusCode::NOT_FOUND, "no such incident".into())
+}
+
+/// Runs store work off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> PortalResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PortalError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(Into::into)
+}
+
+pub fn router(store: Arc<dyn Store>) -> Router {
+    let portal = Portal { store, sessions: Arc::default() };
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/incidents") }))
+        .route("/login", get(pages::login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/incidents", get(pages::incidents))
+        .route("/incidents/{id}", get(pages::incident).post(change_incident_form))
+        .route("/sensors", get(pages::sensors))
+        .route("/api/incidents", get(api_incidents))
+        .route("/api/incidents/{id}", get(api_incident).post(change_incident_api))
+        .route("/api/alerts", get(api_alerts))
+        .route("/api/sensors", get(api_sensors))
+        .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .with_state(portal)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+}
+
+async fn login(State(portal): State<Portal>, Form(form): Form<LoginForm>) -> PortalResult<Response> {
+    let store = Arc::clone(&portal.store);
+    let name = form.username.clone();
+    let user: Option<User> = blocking(move || store.user(&name)).await?;
+    // Hash even for an unknown user, so timing does not tell which names exist.
+    let (hash, known) = match &user {
+        Some(u) => (u.password_hash.clone(), true),
+        None => (dummy_hash().to_string(), false),
+    };
+    let password = form.password;
+    let ok = tokio::task::spawn_blocking(move || {
+        Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok()
+    })
+    .await
+    .unwrap_or(false);
+    let Some(user) = user.filter(|_| ok && known) else {
+        log::warn!("portal: failed sign-in for {:?}", form.username);
+        return Ok(
+            (StatusCode::UNAUTHORIZED, Html(pages::login_page(Some("Wrong user name or password.")))).into_response()
+        );
+    };
+    let token = random_token();
+    let session = Session { user: user.name.clone(), role: user.role, csrf: random_token(), last_seen: Instant::now() };
+    portal.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(token.clone(), session);
+    log::info!("portal: {} signed in", user.name);
+    let cookie =
+        format!("{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}", SESSION_IDLE.as_secs());
+    Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/incidents")).into_response())
+}
+
+/// The hash of a random password, verified against when the user is unknown.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password(&random_token()).unwrap_or_default())
+}
+
+async fn logout(
+    State(portal): State<Portal>,
+    headers: HeaderMap,
+    session: Session,
+    Form(form): Form<CsrfOnly>,
+) -> Response {
+    if form.csrf != session.csrf {
+        return forbidden("bad CSRF token").into_response();
+    }
+    if let Some(token) = cookie_token(&headers) {
+        portal.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
+    }
+    let cookie = format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0");
+    ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
+}
+
+#[derive(Deserialize)]
+struct CsrfOnly {
+    csrf: String,
+}
+
+#[derive(Deserialize, Default)]
+pub struct IncidentChange {
+    #[serde(default)]
+    pub csrf: String,
+    pub status: Option<String>,
+    pub assignee: Option<String>,
+    #[serde(default)]
+    pub comment: String,
+}
+
+async fn apply_change(
+    portal: &Portal,
+    session: &Session,
+    id: i64,
+    change: IncidentChange,
+    csrf: &str,
+) -> PortalResult<()> {
+    if csrf != session.csrf {
+        return Err(forbidden("bad or missing CSRF token"));
+    }
+    if !session.can_change() {
+        return Err(forbidden("the viewer role cannot change incidents"));
+    }
+    if let Some(s) = change.status.as_deref().filter(|s| !s.is_empty()) {
+        if !STATUSES.contains(&s) {
+            return Err(PortalError(StatusCode::BAD_REQUEST, format!("status {s:?}: one of {}", STATUSES.join(", "))));
+        }
+    }
+    if change.comment.len() > 4096 {
+        return Err(PortalError(StatusCode::BAD_REQUEST, "comment longer than 4096 bytes".into()));
+    }
+    let store = Arc::clone(&portal.store);
+    let author = session.user.clone();
+    let found = blocking(move || {
+        store.update_incident(
+            id,
+            change.status.as_deref().filter(|s| !s.is_empty()),
+            change.assignee.as_deref().map(str::trim),
+            &change.comment,
+            &author,
+        )
+    })
+    .await?;
+    if found {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
+}
+
+async fn change_incident_form(
+    State(portal): State<Portal>,
+    session: Session,
+    Path(id): Path<i64>,
+    Form(change): Form<IncidentChange>,
+) -> PortalResult<Response> {
+    let csrf = change.csrf.clone();
+    apply_change(&portal, &session, id, change, &csrf).await?;
+    Ok(Redirect::to(&format!("/incidents/{id}")).into_response())
+}
+
+async fn change_incident_api(
+    State(portal): State<Portal>,
+    session: Session,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Json(change): Json<IncidentChange>,
+) -> PortalResult<Json<serde_json::Value>> {
+    let csrf = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    apply_change(&portal, &session, id, change, &csrf).await?;
+    Ok(Json(serde_json::json!({ "ok": true })))
+}
+
+#[derive(Deserialize, Default)]
+pub struct IncidentFilter {
+    pub status: Option<String>,
+    pub q: Option<String>,
+}
+
+/// Incidents matching the filter, newest first.
+pub async fn filtered_incidents(portal: &Portal, filter: &IncidentFilter) -> PortalResult<Vec<crate::store::Incident>> {
+    let store = Arc::clone(&portal.store);
+    let mut list = blocking(move || store.incidents()).await?;
+    list.reverse();
+    if let Some(s) = filter.status.as_deref().filter(|s| !s.is_empty()) {
+        list.retain(|i| i.status == s);
+    }
+    if let Some(q) = filter.q.as_deref().map(str::to_lowercase).filter(|q| !q.is_empty()) {
+        list.retain(|i| i.title.to_lowercase().contains(&q));
+    }
+    Ok(list)
+}
+
+async fn api_incidents(
+    State(portal): State<Portal>,
+    _session: Session,
+    Query(filter): Query<IncidentFilter>,
+) -> PortalResult<Json<serde_json::Value>> {
+    Ok(Json(serde_json::json!({ "incidents": filtered_incidents(&portal, &filter).await? })))
+}
+
+/// An incident with its alerts, each with its evidence events, and the comment log.
+pub async fn incident_detail(portal: &Portal, id: i64) -> PortalResult<serde_json::Value> {
+    let store = Arc::clone(&portal.store);
+    let detail = blocking(move || {
+        let Some((incident, assignee)) = store.incident(id)? else { return Ok(None) };
+        let mut alerts = Vec::new();
+        for a in store.incident_alerts(id)? {
+            let mut evidence = Vec::new();
+            for (sensor, seq) in &a.evidence {
+                if let Some(e) = store.event(sensor, *seq)? {
+                    evidence.push(serde_json::to_value(&e.event)?);
+                }
+            }
+            let mut v = serde_json::to_value(&a)?;
+            v["evidence_events"] = serde_json::Value::Array(evidence);
+            alerts.push(v);
+        }
+        let comments = store.incident_comments(id)?;
+        Ok(Some(serde_json::json!({
+            "incident": incident, "assignee": assignee, "alerts": alerts, "comments": comments,
+        })))
+    })
+    .await?;
+    detail.ok_or_else(not_found)
+}
+
+async fn api_incident(
+    State(portal): State<Portal>,
+    _session: Session,
+    Path(id): Path<i64>,
+) -> PortalResult<Json<serde_json::Value>> {
+    Ok(Json(incident_detail(&portal, id).await?))
+}
+
+async fn api_alerts(State(portal): State<Portal>, _session: Session) -> PortalResult<Json<serde_json::Value>> {
+    let store = Arc::clone(&portal.store);
+    Ok(Json(serde_json::json!({ "alerts": blocking(move || store.alerts()).await? })))
+}
+
+async fn api_sensors(State(portal): State<Portal>, _session: Session) -> PortalResult<Json<serde_json::Value>> {
+    let store = Arc::clone(&portal.store);
+    Ok(Json(serde_json::json!({ "sensors": blocking(move || store.sensors()).await? })))
+}
+
+/// Serves the portal on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router(store)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+/// The API, described for clients (OpenAPI 3.1).
+const OPENAPI: &str = r##"{
+  "openapi": "3.1.0",
+  "info": {"title": "dctap portal API", "version": "1"},
+  "components": {"securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": "dctap_session"}}},
+  "security": [{"session": []}],
+  "paths": {
+    "/api/incidents": {"get": {"summary": "Incidents, newest first",
+      "parameters": [{"name": "status", "in": "query", "schema": {"type": "string", "enum": ["new", "in_progress", "resolved", "false_positive"]}},
+                     {"name": "q", "in": "query", "description": "text in the title", "schema": {"type": "string"}}],
+      "responses": {"200": {"description": "{incidents: [Incident]}"}, "401": {"description": "not signed in"}}}},
+    "/api/incidents/{id}": {
+      "get": {"summary": "An incident with its alerts (each with its evidence events) and its comment log",
+        "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+        "responses": {"200": {"description": "{incident, assignee, alerts, comments}"}, "404": {"description": "no such incident"}}},
+      "post": {"summary": "Change status or assignee, add a comment (analyst or admin; header x-csrf-token)",
+        "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
+                       {"name": "x-csrf-token", "in": "header", "required": true, "schema": {"type": "string"}}],
+        "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+          "status": {"type": "string"}, "assignee": {"type": "string"}, "comment": {"type": "string"}}}}}},
+        "responses": {"200": {"description": "{ok: true}"}, "403": {"description": "viewer role or bad CSRF token"}}}},
+    "/api/alerts": {"get": {"summary": "All alerts", "responses": {"200": {"description": "{alerts: [Alert]}"}}}},
+    "/api/sensors": {"get": {"summary": "Sensors with registration, last heartbeat and health", "responses": {"200": {"description": "{sensors: [Sensor]}"}}}}
+  }
+}"##;

@@ -3,6 +3,7 @@
 //! uplink know protobuf; parsers produce their own typed messages.
 
 pub mod analyzer;
+pub mod json;
 
 use std::{
     io::Write,
@@ -72,9 +73,7 @@ impl<W: Write + Send> JsonLines<W> {
 impl<W: Write + Send> EventSink for JsonLines<W> {
     fn emit(&mut self, event: ActivityEvent) {
         self.line.clear();
-        if serde_json::to_writer(&mut self.line, &event).is_err() {
-            return;
-        }
+        json::write_event(&mut self.line, &event);
         self.line.push(b'\n');
         if let Ok(mut out) = self.out.lock() {
             // A closed stdout (a pager quit) is not the sensor's problem to report per event.

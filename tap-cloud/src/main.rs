@@ -11,7 +11,11 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use tap_cloud::{
     certs,
-    detect::{runner::Runner, DetectConfig, Engine},
+    detect::{
+        export::{ExportConfig, Exporter},
+        runner::Runner,
+        DetectConfig, Engine,
+    },
     ingest, keys, portal,
     store::{SqliteStore, Store},
 };
@@ -84,6 +88,13 @@ struct ConfigArg {
 }
 
 impl ConfigArg {
+    fn exporter(&self) -> anyhow::Result<Option<Exporter>> {
+        let Some(path) = &self.config else { return Ok(None) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        let cfg = ExportConfig::from_toml(&text).with_context(|| format!("{}", path.display()))?;
+        Exporter::new(&cfg)
+    }
+
     fn detect(&self) -> anyhow::Result<DetectConfig> {
         match &self.config {
             None => Ok(DetectConfig::default()),
@@ -291,15 +302,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     // Detection follows the store on its own thread: ingest never waits for it.
     let mut runner = Runner::new(Engine::new(args.config.detect()?), Arc::clone(&store))?;
+    runner.exporter = args.config.exporter()?;
     let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (config, reload_flag) = (args.config.clone(), Arc::clone(&reload));
     std::thread::Builder::new().name("detect".into()).spawn(move || loop {
         if reload_flag.swap(false, std::sync::atomic::Ordering::Relaxed) {
             // A bad file leaves the running configuration in force.
-            match config.detect() {
-                Ok(cfg) => {
+            match config.detect().and_then(|cfg| Ok((cfg, config.exporter()?))) {
+                Ok((cfg, exporter)) => {
                     runner.engine.reconfigure(cfg);
-                    log::info!("detection configuration reloaded");
+                    runner.exporter = exporter;
+                    log::info!("detection and export configuration reloaded");
                 }
                 Err(e) => log::error!("configuration not reloaded, keeping the current one: {e:#}"),
             }

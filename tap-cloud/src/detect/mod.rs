@@ -6,6 +6,7 @@
 //! configuration, the windows, the alert type and the engine that runs them.
 
 pub mod config;
+pub mod export;
 pub mod profiles;
 pub mod rules;
 pub mod runner;

@@ -14,6 +14,8 @@ const BATCH: usize = 5_000;
 
 pub struct Runner {
     pub engine: Engine,
+    /// Where new alerts also go (SIEM); None: nowhere else.
+    pub exporter: Option<super::export::Exporter>,
     store: Arc<dyn Store>,
     /// Alerts on a shared entity this close in time join one incident.
     pub incident_gap_ns: i64,
@@ -34,7 +36,7 @@ impl Runner {
                 Err(e) => log::warn!("learned profiles unreadable, learning again: {e}"),
             }
         }
-        Ok(Self { engine, store, incident_gap_ns: 3_600_000_000_000 })
+        Ok(Self { engine, exporter: None, store, incident_gap_ns: 3_600_000_000_000 })
     }
 
     /// One pass over what arrived since the last; returns the events processed.
@@ -48,7 +50,11 @@ impl Runner {
             let mut alerts: Vec<Alert> = Vec::new();
             for e in &events {
                 for mut a in self.engine.process(&e.event) {
+                    let new = a.id == 0;
                     self.store.save_alert(&mut a, self.incident_gap_ns)?;
+                    if let (true, Some(x)) = (new, self.exporter.as_mut()) {
+                        x.send(&a);
+                    }
                     self.engine.saved(&a);
                     alerts.push(a);
                 }

@@ -117,7 +117,9 @@ async fn nothing_is_readable_without_signing_in() {
         let (status, location, _) = anon.send("GET", page, None, None).await;
         assert_eq!((status, location.as_str()), (StatusCode::SEE_OTHER, "/login"), "{page}");
     }
-    for api in ["/api/incidents", "/api/incidents/1", "/api/alerts", "/api/sensors"] {
+    for api in
+        ["/api/incidents", "/api/incidents/1", "/api/alerts", "/api/sensors", "/api/activity", "/api/hosts/10.77.0.20"]
+    {
         assert_eq!(anon.send("GET", api, None, None).await.0, StatusCode::UNAUTHORIZED, "{api}");
     }
     let forged = Client { app: app.clone(), cookie: Some("dctap_session=0123".into()) };
@@ -166,6 +168,27 @@ async fn an_analyst_sees_the_timeline_and_changes_the_incident_with_the_csrf_tok
     assert_eq!(store.incident(1).unwrap().unwrap().0.status, "resolved");
     let (_, filtered, _) = ana.send("GET", "/api/incidents?status=new", None, None).await;
     assert_eq!(serde_json::from_str::<serde_json::Value>(&filtered).unwrap()["incidents"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn entity_pages_and_activity_search_show_what_a_host_and_an_account_did() {
+    let app = portal::router(store_with_incident());
+    let (_, vic) = Client::login(&app, "vic", "vic-correct-horse").await;
+    let (status, host, _) = vic.send("GET", "/hosts/10.77.0.20", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(host.contains("Password spray") && host.contains("&lt;script&gt;"), "{host}");
+    let (_, json, _) = vic.send("GET", "/api/activity?protocol=kerberos&host=10.77.0.20", None, None).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["events"].as_array().unwrap().len(), 1);
+    let (_, json, _) = vic.send("GET", "/api/activity?protocol=ntlm", None, None).await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&json).unwrap()["events"], serde_json::json!([]));
+    let (status, page, _) = vic.send("GET", "/activity?host=10.77.0.20", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("/hosts/10.77.0.20"));
+    // A name with characters that mean something in a URL or in HTML still makes a page.
+    let (status, account, _) = vic.send("GET", "/accounts/%3Cscript%3Ealert(1)%3C%2Fscript%3E", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!account.contains("<script>alert"), "{account}");
 }
 
 #[tokio::test]

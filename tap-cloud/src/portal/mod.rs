@@ -147,6 +147,12 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/incidents", get(pages::incidents))
         .route("/incidents/{id}", get(pages::incident).post(change_incident_form))
         .route("/sensors", get(pages::sensors))
+        .route("/activity", get(pages::activity))
+        .route("/accounts/{name}", get(pages::account))
+        .route("/hosts/{ip}", get(pages::host))
+        .route("/api/activity", get(api_activity))
+        .route("/api/accounts/{name}", get(api_account))
+        .route("/api/hosts/{ip}", get(api_host))
         .route("/api/incidents", get(api_incidents))
         .route("/api/incidents/{id}", get(api_incident).post(change_incident_api))
         .route("/api/alerts", get(api_alerts))
@@ -363,6 +369,94 @@ async fn api_sensors(State(portal): State<Portal>, _session: Session) -> PortalR
     Ok(Json(serde_json::json!({ "sensors": blocking(move || store.sensors()).await? })))
 }
 
+/// Activity search with times in seconds (what the form and the API take).
+#[derive(Deserialize, Default)]
+pub struct ActivityParams {
+    pub account: Option<String>,
+    pub host: Option<String>,
+    pub protocol: Option<String>,
+    /// Unix seconds.
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub limit: Option<usize>,
+}
+
+pub async fn activity_events(portal: &Portal, p: &ActivityParams) -> PortalResult<Vec<serde_json::Value>> {
+    let q = crate::store::EventQuery {
+        account: p.account.clone().filter(|s| !s.is_empty()),
+        host: p.host.clone().filter(|s| !s.is_empty()),
+        protocol: p.protocol.clone().filter(|s| !s.is_empty()),
+        from_ns: p.from.map(|s| s.saturating_mul(1_000_000_000)),
+        to_ns: p.to.map(|s| s.saturating_mul(1_000_000_000)),
+        limit: p.limit,
+    };
+    let store = Arc::clone(&portal.store);
+    let events = blocking(move || store.search_events(&q)).await?;
+    events
+        .iter()
+        .map(|e| serde_json::to_value(&e.event).map_err(|e| PortalError::from(anyhow::Error::from(e))))
+        .collect()
+}
+
+async fn api_activity(
+    State(portal): State<Portal>,
+    _session: Session,
+    Query(p): Query<ActivityParams>,
+) -> PortalResult<Json<serde_json::Value>> {
+    Ok(Json(serde_json::json!({ "events": activity_events(&portal, &p).await? })))
+}
+
+/// An account: what was learned about it, its alerts and its recent activity.
+pub async fn account_detail(portal: &Portal, name: &str) -> PortalResult<serde_json::Value> {
+    let key = crate::detect::rules::account_key(name);
+    let store = Arc::clone(&portal.store);
+    let k = key.clone();
+    let (profile, alerts) = blocking(move || {
+        let profiles: crate::detect::profiles::Profiles =
+            store.load_state("profiles")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+        let alerts: Vec<_> =
+            store.alerts()?.into_iter().filter(|a| crate::detect::rules::account_key(&a.account) == k).collect();
+        Ok((profiles.accounts.get(&k).cloned(), alerts))
+    })
+    .await?;
+    let activity =
+        activity_events(portal, &ActivityParams { account: Some(key.clone()), limit: Some(100), ..Default::default() })
+            .await?;
+    Ok(serde_json::json!({ "account": key, "profile": profile, "alerts": alerts, "activity": activity }))
+}
+
+async fn api_account(
+    State(portal): State<Portal>,
+    _session: Session,
+    Path(name): Path<String>,
+) -> PortalResult<Json<serde_json::Value>> {
+    Ok(Json(account_detail(&portal, &name).await?))
+}
+
+/// A computer (source address): the accounts seen on it, its alerts, its recent activity.
+pub async fn host_detail(portal: &Portal, ip: &str) -> PortalResult<serde_json::Value> {
+    let store = Arc::clone(&portal.store);
+    let host = ip.to_string();
+    let alerts: Vec<_> =
+        blocking(move || Ok(store.alerts()?.into_iter().filter(|a| a.src_ip == host).collect::<Vec<_>>())).await?;
+    let activity =
+        activity_events(portal, &ActivityParams { host: Some(ip.to_string()), limit: Some(200), ..Default::default() })
+            .await?;
+    let mut accounts: Vec<String> =
+        activity.iter().filter_map(|e| e["account"].as_str()).filter(|a| !a.is_empty()).map(String::from).collect();
+    accounts.sort();
+    accounts.dedup();
+    Ok(serde_json::json!({ "host": ip, "accounts": accounts, "alerts": alerts, "activity": activity }))
+}
+
+async fn api_host(
+    State(portal): State<Portal>,
+    _session: Session,
+    Path(ip): Path<String>,
+) -> PortalResult<Json<serde_json::Value>> {
+    Ok(Json(host_detail(&portal, &ip).await?))
+}
+
 /// Serves the portal on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -394,6 +488,15 @@ const OPENAPI: &str = r##"{
         "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
           "status": {"type": "string"}, "assignee": {"type": "string"}, "comment": {"type": "string"}}}}}},
         "responses": {"200": {"description": "{ok: true}"}, "403": {"description": "viewer role or bad CSRF token"}}}},
+    "/api/activity": {"get": {"summary": "Activity search, newest first",
+      "parameters": [{"name": "account", "in": "query", "schema": {"type": "string"}}, {"name": "host", "in": "query", "schema": {"type": "string"}},
+                     {"name": "protocol", "in": "query", "schema": {"type": "string"}}, {"name": "from", "in": "query", "description": "unix seconds", "schema": {"type": "integer"}},
+                     {"name": "to", "in": "query", "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 5000}}],
+      "responses": {"200": {"description": "{events: [ActivityEvent]}"}}}},
+    "/api/accounts/{name}": {"get": {"summary": "An account: learned profile, alerts, recent activity",
+      "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "{account, profile, alerts, activity}"}}}},
+    "/api/hosts/{ip}": {"get": {"summary": "A computer: accounts seen on it, alerts, recent activity",
+      "parameters": [{"name": "ip", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "{host, accounts, alerts, activity}"}}}},
     "/api/alerts": {"get": {"summary": "All alerts", "responses": {"200": {"description": "{alerts: [Alert]}"}}}},
     "/api/sensors": {"get": {"summary": "Sensors with registration, last heartbeat and health", "responses": {"200": {"description": "{sensors: [Sensor]}"}}}}
   }

@@ -6,7 +6,10 @@ use axum::{
     response::Html,
 };
 
-use super::{filtered_incidents, incident_detail, IncidentFilter, Portal, PortalResult, Session, STATUSES};
+use super::{
+    account_detail, activity_events, filtered_incidents, host_detail, incident_detail, ActivityParams, IncidentFilter,
+    Portal, PortalResult, Session, STATUSES,
+};
 
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -52,7 +55,7 @@ form.inline{display:inline}input,select,button{font:inherit;padding:.25em .5em}c
 fn layout(title: &str, session: Option<&Session>, body: &str) -> Html<String> {
     let nav = match session {
         Some(s) => format!(
-            "<a href=/incidents>Incidents</a><a href=/sensors>Sensors</a><a href=/api/openapi.json>API</a>\
+            "<a href=/incidents>Incidents</a><a href=/activity>Activity</a><a href=/sensors>Sensors</a><a href=/api/openapi.json>API</a>\
              <span style=margin-left:auto>{} ({})</span><form class=inline method=post action=/logout>\
              <input type=hidden name=csrf value=\"{}\"><button>Sign out</button></form>",
             esc(&s.user),
@@ -131,6 +134,30 @@ pub async fn incidents(
     Ok(layout("Incidents", Some(&session), &body))
 }
 
+/// Path segments are percent-encoded so any name makes a valid, unambiguous link.
+fn url_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn account_link(a: &str) -> String {
+    if a.is_empty() {
+        return "-".into();
+    }
+    format!("<a href=\"/accounts/{}\">{}</a>", url_segment(a), esc(a))
+}
+
+fn host_link(h: &str) -> String {
+    format!("<a href=\"/hosts/{}\">{}</a>", url_segment(h), esc(h))
+}
+
 /// Fields left at their defaults say nothing about the event.
 fn is_empty_value(v: &serde_json::Value) -> bool {
     match v {
@@ -160,9 +187,9 @@ fn event_line(e: &serde_json::Value) -> String {
         "<li><span class=muted>{}</span> {} {} → {} {} <b>{}</b> {}<br><code>{}</code></li>",
         time(e["time_unix_ns"].as_i64().unwrap_or(0)),
         esc(&s("protocol")),
-        esc(&s("src_ip")),
+        host_link(&s("src_ip")),
         esc(&s("dc_ip")),
-        esc(&s("account")),
+        account_link(&s("account")),
         esc(&s("result")),
         esc(&s("category")),
         esc(&detail.unwrap_or_default())
@@ -191,8 +218,8 @@ pub async fn incident(
             desc = text(&a["description"]),
             mitre = text(&a["mitre"]),
             det = text(&a["detection"]),
-            src = text(&a["src_ip"]),
-            acct = if a["account"] == "" { "-".to_string() } else { text(&a["account"]) },
+            src = host_link(a["src_ip"].as_str().unwrap_or_default()),
+            acct = account_link(a["account"].as_str().unwrap_or_default()),
             dc = text(&a["dc_ip"]),
             n = a["evidence_events"].as_array().map_or(0, Vec::len),
         ));
@@ -236,6 +263,114 @@ pub async fn incident(
         last = time(inc["last_seen_ns"].as_i64().unwrap_or(0)),
     );
     Ok(layout(&format!("Incident {id}"), Some(&session), &body))
+}
+
+fn alert_rows(alerts: &[serde_json::Value]) -> String {
+    let mut rows = String::new();
+    for a in alerts {
+        let t = |k: &str| esc(a[k].as_str().unwrap_or_default());
+        rows.push_str(&format!(
+            "<tr><td class={sev}>{sev}</td><td><a href=/incidents/{inc}>{title}</a></td><td>{src}</td><td>{acct}</td><td class=muted>{first}</td></tr>",
+            sev = t("severity"),
+            inc = a["incident_id"].as_i64().unwrap_or(0),
+            title = t("title"),
+            src = host_link(a["src_ip"].as_str().unwrap_or_default()),
+            acct = account_link(a["account"].as_str().unwrap_or_default()),
+            first = time(a["first_seen_ns"].as_i64().unwrap_or(0)),
+        ));
+    }
+    if rows.is_empty() {
+        rows.push_str("<tr><td colspan=5 class=muted>None.</td></tr>");
+    }
+    format!("<table><tr><th>severity</th><th>alert</th><th>source</th><th>account</th><th>first seen</th></tr>{rows}</table>")
+}
+
+fn activity_list(events: &[serde_json::Value]) -> String {
+    if events.is_empty() {
+        return "<p class=muted>No activity.</p>".into();
+    }
+    format!("<ul>{}</ul>", events.iter().map(event_line).collect::<String>())
+}
+
+pub async fn activity(
+    State(portal): State<Portal>,
+    session: Session,
+    Query(p): Query<ActivityParams>,
+) -> PortalResult<Html<String>> {
+    let events = activity_events(&portal, &p).await?;
+    let v = |o: &Option<String>| esc(o.as_deref().unwrap_or_default());
+    let body = format!(
+        "<h2>Activity</h2><form method=get>Account <input name=account value=\"{}\"> Host <input name=host value=\"{}\"> \
+         Protocol <select name=protocol>{}</select> <button>Search</button></form>{}",
+        v(&p.account),
+        v(&p.host),
+        ["", "kerberos", "ntlm", "ldap", "smb2", "dcerpc", "dns"]
+            .iter()
+            .map(|x| format!(
+                "<option value=\"{x}\"{}>{}</option>",
+                if p.protocol.as_deref() == Some(x) { " selected" } else { "" },
+                if x.is_empty() { "any" } else { x }
+            ))
+            .collect::<String>(),
+        activity_list(&events)
+    );
+    Ok(layout("Activity", Some(&session), &body))
+}
+
+pub async fn account(
+    State(portal): State<Portal>,
+    session: Session,
+    Path(name): Path<String>,
+) -> PortalResult<Html<String>> {
+    let d = account_detail(&portal, &name).await?;
+    let list = |k: &str| {
+        let items: Vec<String> =
+            d["profile"][k].as_array().into_iter().flatten().filter_map(|x| x.as_str()).map(esc).collect();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let hours = d["profile"]["hours"].as_u64().unwrap_or(0);
+    let active: Vec<String> = (0..24).filter(|h| hours & (1 << h) != 0).map(|h| format!("{h:02}")).collect();
+    let profile = if d["profile"].is_null() {
+        "<p class=muted>Nothing learned yet (learning runs for the configured period from the first event).</p>"
+            .to_string()
+    } else {
+        format!(
+            "<div class=card><b>Learned profile</b><p>Hosts: {}</p><p>Services: {}</p><p>Protocols: {}</p><p>Active hours (UTC): {}</p></div>",
+            list("hosts"),
+            list("services"),
+            list("protocols"),
+            if active.is_empty() { "-".into() } else { active.join(" ") }
+        )
+    };
+    let body = format!(
+        "<h2>Account {}</h2>{profile}<h3>Alerts</h3>{}<h3>Recent activity</h3>{}",
+        esc(d["account"].as_str().unwrap_or_default()),
+        alert_rows(d["alerts"].as_array().map(Vec::as_slice).unwrap_or_default()),
+        activity_list(d["activity"].as_array().map(Vec::as_slice).unwrap_or_default())
+    );
+    Ok(layout("Account", Some(&session), &body))
+}
+
+pub async fn host(
+    State(portal): State<Portal>,
+    session: Session,
+    Path(ip): Path<String>,
+) -> PortalResult<Html<String>> {
+    let d = host_detail(&portal, &ip).await?;
+    let accounts: Vec<String> =
+        d["accounts"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).map(account_link).collect();
+    let body = format!(
+        "<h2>Computer {}</h2><p>Accounts seen on it: {}</p><h3>Alerts</h3>{}<h3>Recent activity</h3>{}",
+        esc(&ip),
+        if accounts.is_empty() { "-".into() } else { accounts.join(", ") },
+        alert_rows(d["alerts"].as_array().map(Vec::as_slice).unwrap_or_default()),
+        activity_list(d["activity"].as_array().map(Vec::as_slice).unwrap_or_default())
+    );
+    Ok(layout("Computer", Some(&session), &body))
 }
 
 pub async fn sensors(State(portal): State<Portal>, session: Session) -> PortalResult<Html<String>> {

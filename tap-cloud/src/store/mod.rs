@@ -75,6 +75,19 @@ pub struct Comment {
     pub text: String,
 }
 
+/// Activity search: every given field must match; newest first.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct EventQuery {
+    /// Account name without domain or realm ("alice" finds "alice@LAB" and "LAB\\alice").
+    pub account: Option<String>,
+    /// Source address.
+    pub host: Option<String>,
+    pub protocol: Option<String>,
+    pub from_ns: Option<i64>,
+    pub to_ns: Option<i64>,
+    pub limit: Option<usize>,
+}
+
 pub trait Store: Send + Sync {
     /// Stores a batch in one durable transaction; events whose (sensor, seq) is already
     /// held are skipped. Returns only after the data is on disk.
@@ -127,6 +140,7 @@ pub trait Store: Send + Sync {
     ) -> anyhow::Result<bool>;
     fn incident_comments(&self, id: i64) -> anyhow::Result<Vec<Comment>>;
     fn event(&self, sensor_id: &str, seq: u64) -> anyhow::Result<Option<StoredEvent>>;
+    fn search_events(&self, q: &EventQuery) -> anyhow::Result<Vec<StoredEvent>>;
     /// Named blobs of engine state (learned profiles) that must survive a restart.
     fn load_state(&self, name: &str) -> anyhow::Result<Option<String>>;
     fn save_state(&self, name: &str, value: &str) -> anyhow::Result<()>;

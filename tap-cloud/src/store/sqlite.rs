@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use prost::Message as _;
 use rusqlite::{params, Connection, OptionalExtension as _};
 
-use super::{Comment, Incident, InsertOutcome, SensorRecord, Store, StoredEvent, User};
+use super::{Comment, EventQuery, Incident, InsertOutcome, SensorRecord, Store, StoredEvent, User};
 use crate::detect::Alert;
 use crate::pb::{ActivityEvent, Health, SensorInfo};
 
@@ -44,6 +44,8 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (sensor_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time_unix_ns);
+CREATE INDEX IF NOT EXISTS events_by_source ON events (src_ip, time_unix_ns);
+CREATE INDEX IF NOT EXISTS events_by_account ON events (account COLLATE NOCASE);
 CREATE TABLE IF NOT EXISTS detect_cursors (
     sensor_id TEXT PRIMARY KEY,
     seq INTEGER NOT NULL
@@ -558,6 +560,33 @@ impl Store for SqliteStore {
         Ok(Self::decode_events(row.into_iter().collect())?.pop())
     }
 
+    fn search_events(&self, q: &EventQuery) -> anyhow::Result<Vec<StoredEvent>> {
+        let conn = self.conn();
+        let account = q.account.as_deref().map(str::to_lowercase).filter(|a| !a.is_empty());
+        let mut stmt = conn.prepare_cached(
+            "SELECT body, spooled_unix_ns, stored_unix_ns FROM events WHERE \
+             (?1 IS NULL OR lower(account) = ?1 OR lower(account) LIKE ?1 || '@%' OR lower(account) LIKE '%\\' || ?1) \
+             AND (?2 IS NULL OR src_ip = ?2) AND (?3 IS NULL OR protocol = ?3) \
+             AND (?4 IS NULL OR time_unix_ns >= ?4) AND (?5 IS NULL OR time_unix_ns <= ?5) \
+             ORDER BY time_unix_ns DESC LIMIT ?6",
+        )?;
+        let limit = q.limit.unwrap_or(200).min(5000) as i64;
+        let rows = stmt
+            .query_map(
+                params![
+                    account,
+                    q.host.as_deref().filter(|h| !h.is_empty()),
+                    q.protocol.as_deref().filter(|p| !p.is_empty()),
+                    q.from_ns,
+                    q.to_ns,
+                    limit
+                ],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::decode_events(rows)
+    }
+
     fn load_state(&self, name: &str) -> anyhow::Result<Option<String>> {
         Ok(self.conn().query_row("SELECT value FROM engine_state WHERE name = ?1", [name], |r| r.get(0)).optional()?)
     }
@@ -706,5 +735,39 @@ mod tests {
         let stored = store.alerts().unwrap().into_iter().find(|x| x.id == a.id).unwrap();
         assert_eq!((stored.last_seen_ns, stored.evidence.len()), (40, 2));
         assert_eq!(store.recent_alerts(hour).unwrap().len(), 1, "only the latest is within an hour of the newest");
+    }
+
+    #[test]
+    fn activity_search_matches_accounts_however_they_are_written() {
+        let store = SqliteStore::in_memory().unwrap();
+        let ev = |seq: u64, account: &str, src: &str, protocol: &str| ActivityEvent {
+            sensor_id: "s1".into(),
+            seq,
+            time_unix_ns: seq as i64,
+            account: account.into(),
+            src_ip: src.into(),
+            protocol: protocol.into(),
+            ..Default::default()
+        };
+        let events = [
+            ev(1, "alice@LAB.EXAMPLE", "10.1.1.1", "kerberos"),
+            ev(2, "LAB\\Alice", "10.1.1.2", "ntlm"),
+            ev(3, "malice@LAB.EXAMPLE", "10.1.1.1", "kerberos"),
+            ev(4, "bob@LAB.EXAMPLE", "10.1.1.1", "ldap"),
+        ];
+        store.insert_events("s1", &events, &[]).unwrap();
+        let seqs = |q: EventQuery| store.search_events(&q).unwrap().iter().map(|e| e.event.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(EventQuery { account: Some("alice".into()), ..Default::default() }), vec![2, 1]);
+        assert_eq!(seqs(EventQuery { host: Some("10.1.1.1".into()), ..Default::default() }), vec![4, 3, 1]);
+        assert_eq!(
+            seqs(EventQuery {
+                host: Some("10.1.1.1".into()),
+                protocol: Some("kerberos".into()),
+                from_ns: Some(2),
+                ..Default::default()
+            }),
+            vec![3]
+        );
+        assert_eq!(seqs(EventQuery { limit: Some(1), ..Default::default() }), vec![4]);
     }
 }

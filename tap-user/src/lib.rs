@@ -4,6 +4,7 @@
 //! `main.rs` only parses the command line; everything it runs lives here so tests can use it.
 
 pub mod capture;
+pub mod config;
 pub mod decode;
 pub mod event;
 pub mod flow;

@@ -25,8 +25,13 @@ use tap_user::{
 /// mirror (SPAN) port, or reads it from a capture file (--read), and turns it into
 /// per-conversation byte streams (and, with the parsers, identity activity).
 #[derive(Parser)]
-#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true, args_override_self = true)]
 struct Cli {
+    /// TOML file with any of these options (keys as the long flags with '_' for '-'; the
+    /// capture options in a [capture] table; deploy/sensor.toml documents them). Flags on
+    /// the command line override the file.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Read frames from a pcap or pcapng file instead of capturing (offline mode): the same
     /// pipeline, then a report, then exit.
     #[arg(long, value_name = "FILE")]
@@ -182,6 +187,7 @@ enum Command {
     /// Keeps frames whose DC end is on an AD service port (and non-first fragments of DC
     /// traffic), drops the rest in the kernel, and prints counters at exit and on SIGUSR1.
     /// SIGHUP re-reads --dc-file; SIGINT/SIGTERM detach and exit.
+    #[command(args_override_self = true)]
     Capture(CaptureArgs),
 }
 
@@ -232,7 +238,7 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(tap_user::config::expand_args(std::env::args().collect())?);
     let pipeline = cli.pipeline.options();
     let sensor_id = cli.pipeline.sensor_id.clone().unwrap_or_else(host_name);
     match (cli.command, cli.read) {

@@ -17,7 +17,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests, demo and benchmarks run: tcpreplay/trafgen generate traffic,
 /// tcpdump is the benchmark's peer, bpftool inspects programs, iproute2 builds the veth lab,
 /// tshark is the reference the reassembly is checked against, GNU time measures peak RSS.
-const APT_PACKAGES: &[&str] = &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2", "tshark", "time"];
+const APT_PACKAGES: &[&str] =
+    &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2", "tshark", "time", "systemd"];
 
 /// What later steps need from the set-up: a PATH with bpf-linker on it.
 pub struct Env {

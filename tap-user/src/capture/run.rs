@@ -170,11 +170,23 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         )?;
         out.flush()?;
     }
+    // systemd (Type=notify): ready only now that the program is attached.
+    let status = format!("capturing on {} ({} DC entries)", opts.iface, dcs.len());
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]) {
+        warn!("could not tell systemd the sensor is ready: {e}");
+    }
+    // Fed from the control loop: a loop that stops turning is what the watchdog is for.
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut fed = Instant::now();
 
     let started = Instant::now();
     let mut published = Instant::now();
     while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
         thread::sleep(CONTROL_TICK);
+        if watchdog.is_some_and(|every| fed.elapsed() >= every) {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            fed = Instant::now();
+        }
         if let Some(u) = &uplink {
             if published.elapsed() >= Duration::from_secs(1) {
                 publish_health(u, &xdp, &user, &pipeline.counters());
@@ -216,6 +228,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         }
     }
 
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     // Detach first so no frame arrives after the readers' last drain.
     xdp.detach()?;
     stop_readers.store(true, Ordering::Release);

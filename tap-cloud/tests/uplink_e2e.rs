@@ -301,3 +301,31 @@ fn a_wrong_certificate_an_unknown_sensor_and_a_revoked_key_are_refused() {
     cloud.wait().unwrap();
     assert_eq!(total(&got), 0, "nothing from a refused sensor is stored");
 }
+
+#[test]
+fn sighup_makes_the_sensor_reconnect_with_a_rotated_key() {
+    let Some(pcaps) = lab_or_skip("sighup_makes_the_sensor_reconnect_with_a_rotated_key") else {
+        return;
+    };
+    let pcap = pcaps.iter().find(|p| p.to_string_lossy().contains("password_spray")).unwrap_or(&pcaps[0]);
+    let want = expected(std::slice::from_ref(pcap));
+    let site = Site::new("rotate");
+    let mut cloud = site.start_cloud();
+    let sensor = site
+        .sensor(pcap, SENSOR_ID, &site.dir.join("certs"), &["--uplink-max-rate", "150", "--drain-timeout", "120"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Rotate: the old key is revoked, a new one issued into the same file, then SIGHUP.
+    run_ok(cloud_cmd().args(["sensors", "revoke", SENSOR_ID, "--db"]).arg(site.db()));
+    site.add_sensor(SENSOR_ID);
+    let _ = Command::new("kill").args(["-HUP", &sensor.id().to_string()]).status();
+    let out = sensor.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("reconnecting to load the certificates and access key again"), "{stderr}");
+    let (got, _) = site.stored();
+    cloud.kill().unwrap();
+    cloud.wait().unwrap();
+    assert_same(&got, &want);
+}

@@ -599,6 +599,31 @@ mod tests {
     }
 
     #[test]
+    fn dcshadow_and_rc4_preauthentication_are_flagged() {
+        let d = DetectConfig::default;
+        assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "drsuapi", "DRSAddEntry")]), vec!["dcshadow"]);
+        assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "drsuapi", "DRSReplicaAdd")]), vec!["dcshadow"]);
+        let mut with_dc = d();
+        with_dc.dcs.push("10.1.1.1".into());
+        assert!(run(with_dc, &[rpc(1, "10.1.1.1", "drsuapi", "DRSAddEntry")]).is_empty(), "DCs do this");
+        let asreq = |etypes: Vec<i32>, enc_ts: i32| {
+            ev(
+                1,
+                "10.1.1.1",
+                Detail::Kerberos(Kerberos {
+                    cname: "alice".into(),
+                    requested_etypes: etypes,
+                    enc_timestamp_etype: enc_ts,
+                    ..krb(10)
+                }),
+            )
+        };
+        assert_eq!(run(d(), &[asreq(vec![23], 23)]), vec!["encryption_downgrade"]);
+        assert!(run(d(), &[asreq(vec![18, 17, 23], 23)]).is_empty(), "AES offered: an old client, not a hash");
+        assert!(run(d(), &[asreq(vec![18, 17, 23], 18)]).is_empty());
+    }
+
+    #[test]
     fn rpc_abuse_and_recon_detections_fire_on_their_operations() {
         let d = DetectConfig::default;
         assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "efsrpc", "EfsRpcOpenFileRaw")]), vec!["forced_authentication"]);

@@ -34,6 +34,9 @@ pub struct DetectConfig {
     pub learning_days: u64,
     /// Accounts nobody should use; any activity alerts.
     pub honeytokens: Vec<String>,
+    /// Sensitive accounts (domain admins, service accounts with wide rights): alerts
+    /// naming them are raised to high severity.
+    pub sensitive_accounts: Vec<String>,
     /// Domain controllers' addresses (replication from them is normal); addresses that
     /// answer Kerberos or LDAP are learned as DCs too.
     pub dcs: Vec<String>,
@@ -55,6 +58,7 @@ impl Default for DetectConfig {
             max_ticket_lifetime_hours: 10,
             learning_days: 7,
             honeytokens: Vec::new(),
+            sensitive_accounts: Vec::new(),
             dcs: Vec::new(),
             exclusions: BTreeMap::new(),
         }

@@ -149,6 +149,17 @@ impl Engine {
             if self.config.excluded(f.detection, &f.src_ip, &f.account) {
                 continue;
             }
+            let mut f = f;
+            if !f.account.is_empty()
+                && self
+                    .config
+                    .sensitive_accounts
+                    .iter()
+                    .any(|s| rules::account_key(s) == rules::account_key(&f.account))
+            {
+                f.severity = "high";
+                f.description.push_str(" The account is marked sensitive.");
+            }
             let key = (f.detection.to_string(), f.src_ip.clone(), f.account.clone());
             let alert = match self.open.get_mut(&key) {
                 Some(a) if ev.time_unix_ns - a.last_seen_ns <= window => {

@@ -718,6 +718,22 @@ mod tests {
     }
 
     #[test]
+    fn alerts_on_sensitive_accounts_are_high() {
+        let cfg = DetectConfig { sensitive_accounts: vec!["LAB\\svc_backup".into()], ..Default::default() };
+        let brute: Vec<_> = (0..10).map(|i| krb_error(i, "10.1.1.1", "svc_backup", 24)).collect();
+        let mut engine = Engine::new(cfg);
+        let alerts: Vec<_> = brute.iter().flat_map(|e| engine.process(e)).collect();
+        assert!(alerts.iter().all(|a| a.severity == "high" && a.description.ends_with("marked sensitive.")));
+        let mut plain = Engine::new(DetectConfig::default());
+        let tgs = ev(
+            1,
+            "10.1.1.1",
+            Detail::Kerberos(Kerberos { requested_etypes: vec![23], sname: "http/web".into(), ..krb(12) }),
+        );
+        assert_eq!(plain.process(&tgs)[0].severity, "medium", "others keep their severity");
+    }
+
+    #[test]
     fn repeated_findings_extend_one_alert() {
         let mut engine = Engine::new(DetectConfig::default());
         let mut ids = std::collections::BTreeSet::new();

@@ -6,7 +6,8 @@ pub mod defrag;
 use std::net::IpAddr;
 
 use etherparse::{
-    ip_number, Ipv6ExtensionSlice, LinkExtSlice, NetSlice, SlicedPacket, TcpSlice, TransportSlice, UdpSlice,
+    ip_number, Ipv6ExtensionSlice, LaxLinkExtSlice, LaxNetSlice, LaxSlicedPacket, LenSource, LinkExtSlice, NetSlice,
+    SlicedPacket, TcpSlice, TransportSlice, UdpSlice,
 };
 
 /// TCP flags as on the wire (RFC 9293 section 3.1), low byte.
@@ -113,9 +114,38 @@ fn outer_vlan(p: &SlicedPacket<'_>) -> Option<u16> {
     })
 }
 
+/// A TCP segment from a capture taken on the sending host with segmentation offload: the
+/// IPv4 total length is 0 because the NIC fills it in later. Wireshark and Zeek take the
+/// length from the frame then, and so does this; anything else stays an error.
+fn decode_offloaded(frame: &[u8]) -> Option<Decoded<'_>> {
+    let p = LaxSlicedPacket::from_ethernet(frame).ok()?;
+    let Some(LaxNetSlice::Ipv4(v4)) = &p.net else { return None };
+    let h = v4.header();
+    if h.total_len() != 0 || v4.payload().len_source != LenSource::Slice || v4.is_payload_fragmented() {
+        return None;
+    }
+    let vlan = p.link_exts.iter().find_map(|e| match e {
+        LaxLinkExtSlice::Vlan(v) => Some(v.vlan_identifier().value()),
+        _ => None,
+    });
+    let Some(TransportSlice::Tcp(t)) = &p.transport else { return None };
+    Some(Decoded::Packet(Packet {
+        src: IpAddr::from(h.source()),
+        dst: IpAddr::from(h.destination()),
+        vlan,
+        l4: L4::Tcp(tcp_segment(t)),
+    }))
+}
+
 /// Decodes one Ethernet frame.
 pub fn decode(frame: &[u8]) -> Result<Decoded<'_>, DecodeError> {
-    let p = SlicedPacket::from_ethernet(frame).map_err(|e| {
+    let strict = SlicedPacket::from_ethernet(frame);
+    if strict.is_err() {
+        if let Some(d) = decode_offloaded(frame) {
+            return Ok(d);
+        }
+    }
+    let p = strict.map_err(|e| {
         use etherparse::err::packet::SliceError as E;
         match e {
             E::Len(l) if l.layer == etherparse::err::Layer::Ethernet2Header => DecodeError::BadLink,
@@ -213,6 +243,27 @@ mod tests {
 
     fn a4(s: &str) -> std::net::Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn offloaded_segments_with_a_zero_ip_length_take_the_frame_length() {
+        let mut f =
+            frame::ipv4(Tags::Dot1Q(5), a4("10.0.0.20"), a4("10.0.0.10"), TL4::Tcp { src: 5000, dst: 445 }, 2000, 1);
+        // Ethernet 14 + one VLAN tag 4: the IPv4 total length is at bytes 2..4 of its header.
+        f[18 + 2] = 0;
+        f[18 + 3] = 0;
+        let Decoded::Packet(p) = decode(&f).unwrap() else { panic!("packet") };
+        assert_eq!((p.vlan, p.l4.ports()), (Some(5), (5000, 445)));
+        let L4::Tcp(t) = p.l4 else { panic!("tcp") };
+        assert_eq!(t.payload.len(), 2000);
+        // A length beyond the frame is still an error, as is a zero length on UDP.
+        let mut lie = frame::ipv4(Tags::None, a4("10.0.0.20"), a4("10.0.0.10"), TL4::Tcp { src: 1, dst: 2 }, 100, 1);
+        lie[14 + 2] = 0x10; // 4 KiB more than the frame holds
+        assert!(decode(&lie).is_err());
+        let mut udp = frame::ipv4(Tags::None, a4("10.0.0.20"), a4("10.0.0.10"), TL4::Udp { src: 1, dst: 53 }, 100, 1);
+        udp[14 + 2] = 0;
+        udp[14 + 3] = 0;
+        assert!(decode(&udp).is_err());
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub struct CaptureFile {
     pub snaplen: Option<u32>,
     pub ring_mib: Option<u32>,
     pub xdp_mode: Option<String>,
+    pub metrics: Option<String>,
 }
 
 fn push(args: &mut Vec<String>, flag: &str, value: Option<impl ToString>) {
@@ -86,6 +87,7 @@ impl SensorFile {
             push(&mut c, "snaplen", cap.snaplen);
             push(&mut c, "ring-mib", cap.ring_mib);
             push(&mut c, "xdp-mode", cap.xdp_mode.as_ref());
+            push(&mut c, "metrics", cap.metrics.as_ref());
         }
         (g, c)
     }

@@ -9,6 +9,7 @@ pub mod decode;
 pub mod event;
 pub mod flow;
 pub mod frames;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod proto;

@@ -223,6 +223,10 @@ struct CaptureArgs {
     /// Measure the XDP program's own cost (kernel BPF statistics) and report run count and time.
     #[arg(long)]
     bpf_stats: bool,
+    /// Serve the counters for Prometheus on this local address (GET /metrics), e.g.
+    /// 127.0.0.1:9100.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Benchmarks only: attach a program that drops every frame and does nothing else.
     #[arg(long, hide = true)]
     floor_program: bool,
@@ -395,6 +399,7 @@ fn capture(args: CaptureArgs, pipeline: PipelineOptions, uplink: &UplinkArgs, se
         bpf_stats: args.bpf_stats,
         floor_program: args.floor_program,
         uplink: uplink.options(sensor_info(&sensor_id, dc_names, true))?,
+        metrics: args.metrics,
         pipeline,
         sensor_id,
     };

@@ -120,8 +120,10 @@ fn under_systemd_the_sensor_is_ready_only_once_attached_and_feeds_the_watchdog()
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let pair = SpanPair::create("notify").unwrap();
+    assert!(Command::new("ip").args(["-n", &pair.mirror_ns, "link", "set", "lo", "up"]).status().unwrap().success());
     let mut child = SpanPair::command_in(&pair.mirror_ns, env!("CARGO_BIN_EXE_tap-sensor"))
         .args(["capture", "--iface", tap_testkit::netns::MIRROR_IF, "--dc", "10.0.0.10", "--ring-mib", "1"])
+        .args(["--metrics", "127.0.0.1:9100"])
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "400000")
         .stdout(std::process::Stdio::null())
@@ -138,6 +140,14 @@ fn under_systemd_the_sensor_is_ready_only_once_attached_and_feeds_the_watchdog()
             messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         }
     }
+    // The counters are on the metrics address too (published once a second).
+    std::thread::sleep(Duration::from_millis(1200));
+    let scrape = SpanPair::command_in(&pair.mirror_ns, "bash")
+        .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/9100; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&scrape.stdout);
+    assert!(page.contains("# TYPE dctap_sensor_xdp_seen counter") && page.contains("dctap_sensor_flow_open"), "{page}");
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     while let Ok(n) = socket.recv(&mut buf) {

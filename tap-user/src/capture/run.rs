@@ -53,6 +53,8 @@ pub struct CaptureOptions {
     pub pipeline: PipelineOptions,
     /// Where events go; `None`: produced and counted only.
     pub uplink: Option<UplinkOptions>,
+    /// Local address for the Prometheus exposition of the counters.
+    pub metrics: Option<std::net::SocketAddr>,
     /// Stamped on every event.
     pub sensor_id: String,
     /// Attach the benchmark's floor program (drops everything, counts nothing) instead of
@@ -179,6 +181,16 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let mut fed = Instant::now();
 
+    let metrics: Option<crate::metrics::MetricsBoard> = match opts.metrics {
+        Some(addr) => {
+            let board = crate::metrics::MetricsBoard::default();
+            let bound = crate::metrics::serve(addr, std::sync::Arc::clone(&board))
+                .with_context(|| format!("metrics: listen on {addr}"))?;
+            info!("metrics on http://{bound}/metrics");
+            Some(board)
+        }
+        None => None,
+    };
     let started = Instant::now();
     let mut published = Instant::now();
     while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
@@ -187,11 +199,23 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             fed = Instant::now();
         }
-        if let Some(u) = &uplink {
-            if published.elapsed() >= Duration::from_secs(1) {
-                publish_health(u, &xdp, &user, &pipeline.counters());
-                published = Instant::now();
+        if (uplink.is_some() || metrics.is_some()) && published.elapsed() >= Duration::from_secs(1) {
+            let (counters, alerts) = health(&xdp, &user, &pipeline.counters());
+            if let Some(board) = &metrics {
+                let mut all: std::collections::BTreeMap<String, u64> = counters.clone().into_iter().collect();
+                if let Some(u) = &uplink {
+                    all.extend(u.report_rows().into_iter().map(|(k, v)| (k.to_string(), v)));
+                }
+                if let Ok(mut b) = board.lock() {
+                    *b = all;
+                }
             }
+            if let Some(u) = &uplink {
+                if let Ok(mut board) = u.health.lock() {
+                    *board = (counters, alerts);
+                }
+            }
+            published = Instant::now();
         }
         for port in port_rx.try_iter() {
             match xdp.filter.add_port(port) {
@@ -256,9 +280,13 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
 /// How long a stopping sensor keeps sending what is left in the spool.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// Puts the capture and pipeline counters where the uplink's heartbeat reads them, with
-/// the health alerts they imply.
-fn publish_health(u: &Uplink, xdp: &XdpCapture, user: &UserCounters, pipeline: &crate::pipeline::PipelineCounters) {
+/// The capture and pipeline counters, with the health alerts they imply (for the uplink's
+/// heartbeat and the metrics).
+fn health(
+    xdp: &XdpCapture,
+    user: &UserCounters,
+    pipeline: &crate::pipeline::PipelineCounters,
+) -> (std::collections::HashMap<String, u64>, Vec<String>) {
     let mut counters = std::collections::HashMap::new();
     let mut alerts = Vec::new();
     if let Ok(x) = xdp.counters() {
@@ -284,9 +312,7 @@ fn publish_health(u: &Uplink, xdp: &XdpCapture, user: &UserCounters, pipeline: &
         }
     }
     alerts.dedup();
-    if let Ok(mut board) = u.health.lock() {
-        *board = (counters, alerts);
-    }
+    (counters, alerts)
 }
 
 /// Totals of what the streams carried and the parsers made of them, over all workers.

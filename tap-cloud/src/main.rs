@@ -126,6 +126,9 @@ struct ServeArgs {
     /// `tap-cloud users add`). Plain HTTP: keep it on localhost or behind a TLS proxy.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9101.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -355,6 +358,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        if let Some(addr) = args.metrics {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("metrics: listen on {addr}"))?;
+            let router = portal::metrics_router(Arc::clone(&store));
+            let stop = stopped(stop_rx.clone());
+            tokio::spawn(async move { axum::serve(l, router).with_graceful_shutdown(stop).await });
+        }
         let web_store = Arc::clone(&store);
         let portal = tokio::spawn(portal::serve(web, web_store, stopped(stop_rx.clone())));
         ingest::serve(listener, tls, store, stopped(stop_rx)).await?;

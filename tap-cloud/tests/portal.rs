@@ -204,3 +204,18 @@ async fn a_viewer_reads_but_cannot_change() {
     assert_eq!(vic.send("POST", "/api/incidents/1", change, Some(&csrf)).await.0, StatusCode::FORBIDDEN);
     assert_eq!(store.incident(1).unwrap().unwrap().0.status, "new");
 }
+
+#[tokio::test]
+async fn metrics_count_events_alerts_and_incidents() {
+    let app = portal::metrics_router(store_with_incident());
+    let resp = app.oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    for line in [
+        "dctap_cloud_events_stored 1",
+        "dctap_cloud_alerts{severity=\"high\"} 1",
+        "dctap_cloud_incidents{status=\"new\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
+}

@@ -457,6 +457,58 @@ async fn api_host(
     Ok(Json(host_detail(&portal, &ip).await?))
 }
 
+/// Prometheus text exposition of the cloud's state (`serve --metrics ADDR`): stored events,
+/// alerts and incidents by severity or status, sensors and their freshness.
+pub fn metrics_router(store: Arc<dyn Store>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let store = Arc::clone(&store);
+            async move {
+                let text = blocking(move || {
+                    let mut out = String::new();
+                    let mut gauge = |name: &str, labels: &str, value: u64| {
+                        out.push_str(&format!("dctap_cloud_{name}{labels} {value}\n"));
+                    };
+                    gauge("events_stored", "", store.event_count()?);
+                    let alerts = store.alerts()?;
+                    for sev in ["high", "medium", "low"] {
+                        gauge(
+                            "alerts",
+                            &format!("{{severity=\"{sev}\"}}"),
+                            alerts.iter().filter(|a| a.severity == sev).count() as u64,
+                        );
+                    }
+                    let incidents = store.incidents()?;
+                    for status in STATUSES {
+                        gauge(
+                            "incidents",
+                            &format!("{{status=\"{status}\"}}"),
+                            incidents.iter().filter(|i| i.status == status).count() as u64,
+                        );
+                    }
+                    let now = crate::unix_ns();
+                    for s in store.sensors()? {
+                        let age =
+                            s.last_heartbeat_unix_ns.map_or(u64::MAX, |t| ((now - t).max(0) / 1_000_000_000) as u64);
+                        gauge(
+                            "sensor_heartbeat_age_seconds",
+                            &format!("{{sensor=\"{}\"}}", s.id.replace(['"', '\\'], "_")),
+                            age.min(1 << 40),
+                        );
+                    }
+                    Ok(out)
+                })
+                .await;
+                match text {
+                    Ok(t) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
+                    Err(e) => e.into_response(),
+                }
+            }
+        }),
+    )
+}
+
 /// Serves the portal on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,

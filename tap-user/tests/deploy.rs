@@ -129,16 +129,29 @@ fn under_systemd_the_sensor_is_ready_only_once_attached_and_feeds_the_watchdog()
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let mut messages = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut buf = [0u8; 1024];
-    while Instant::now() < deadline
-        && !(messages.iter().any(|m: &String| m.contains("READY=1"))
-            && messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2)
-    {
-        if let Ok(n) = socket.recv(&mut buf) {
-            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    // Drained all the time, as systemd does: a datagram queue left full would block the
+    // sensor's notify calls.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = std::sync::Arc::clone(&received);
+    let reader_socket = socket.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        loop {
+            match reader_socket.recv(&mut buf) {
+                Ok(n) => sink.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return,
+            }
         }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = received.lock().unwrap().clone();
+        if m.iter().any(|m| m.contains("READY=1")) && m.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no READY=1 and watchdog in 30 s: {m:?}");
+        std::thread::sleep(Duration::from_millis(50));
     }
     // The counters are on the metrics address too (published once a second).
     std::thread::sleep(Duration::from_millis(1200));
@@ -148,11 +161,22 @@ fn under_systemd_the_sensor_is_ready_only_once_attached_and_feeds_the_watchdog()
         .unwrap();
     let page = String::from_utf8_lossy(&scrape.stdout);
     assert!(page.contains("# TYPE dctap_sensor_xdp_seen counter") && page.contains("dctap_sensor_flow_open"), "{page}");
+    assert!(!page.contains("health_alert_capture_interface_down"), "{page}");
+    // The mirror port goes down: the health alert says so.
+    let down =
+        Command::new("ip").args(["-n", &pair.mirror_ns, "link", "set", tap_testkit::netns::MIRROR_IF, "down"]).status();
+    assert!(down.unwrap().success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let scrape = SpanPair::command_in(&pair.mirror_ns, "bash")
+        .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/9100; printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&scrape.stdout);
+    assert!(page.contains("dctap_sensor_health_alert_capture_interface_down 1"), "{page}");
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
-    while let Ok(n) = socket.recv(&mut buf) {
-        messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+    std::thread::sleep(Duration::from_millis(300));
+    let messages = received.lock().unwrap().clone();
     let ready = messages.iter().position(|m| m.contains("READY=1")).expect("READY=1 sent");
     assert!(messages[ready].contains("STATUS=capturing on"), "{messages:?}");
     assert!(messages[ready..].iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 2, "{messages:?}");

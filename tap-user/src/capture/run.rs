@@ -193,6 +193,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     };
     let started = Instant::now();
     let mut published = Instant::now();
+    let mut health_state = HealthState { iface: opts.iface.clone(), seen: 0, seen_changed: Instant::now() };
     while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
         thread::sleep(CONTROL_TICK);
         if watchdog.is_some_and(|every| fed.elapsed() >= every) {
@@ -200,12 +201,13 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
             fed = Instant::now();
         }
         if (uplink.is_some() || metrics.is_some()) && published.elapsed() >= Duration::from_secs(1) {
-            let (counters, alerts) = health(&xdp, &user, &pipeline.counters());
+            let (counters, alerts) = health(&mut health_state, &xdp, &user, &pipeline.counters());
             if let Some(board) = &metrics {
                 let mut all: std::collections::BTreeMap<String, u64> = counters.clone().into_iter().collect();
                 if let Some(u) = &uplink {
                     all.extend(u.report_rows().into_iter().map(|(k, v)| (k.to_string(), v)));
                 }
+                all.extend(alerts.iter().map(|a| (format!("health_alert_{a}"), 1)));
                 if let Ok(mut b) = board.lock() {
                     *b = all;
                 }
@@ -280,9 +282,20 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
 /// How long a stopping sensor keeps sending what is left in the spool.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
+/// How long without a single frame on the mirror port before "no_packets" is raised.
+const NO_PACKETS_AFTER: Duration = Duration::from_secs(60);
+
+/// What the health checks remember between calls.
+struct HealthState {
+    iface: String,
+    seen: u64,
+    seen_changed: Instant,
+}
+
 /// The capture and pipeline counters, with the health alerts they imply (for the uplink's
 /// heartbeat and the metrics).
 fn health(
+    state: &mut HealthState,
     xdp: &XdpCapture,
     user: &UserCounters,
     pipeline: &crate::pipeline::PipelineCounters,
@@ -295,6 +308,13 @@ fn health(
         }
         if x.get(tap_common::counters::Counter::RingFull) > 0 {
             alerts.push("capture_drops".to_string());
+        }
+        let seen = x.get(tap_common::counters::Counter::Seen);
+        if seen != state.seen {
+            state.seen = seen;
+            state.seen_changed = Instant::now();
+        } else if state.seen_changed.elapsed() >= NO_PACKETS_AFTER {
+            alerts.push("no_packets".to_string());
         }
     }
     for (name, value) in user.rows() {
@@ -310,6 +330,12 @@ fn health(
         if let (Some(k), Some(Ok(v))) = (parts.next(), parts.next().map(str::parse::<u64>)) {
             counters.insert(k.to_string(), v);
         }
+    }
+    // A mirror port whose link is down delivers nothing; say which rather than only "no
+    // packets".
+    let operstate = std::fs::read_to_string(format!("/sys/class/net/{}/operstate", state.iface)).unwrap_or_default();
+    if !matches!(operstate.trim(), "up" | "unknown") {
+        alerts.push("capture_interface_down".to_string());
     }
     alerts.dedup();
     (counters, alerts)

@@ -90,6 +90,10 @@ pub struct UplinkStatus {
     /// Events the cloud already held when they arrived (resends after a reconnect).
     pub duplicates: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// The last heartbeat's reply showed over five minutes between the clocks.
+    pub clock_skewed: AtomicBool,
+    /// Since when the sensor has been without a working session (None: connected).
+    pub disconnected_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl UplinkStatus {
@@ -122,6 +126,9 @@ pub async fn run(
         }
         let result = session(&cfg, &spool, &status, &health, &reload, &mut shutdown, &mut backoff).await;
         status.connected.store(false, Ordering::Relaxed);
+        if let Ok(mut since) = status.disconnected_since.lock() {
+            since.get_or_insert_with(std::time::Instant::now);
+        }
         match result {
             Ok(SessionEnd::Shutdown) => return,
             Ok(SessionEnd::Reload) => {
@@ -267,6 +274,9 @@ async fn session(
     }
     status.connects.fetch_add(1, Ordering::Relaxed);
     status.connected.store(true, Ordering::Relaxed);
+    if let Ok(mut since) = status.disconnected_since.lock() {
+        *since = None;
+    }
     backoff.reset();
     log::info!("uplink: connected to {} as {id}; sending from event {}", cfg.endpoint, spool.acked() + 1);
 
@@ -342,7 +352,7 @@ async fn session(
                 let beat = Health { sensor_id: id.clone(), sensor_time_unix_ns: crate::time::unix_ns(), counters, alerts };
                 let reply = tokio::time::timeout(Duration::from_secs(5), client.heartbeat(authed(beat, &id, &key)?)).await;
                 match reply {
-                    Ok(Ok(r)) => check_clock(r.into_inner().cloud_time_unix_ns),
+                    Ok(Ok(r)) => status.clock_skewed.store(check_clock(r.into_inner().cloud_time_unix_ns), Ordering::Relaxed),
                     Ok(Err(s)) => return Err(describe(&s, "heartbeat")),
                     Err(_) => bail!("heartbeat: no answer from the cloud in 5 s"),
                 }
@@ -357,12 +367,15 @@ async fn session(
     }
 }
 
-/// Clock skew over five minutes breaks Kerberos-time reasoning in the cloud; say so.
-fn check_clock(cloud_ns: i64) {
+/// Clock skew over five minutes breaks Kerberos-time reasoning in the cloud; say so (and
+/// raise it as a health alert).
+fn check_clock(cloud_ns: i64) -> bool {
     let skew = (crate::time::unix_ns() - cloud_ns).abs();
     if skew > 300_000_000_000 {
         log::warn!("clock skew with the cloud: {:.0} s (over 5 minutes)", skew as f64 / 1e9);
+        return true;
     }
+    false
 }
 
 /// Exponential backoff with full jitter (each wait uniform in [min, current]), so a fleet of

@@ -178,8 +178,19 @@ pub fn alerts(spool: &Spool, status: &UplinkStatus, spool_max_bytes: u64) -> Vec
     if status.refused.load(Ordering::Relaxed) {
         alerts.push("cloud_refused_sensor".to_string());
     }
+    if status.clock_skewed.load(Ordering::Relaxed) {
+        alerts.push("clock_skew".to_string());
+    }
+    // Sent once the link is back, so the cloud learns the sensor was cut off and for long.
+    let away = status.disconnected_since.lock().ok().and_then(|s| s.map(|t| t.elapsed()));
+    if away.is_some_and(|d| d >= CLOUD_UNREACHABLE_AFTER) {
+        alerts.push("cloud_unreachable".to_string());
+    }
     alerts
 }
+
+/// How long without a session before "cloud_unreachable" is raised.
+pub const CLOUD_UNREACHABLE_AFTER: Duration = Duration::from_secs(60);
 
 /// Counters as the heartbeat's map.
 pub fn counter_map(rows: &[(&str, u64)]) -> HashMap<String, u64> {

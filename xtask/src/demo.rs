@@ -265,10 +265,30 @@ pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyh
         }
     }
     drop(cloud);
-    note(&format!(
-        "look further: {} alerts --json --db {}  (the portal comes with the portal issue)",
+
+    step("the portal");
+    // A fresh analyst password each run, readable by root only.
+    let mut raw = [0u8; 12];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
+    let password: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let pw_file = cloud_dir.join("demo-password");
+    std::fs::write(&pw_file, &password)?;
+    std::fs::set_permissions(&pw_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let out = std::process::Command::new(&cloud_bin)
+        .args(["users", "add", "demo", "--role", "analyst", "--db"])
+        .arg(&db)
+        .arg("--password-file")
+        .arg(&pw_file)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!("tap-cloud users add: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    println!("    to browse these incidents, run the cloud on this host and open http://127.0.0.1:8080");
+    println!(
+        "      {} serve --insecure --listen 127.0.0.1:7444 --http 127.0.0.1:8080 --db {}",
         cloud_bin.display(),
         db.display()
-    ));
+    );
+    println!("    and sign in as demo / {password}  (also in {})", pw_file.display());
     Ok(())
 }

@@ -24,6 +24,7 @@ fn seed_http(corpus: &Path) -> anyhow::Result<usize> {
         b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate\r\nWWW-Authenticate: NTLM TlRMTVNTUAACAAAA\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\n",
         b"POST /wsman HTTP/1.1\r\nContent-Length: 4\r\nAuthorization: Negotiate YIIBBgYGKwYBBQUCoIH7MIH4\r\n\r\nbodyHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     ];
+    std::fs::create_dir_all(corpus)?;
     for (i, seed) in seeds.iter().enumerate() {
         std::fs::write(corpus.join(format!("http-{i}")), seed)?;
     }

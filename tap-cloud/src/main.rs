@@ -455,38 +455,41 @@ fn sensors(cmd: SensorsCmd) -> anyhow::Result<()> {
     }
 }
 
-fn export(store: &SqliteStore) -> anyhow::Result<()> {
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+/// Every stored event in (sensor, sequence) order, a page at a time.
+fn each_stored_event(
+    store: &SqliteStore,
+    mut f: impl FnMut(&tap_cloud::store::StoredEvent) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut after: Option<(String, u64)> = None;
     loop {
         let page = store.events_after(after.as_ref().map(|(s, q)| (s.as_str(), *q)), 10_000)?;
-        let Some(last) = page.last() else { break };
+        let Some(last) = page.last() else { return Ok(()) };
         after = Some((last.event.sensor_id.clone(), last.event.seq));
-        for e in &page {
-            serde_json::to_writer(&mut out, &e.event)?;
-            writeln!(out)?;
-        }
+        page.iter().try_for_each(&mut f)?;
     }
+}
+
+fn export(store: &SqliteStore) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    each_stored_event(store, |e| {
+        serde_json::to_writer(&mut out, &e.event)?;
+        Ok(writeln!(out)?)
+    })?;
     out.flush()?;
     Ok(())
 }
 
 fn stats(store: &SqliteStore) -> anyhow::Result<()> {
     let mut latencies = Vec::new();
-    let mut after: Option<(String, u64)> = None;
     let (mut first_spooled, mut last_stored) = (i64::MAX, i64::MIN);
-    loop {
-        let page = store.events_after(after.as_ref().map(|(s, q)| (s.as_str(), *q)), 10_000)?;
-        let Some(last) = page.last() else { break };
-        after = Some((last.event.sensor_id.clone(), last.event.seq));
-        for e in &page {
-            if e.spooled_unix_ns > 0 {
-                latencies.push(e.stored_unix_ns - e.spooled_unix_ns);
-                first_spooled = first_spooled.min(e.spooled_unix_ns);
-            }
-            last_stored = last_stored.max(e.stored_unix_ns);
+    each_stored_event(store, |e| {
+        if e.spooled_unix_ns > 0 {
+            latencies.push(e.stored_unix_ns - e.spooled_unix_ns);
+            first_spooled = first_spooled.min(e.spooled_unix_ns);
         }
-    }
+        last_stored = last_stored.max(e.stored_unix_ns);
+        Ok(())
+    })?;
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {

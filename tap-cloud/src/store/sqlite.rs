@@ -103,6 +103,19 @@ fn severity_rank(s: &str) -> u8 {
 const ALERT_COLUMNS: &str = "id, incident_id, detection, title, severity, mitre, account, src_ip, dc_ip, \
      first_seen_ns, last_seen_ns, description, evidence";
 
+/// Columns: id, title, severity, status, first_seen_ns, last_seen_ns, alert count.
+fn incident_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
+    Ok(Incident {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        severity: r.get(2)?,
+        status: r.get(3)?,
+        first_seen_ns: r.get(4)?,
+        last_seen_ns: r.get(5)?,
+        alerts: r.get::<_, i64>(6)? as u64,
+    })
+}
+
 fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
     Ok(Alert {
         id: r.get(0)?,
@@ -236,16 +249,10 @@ impl Store for SqliteStore {
             "SELECT body, spooled_unix_ns, stored_unix_ns FROM events WHERE (sensor_id, seq) > (?1, ?2) \
              ORDER BY sensor_id, seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![sensor, seq as i64, limit as i64], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (body, spooled_unix_ns, stored_unix_ns) = row?;
-            let event = ActivityEvent::decode(body.as_slice()).context("stored event does not decode")?;
-            out.push(StoredEvent { event, spooled_unix_ns, stored_unix_ns });
-        }
-        Ok(out)
+        let rows = stmt
+            .query_map(params![sensor, seq as i64, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::decode_events(rows)
     }
 
     fn event_count(&self) -> anyhow::Result<u64> {
@@ -475,15 +482,7 @@ impl Store for SqliteStore {
                 [id],
                 |r| {
                     Ok((
-                        Incident {
-                            id: r.get(0)?,
-                            title: r.get(1)?,
-                            severity: r.get(2)?,
-                            status: r.get(3)?,
-                            first_seen_ns: r.get(4)?,
-                            last_seen_ns: r.get(5)?,
-                            alerts: r.get::<_, i64>(6)? as u64,
-                        },
+                        incident_from_row(r)?,
                         r.get(7)?,
                     ))
                 },
@@ -605,17 +604,7 @@ impl Store for SqliteStore {
             "SELECT i.id, i.title, i.severity, i.status, i.first_seen_ns, i.last_seen_ns, \
              (SELECT COUNT(*) FROM alerts a WHERE a.incident_id = i.id) FROM incidents i ORDER BY i.first_seen_ns",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Incident {
-                id: r.get(0)?,
-                title: r.get(1)?,
-                severity: r.get(2)?,
-                status: r.get(3)?,
-                first_seen_ns: r.get(4)?,
-                last_seen_ns: r.get(5)?,
-                alerts: r.get::<_, i64>(6)? as u64,
-            })
-        })?;
+        let rows = stmt.query_map([], incident_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }

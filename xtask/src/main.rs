@@ -91,7 +91,11 @@ fn test(env: &setup::Env) -> anyhow::Result<()> {
     env.cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]).run()?;
     util::step("unit, integration and live XDP tests");
     // Live tests fail instead of skipping when a prerequisite is missing here.
-    env.cargo().args(["test", "--workspace"]).env("DCTAP_REQUIRE_LIVE", "1").run()?;
+    env.cargo()
+        .args(["test", "--workspace"])
+        .env("DCTAP_REQUIRE_LIVE", "1")
+        .env("DCTAP_PLAYWRIGHT_DIR", setup::playwright_dir())
+        .run()?;
     util::step("all tests passed");
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Idempotent set-up of a fresh machine: root and BPF checks, the nightly toolchain's
 //! rust-src (for `-Z build-std=core`), bpf-linker built against the LLVM library that the
 //! nightly toolchain ships (TOOLCHAIN.md), Debian packages for the tests and benchmarks,
-//! and the BPF filesystem.
+//! the BPF filesystem, and playwright-core from npm for the portal's browser test.
 
 use std::{
     ffi::OsString,
@@ -16,9 +16,13 @@ use crate::util::{note, step, Cmd};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests, demo and benchmarks run: tcpreplay/trafgen generate traffic,
 /// tcpdump is the benchmark's peer, bpftool inspects programs, iproute2 builds the veth lab,
-/// tshark is the reference the reassembly is checked against, GNU time measures peak RSS.
+/// tshark is the reference the reassembly is checked against, GNU time measures peak RSS,
+/// chromium is the headless browser the portal's browser test drives.
 const APT_PACKAGES: &[&str] =
-    &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2", "tshark", "time", "systemd"];
+    &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2", "tshark", "time", "systemd", "chromium"];
+/// playwright-core (npm) drives Debian's chromium in `tap-cloud/tests/browser.rs`; it
+/// downloads no browser of its own. Installed outside the source tree (`playwright_dir`).
+const PLAYWRIGHT_CORE_VERSION: &str = "1.65.1";
 
 /// What later steps need from the set-up: a PATH with bpf-linker on it.
 pub struct Env {
@@ -50,6 +54,16 @@ fn tools_dir() -> PathBuf {
     home.join(".cache/dctap/toolchain")
 }
 
+/// Where playwright-core is installed: `$DCTAP_PLAYWRIGHT_DIR`, or
+/// `~/.cache/dctap/playwright` (the browser test looks in the same places).
+pub fn playwright_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DCTAP_PLAYWRIGHT_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/dctap/playwright")
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -74,6 +88,7 @@ pub fn ensure() -> anyhow::Result<Env> {
     }
     ensure_bpffs()?;
     ensure_apt_packages()?;
+    ensure_playwright()?;
     ensure_rust_src()?;
     let tools = tools_dir();
     ensure_bpf_linker(&tools)?;
@@ -114,6 +129,43 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
         .args(&missing)
         .run()
         .context("apt-get install failed; install the packages above by hand and re-run")
+}
+
+/// Node.js 20 or later (playwright-core's minimum) and playwright-core in `playwright_dir()`.
+fn ensure_playwright() -> anyhow::Result<()> {
+    let node_major = || {
+        let out = Cmd::new("node").arg("--version").output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().trim_start_matches('v').split('.').next()?.parse::<u32>().ok()
+    };
+    if node_major().is_none() || !Cmd::new("npm").arg("--version").succeeds() {
+        note("Node.js: installing nodejs and npm");
+        Cmd::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "nodejs", "npm"])
+            .run()?;
+    }
+    match node_major() {
+        Some(major) if major >= 20 => note(&format!("Node.js: present (major version {major})")),
+        other => bail!("playwright-core needs Node.js 20 or later, found {other:?}: install a newer nodejs and re-run"),
+    }
+    let dir = playwright_dir();
+    let manifest = dir.join("node_modules/playwright-core/package.json");
+    let installed = std::fs::read_to_string(&manifest)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["version"].as_str().map(String::from));
+    if installed.as_deref() == Some(PLAYWRIGHT_CORE_VERSION) {
+        note(&format!("playwright-core: present ({PLAYWRIGHT_CORE_VERSION} in {})", dir.display()));
+        return Ok(());
+    }
+    note(&format!("playwright-core: installing {PLAYWRIGHT_CORE_VERSION} into {}", dir.display()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Cmd::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .arg(format!("playwright-core@{PLAYWRIGHT_CORE_VERSION}"))
+        .run()
+        .context("npm install playwright-core failed")
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {

@@ -26,6 +26,7 @@ pub struct SensorFile {
     pub spool_max_mb: Option<u64>,
     pub spool_overflow: Option<String>,
     pub uplink_max_rate: Option<f64>,
+    pub log_level: Option<String>,
     pub capture: Option<CaptureFile>,
 }
 
@@ -41,6 +42,7 @@ pub struct CaptureFile {
     pub ring_mib: Option<u32>,
     pub xdp_mode: Option<String>,
     pub metrics: Option<String>,
+    pub dc_silence_alert: Option<f64>,
 }
 
 fn push(args: &mut Vec<String>, flag: &str, value: Option<impl ToString>) {
@@ -74,6 +76,7 @@ impl SensorFile {
         push(&mut g, "spool-max-mb", self.spool_max_mb);
         push(&mut g, "spool-overflow", self.spool_overflow.as_ref());
         push(&mut g, "uplink-max-rate", self.uplink_max_rate);
+        push(&mut g, "log-level", self.log_level.as_ref());
         let mut c = Vec::new();
         if let Some(cap) = &self.capture {
             push(&mut c, "iface", cap.iface.as_ref());
@@ -88,6 +91,7 @@ impl SensorFile {
             push(&mut c, "ring-mib", cap.ring_mib);
             push(&mut c, "xdp-mode", cap.xdp_mode.as_ref());
             push(&mut c, "metrics", cap.metrics.as_ref());
+            push(&mut c, "dc-silence-alert", cap.dc_silence_alert);
         }
         (g, c)
     }

@@ -1,5 +1,5 @@
-//! dctap sensor: captures domain-controller traffic from a mirror port with XDP and (in
-//! later stages) turns it into identity activity events.
+//! dctap sensor: captures domain-controller traffic from a mirror port with XDP, turns it
+//! into identity activity events and streams them to the cloud.
 //!
 //! `main.rs` only parses the command line; everything it runs lives here so tests can use it.
 
@@ -12,6 +12,7 @@ pub mod frames;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
+pub mod privileges;
 pub mod proto;
 pub mod signals;
 pub mod telemetry;

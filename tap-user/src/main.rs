@@ -12,7 +12,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use tap_common::record::MAX_SNAPLEN;
 use tap_user::{
     capture::{
-        run::{print_summary, CaptureOptions},
+        run::{print_summary, CaptureOptions, LiveSettings, LoadSettings},
         AttachMode, DcSet, PortSet,
     },
     event::{analyzer::Analyzer, pb::SensorInfo, Discard, EventSink, JsonLines, Stamper},
@@ -25,13 +25,17 @@ use tap_user::{
 /// mirror (SPAN) port, or reads it from a capture file (--read), and turns it into
 /// per-conversation byte streams (and, with the parsers, identity activity).
 #[derive(Parser)]
-#[command(version, about, long_about = None, args_conflicts_with_subcommands = true, args_override_self = true)]
+#[command(version, about, long_about = None, args_override_self = true)]
 struct Cli {
     /// TOML file with any of these options (keys as the long flags with '_' for '-'; the
     /// capture options in a [capture] table; deploy/sensor.toml documents them). Flags on
     /// the command line override the file.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Log level (error, warn, info, debug, trace); SIGHUP applies a changed one from the
+    /// configuration file. RUST_LOG, when set, takes precedence (per-module filters).
+    #[arg(long, global = true, value_name = "LEVEL", default_value = "info")]
+    log_level: log::LevelFilter,
     /// Read frames from a pcap or pcapng file instead of capturing (offline mode): the same
     /// pipeline, then a report, then exit.
     #[arg(long, value_name = "FILE")]
@@ -186,7 +190,10 @@ enum Command {
     ///
     /// Keeps frames whose DC end is on an AD service port (and non-first fragments of DC
     /// traffic), drops the rest in the kernel, and prints counters at exit and on SIGUSR1.
-    /// SIGHUP re-reads --dc-file; SIGINT/SIGTERM detach and exit.
+    /// SIGHUP re-reads the configuration file and --dc-file and applies the DC list, the
+    /// service ports, the log level and the DC silence alert without touching a flow (other
+    /// options need a restart), and reconnects to the cloud with the certificates read
+    /// again; SIGINT/SIGTERM detach and exit. Capabilities are dropped once attached.
     #[command(args_override_self = true)]
     Capture(CaptureArgs),
 }
@@ -214,6 +221,10 @@ struct CaptureArgs {
     /// XDP attach mode: auto tries native and falls back to generic.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     xdp_mode: AttachMode,
+    /// Raise the health alert no_traffic_from_dc when a monitored DC (or every DC of a
+    /// monitored subnet) sent no frame for this many seconds; 0 turns it off.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    dc_silence_alert: f64,
     /// Write kept frames to this pcap file (nanosecond timestamps).
     #[arg(long, short = 'w', value_name = "FILE")]
     write: Option<PathBuf>,
@@ -241,12 +252,36 @@ fn parse_ring_mib(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse_from(tap_user::config::expand_args(std::env::args().collect())?);
+    let rust_log = std::env::var_os("RUST_LOG").is_some();
+    if rust_log {
+        env_logger::Builder::from_env("RUST_LOG").init();
+    } else {
+        // The level is the global maximum, which a reload can move; the logger lets
+        // through whatever reaches it.
+        env_logger::Builder::new().filter_level(log::LevelFilter::Trace).init();
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = Cli::parse_from(tap_user::config::expand_args(argv.clone())?);
+    if !rust_log {
+        log::set_max_level(cli.log_level);
+    }
     let pipeline = cli.pipeline.options();
     let sensor_id = cli.pipeline.sensor_id.clone().unwrap_or_else(host_name);
     match (cli.command, cli.read) {
-        (Some(Command::Capture(args)), _) => capture(args, pipeline, &cli.uplink, sensor_id),
+        (Some(Command::Capture(_)), Some(path)) => {
+            anyhow::bail!("--read {} and capture exclude each other: read a file or capture live", path.display())
+        }
+        (Some(Command::Capture(args)), None) => {
+            let reload = move || -> anyhow::Result<LiveSettings> {
+                let cli = Cli::try_parse_from(tap_user::config::expand_args(argv.clone())?)?;
+                match cli.command {
+                    Some(Command::Capture(args)) => live_settings(&args, (!rust_log).then_some(cli.log_level)),
+                    None => anyhow::bail!("the capture command is gone from the arguments"),
+                }
+            };
+            capture(args, pipeline, &cli.uplink, sensor_id, Box::new(reload))
+        }
         (None, Some(path)) => {
             let uplink = cli.uplink.options(sensor_info(&sensor_id, Vec::new(), false))?;
             let drain = match cli.drain_timeout {
@@ -370,16 +405,38 @@ fn read(path: &std::path::Path, opts: PipelineOptions, output: ReadOutput, senso
     result.map(|_| ()).with_context(|| format!("read {}", path.display()))
 }
 
-fn capture(args: CaptureArgs, pipeline: PipelineOptions, uplink: &UplinkArgs, sensor_id: String) -> anyhow::Result<()> {
-    let dcs = match &args.dc {
+/// The settings a reload may change, from the (re-)parsed capture arguments.
+fn live_settings(args: &CaptureArgs, log_level: Option<log::LevelFilter>) -> anyhow::Result<LiveSettings> {
+    let mut dcs = match &args.dc {
         Some(list) => DcSet::parse_list(list, "--dc")?,
         None => DcSet::default(),
     };
+    if let Some(path) = &args.dc_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read DC list {}", path.display()))?;
+        dcs = dcs.union(&DcSet::parse_file(&text, &path.display().to_string())?);
+    }
     let ports = match &args.ports {
         Some(list) => PortSet::parse_list(list, "--ports")?,
         None => PortSet::default(),
     };
-    let dc_names: Vec<String> = dcs.to_string().split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+    let dc_silence = match args.dc_silence_alert {
+        0.0 => None,
+        s if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
+        s => anyhow::bail!("--dc-silence-alert {s}: give a number of seconds (0 turns it off)"),
+    };
+    Ok(LiveSettings { dcs, ports, log_level, dc_silence })
+}
+
+fn capture(
+    args: CaptureArgs,
+    pipeline: PipelineOptions,
+    uplink: &UplinkArgs,
+    sensor_id: String,
+    load_settings: LoadSettings,
+) -> anyhow::Result<()> {
+    let initial = live_settings(&args, None)?;
+    let dc_names: Vec<String> =
+        initial.dcs.to_string().split(',').filter(|s| !s.is_empty()).map(String::from).collect();
     let duration = match args.duration {
         Some(s) if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
         Some(s) => anyhow::bail!("--duration {s}: give a positive number of seconds"),
@@ -387,9 +444,6 @@ fn capture(args: CaptureArgs, pipeline: PipelineOptions, uplink: &UplinkArgs, se
     };
     let opts = CaptureOptions {
         iface: args.iface,
-        dcs,
-        dc_file: args.dc_file,
-        ports,
         snaplen: args.snaplen,
         ring_bytes: args.ring_mib << 20,
         mode: args.xdp_mode,
@@ -404,5 +458,5 @@ fn capture(args: CaptureArgs, pipeline: PipelineOptions, uplink: &UplinkArgs, se
         sensor_id,
     };
     let signals = Signals::install()?;
-    tap_user::capture::run::run(&opts, &signals).context("capture")
+    tap_user::capture::run::run(&opts, load_settings, &signals).context("capture")
 }

@@ -118,13 +118,57 @@ impl DcSet {
     }
 }
 
+/// One monitored entry of a [`DcSet`]: a DC address or a subnet of DCs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DcEntry {
+    V4Host([u8; 4]),
+    V6Host([u8; 16]),
+    V4Net([u8; 4], u8),
+    V6Net([u8; 16], u8),
+}
+
+impl DcEntry {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (*self, ip) {
+            (DcEntry::V4Host(a), IpAddr::V4(ip)) => a == ip.octets(),
+            (DcEntry::V6Host(a), IpAddr::V6(ip)) => a == ip.octets(),
+            (DcEntry::V4Net(net, p), IpAddr::V4(ip)) => {
+                u32::from(ip) & u32::MAX.checked_shl(32 - p as u32).unwrap_or(0) == u32::from_be_bytes(net)
+            }
+            (DcEntry::V6Net(net, p), IpAddr::V6(ip)) => {
+                u128::from(ip) & u128::MAX.checked_shl(128 - p as u32).unwrap_or(0) == u128::from_be_bytes(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for DcEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            DcEntry::V4Host(a) => write!(f, "{}", Ipv4Addr::from(a)),
+            DcEntry::V6Host(a) => write!(f, "{}", Ipv6Addr::from(a)),
+            DcEntry::V4Net(a, p) => write!(f, "{}/{p}", Ipv4Addr::from(a)),
+            DcEntry::V6Net(a, p) => write!(f, "{}/{p}", Ipv6Addr::from(a)),
+        }
+    }
+}
+
+impl DcSet {
+    /// Every entry, in the order `Display` lists them.
+    pub fn entries(&self) -> Vec<DcEntry> {
+        let mut out = Vec::with_capacity(self.len());
+        out.extend(self.v4_hosts.iter().map(|a| DcEntry::V4Host(*a)));
+        out.extend(self.v4_nets.iter().map(|(a, p)| DcEntry::V4Net(*a, *p)));
+        out.extend(self.v6_hosts.iter().map(|a| DcEntry::V6Host(*a)));
+        out.extend(self.v6_nets.iter().map(|(a, p)| DcEntry::V6Net(*a, *p)));
+        out
+    }
+}
+
 impl fmt::Display for DcSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts: Vec<String> = Vec::new();
-        parts.extend(self.v4_hosts.iter().map(|a| Ipv4Addr::from(*a).to_string()));
-        parts.extend(self.v4_nets.iter().map(|(a, p)| format!("{}/{p}", Ipv4Addr::from(*a))));
-        parts.extend(self.v6_hosts.iter().map(|a| Ipv6Addr::from(*a).to_string()));
-        parts.extend(self.v6_nets.iter().map(|(a, p)| format!("{}/{p}", Ipv6Addr::from(*a))));
+        let parts: Vec<String> = self.entries().iter().map(DcEntry::to_string).collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -153,6 +197,20 @@ impl PortSet {
 
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
         self.0.iter().copied()
+    }
+
+    /// These ports and `more`.
+    pub fn with(&self, more: impl IntoIterator<Item = u16>) -> Self {
+        let mut all = self.0.clone();
+        all.extend(more);
+        Self(all)
+    }
+}
+
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(u16::to_string).collect();
+        f.write_str(&parts.join(","))
     }
 }
 

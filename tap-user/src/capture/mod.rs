@@ -2,6 +2,7 @@
 //! readers and the control loop that ties them to signals.
 
 pub mod counters;
+pub mod dc_watch;
 pub mod filter;
 pub mod loader;
 pub mod reader;

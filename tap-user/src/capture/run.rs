@@ -15,6 +15,7 @@ use log::{info, warn};
 
 use super::{
     counters::{CaptureReport, UserCounters},
+    dc_watch::DcWatch,
     filter::{DcSet, PortSet},
     loader::{AttachMode, XdpCapture},
     reader::RingReader,
@@ -33,13 +34,25 @@ use crate::{
 /// waits before the program is detached.
 const CONTROL_TICK: Duration = Duration::from_millis(50);
 
+/// What SIGHUP changes without a restart (and without touching a flow).
+#[derive(Clone, Debug)]
+pub struct LiveSettings {
+    /// The DCs of the command line, the configuration and the DC file together.
+    pub dcs: DcSet,
+    pub ports: PortSet,
+    /// `None`: leave the logger alone (RUST_LOG rules).
+    pub log_level: Option<log::LevelFilter>,
+    /// Raise `no_traffic_from_dc` for a DC that sent nothing for this long; `None`: never.
+    pub dc_silence: Option<Duration>,
+}
+
+/// Reads the live settings again (the configuration file and the DC file); called at start
+/// and on every SIGHUP.
+pub type LoadSettings = Box<dyn Fn() -> anyhow::Result<LiveSettings>>;
+
 #[derive(Clone, Debug)]
 pub struct CaptureOptions {
     pub iface: String,
-    /// DCs from the command line; merged with `dc_file` (which SIGHUP re-reads).
-    pub dcs: DcSet,
-    pub dc_file: Option<PathBuf>,
-    pub ports: PortSet,
     pub snaplen: u32,
     pub ring_bytes: u32,
     pub mode: AttachMode,
@@ -62,15 +75,6 @@ pub struct CaptureOptions {
     pub floor_program: bool,
 }
 
-fn current_dcs(opts: &CaptureOptions) -> anyhow::Result<DcSet> {
-    let Some(path) = &opts.dc_file else {
-        return Ok(opts.dcs.clone());
-    };
-    let text = std::fs::read_to_string(path).with_context(|| format!("read DC list {}", path.display()))?;
-    let from_file = DcSet::parse_file(&text, &path.display().to_string())?;
-    Ok(opts.dcs.clone().union(&from_file))
-}
-
 fn print_report(xdp: &XdpCapture, user: &UserCounters, bpf_stats: bool, pipeline: &crate::pipeline::PipelineCounters) {
     let counters = match xdp.counters() {
         Ok(counters) => counters,
@@ -91,10 +95,13 @@ fn print_report(xdp: &XdpCapture, user: &UserCounters, bpf_stats: bool, pipeline
     let _ = out.flush();
 }
 
-pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
-    let dcs = current_dcs(opts)?;
-    if dcs.is_empty() {
+pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals) -> anyhow::Result<()> {
+    let mut settings = load_settings()?;
+    if settings.dcs.is_empty() {
         bail!("no domain controllers to watch: give --dc ADDR[,ADDR…] or --dc-file FILE");
+    }
+    if let Some(level) = settings.log_level {
+        log::set_max_level(level);
     }
     let clock = WallClock::sample();
     // The statistics stay on while this descriptor is open.
@@ -105,9 +112,19 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     };
     let program = if opts.floor_program { tap_common::FLOOR_PROGRAM_NAME } else { tap_common::PROGRAM_NAME };
     let (mut xdp, rings) = XdpCapture::load_program(opts.ring_bytes, program)?;
-    xdp.filter.set_ports(&opts.ports).context("fill the service-port map")?;
+    xdp.filter.set_ports(&settings.ports).context("fill the service-port map")?;
     xdp.filter.set_snaplen(opts.snaplen).context("set the snap length")?;
-    xdp.filter.set_dcs(&dcs).context("fill the DC address maps")?;
+    xdp.filter.set_dcs(&settings.dcs).context("fill the DC address maps")?;
+    // Attach before any thread starts, so the capabilities dropped right after are dropped
+    // for every thread (they are per thread, inherited at creation). Frames that arrive
+    // meanwhile wait in the rings.
+    xdp.attach(&opts.iface, opts.mode)?;
+    match crate::privileges::drop_after_attach() {
+        Ok(kept) if kept.is_empty() => info!("attached; every capability dropped"),
+        Ok(kept) => info!("attached; capabilities kept for this kernel: {kept:?}"),
+        Err(e) => warn!("attached, but could not drop capabilities: {e:#}"),
+    }
+    let dc_watch = Arc::new(DcWatch::new(&settings.dcs, Instant::now()));
 
     let user = Arc::new(UserCounters::default());
     let stop_readers = Arc::new(AtomicBool::new(false));
@@ -144,6 +161,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     drop(port_tx);
     let consumer_counters = Arc::clone(&user);
     let dispatcher = Arc::clone(&pipeline);
+    let consumer_watch = Arc::clone(&dc_watch);
     // The consumer writes the pcap (when asked) and dispatches to the pipeline workers.
     let consumer = thread::Builder::new().name("dispatch".into()).spawn(move || -> anyhow::Result<()> {
         for batch in rx {
@@ -151,6 +169,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
                 sink.write_batch(&batch)?;
             }
             UserCounters::add(&consumer_counters.frames_consumed, batch.len() as u64);
+            consumer_watch.observe(&batch);
             dispatcher.dispatch(batch);
         }
         drop(dispatcher);
@@ -160,8 +179,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         }
     })?;
 
-    xdp.attach(&opts.iface, opts.mode)?;
-    info!("watching {} DC entries: {}", dcs.len(), dcs);
+    info!("watching {} DC entries: {}", settings.dcs.len(), settings.dcs);
     {
         let mut out = std::io::stdout().lock();
         writeln!(
@@ -173,7 +191,7 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         out.flush()?;
     }
     // systemd (Type=notify): ready only now that the program is attached.
-    let status = format!("capturing on {} ({} DC entries)", opts.iface, dcs.len());
+    let status = format!("capturing on {} ({} DC entries)", opts.iface, settings.dcs.len());
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]) {
         warn!("could not tell systemd the sensor is ready: {e}");
     }
@@ -194,6 +212,8 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut published = Instant::now();
     let mut health_state = HealthState { iface: opts.iface.clone(), seen: 0, seen_changed: Instant::now() };
+    // Ports the endpoint mapper taught; a reload of the configured ports keeps them.
+    let mut learned_ports = std::collections::BTreeSet::new();
     while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
         thread::sleep(CONTROL_TICK);
         if watchdog.is_some_and(|every| fed.elapsed() >= every) {
@@ -201,7 +221,11 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
             fed = Instant::now();
         }
         if (uplink.is_some() || metrics.is_some()) && published.elapsed() >= Duration::from_secs(1) {
-            let (counters, alerts) = health(&mut health_state, &xdp, &user, &pipeline.counters());
+            let (counters, mut alerts) = health(&mut health_state, &xdp, &user, &pipeline.counters());
+            if let Some(after) = settings.dc_silence {
+                alerts
+                    .extend(dc_watch.silent(Instant::now(), after).iter().map(|dc| format!("no_traffic_from_dc:{dc}")));
+            }
             if let Some(board) = &metrics {
                 let mut all: std::collections::BTreeMap<String, u64> = counters.clone().into_iter().collect();
                 if let Some(u) = &uplink {
@@ -221,7 +245,10 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         }
         for port in port_rx.try_iter() {
             match xdp.filter.add_port(port) {
-                Ok(true) => info!("dynamic RPC port {port} learned from the endpoint mapper: now captured"),
+                Ok(true) => {
+                    learned_ports.insert(port);
+                    info!("dynamic RPC port {port} learned from the endpoint mapper: now captured")
+                }
                 Ok(false) => {}
                 Err(e) => warn!("could not add learned port {port} to the XDP map: {e}"),
             }
@@ -233,23 +260,17 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
             if let Some(u) = &uplink {
                 u.reload.store(true, Ordering::Relaxed);
             }
-            match current_dcs(opts).and_then(|next| {
-                if next.is_empty() {
-                    bail!("the new DC list is empty; keeping the current one");
+            match load_settings().and_then(|next| {
+                if next.dcs.is_empty() {
+                    bail!("the new DC list is empty");
                 }
                 Ok(next)
             }) {
-                Ok(next) => match xdp.filter.set_dcs(&next) {
-                    Ok(change) => info!(
-                        "DC list reloaded: {} entries (+{} -{}): {}",
-                        next.len(),
-                        change.added,
-                        change.removed,
-                        next
-                    ),
-                    Err(e) => warn!("DC list reload failed while updating maps: {e}"),
-                },
-                Err(e) => warn!("DC list reload failed, keeping the current one: {e:#}"),
+                Ok(next) => {
+                    apply_settings(&mut xdp, &settings, &next, &learned_ports, &dc_watch);
+                    settings = next;
+                }
+                Err(e) => warn!("reload failed, keeping the current settings: {e:#}"),
             }
         }
     }
@@ -277,6 +298,40 @@ pub fn run(opts: &CaptureOptions, signals: &Signals) -> anyhow::Result<()> {
         u.stop();
     }
     written
+}
+
+/// Applies reloaded settings to the running capture: each map as a difference (a DC or
+/// port that stays is never missing for a moment), flows untouched.
+fn apply_settings(
+    xdp: &mut XdpCapture,
+    current: &LiveSettings,
+    next: &LiveSettings,
+    learned_ports: &std::collections::BTreeSet<u16>,
+    dc_watch: &DcWatch,
+) {
+    // The level first, so the lines below obey the new one.
+    if next.log_level != current.log_level {
+        if let Some(level) = next.log_level {
+            log::set_max_level(level);
+            info!("log level now {level}");
+        }
+    }
+    match xdp.filter.set_dcs(&next.dcs) {
+        Ok(change) => {
+            info!("DC list reloaded: {} entries (+{} -{}): {}", next.dcs.len(), change.added, change.removed, next.dcs)
+        }
+        Err(e) => warn!("DC list reload failed while updating maps: {e}"),
+    }
+    dc_watch.set_dcs(&next.dcs, Instant::now());
+    if next.ports != current.ports {
+        match xdp.filter.set_ports(&next.ports.with(learned_ports.iter().copied())) {
+            Ok(()) => info!("service ports reloaded: {}", next.ports),
+            Err(e) => warn!("service port reload failed while updating the map: {e}"),
+        }
+    }
+    if next.dc_silence != current.dc_silence {
+        info!("DC silence alert now {:?}", next.dc_silence);
+    }
 }
 
 /// How long a stopping sensor keeps sending what is left in the spool.

@@ -158,24 +158,29 @@ struct WorkItem {
     frames: Vec<u32>,
 }
 
+/// The (source, destination) IP addresses of an Ethernet frame, through VLAN tags; `None`
+/// for frames without an IP header.
+pub fn ip_addresses(frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match LaxSlicedPacket::from_ethernet(frame).ok()?.net? {
+        LaxNetSlice::Ipv4(v4) => {
+            let h = v4.header();
+            Some((IpAddr::from(h.source()), IpAddr::from(h.destination())))
+        }
+        LaxNetSlice::Ipv6(v6) => {
+            let h = v6.header();
+            Some((IpAddr::from(h.source()), IpAddr::from(h.destination())))
+        }
+        _ => None,
+    }
+}
+
 /// Worker index for a frame: a symmetric hash of its IP address pair. Frames without IP
 /// addresses go to worker 0, which counts them.
 pub fn shard_of(frame: &[u8], workers: usize) -> usize {
     if workers <= 1 {
         return 0;
     }
-    let addrs = match LaxSlicedPacket::from_ethernet(frame).ok().and_then(|p| p.net) {
-        Some(LaxNetSlice::Ipv4(v4)) => {
-            let h = v4.header();
-            Some((IpAddr::from(h.source()), IpAddr::from(h.destination())))
-        }
-        Some(LaxNetSlice::Ipv6(v6)) => {
-            let h = v6.header();
-            Some((IpAddr::from(h.source()), IpAddr::from(h.destination())))
-        }
-        _ => None,
-    };
-    let Some((a, b)) = addrs else { return 0 };
+    let Some((a, b)) = ip_addresses(frame) else { return 0 };
     // A fixed-key hasher: the same pair always lands on the same worker, in every run.
     let mut h = std::hash::DefaultHasher::new();
     address_pair(a, b).hash(&mut h);

@@ -303,16 +303,54 @@ pub struct IncidentFilter {
     pub q: Option<String>,
 }
 
-/// Incidents matching the filter, newest first.
-pub async fn filtered_incidents(portal: &Portal, filter: &IncidentFilter) -> PortalResult<Vec<crate::store::Incident>> {
+/// An incident as the list shows it: its row, and what its alerts detected and on whom.
+#[derive(serde::Serialize)]
+pub struct IncidentSummary {
+    #[serde(flatten)]
+    pub incident: crate::store::Incident,
+    /// Alert titles, in the order they were first raised, each once.
+    pub detections: Vec<String>,
+    /// Source hosts and accounts of its alerts, each once.
+    pub hosts: Vec<String>,
+    pub accounts: Vec<String>,
+}
+
+fn push_once(list: &mut Vec<String>, item: &str) {
+    if !item.is_empty() && !list.iter().any(|x| x == item) {
+        list.push(item.to_string());
+    }
+}
+
+/// Incidents matching the filter, newest first. The search matches the title, the
+/// detections, the hosts and the accounts.
+pub async fn filtered_incidents(portal: &Portal, filter: &IncidentFilter) -> PortalResult<Vec<IncidentSummary>> {
     let store = Arc::clone(&portal.store);
-    let mut list = blocking(move || store.incidents()).await?;
-    list.reverse();
+    let (incidents, alerts) = blocking(move || Ok((store.incidents()?, store.alerts()?))).await?;
+    let mut list: Vec<IncidentSummary> = incidents
+        .into_iter()
+        .rev()
+        .map(|incident| IncidentSummary { incident, detections: vec![], hosts: vec![], accounts: vec![] })
+        .collect();
+    let at: HashMap<i64, usize> = list.iter().enumerate().map(|(n, i)| (i.incident.id, n)).collect();
+    for a in &alerts {
+        if let Some(&n) = at.get(&a.incident_id) {
+            let s = &mut list[n];
+            push_once(&mut s.detections, &a.title);
+            push_once(&mut s.hosts, &a.src_ip);
+            push_once(&mut s.accounts, &a.account);
+        }
+    }
     if let Some(s) = filter.status.as_deref().filter(|s| !s.is_empty()) {
-        list.retain(|i| i.status == s);
+        list.retain(|i| i.incident.status == s);
     }
     if let Some(q) = filter.q.as_deref().map(str::to_lowercase).filter(|q| !q.is_empty()) {
-        list.retain(|i| i.title.to_lowercase().contains(&q));
+        list.retain(|i| {
+            std::iter::once(&i.incident.title)
+                .chain(&i.detections)
+                .chain(&i.hosts)
+                .chain(&i.accounts)
+                .any(|t| t.to_lowercase().contains(&q))
+        });
     }
     Ok(list)
 }
@@ -528,8 +566,8 @@ const OPENAPI: &str = r##"{
   "paths": {
     "/api/incidents": {"get": {"summary": "Incidents, newest first",
       "parameters": [{"name": "status", "in": "query", "schema": {"type": "string", "enum": ["new", "in_progress", "resolved", "false_positive"]}},
-                     {"name": "q", "in": "query", "description": "text in the title", "schema": {"type": "string"}}],
-      "responses": {"200": {"description": "{incidents: [Incident]}"}, "401": {"description": "not signed in"}}}},
+                     {"name": "q", "in": "query", "description": "text in the title, a detection, a host or an account", "schema": {"type": "string"}}],
+      "responses": {"200": {"description": "{incidents: [Incident with detections, hosts, accounts]}"}, "401": {"description": "not signed in"}}}},
     "/api/incidents/{id}": {
       "get": {"summary": "An incident with its alerts (each with its evidence events) and its comment log",
         "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],

@@ -1,0 +1,236 @@
+//! The portal in a real browser: the Kerberoasting lab capture (and the benign logons
+//! beside it) replayed through the real `tap-sensor --read` into a real `tap-cloud serve`,
+//! an analyst created with `tap-cloud users add`, then `tests/browser/portal.mjs` drives
+//! Debian's headless chromium with playwright-core through what an analyst does: refused
+//! without a session, sign in, the Kerberoasting incident in the list, its timeline with
+//! description, MITRE technique and evidence, a status change through the CSRF-protected
+//! form that persists, the host, account, activity and sensors pages, sign out. A PNG
+//! screenshot of each main page lands in `target/test-output/browser/`.
+//!
+//! Needs `../shared/adlab/pcaps` (skipped without it), and node, chromium and
+//! playwright-core, which `cargo xtask setup` installs: without them the test says why
+//! it skips, and fails instead under `cargo xtask test` (`DCTAP_REQUIRE_LIVE=1`).
+
+use std::{
+    io::{BufRead as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tap_testkit::shared::lab_pcaps;
+
+const TEST: &str = "an_analyst_triages_the_kerberoasting_incident_in_chromium";
+/// The screenshots the script saves, in order; each must be a real picture of a page.
+const SCREENSHOTS: [&str; 9] = [
+    "01-sign-in",
+    "02-incidents",
+    "03-incident",
+    "04-incident-in-progress",
+    "05-host",
+    "06-account",
+    "07-activity",
+    "08-sensors",
+    "09-signed-out",
+];
+
+struct Browser {
+    chromium: PathBuf,
+    playwright: PathBuf,
+}
+
+/// node, chromium and playwright-core, or why not.
+fn browser_prerequisites() -> Result<Browser, String> {
+    let node_ok = Command::new("node").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    if !node_ok {
+        return Err("node is not installed".into());
+    }
+    let chromium = std::env::var_os("DCTAP_CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    if !chromium.exists() {
+        return Err(format!("{} is missing (Debian package chromium)", chromium.display()));
+    }
+    let playwright = std::env::var_os("DCTAP_PLAYWRIGHT_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+        home.join(".cache/dctap/playwright")
+    });
+    if !playwright.join("node_modules/playwright-core/package.json").exists() {
+        return Err(format!("playwright-core is not installed in {}", playwright.display()));
+    }
+    Ok(Browser { chromium, playwright })
+}
+
+/// Kills the cloud when the test ends, passed or not.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// Starts `tap-cloud serve` on ports the kernel picks and returns it with the ingest and
+/// portal addresses it logged; its log goes to `log`.
+fn serve(db: &Path, log: PathBuf) -> (Server, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tap-cloud"))
+        .args(["serve", "--insecure", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--db"])
+        .arg(db)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tap-cloud serve");
+    let stderr = child.stderr.take().unwrap();
+    let server = Server(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut file = std::fs::File::create(log).unwrap();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(file, "{line}");
+            // "ingest listening on ADDR (plaintext), portal on http://ADDR, database ..."
+            if let Some(rest) = line.split("ingest listening on ").nth(1) {
+                let ingest = rest.split_whitespace().next().unwrap_or_default().to_string();
+                let portal = rest.split("portal on ").nth(1).and_then(|r| r.split(',').next()).unwrap_or_default();
+                let _ = tx.send((ingest, portal.to_string()));
+            }
+        }
+    });
+    let (ingest, portal) =
+        rx.recv_timeout(Duration::from_secs(30)).expect("tap-cloud serve did not say where it listens");
+    (server, ingest, portal)
+}
+
+/// Waits until the cloud's detection thread has raised `detection`.
+fn wait_for_alert(db: &Path, detection: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = ok(Command::new(env!("CARGO_BIN_EXE_tap-cloud")).args(["alerts", "--json", "--db"]).arg(db));
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("\"detection\":\"{detection}\"")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the cloud raised no {detection} alert within a minute");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Width and height of a PNG, after checking its signature and header chunk.
+fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.len() < 24 || &bytes[..8] != b"\x89PNG\r\n\x1a\n" || &bytes[12..16] != b"IHDR" {
+        return None;
+    }
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some((be(&bytes[16..20]), be(&bytes[20..24])))
+}
+
+fn random_password() -> String {
+    let mut raw = [0u8; 12];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut raw).unwrap();
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn an_analyst_triages_the_kerberoasting_incident_in_chromium() {
+    let pcaps = lab_pcaps();
+    let capture = |name: &str| pcaps.iter().find(|p| p.file_stem().is_some_and(|s| s == name)).cloned();
+    let (Some(benign), Some(kerberoasting)) = (capture("01_normal_logons"), capture("03_kerberoasting")) else {
+        eprintln!("SKIPPED {TEST}: ../shared/adlab/pcaps (01_normal_logons, 03_kerberoasting) not found");
+        return;
+    };
+    let browser = match browser_prerequisites() {
+        Ok(b) => b,
+        Err(why) if std::env::var("DCTAP_REQUIRE_LIVE").as_deref() == Ok("1") => {
+            panic!("{TEST}: required under cargo xtask test but cannot run: {why}")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {TEST}: {why} (cargo xtask setup installs it)");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let cloud_bin = Path::new(env!("CARGO_BIN_EXE_tap-cloud"));
+    let sensor_bin = cloud_bin.with_file_name("tap-sensor");
+    assert!(sensor_bin.exists(), "{} is missing: build it with `cargo build -p tap-user`", sensor_bin.display());
+    // target/test-output/browser, beside the build's own folders.
+    let out = cloud_bin.parent().and_then(Path::parent).unwrap().join("test-output/browser");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let dir = std::env::temp_dir().join(format!("dctap-browser-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("cloud.db");
+    let cloud = || Command::new(cloud_bin);
+
+    ok(cloud().args(["sensors", "add", "lab", "--db"]).arg(&db).arg("--key-file").arg(dir.join("key")));
+    let (server, ingest, portal) = serve(&db, out.join("tap-cloud.log"));
+    for pcap in [&benign, &kerberoasting] {
+        ok(Command::new(&sensor_bin)
+            .arg("--read")
+            .arg(pcap)
+            .args(["--sensor-id", "lab", "--insecure", "--cloud"])
+            .arg(format!("http://{ingest}"))
+            .arg("--access-key-file")
+            .arg(dir.join("key"))
+            .arg("--spool-dir")
+            .arg(dir.join("spool")));
+    }
+    wait_for_alert(&db, "kerberoasting");
+    let password = random_password();
+    let pw_file = dir.join("password");
+    std::fs::write(&pw_file, &password).unwrap();
+    ok(cloud()
+        .args(["users", "add", "ana", "--role", "analyst", "--db"])
+        .arg(&db)
+        .arg("--password-file")
+        .arg(&pw_file));
+    let loaded = started.elapsed();
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/portal.mjs");
+    let mut node = Command::new("node")
+        .arg(&script)
+        .env("DCTAP_URL", &portal)
+        .env("DCTAP_USER", "ana")
+        .env("DCTAP_PASSWORD", &password)
+        .env("DCTAP_OUT", &out)
+        .env("DCTAP_PLAYWRIGHT_DIR", &browser.playwright)
+        .env("DCTAP_CHROMIUM", &browser.chromium)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    // A hung browser must not hang the test suite.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while node.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = node.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let result = node.wait_with_output().unwrap();
+    let transcript = format!("{}{}", String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
+    eprintln!("{transcript}");
+    drop(server);
+    assert!(result.status.success(), "{} failed ({}):\n{transcript}", script.display(), result.status);
+
+    for name in SCREENSHOTS {
+        let file = out.join(format!("{name}.png"));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let (w, h) = png_size(&bytes).unwrap_or_else(|| panic!("{} is not a PNG", file.display()));
+        // A page, not a blank or broken capture: full width, and more than a few KiB of
+        // compressed pixels (a blank 1280x860 PNG is under 5 KiB).
+        assert!(w >= 1280 && h >= 600, "{}: {w}x{h}", file.display());
+        assert!(bytes.len() > 12_000, "{}: only {} bytes, a blank page?", file.display(), bytes.len());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "{TEST}: passed in {:.1} s ({:.1} s loading the cloud); screenshots and the cloud's log in {}",
+        started.elapsed().as_secs_f64(),
+        loaded.as_secs_f64(),
+        out.display()
+    );
+}

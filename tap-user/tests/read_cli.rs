@@ -154,3 +154,32 @@ fn json_lines_are_the_events_and_the_report_moves_to_stderr() {
         |e| e["result"] == "success" && e["detail"]["Kerberos"]["ticket_fingerprint"].as_str().unwrap().len() == 16
     ));
 }
+
+/// On the lab's LDAP reconnaissance (a real Samba DC answering ldapdomaindump and impacket
+/// over readable LDAP), the search results name the domain's administrators, and only them.
+#[test]
+fn ldap_results_name_the_privileged_accounts_of_a_real_directory() {
+    let Some(pcap) = tap_testkit::shared::lab_pcaps().into_iter().find(|p| p.ends_with("05_ldap_recon.pcap")) else {
+        eprintln!(
+            "SKIPPED ldap_results_name_the_privileged_accounts_of_a_real_directory: ../shared/adlab/pcaps not found"
+        );
+        return;
+    };
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_tap-sensor")).arg("--read").arg(&pcap).args(["--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut named = std::collections::BTreeSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for name in v["detail"]["Ldap"]["privileged_accounts"].as_array().into_iter().flatten() {
+            named.insert(name.as_str().unwrap().to_lowercase());
+        }
+    }
+    // eve.admin is the lab's domain admin; Administrator and krbtgt carry adminCount=1.
+    for admin in ["eve.admin", "administrator", "krbtgt"] {
+        assert!(named.contains(admin), "{admin} not learned: {named:?}");
+    }
+    for user in ["alice", "bob", "carol", "dave", "svc_sql", "domain admins", "backup operators"] {
+        assert!(!named.contains(user), "{user} is not a privileged account: {named:?}");
+    }
+}

@@ -136,6 +136,9 @@ impl Engine {
     pub fn process(&mut self, ev: &ActivityEvent) -> Vec<Alert> {
         let mut findings = Vec::new();
         self.rules.observe(&self.config, ev, &mut findings);
+        if self.profiles.learn_privileged(ev) {
+            self.profiles_dirty = true;
+        }
         let learning_ns = self.config.learning_ns();
         if learning_ns > 0 {
             self.profiles.observe(ev, learning_ns, &mut findings);
@@ -150,15 +153,14 @@ impl Engine {
                 continue;
             }
             let mut f = f;
-            if !f.account.is_empty()
-                && self
-                    .config
-                    .sensitive_accounts
-                    .iter()
-                    .any(|s| rules::account_key(s) == rules::account_key(&f.account))
-            {
+            let key = rules::account_key(&f.account);
+            if !key.is_empty() && self.config.sensitive_accounts.iter().any(|s| rules::account_key(s) == key) {
                 f.severity = "high";
                 f.description.push_str(" The account is marked sensitive.");
+            } else if !key.is_empty() && self.profiles.privileged.contains(&key) {
+                f.severity = "high";
+                f.description
+                    .push_str(" The account is privileged: directory results showed it in an administrative group.");
             }
             let key = (f.detection.to_string(), f.src_ip.clone(), f.account.clone());
             let alert = match self.open.get_mut(&key) {

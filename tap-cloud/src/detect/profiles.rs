@@ -39,9 +39,29 @@ pub struct Profiles {
     pub accounts: BTreeMap<String, AccountProfile>,
     /// Per learned detection, the sources that did it while learning.
     pub normal_sources: BTreeMap<String, BTreeSet<String>>,
+    /// Accounts directory results showed in an administrative group (account keys).
+    /// Learned all the time, not only while learning: membership changes.
+    #[serde(default)]
+    pub privileged: BTreeSet<String>,
 }
 
+/// Most privileged accounts remembered.
+const MAX_PRIVILEGED: usize = 10_000;
+
 impl Profiles {
+    /// Remembers the privileged accounts an LDAP search's results named; whether any was new.
+    pub fn learn_privileged(&mut self, ev: &ActivityEvent) -> bool {
+        let Some(Detail::Ldap(l)) = &ev.detail else { return false };
+        let mut changed = false;
+        for name in &l.privileged_accounts {
+            let key = account_key(name);
+            if !key.is_empty() && self.privileged.len() < MAX_PRIVILEGED {
+                changed |= self.privileged.insert(key);
+            }
+        }
+        changed
+    }
+
     pub fn learning(&self, t: i64, learning_ns: i64) -> bool {
         self.started_ns.is_none_or(|s| t - s < learning_ns)
     }

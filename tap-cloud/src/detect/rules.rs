@@ -718,6 +718,45 @@ mod tests {
     }
 
     #[test]
+    fn accounts_directory_results_show_as_admins_are_learned_as_sensitive() {
+        let mut engine = Engine::new(DetectConfig::default());
+        // A TGS-REQ asking for RC4 only: a medium alert for an ordinary account.
+        let roast = |engine: &mut Engine, account: &str| -> Vec<super::super::Alert> {
+            let mut e = ev(
+                1,
+                "10.1.1.1",
+                Detail::Kerberos(Kerberos {
+                    requested_etypes: vec![23],
+                    sname: "http/web".into(),
+                    cname: account.into(),
+                    ..krb(12)
+                }),
+            );
+            e.account = account.into();
+            engine.process(&e)
+        };
+        let first = roast(&mut engine, "eve.admin");
+        assert!(!first.is_empty() && first.iter().all(|a| a.severity == "medium"), "nothing learned yet: {first:?}");
+        let search = ev(
+            20,
+            "10.1.1.2",
+            Detail::Ldap(Ldap {
+                operation: "search".into(),
+                privileged_accounts: vec!["eve.admin".into(), "Administrator".into()],
+                ..Default::default()
+            }),
+        );
+        engine.process(&search);
+        assert!(engine.profiles.privileged.contains("administrator"));
+        let mut later = Engine::new(DetectConfig::default());
+        later.profiles = engine.profiles.clone();
+        let alerts = roast(&mut later, "LAB\\eve.admin");
+        assert!(!alerts.is_empty());
+        assert!(alerts.iter().all(|a| a.severity == "high" && a.description.contains("administrative group")));
+        assert!(roast(&mut later, "bob").iter().all(|a| a.severity == "medium"), "others keep their severity");
+    }
+
+    #[test]
     fn alerts_on_sensitive_accounts_are_high() {
         let cfg = DetectConfig { sensitive_accounts: vec!["LAB\\svc_backup".into()], ..Default::default() };
         let brute: Vec<_> = (0..10).map(|i| krb_error(i, "10.1.1.1", "svc_backup", 24)).collect();

@@ -14,6 +14,8 @@ use crate::{
 /// LDAP requests waiting for their response, per flow: the oldest is reported without a
 /// result when more are outstanding (clients pipeline a few; more is abuse).
 const MAX_PENDING_LDAP: usize = 64;
+/// Most privileged account names one search reports (proto: at most 256).
+const MAX_PRIVILEGED_PER_SEARCH: usize = 256;
 
 crate::counter_set! {
     pub struct ParseCounters {
@@ -452,10 +454,17 @@ impl Analyzer {
             return;
         }
         let code = match pdu.op {
-            ldap::LdapOp::SearchEntry => {
+            ldap::LdapOp::SearchEntry { privileged } => {
                 if let Some((_, e)) = st.pending.iter_mut().find(|(id, _)| *id == pdu.message_id) {
                     if let Some(l) = ldap_detail(e) {
                         l.entries_returned += 1;
+                        for name in privileged {
+                            if l.privileged_accounts.len() < MAX_PRIVILEGED_PER_SEARCH
+                                && !l.privileged_accounts.contains(&name)
+                            {
+                                l.privileged_accounts.push(name);
+                            }
+                        }
                     }
                 }
                 return;

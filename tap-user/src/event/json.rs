@@ -125,6 +125,7 @@ fn ldap(out: &mut Vec<u8>, l: &pb::Ldap) {
     o.str("target_dn", &l.target_dn);
     o.strs("modified_attributes", &l.modified_attributes);
     o.uint("sealed_bytes", l.sealed_bytes);
+    o.strs("privileged_accounts", &l.privileged_accounts);
     o.end();
 }
 
@@ -395,6 +396,7 @@ mod tests {
             target_dn: s(),
             modified_attributes: vec!["x".into()],
             sealed_bytes: 1,
+            privileged_accounts: vec!["eve.admin".into(), s()],
         })));
         details.push(Some(Detail::Ntlm(pb::Ntlm {
             message_type: 3,

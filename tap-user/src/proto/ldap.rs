@@ -16,8 +16,8 @@ use super::{
 
 use ldap_parser::{
     asn1_rs::FromBer,
-    filter::{Filter, Substring},
-    ldap::{AuthenticationChoice, LdapMessage, ProtocolOp},
+    filter::{Filter, PartialAttribute, Substring},
+    ldap::{AuthenticationChoice, LdapMessage, ProtocolOp, SearchResultEntry},
 };
 
 /// Largest LDAP PDU decoded. Search result entries with large multi-valued attributes
@@ -51,7 +51,10 @@ pub enum LdapOp {
         filter: String,
         attributes: Vec<String>,
     },
-    SearchEntry,
+    SearchEntry {
+        /// Accounts this entry shows to be privileged (see [`privileged_accounts`]).
+        privileged: Vec<String>,
+    },
     SearchDone {
         code: u32,
     },
@@ -88,6 +91,72 @@ pub enum LdapError {
     TooDeep,
     #[error("LDAP message malformed")]
     Malformed,
+}
+
+/// Groups whose members are privileged in a domain (the well-known administrative groups
+/// MDI also treats as sensitive), by common name, lower case.
+const PRIVILEGED_GROUPS: [&str; 12] = [
+    "domain admins",
+    "enterprise admins",
+    "schema admins",
+    "administrators",
+    "account operators",
+    "backup operators",
+    "server operators",
+    "print operators",
+    "dnsadmins",
+    "group policy creator owners",
+    "enterprise key admins",
+    "key admins",
+];
+/// Most accounts taken from one entry (a group's member list can be long).
+pub const MAX_PRIVILEGED_PER_ENTRY: usize = 64;
+
+/// The common name of a DN's first RDN ("CN=Domain Admins,CN=Users,DC=lab" -> "Domain Admins").
+fn first_cn(dn: &str) -> Option<&str> {
+    let rdn = dn.split(',').next()?.trim();
+    let (kind, value) = rdn.split_once('=')?;
+    kind.trim().eq_ignore_ascii_case("cn").then_some(value.trim())
+}
+
+fn is_privileged_group(dn: &str) -> bool {
+    first_cn(dn).is_some_and(|cn| PRIVILEGED_GROUPS.iter().any(|g| cn.eq_ignore_ascii_case(g)))
+}
+
+fn values<'a, 'b>(attrs: &'a [PartialAttribute<'b>], name: &'a str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'b> {
+    attrs
+        .iter()
+        .filter(move |a| a.attr_type.0.eq_ignore_ascii_case(name))
+        .flat_map(|a| a.attr_vals.iter().map(|v| &*v.0))
+}
+
+/// Accounts a search result entry shows to be privileged: the entry's own account when it
+/// is a member of a privileged group (memberOf) or marked adminCount=1, and the members of
+/// a privileged group entry. Names are sAMAccountName when present, else the first CN.
+pub fn privileged_accounts(e: &SearchResultEntry<'_>) -> Vec<String> {
+    let attrs = &e.attributes;
+    let mut out = Vec::new();
+    // Groups carry adminCount too; only accounts log on.
+    let is_group = values(attrs, "objectClass").any(|c| c.eq_ignore_ascii_case(b"group"));
+    let own = !is_group
+        && (values(attrs, "memberOf").any(|g| std::str::from_utf8(g).is_ok_and(is_privileged_group))
+            || values(attrs, "adminCount").any(|v| v == b"1"));
+    if own {
+        let name = values(attrs, "sAMAccountName")
+            .find_map(|v| std::str::from_utf8(v).ok())
+            .or_else(|| first_cn(&e.object_name.0));
+        out.extend(name.map(str::to_string));
+    }
+    if is_privileged_group(&e.object_name.0) {
+        // Nested administrative groups (Domain Admins in Administrators) are not accounts.
+        let members = values(attrs, "member")
+            .filter_map(|m| std::str::from_utf8(m).ok())
+            .filter(|m| !is_privileged_group(m))
+            .filter_map(first_cn);
+        out.extend(members.take(MAX_PRIVILEGED_PER_ENTRY).map(str::to_string));
+    }
+    out.retain(|n| !n.is_empty() && n.len() <= 256);
+    out
 }
 
 /// Length of the BER element at the start of `b` (header + content), if complete enough to
@@ -330,7 +399,7 @@ pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
                 attributes: s.attributes.iter().map(|a| a.0.to_string()).collect(),
             }
         }
-        ProtocolOp::SearchResultEntry(_) => LdapOp::SearchEntry,
+        ProtocolOp::SearchResultEntry(e) => LdapOp::SearchEntry { privileged: privileged_accounts(e) },
         ProtocolOp::SearchResultDone(r) => LdapOp::SearchDone { code: r.result_code.0 },
         ProtocolOp::ModifyRequest(r) => LdapOp::Modify {
             target: r.object.0.to_string(),
@@ -436,6 +505,55 @@ mod tests {
         msg.extend(op);
         msg[1] = (msg.len() - 2) as u8;
         msg
+    }
+
+    #[test]
+    fn privileged_accounts_come_from_member_of_admin_count_and_admin_group_members() {
+        use ldap_parser::{
+            filter::AttributeValue,
+            ldap::{LdapDN, LdapString},
+        };
+        use std::borrow::Cow;
+        let attr = |name: &'static str, vals: &[&'static str]| PartialAttribute {
+            attr_type: LdapString(Cow::Borrowed(name)),
+            attr_vals: vals.iter().map(|v| AttributeValue(Cow::Borrowed(v.as_bytes()))).collect(),
+        };
+        let entry =
+            |dn: &'static str, attributes| SearchResultEntry { object_name: LdapDN(Cow::Borrowed(dn)), attributes };
+        let eve = entry(
+            "CN=Eve Admin,CN=Users,DC=lab,DC=example",
+            vec![
+                attr("sAMAccountName", &["eve.admin"]),
+                attr("memberOf", &["CN=Users,CN=Builtin,DC=lab", "CN=Domain Admins,CN=Users,DC=lab,DC=example"]),
+            ],
+        );
+        assert_eq!(privileged_accounts(&eve), ["eve.admin"]);
+        let svc = entry("CN=svc_backup,CN=Users,DC=lab", vec![attr("admincount", &["1"])]);
+        assert_eq!(privileged_accounts(&svc), ["svc_backup"], "adminCount=1, name from the CN");
+        let group = entry(
+            "CN=Enterprise Admins,CN=Users,DC=lab",
+            vec![attr(
+                "member",
+                &[
+                    "CN=Administrator,CN=Users,DC=lab",
+                    "CN=Domain Admins,CN=Users,DC=lab",
+                    "CN=eve.admin,CN=Users,DC=lab",
+                ],
+            )],
+        );
+        assert_eq!(privileged_accounts(&group), ["Administrator", "eve.admin"]);
+        let alice = entry(
+            "CN=alice,CN=Users,DC=lab",
+            vec![attr("memberOf", &["CN=Domain Users,CN=Users,DC=lab"]), attr("adminCount", &["0"])],
+        );
+        assert!(privileged_accounts(&alice).is_empty());
+        let admins_group = entry(
+            "CN=Backup Operators,CN=Builtin,DC=lab",
+            vec![attr("objectClass", &["top", "group"]), attr("adminCount", &["1"])],
+        );
+        assert!(privileged_accounts(&admins_group).is_empty(), "a group is not an account");
+        let users = entry("CN=Domain Users,CN=Users,DC=lab", vec![attr("member", &["CN=alice,CN=Users,DC=lab"])]);
+        assert!(privileged_accounts(&users).is_empty(), "not an administrative group");
     }
 
     #[test]

@@ -113,7 +113,7 @@ fn csrf_of(page: &str) -> String {
 async fn nothing_is_readable_without_signing_in() {
     let app = portal::router(store_with_incident());
     let anon = Client { app: app.clone(), cookie: None };
-    for page in ["/incidents", "/incidents/1", "/sensors"] {
+    for page in ["/incidents", "/incidents/1", "/sensors", "/activity", "/accounts/alice", "/hosts/10.77.0.20"] {
         let (status, location, _) = anon.send("GET", page, None, None).await;
         assert_eq!((status, location.as_str()), (StatusCode::SEE_OTHER, "/login"), "{page}");
     }
@@ -218,4 +218,157 @@ async fn metrics_count_events_alerts_and_incidents() {
     ] {
         assert!(text.contains(line), "{line} not in {text}");
     }
+}
+
+/// The API routes the router serves, read from its source, so a route added without a
+/// line in the OpenAPI document fails the test below.
+fn routed_api_paths() -> Vec<String> {
+    let source = include_str!("../src/portal/mod.rs");
+    let mut paths: Vec<String> = source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|chunk| chunk.trim_start().strip_prefix('"')?.split('"').next().map(String::from))
+        .filter(|p| p.starts_with("/api/"))
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+#[tokio::test]
+async fn every_documented_endpoint_refuses_callers_without_a_session_and_answers_signed_in_ones() {
+    let store = store_with_incident();
+    let app = portal::router(Arc::clone(&store));
+    let anon = Client { app: app.clone(), cookie: None };
+    let forged = Client { app: app.clone(), cookie: Some("dctap_session=00ff00ff".into()) };
+    let (_, ana) = Client::login(&app, "ana", "ana-correct-horse").await;
+    let (status, doc, _) = ana.send("GET", "/api/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc: serde_json::Value = serde_json::from_str(&doc).expect("the OpenAPI document is JSON");
+    let documented: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let mut routed = routed_api_paths();
+    assert!(routed.len() >= 8, "routes not found in the router's source: {routed:?}");
+    routed.sort();
+    let mut sorted = documented.clone();
+    sorted.sort();
+    assert_eq!(routed, sorted, "the router's API routes and the OpenAPI paths differ");
+
+    let (_, page, _) = ana.send("GET", "/incidents/1", None, None).await;
+    let csrf = csrf_of(&page);
+    let mut called = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let uri = path.replace("{id}", "1").replace("{name}", "alice").replace("{ip}", "10.77.0.20");
+        for (method, op) in ops.as_object().unwrap() {
+            let method = method.to_uppercase();
+            let what = format!("{method} {path}");
+            assert!(op["responses"]["401"].is_object(), "{what} does not document its refusal (401)");
+            let body = || (method == "POST").then(|| ("application/json", r#"{"comment":"seen"}"#.to_string()));
+            // Without a session, or with a made-up one, even with a CSRF token: refused.
+            for (who, client) in [("no session", &anon), ("a forged session", &forged)] {
+                let (status, answer, _) = client.send(&method, &uri, body(), Some(&csrf)).await;
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{what} with {who}");
+                assert!(answer.contains("sign in first"), "{what} with {who}: {answer}");
+            }
+            let (status, answer, _) = ana.send(&method, &uri, body(), Some(&csrf)).await;
+            assert_eq!(status, StatusCode::OK, "{what} signed in: {answer}");
+            let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(v.is_object(), "{what}: {answer}");
+            called.push(what);
+        }
+    }
+    assert_eq!(called.len(), 9, "{called:?}");
+    // Only the signed-in analyst's change went through.
+    let log = store.incident_comments(1).unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!((log[0].author.as_str(), log[0].text.as_str()), ("ana", "seen"));
+}
+
+#[tokio::test]
+async fn the_api_answers_each_endpoint_with_the_data_the_pages_show() {
+    let app = portal::router(store_with_incident());
+    let (_, ana) = Client::login(&app, "ana", "ana-correct-horse").await;
+    let get = |uri: &'static str| {
+        let ana = &ana;
+        async move {
+            let (status, body, _) = ana.send("GET", uri, None, None).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let list = get("/api/incidents").await;
+    let first = &list["incidents"][0];
+    assert_eq!((first["id"].as_i64(), first["status"].as_str()), (Some(1), Some("new")));
+    assert_eq!(first["detections"], serde_json::json!(["Password spray"]));
+    assert_eq!(first["hosts"], serde_json::json!(["10.77.0.20"]));
+    // The search matches entities, not only titles.
+    assert_eq!(get("/api/incidents?q=10.77.0.20").await["incidents"].as_array().unwrap().len(), 1);
+    assert_eq!(get("/api/incidents?q=kerberoast").await["incidents"], serde_json::json!([]));
+    let alerts = get("/api/alerts").await;
+    assert_eq!(alerts["alerts"][0]["mitre"], "T1110.003");
+    assert_eq!(get("/api/sensors").await["sensors"], serde_json::json!([]));
+    let host = get("/api/hosts/10.77.0.20").await;
+    assert_eq!(host["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(host["accounts"], serde_json::json!(["<script>alert(1)</script>"]));
+    let account = get("/api/accounts/nobody").await;
+    assert_eq!((account["account"].as_str(), account["profile"].is_null()), (Some("nobody"), true));
+    let activity = get("/api/activity?from=1795749927&to=1795749927").await;
+    assert_eq!(activity["events"].as_array().unwrap().len(), 1);
+    assert_eq!(get("/api/activity?to=1795749926").await["events"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn malformed_and_misdirected_requests_are_refused_and_change_nothing() {
+    let store = store_with_incident();
+    let app = portal::router(Arc::clone(&store));
+    let (_, ana) = Client::login(&app, "ana", "ana-correct-horse").await;
+    let (_, page, _) = ana.send("GET", "/incidents/1", None, None).await;
+    let csrf = csrf_of(&page);
+    let json = |b: &str| Some(("application/json", b.to_string()));
+
+    assert_eq!(ana.send("GET", "/api/incidents/99", None, None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(ana.send("GET", "/api/incidents/x", None, None).await.0, StatusCode::BAD_REQUEST);
+    let change = json(r#"{"status":"resolved"}"#);
+    assert_eq!(ana.send("POST", "/api/incidents/99", change, Some(&csrf)).await.0, StatusCode::NOT_FOUND);
+    let long = format!(r#"{{"comment":"{}"}}"#, "x".repeat(4097));
+    assert_eq!(ana.send("POST", "/api/incidents/1", json(&long), Some(&csrf)).await.0, StatusCode::BAD_REQUEST);
+    let (status, _, _) = ana.send("POST", "/api/incidents/1", json("status=resolved"), Some(&csrf)).await;
+    assert!(status.is_client_error(), "a body that is not JSON: {status}");
+    let form = Some(("application/x-www-form-urlencoded", "status=resolved".to_string()));
+    let (status, _, _) = ana.send("POST", "/api/incidents/1", form, Some(&csrf)).await;
+    assert!(status.is_client_error(), "a form body on the JSON API: {status}");
+    assert!(ana.send("GET", "/api/activity?limit=many", None, None).await.0.is_client_error());
+    let (status, _, _) = ana.send("DELETE", "/api/incidents/1", None, Some(&csrf)).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(store.incident(1).unwrap().unwrap().0.status, "new");
+    assert!(store.incident_comments(1).unwrap().is_empty());
+    // The form path refuses a missing or forged token too.
+    for body in ["status=resolved", "csrf=forged&status=resolved"] {
+        let form = Some(("application/x-www-form-urlencoded", body.to_string()));
+        assert_eq!(ana.send("POST", "/incidents/1", form, None).await.0.as_u16() / 100, 4, "{body}");
+    }
+    assert_eq!(store.incident(1).unwrap().unwrap().0.status, "new");
+}
+
+#[tokio::test]
+async fn signing_out_needs_the_csrf_token_and_ends_the_session_on_the_server() {
+    let app = portal::router(store_with_incident());
+    let (_, ana) = Client::login(&app, "ana", "ana-correct-horse").await;
+    let (_, page, _) = ana.send("GET", "/incidents", None, None).await;
+    let csrf = csrf_of(&page);
+    let form = |t: &str| Some(("application/x-www-form-urlencoded", format!("csrf={t}")));
+    // A cross-site sign-out (no or wrong token) is refused and the session stays.
+    assert_eq!(ana.send("POST", "/logout", form("forged"), None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(ana.send("GET", "/api/incidents", None, None).await.0, StatusCode::OK);
+    let (status, location, cookies) = ana.send("POST", "/logout", form(&csrf), None).await;
+    assert_eq!((status, location.as_str()), (StatusCode::SEE_OTHER, "/login"));
+    assert!(cookies.iter().any(|c| c.starts_with("dctap_session=;") && c.contains("Max-Age=0")), "{cookies:?}");
+    // The same cookie, replayed after signing out, opens nothing.
+    assert_eq!(ana.send("GET", "/api/incidents", None, None).await.0, StatusCode::UNAUTHORIZED);
+    let (status, location, _) = ana.send("GET", "/incidents", None, None).await;
+    assert_eq!((status, location.as_str()), (StatusCode::SEE_OTHER, "/login"));
+    // A sign-in form without its fields is refused, with no cookie.
+    let c = Client { app: app.clone(), cookie: None };
+    let (status, _, cookies) =
+        c.send("POST", "/login", Some(("application/x-www-form-urlencoded", "username=ana".into())), None).await;
+    assert!(status.is_client_error() && cookies.is_empty(), "{status} {cookies:?}");
 }

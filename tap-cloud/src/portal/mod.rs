@@ -157,7 +157,11 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/api/incidents/{id}", get(api_incident).post(change_incident_api))
         .route("/api/alerts", get(api_alerts))
         .route("/api/sensors", get(api_sensors))
-        .route("/api/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        // Like everything else, the API's description is for signed-in users only.
+        .route(
+            "/api/openapi.json",
+            get(|_session: Session| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .with_state(portal)
 }
 
@@ -560,34 +564,46 @@ pub async fn serve(
 /// The API, described for clients (OpenAPI 3.1).
 const OPENAPI: &str = r##"{
   "openapi": "3.1.0",
-  "info": {"title": "dctap portal API", "version": "1"},
-  "components": {"securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": "dctap_session"}}},
+  "info": {"title": "dctap portal API", "version": "1",
+    "description": "Every call needs the session cookie a sign-in at POST /login sets; without it the answer is 401. Changes also need the session's CSRF token."},
+  "components": {"securitySchemes": {"session": {"type": "apiKey", "in": "cookie", "name": "dctap_session"}},
+    "responses": {"NotSignedIn": {"description": "no session, or an expired or signed-out one: {error}"}}},
   "security": [{"session": []}],
   "paths": {
     "/api/incidents": {"get": {"summary": "Incidents, newest first",
       "parameters": [{"name": "status", "in": "query", "schema": {"type": "string", "enum": ["new", "in_progress", "resolved", "false_positive"]}},
                      {"name": "q", "in": "query", "description": "text in the title, a detection, a host or an account", "schema": {"type": "string"}}],
-      "responses": {"200": {"description": "{incidents: [Incident with detections, hosts, accounts]}"}, "401": {"description": "not signed in"}}}},
+      "responses": {"200": {"description": "{incidents: [Incident with detections, hosts, accounts]}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
     "/api/incidents/{id}": {
       "get": {"summary": "An incident with its alerts (each with its evidence events) and its comment log",
         "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
-        "responses": {"200": {"description": "{incident, assignee, alerts, comments}"}, "404": {"description": "no such incident"}}},
+        "responses": {"200": {"description": "{incident, assignee, alerts, comments}"}, "401": {"$ref": "#/components/responses/NotSignedIn"},
+                      "404": {"description": "no such incident"}}},
       "post": {"summary": "Change status or assignee, add a comment (analyst or admin; header x-csrf-token)",
         "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
                        {"name": "x-csrf-token", "in": "header", "required": true, "schema": {"type": "string"}}],
-        "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
-          "status": {"type": "string"}, "assignee": {"type": "string"}, "comment": {"type": "string"}}}}}},
-        "responses": {"200": {"description": "{ok: true}"}, "403": {"description": "viewer role or bad CSRF token"}}}},
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {
+          "status": {"type": "string", "enum": ["new", "in_progress", "resolved", "false_positive"]}, "assignee": {"type": "string"},
+          "comment": {"type": "string", "maxLength": 4096}}}}}},
+        "responses": {"200": {"description": "{ok: true}"}, "400": {"description": "unknown status or comment too long"},
+                      "401": {"$ref": "#/components/responses/NotSignedIn"}, "403": {"description": "viewer role or bad CSRF token"},
+                      "404": {"description": "no such incident"}}}},
     "/api/activity": {"get": {"summary": "Activity search, newest first",
       "parameters": [{"name": "account", "in": "query", "schema": {"type": "string"}}, {"name": "host", "in": "query", "schema": {"type": "string"}},
                      {"name": "protocol", "in": "query", "schema": {"type": "string"}}, {"name": "from", "in": "query", "description": "unix seconds", "schema": {"type": "integer"}},
-                     {"name": "to", "in": "query", "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 5000}}],
-      "responses": {"200": {"description": "{events: [ActivityEvent]}"}}}},
+                     {"name": "to", "in": "query", "description": "unix seconds", "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 5000}}],
+      "responses": {"200": {"description": "{events: [ActivityEvent]}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
     "/api/accounts/{name}": {"get": {"summary": "An account: learned profile, alerts, recent activity",
-      "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "{account, profile, alerts, activity}"}}}},
+      "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "responses": {"200": {"description": "{account, profile, alerts, activity}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
     "/api/hosts/{ip}": {"get": {"summary": "A computer: accounts seen on it, alerts, recent activity",
-      "parameters": [{"name": "ip", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "{host, accounts, alerts, activity}"}}}},
-    "/api/alerts": {"get": {"summary": "All alerts", "responses": {"200": {"description": "{alerts: [Alert]}"}}}},
-    "/api/sensors": {"get": {"summary": "Sensors with registration, last heartbeat and health", "responses": {"200": {"description": "{sensors: [Sensor]}"}}}}
+      "parameters": [{"name": "ip", "in": "path", "required": true, "schema": {"type": "string"}}],
+      "responses": {"200": {"description": "{host, accounts, alerts, activity}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
+    "/api/alerts": {"get": {"summary": "All alerts",
+      "responses": {"200": {"description": "{alerts: [Alert]}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
+    "/api/sensors": {"get": {"summary": "Sensors with registration, last heartbeat and health",
+      "responses": {"200": {"description": "{sensors: [Sensor]}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
+    "/api/openapi.json": {"get": {"summary": "This document",
+      "responses": {"200": {"description": "OpenAPI 3.1"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}}
   }
 }"##;

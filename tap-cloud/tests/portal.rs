@@ -326,6 +326,9 @@ async fn malformed_and_misdirected_requests_are_refused_and_change_nothing() {
     let json = |b: &str| Some(("application/json", b.to_string()));
 
     assert_eq!(ana.send("GET", "/api/incidents/99", None, None).await.0, StatusCode::NOT_FOUND);
+    let (status, page, _) = ana.send("GET", "/incidents/99", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(page.contains("<h1>Not Found</h1>") && page.contains("no such incident"), "a page, not JSON: {page}");
     assert_eq!(ana.send("GET", "/api/incidents/x", None, None).await.0, StatusCode::BAD_REQUEST);
     let change = json(r#"{"status":"resolved"}"#);
     assert_eq!(ana.send("POST", "/api/incidents/99", change, Some(&csrf)).await.0, StatusCode::NOT_FOUND);

@@ -283,7 +283,7 @@ async fn change_incident_form(
     session: Session,
     Path(id): Path<i64>,
     Form(change): Form<IncidentChange>,
-) -> PortalResult<Response> {
+) -> Result<Response, pages::PageError> {
     let csrf = change.csrf.clone();
     apply_change(&portal, &session, id, change, &csrf).await?;
     Ok(Redirect::to(&format!("/incidents/{id}")).into_response())

@@ -3,14 +3,43 @@
 
 use axum::{
     extract::{Path, Query, State},
-    response::Html,
+    response::{Html, IntoResponse, Response},
 };
 use serde::Deserialize;
 
 use super::{
     account_detail, activity_events, filtered_incidents, host_detail, incident_detail, ActivityParams, IncidentFilter,
-    Portal, PortalResult, Session, STATUSES,
+    Portal, PortalError, Session, STATUSES,
 };
+
+/// An error met by a page, shown as a page with its status (the API's errors stay JSON).
+pub struct PageError(PortalError);
+
+impl From<PortalError> for PageError {
+    fn from(e: PortalError) -> Self {
+        PageError(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let PortalError(status, message) = self.0;
+        let title = status.canonical_reason().unwrap_or("Error");
+        let page = layout(
+            title,
+            None,
+            "",
+            &format!(
+                "<div class=\"card signin\"><h1>{}</h1><p>{}.</p><p><a href=/incidents>Back to the incidents</a></p></div>",
+                esc(title),
+                esc(&message)
+            ),
+        );
+        (status, page).into_response()
+    }
+}
+
+pub type PageResult = Result<Html<String>, PageError>;
 
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -207,7 +236,7 @@ pub async fn incidents(
     State(portal): State<Portal>,
     session: Session,
     Query(filter): Query<IncidentFilter>,
-) -> PortalResult<Html<String>> {
+) -> PageResult {
     let all = filtered_incidents(&portal, &IncidentFilter::default()).await?;
     let list = filtered_incidents(&portal, &filter).await?;
     let open = all.iter().filter(|i| i.incident.status == "new" || i.incident.status == "in_progress").count();
@@ -547,11 +576,7 @@ fn event_table(events: &[serde_json::Value], fields: bool) -> String {
     )
 }
 
-pub async fn incident(
-    State(portal): State<Portal>,
-    session: Session,
-    Path(id): Path<i64>,
-) -> PortalResult<Html<String>> {
+pub async fn incident(State(portal): State<Portal>, session: Session, Path(id): Path<i64>) -> PageResult {
     let d = incident_detail(&portal, id).await?;
     let inc = &d["incident"];
     let text = |v: &serde_json::Value| esc(v.as_str().unwrap_or_default());
@@ -701,11 +726,7 @@ pub struct ActivityForm {
     pub until: Option<String>,
 }
 
-pub async fn activity(
-    State(portal): State<Portal>,
-    session: Session,
-    Query(f): Query<ActivityForm>,
-) -> PortalResult<Html<String>> {
+pub async fn activity(State(portal): State<Portal>, session: Session, Query(f): Query<ActivityForm>) -> PageResult {
     fn when(s: &Option<String>) -> Option<(&str, Option<i64>)> {
         s.as_deref().filter(|s| !s.trim().is_empty()).map(|s| (s, parse_utc(s)))
     }
@@ -758,11 +779,7 @@ pub async fn activity(
     Ok(layout("Activity", Some(&session), "activity", &body))
 }
 
-pub async fn account(
-    State(portal): State<Portal>,
-    session: Session,
-    Path(name): Path<String>,
-) -> PortalResult<Html<String>> {
+pub async fn account(State(portal): State<Portal>, session: Session, Path(name): Path<String>) -> PageResult {
     let d = account_detail(&portal, &name).await?;
     let key = d["account"].as_str().unwrap_or_default().to_string();
     let list = |k: &str, link: fn(&str) -> String| {
@@ -810,11 +827,7 @@ pub async fn account(
     Ok(layout("Account", Some(&session), "", &body))
 }
 
-pub async fn host(
-    State(portal): State<Portal>,
-    session: Session,
-    Path(ip): Path<String>,
-) -> PortalResult<Html<String>> {
+pub async fn host(State(portal): State<Portal>, session: Session, Path(ip): Path<String>) -> PageResult {
     let d = host_detail(&portal, &ip).await?;
     let accounts: Vec<String> = d["accounts"]
         .as_array()
@@ -857,7 +870,7 @@ const SENSOR_COUNTERS: &[(&str, &str)] = &[
     ("uplink_failures", "uplink failures"),
 ];
 
-pub async fn sensors(State(portal): State<Portal>, session: Session) -> PortalResult<Html<String>> {
+pub async fn sensors(State(portal): State<Portal>, session: Session) -> PageResult {
     let store = std::sync::Arc::clone(&portal.store);
     let list = super::blocking(move || store.sensors()).await?;
     let now = crate::unix_ns();

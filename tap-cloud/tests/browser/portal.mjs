@@ -158,6 +158,13 @@ try {
     times.join(', ')
   );
   await shot(page, 'activity');
+  const missing = await page.goto(`${base}/incidents/999999`);
+  check(
+    missing.status() === 404 && (await page.textContent('h1')).includes('Not Found'),
+    'an unknown incident is a 404 page, not raw JSON',
+    `${missing.status()} ${await page.textContent('body')}`
+  );
+  await Promise.all([page.waitForURL('**/incidents'), page.click('a:has-text("Back to the incidents")')]);
   await Promise.all([page.waitForURL('**/sensors'), page.click('header a:has-text("Sensors")')]);
   check((await page.textContent('main table')).includes('lab'), 'the sensors page lists the lab sensor');
   await shot(page, 'sensors');

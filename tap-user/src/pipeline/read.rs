@@ -63,69 +63,92 @@ impl Batcher<'_> {
     }
 }
 
-/// Reads every Ethernet frame of `path` and passes them on in batches. Fails with the
-/// record number on a damaged file, after passing on everything before it.
+/// Reads every Ethernet frame of `path` (a file, or a pipe such as /dev/stdin) and passes
+/// them on in batches. Fails with the record number on a damaged file, after passing on
+/// everything before it.
+///
+/// Measured and left out: memory-mapping the file instead saved about 5% of the CPU of
+/// `bench parse` and made the resident size grow to the file's size.
 pub fn read_file(path: &Path, sink: &mut dyn FnMut(FrameBatch) -> anyhow::Result<()>) -> anyhow::Result<ReadStats> {
-    let name = path.display();
-    let mut magic = [0u8; 4];
-    File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .with_context(|| format!("{name}: cannot read a capture file header"))?;
-    let file = BufReader::with_capacity(1 << 20, File::open(path).with_context(|| format!("open {name}"))?);
+    let name = path.display().to_string();
+    let file = File::open(path).with_context(|| format!("open {name}"))?;
     let mut stats = ReadStats::default();
     let mut out = Batcher { batch: FrameBatch::with_capacity(BATCH_FRAMES, BATCH_BYTES), sink };
-    let read = read_records(&name.to_string(), magic, file, &mut stats, &mut out);
+    let mut file = BufReader::with_capacity(1 << 20, file);
+    // The file is opened once: a pipe cannot be read twice.
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic).with_context(|| format!("{name}: cannot read a capture file header"))?;
+    let read = read_records(&name, magic, Read::chain(&magic[..], file), &mut stats, &mut out);
     // What was read before a damaged record still goes on.
     out.finish()?;
     read.map(|()| stats)
 }
 
-fn read_records(
-    name: &str,
-    magic: [u8; 4],
-    file: BufReader<File>,
+const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+
+/// Interface link types of a pcapng section, and what a block means for the frames.
+fn pcapng_block(
+    block: &Block<'_>,
+    links: &mut Vec<DataLink>,
     stats: &mut ReadStats,
     out: &mut Batcher<'_>,
 ) -> anyhow::Result<()> {
-    if magic == [0x0a, 0x0d, 0x0d, 0x0a] {
+    let (ts, orig_len, data, iface) = match block {
+        Block::SectionHeader(_) => {
+            links.clear();
+            return Ok(());
+        }
+        Block::InterfaceDescription(i) => {
+            links.push(i.linktype);
+            return Ok(());
+        }
+        Block::EnhancedPacket(p) => (p.timestamp, p.original_len, &p.data, p.interface_id),
+        Block::SimplePacket(p) => (Duration::ZERO, p.original_len, &p.data, 0),
+        _ => return Ok(()),
+    };
+    if links.get(iface as usize).copied() != Some(DataLink::ETHERNET) {
+        stats.skipped_link_type += 1;
+        return Ok(());
+    }
+    stats.add(ts, data.len());
+    out.push(ts, orig_len, data)
+}
+
+fn check_pcap_link(name: &str, link: DataLink) -> anyhow::Result<()> {
+    if link != DataLink::ETHERNET {
+        bail!("{name}: link type {link:?} is not supported (the sensor reads Ethernet captures)");
+    }
+    Ok(())
+}
+
+fn damaged_record(name: &str, n: u64) -> String {
+    format!("{name}: record {n} is damaged (the file may be cut short)")
+}
+
+/// A capture from a stream.
+fn read_records(
+    name: &str,
+    magic: [u8; 4],
+    file: impl Read,
+    stats: &mut ReadStats,
+    out: &mut Batcher<'_>,
+) -> anyhow::Result<()> {
+    let mut n = 0u64;
+    if magic == PCAPNG_MAGIC {
         let mut r = PcapNgReader::new(file).with_context(|| format!("{name}: not a valid pcapng file"))?;
-        let mut n = 0u64;
         // Link types of the interfaces so far, by interface id (pcapng section order).
         let mut links: Vec<DataLink> = Vec::new();
         while let Some(block) = r.next_block() {
             n += 1;
             let block = block.with_context(|| format!("{name}: pcapng block {n} is damaged"))?;
-            let (ts, orig_len, data, iface) = match &block {
-                Block::SectionHeader(_) => {
-                    links.clear();
-                    continue;
-                }
-                Block::InterfaceDescription(i) => {
-                    links.push(i.linktype);
-                    continue;
-                }
-                Block::EnhancedPacket(p) => (p.timestamp, p.original_len, &p.data, p.interface_id),
-                Block::SimplePacket(p) => (Duration::ZERO, p.original_len, &p.data, 0),
-                _ => continue,
-            };
-            let link = links.get(iface as usize).copied();
-            if link != Some(DataLink::ETHERNET) {
-                stats.skipped_link_type += 1;
-                continue;
-            }
-            stats.add(ts, data.len());
-            out.push(ts, orig_len, data)?;
+            pcapng_block(&block, &mut links, stats, out)?;
         }
     } else {
         let mut r = PcapReader::new(file).with_context(|| format!("{name}: neither a pcap nor a pcapng file"))?;
-        let link = r.header().datalink;
-        if link != DataLink::ETHERNET {
-            bail!("{name}: link type {link:?} is not supported (the sensor reads Ethernet captures)");
-        }
-        let mut n = 0u64;
+        check_pcap_link(name, r.header().datalink)?;
         while let Some(packet) = r.next_packet() {
             n += 1;
-            let p = packet.with_context(|| format!("{name}: record {n} is damaged (the file may be cut short)"))?;
+            let p = packet.with_context(|| damaged_record(name, n))?;
             stats.add(p.timestamp, p.data.len());
             out.push(p.timestamp, p.orig_len, &p.data)?;
         }
@@ -181,5 +204,32 @@ mod tests {
         std::fs::write(&path, b"not a capture at all").unwrap();
         let err = read_file(&path, &mut |_| Ok(())).unwrap_err();
         assert!(format!("{err:#}").contains("neither a pcap nor a pcapng"), "{err:#}");
+        std::fs::write(&path, b"").unwrap();
+        let err = read_file(&path, &mut |_| Ok(())).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot read a capture file header"), "{err:#}");
+    }
+
+    /// A pipe (opened once, its header not read twice) gives the same frames as the file.
+    #[test]
+    fn a_pipe_gives_the_same_frames_as_the_file() {
+        let frames: Vec<Vec<u8>> = mix::mix(5).into_iter().map(|l| l.frame).collect();
+        let path = temp("piped.pcap");
+        tap_testkit::pcap::write(&path, &frames, Duration::from_secs(1_700_000_000)).unwrap();
+        let fifo = temp("fifo");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let writer = {
+            let (path, fifo) = (path.clone(), fifo.clone());
+            std::thread::spawn(move || std::fs::write(fifo, std::fs::read(path).unwrap()).unwrap())
+        };
+        let mut got = Vec::new();
+        let stats = read_file(&fifo, &mut |b| {
+            got.extend(b.iter().map(|f| f.data.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        writer.join().unwrap();
+        assert_eq!(got, frames);
+        assert_eq!(stats.frames, frames.len() as u64);
     }
 }

@@ -594,7 +594,7 @@ pub async fn incident(State(portal): State<Portal>, session: Session, Path(id): 
         let sev = a["severity"].as_str().unwrap_or_default();
         timeline.push_str(&format!(
             "<div class=\"card alert {sevc}\"><div class=\"muted small\">{first} – {last}</div><h3>{sevb} {title}</h3>\
-             <p class=desc>{desc}</p><div class=meta><span>MITRE ATT&amp;CK <span class=mitre>{mitre}</span></span>\
+             <p class=desc>{desc}</p><div class=meta><span>MITRE ATT&amp;CK {mitre}</span>\
              <span>source <b>{src}</b></span><span>account <b>{acct}</b></span><span>DC <b>{dc}</b></span>\
              <span>detection <code>{det}</code></span></div>\
              <details><summary>Evidence: {n} event{plural}</summary>{events}</details></div>",
@@ -604,7 +604,7 @@ pub async fn incident(State(portal): State<Portal>, session: Session, Path(id): 
             last = time(a["last_seen_ns"].as_i64().unwrap_or(0)),
             title = text(&a["title"]),
             desc = text(&a["description"]),
-            mitre = text(&a["mitre"]),
+            mitre = mitre(a["mitre"].as_str().unwrap_or_default()),
             det = text(&a["detection"]),
             src = host_link(a["src_ip"].as_str().unwrap_or_default()),
             acct = account_link(a["account"].as_str().unwrap_or_default()),
@@ -678,6 +678,35 @@ pub async fn incident(State(portal): State<Portal>, session: Session, Path(id): 
         entities = if entities.is_empty() { "-".into() } else { entities.join(", ") },
     );
     Ok(layout(&format!("Incident {id}"), Some(&session), "incidents", &body))
+}
+
+/// The MITRE ATT&CK technique's name beside its id, for the techniques the detections use.
+fn mitre(id: &str) -> String {
+    let name = match id {
+        "T1003.006" => "OS Credential Dumping: DCSync",
+        "T1049" => "System Network Connections Discovery",
+        "T1078" => "Valid Accounts",
+        "T1087.002" => "Account Discovery: Domain Account",
+        "T1110.001" => "Brute Force: Password Guessing",
+        "T1110.003" => "Brute Force: Password Spraying",
+        "T1187" => "Forced Authentication",
+        "T1207" => "Rogue Domain Controller",
+        "T1210" => "Exploitation of Remote Services",
+        "T1550.002" => "Use Alternate Authentication Material: Pass the Hash",
+        "T1550.003" => "Use Alternate Authentication Material: Pass the Ticket",
+        "T1552" => "Unsecured Credentials",
+        "T1558.001" => "Steal or Forge Kerberos Tickets: Golden Ticket",
+        "T1558.003" => "Steal or Forge Kerberos Tickets: Kerberoasting",
+        "T1558.004" => "Steal or Forge Kerberos Tickets: AS-REP Roasting",
+        "T1569.002" => "System Services: Service Execution",
+        "T1590.002" => "Gather Victim Network Information: DNS",
+        _ => "",
+    };
+    if name.is_empty() {
+        format!("<span class=mitre>{}</span>", esc(id))
+    } else {
+        format!("<span class=mitre>{}</span> {}", esc(id), esc(name))
+    }
 }
 
 fn alert_rows(alerts: &[serde_json::Value]) -> String {

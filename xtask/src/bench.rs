@@ -39,6 +39,9 @@ pub enum Which {
     Parse,
     /// Events from the sensor to tap-cloud over mTLS into SQLite: rate and latency.
     Uplink,
+    /// Everything live: XDP, reassembly, parsers, uplink and detections at rising rates;
+    /// DC frames lost, CPU per component, attack-to-alert time.
+    E2e,
 }
 
 /// Builds the release sensor; returns its path and the benchmarks' working directory.
@@ -56,6 +59,7 @@ pub fn run(env: &Env, which: Which) -> anyhow::Result<()> {
         Which::Pipeline => pipeline(env),
         Which::Parse => parse(env),
         Which::Uplink => crate::bench_uplink::run(env),
+        Which::E2e => crate::bench_e2e::run(env),
     }
 }
 

@@ -23,7 +23,8 @@ use crate::{
 const CAPTURE_MB: u32 = 100;
 const OFFERED_EVENTS_PER_S: f64 = 50_000.0;
 
-fn capture(env: &Env, work: &Path) -> anyhow::Result<PathBuf> {
+/// The 100 MB lab-derived capture (make_big.py --target-mb 100 --seed 1), built once.
+pub(crate) fn capture(env: &Env, work: &Path) -> anyhow::Result<PathBuf> {
     let tool = env.root.join("../shared/adlab/tools/make_big.py");
     let out = work.join(format!("uplink-{CAPTURE_MB}mb.pcap"));
     if out.exists() {

@@ -4,7 +4,8 @@
 //! Debian's headless chromium with playwright-core through what an analyst does: refused
 //! without a session, sign in, the Kerberoasting incident in the list, its timeline with
 //! description, MITRE technique and evidence, a status change through the CSRF-protected
-//! form that persists, the host, account, activity and sensors pages, sign out. A PNG
+//! form that persists, new alerts announced on the open incidents page while another
+//! capture is replayed, the host, account, activity and sensors pages, sign out. A PNG
 //! screenshot of each main page lands in `target/test-output/browser/`.
 //!
 //! Needs `../shared/adlab/pcaps` (skipped without it), and node, chromium and
@@ -137,8 +138,12 @@ fn random_password() -> String {
 fn an_analyst_triages_the_kerberoasting_incident_in_chromium() {
     let pcaps = lab_pcaps();
     let capture = |name: &str| pcaps.iter().find(|p| p.file_stem().is_some_and(|s| s == name)).cloned();
-    let (Some(benign), Some(kerberoasting)) = (capture("01_normal_logons"), capture("03_kerberoasting")) else {
-        eprintln!("SKIPPED {TEST}: ../shared/adlab/pcaps (01_normal_logons, 03_kerberoasting) not found");
+    let (Some(benign), Some(kerberoasting), Some(recon)) =
+        (capture("01_normal_logons"), capture("03_kerberoasting"), capture("05_ldap_recon"))
+    else {
+        eprintln!(
+            "SKIPPED {TEST}: ../shared/adlab/pcaps (01_normal_logons, 03_kerberoasting, 05_ldap_recon) not found"
+        );
         return;
     };
     let browser = match browser_prerequisites() {
@@ -167,16 +172,24 @@ fn an_analyst_triages_the_kerberoasting_incident_in_chromium() {
 
     ok(cloud().args(["sensors", "add", "lab", "--db"]).arg(&db).arg("--key-file").arg(dir.join("key")));
     let (server, ingest, portal) = serve(&db, out.join("tap-cloud.log"));
+    let replay = {
+        let (sensor_bin, ingest, dir) = (sensor_bin.clone(), ingest.clone(), dir.clone());
+        move |pcap: &Path| {
+            Command::new(&sensor_bin)
+                .arg("--read")
+                .arg(pcap)
+                .args(["--sensor-id", "lab", "--insecure", "--cloud"])
+                .arg(format!("http://{ingest}"))
+                .arg("--access-key-file")
+                .arg(dir.join("key"))
+                .arg("--spool-dir")
+                .arg(dir.join("spool"))
+                .output()
+        }
+    };
     for pcap in [&benign, &kerberoasting] {
-        ok(Command::new(&sensor_bin)
-            .arg("--read")
-            .arg(pcap)
-            .args(["--sensor-id", "lab", "--insecure", "--cloud"])
-            .arg(format!("http://{ingest}"))
-            .arg("--access-key-file")
-            .arg(dir.join("key"))
-            .arg("--spool-dir")
-            .arg(dir.join("spool")));
+        let out = replay(pcap).unwrap();
+        assert!(out.status.success(), "tap-sensor --read {}: {}", pcap.display(), String::from_utf8_lossy(&out.stderr));
     }
     wait_for_alert(&db, "kerberoasting");
     let password = random_password();
@@ -190,6 +203,7 @@ fn an_analyst_triages_the_kerberoasting_incident_in_chromium() {
     let loaded = started.elapsed();
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/portal.mjs");
+    let node_stderr = out.join("node-stderr.log");
     let mut node = Command::new("node")
         .arg(&script)
         .env("DCTAP_URL", &portal)
@@ -199,23 +213,43 @@ fn an_analyst_triages_the_kerberoasting_incident_in_chromium() {
         .env("DCTAP_PLAYWRIGHT_DIR", &browser.playwright)
         .env("DCTAP_CHROMIUM", &browser.chromium)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(&node_stderr).unwrap())
         .spawn()
         .expect("start node");
+    // The script's transcript; when it says so, the LDAP reconnaissance capture of the same
+    // attacker is replayed while the incidents page is open, for the page to announce.
+    let stdout = node.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut transcript = String::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            transcript.push_str(&line);
+            transcript.push('\n');
+            if line == "waiting for new alerts" {
+                match replay(&recon) {
+                    Ok(o) if o.status.success() => transcript.push_str("(replayed 05_ldap_recon)\n"),
+                    Ok(o) => transcript.push_str(&format!("replay failed: {}\n", String::from_utf8_lossy(&o.stderr))),
+                    Err(e) => transcript.push_str(&format!("replay failed: {e}\n")),
+                }
+            }
+        }
+        transcript
+    });
     // A hung browser must not hang the test suite.
     let deadline = Instant::now() + Duration::from_secs(180);
-    while node.try_wait().unwrap().is_none() {
+    let status = loop {
+        if let Some(status) = node.try_wait().unwrap() {
+            break status;
+        }
         if Instant::now() > deadline {
             let _ = node.kill();
-            break;
+            break node.wait().unwrap();
         }
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let result = node.wait_with_output().unwrap();
-    let transcript = format!("{}{}", String::from_utf8_lossy(&result.stdout), String::from_utf8_lossy(&result.stderr));
+    };
+    let transcript = format!("{}{}", reader.join().unwrap(), std::fs::read_to_string(&node_stderr).unwrap_or_default());
     eprintln!("{transcript}");
     drop(server);
-    assert!(result.status.success(), "{} failed ({}):\n{transcript}", script.display(), result.status);
+    assert!(status.success(), "{} failed ({status}):\n{transcript}", script.display());
 
     for name in SCREENSHOTS {
         let file = out.join(format!("{name}.png"));

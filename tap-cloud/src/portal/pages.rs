@@ -146,6 +146,7 @@ tr:last-child td{border-bottom:0}
 .timeline .alert{position:relative}
 .timeline .alert::before{content:"";position:absolute;left:calc(-1.5em - 8px);top:1.25em;width:10px;height:10px;border-radius:50%;background:#fff;border:2px solid #8793ab}
 .timeline .alert.high::before{border-color:#a11a1e;background:#fde4e3}.timeline .alert.medium::before{border-color:#b15d00;background:#ffeed6}
+.timeline .alert.low::before{border-color:#2c4a6e;background:#e4ecf6}
 .alert .desc{font-size:1.02em;margin:.3em 0 .7em;max-width:75em}
 .mitre{font-weight:600;color:var(--ink)}
 details summary{cursor:pointer;color:var(--accent);margin:.4em 0}
@@ -232,6 +233,9 @@ fn status_badge(status: &str) -> String {
     format!("<span class=\"badge st-{}\">{}</span>", esc(status), esc(&status_label(status)))
 }
 
+/// How often the incidents page asks for new alerts.
+const POLL_MS: u32 = 5000;
+
 pub async fn incidents(
     State(portal): State<Portal>,
     session: Session,
@@ -252,7 +256,7 @@ pub async fn incidents(
             .collect();
         rows.push_str(&format!(
             "<tr><td>{sev}</td><td><a href=/incidents/{id}><b>{title}</b></a> <span class=muted>#{id}</span>\
-             <div class=tags style=margin-top:.35em>{detections}</div></td><td>{entities}</td><td>{alerts}</td>\
+             <div class=tags style=margin-top:.35em>{detections}</div></td><td>{entities}</td><td class=alerts>{alerts}</td>\
              <td>{status}</td><td class=\"small nowrap\">{first}<br><span class=muted>{last}</span></td></tr>",
             id = i.id,
             sev = sev_badge(&i.severity),
@@ -286,12 +290,16 @@ pub async fn incidents(
          <label>Search<input name=q size=32 placeholder=\"title, detection, host or account\" value=\"{q}\"></label>\
          <button>Filter</button></form><p class=notice id=fresh></p>\
          <table><tr><th>severity</th><th>incident</th><th>entities</th><th>alerts</th><th>status</th><th>first / last seen</th></tr>{rows}</table>\
-         <script>let known={count};setInterval(async()=>{{const r=await fetch('/api/incidents');if(!r.ok)return;\
-         const n=(await r.json()).incidents.length;if(n!==known){{const f=document.getElementById('fresh');f.style.display='block';\
-         f.textContent=(n-known)+' new incident(s): reload to see them';}}}},10000);</script>",
+         <script>const known={{incidents:{count},alerts:{alerts}}};\
+         setInterval(async()=>{{const r=await fetch('/api/incidents');if(!r.ok)return;const l=(await r.json()).incidents;\
+         const a=l.reduce((s,i)=>s+i.alerts,0)-known.alerts,n=l.length-known.incidents;if(a<=0&&n<=0)return;\
+         const f=document.getElementById('fresh');f.style.display='block';\
+         f.innerHTML=`<b>${{a}} new alert${{a===1?'':'s'}}</b>${{n>0?` in ${{n}} new incident${{n===1?'':'s'}}`:''}} since this page was loaded. \
+         <a href=\"\">Reload</a>`;}},{POLL_MS});</script>",
         total = all.len(),
         q = esc(filter.q.as_deref().unwrap_or_default()),
         count = all.len(),
+        alerts = all.iter().map(|i| i.incident.alerts).sum::<u64>(),
     );
     Ok(layout("Incidents", Some(&session), "incidents", &body))
 }

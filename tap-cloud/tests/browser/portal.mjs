@@ -90,9 +90,20 @@ try {
   const row = page.locator('table tr', { hasText: 'Kerberoasting' }).first();
   await row.waitFor();
   check((await row.textContent()).includes('10.77.0.20'), 'the Kerberoasting incident is listed with the attacking host');
-  await shot(page, 'incidents');
+  const alertsBefore = Number(await row.locator('td.alerts').textContent());
 
-  // 5. Its timeline: the alert's plain-language description, MITRE technique and evidence.
+  // 5. New alerts are announced without a reload: the test replays another capture of the
+  // same attacker now (it waits for this line), whose alerts join the same incident.
+  console.log('waiting for new alerts');
+  const fresh = page.locator('#fresh');
+  await fresh.waitFor({ state: 'visible', timeout: 60000 });
+  check(/new alert/.test(await fresh.textContent()), 'new alerts are announced on the open page', await fresh.textContent());
+  await shot(page, 'incidents');
+  await Promise.all([page.waitForLoadState('load'), fresh.locator('a:has-text("Reload")').click()]);
+  const alertsAfter = Number(await row.locator('td.alerts').textContent());
+  check(alertsAfter > alertsBefore, `after the reload the incident has more alerts (${alertsBefore} -> ${alertsAfter})`);
+
+  // 6. Its timeline: the alert's plain-language description, MITRE technique and evidence.
   await Promise.all([page.waitForURL(/\/incidents\/\d+$/), row.locator('a[href^="/incidents/"]').first().click()]);
   const incidentUrl = page.url();
   const incidentId = Number(pathOf(page).split('/').pop());
@@ -107,7 +118,7 @@ try {
   check((await evidence.first().textContent()).toLowerCase().includes('kerberos'), 'the evidence is the Kerberos traffic');
   await shot(page, 'incident');
 
-  // 6. Change its status through the form (CSRF-protected) and see that it persisted.
+  // 7. Change its status through the form (CSRF-protected) and see that it persisted.
   const form = page.locator('form.change');
   check((await form.locator('input[name=csrf]').inputValue()).length >= 32, 'the change form carries a CSRF token');
   await form.locator('select[name=status]').selectOption('in_progress');
@@ -133,7 +144,7 @@ try {
   const list = await context.request.get(`${base}/api/incidents?status=in_progress`);
   check((await list.json()).incidents.some((i) => i.id === incidentId), 'the incident is listed under in_progress');
 
-  // 7. The other main pages, reached through the links an analyst follows.
+  // 8. The other main pages, reached through the links an analyst follows.
   await Promise.all([page.waitForURL('**/hosts/10.77.0.20'), page.locator('.timeline a[href="/hosts/10.77.0.20"]').first().click()]);
   check((await page.textContent('main')).includes('Kerberoasting'), 'the host page lists the host\'s alerts');
   await shot(page, 'host');
@@ -170,7 +181,7 @@ try {
   await shot(page, 'sensors');
   check(pageErrors.length === 0, 'no script errors on any page', pageErrors.join('; '));
 
-  // 8. Sign out: the cookie is cleared and the old session token is dead on the server.
+  // 9. Sign out: the cookie is cleared and the old session token is dead on the server.
   await Promise.all([page.waitForURL('**/login'), page.click('header button:has-text("Sign out")')]);
   check(!(await context.cookies()).some((c) => c.name === 'dctap_session'), 'signed out: the session cookie is gone');
   await page.goto(base + '/incidents');

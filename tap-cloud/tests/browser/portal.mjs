@@ -7,7 +7,8 @@
 //   DCTAP_OUT            the folder the screenshots go to
 //   DCTAP_PLAYWRIGHT_DIR where playwright-core is installed (cargo xtask setup)
 //   DCTAP_CHROMIUM       the browser binary (default /usr/bin/chromium)
-// Each check prints "ok - ..."; the first failure prints "FAILED: ..." and exits 1.
+// Each check prints "ok - ..."; the first failure prints "FAILED: ..." and exits 1. The line
+// "waiting for new alerts" asks the test to replay another capture while the page is open.
 
 import { createRequire } from 'node:module';
 import { mkdirSync, statSync } from 'node:fs';
@@ -50,7 +51,8 @@ const browser = await chromium.launch({
 let failed = false;
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
-  context.setDefaultTimeout(15000);
+  // Generous: the machine may be busy compiling beside the test.
+  context.setDefaultTimeout(30000);
   const page = await context.newPage();
   const pageErrors = [];
   page.on('pageerror', (e) => pageErrors.push(String(e)));

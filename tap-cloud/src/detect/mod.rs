@@ -221,7 +221,8 @@ impl Engine {
     /// The store gave a newly saved alert its id (and incident): later updates keep them.
     pub fn saved(&mut self, alert: &Alert) {
         let key = (alert.detection.clone(), alert.src_ip.clone(), alert.account.clone());
-        if let Some(a) = self.open.get_mut(&key) {
+        // Only the alert that was saved: its key may have opened again since.
+        if let Some(a) = self.open.get_mut(&key).filter(|a| a.first_seen_ns == alert.first_seen_ns) {
             a.id = alert.id;
             a.incident_id = alert.incident_id;
         }

@@ -120,7 +120,12 @@ pub trait Store: Send + Sync {
     fn set_detect_cursor(&self, sensor_id: &str, seq: u64) -> anyhow::Result<()>;
     /// Inserts a new alert (id 0; gives it an id and an incident: one with an alert on the
     /// same source or account within `incident_gap_ns`, or a new one) or updates one.
-    fn save_alert(&self, alert: &mut Alert, incident_gap_ns: i64) -> anyhow::Result<()>;
+    fn save_alert(&self, alert: &mut Alert, incident_gap_ns: i64) -> anyhow::Result<()> {
+        self.save_alerts(std::slice::from_mut(alert), incident_gap_ns)
+    }
+    /// Saves each alert as [`Store::save_alert`] does, in order, in one transaction (one
+    /// sync to disk for a whole detection step).
+    fn save_alerts(&self, alerts: &mut [Alert], incident_gap_ns: i64) -> anyhow::Result<()>;
     fn alerts(&self) -> anyhow::Result<Vec<Alert>>;
     /// Alerts last seen within `window_ns` of the newest alert.
     fn recent_alerts(&self, window_ns: i64) -> anyhow::Result<Vec<Alert>>;

@@ -365,76 +365,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn save_alert(&self, alert: &mut Alert, incident_gap_ns: i64) -> anyhow::Result<()> {
+    fn save_alerts(&self, alerts: &mut [Alert], incident_gap_ns: i64) -> anyhow::Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let evidence = serde_json::to_string(&alert.evidence)?;
-        if alert.id == 0 {
-            // An incident with an alert on the same source or account, close in time.
-            let joined: Option<i64> = tx
-                .query_row(
-                    "SELECT incident_id FROM alerts WHERE last_seen_ns >= ?1 AND (src_ip = ?2 OR (account != '' AND account = ?3)) \
-                     ORDER BY last_seen_ns DESC LIMIT 1",
-                    params![alert.first_seen_ns - incident_gap_ns, alert.src_ip, alert.account],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            alert.incident_id = match joined {
-                Some(id) => id,
-                None => {
-                    let who = if alert.account.is_empty() {
-                        alert.src_ip.clone()
-                    } else {
-                        format!("{} on {}", alert.account, alert.src_ip)
-                    };
-                    tx.execute(
-                        "INSERT INTO incidents (title, severity, first_seen_ns, last_seen_ns) VALUES (?1, ?2, ?3, ?4)",
-                        params![
-                            format!("{} ({who})", alert.title),
-                            alert.severity,
-                            alert.first_seen_ns,
-                            alert.last_seen_ns
-                        ],
-                    )?;
-                    tx.last_insert_rowid()
-                }
-            };
-            tx.execute(
-                "INSERT INTO alerts (incident_id, detection, title, severity, mitre, account, src_ip, dc_ip, first_seen_ns, \
-                 last_seen_ns, description, evidence) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    alert.incident_id,
-                    alert.detection,
-                    alert.title,
-                    alert.severity,
-                    alert.mitre,
-                    alert.account,
-                    alert.src_ip,
-                    alert.dc_ip,
-                    alert.first_seen_ns,
-                    alert.last_seen_ns,
-                    alert.description,
-                    evidence
-                ],
-            )?;
-            alert.id = tx.last_insert_rowid();
-        } else {
-            tx.execute(
-                "UPDATE alerts SET last_seen_ns = ?2, description = ?3, evidence = ?4, severity = ?5 WHERE id = ?1",
-                params![alert.id, alert.last_seen_ns, alert.description, evidence, alert.severity],
-            )?;
+        for alert in alerts {
+            save_alert_in(&tx, alert, incident_gap_ns)?;
         }
-        let (first, last, severity): (i64, i64, String) = tx.query_row(
-            "SELECT first_seen_ns, last_seen_ns, severity FROM incidents WHERE id = ?1",
-            [alert.incident_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        let severity =
-            if severity_rank(&alert.severity) > severity_rank(&severity) { alert.severity.clone() } else { severity };
-        tx.execute(
-            "UPDATE incidents SET first_seen_ns = ?2, last_seen_ns = ?3, severity = ?4 WHERE id = ?1",
-            params![alert.incident_id, first.min(alert.first_seen_ns), last.max(alert.last_seen_ns), severity],
-        )?;
         tx.commit()?;
         Ok(())
     }
@@ -618,6 +554,78 @@ impl SqliteStore {
             })
             .collect()
     }
+}
+
+/// One alert inserted (with its incident) or updated, inside the caller's transaction.
+fn save_alert_in(tx: &rusqlite::Transaction<'_>, alert: &mut Alert, incident_gap_ns: i64) -> anyhow::Result<()> {
+    let evidence = serde_json::to_string(&alert.evidence)?;
+    if alert.id == 0 {
+        // An incident with an alert on the same source or account, close in time.
+        let joined: Option<i64> = tx
+            .query_row(
+                "SELECT incident_id FROM alerts WHERE last_seen_ns >= ?1 AND (src_ip = ?2 OR (account != '' AND account = ?3)) \
+                 ORDER BY last_seen_ns DESC LIMIT 1",
+                params![alert.first_seen_ns - incident_gap_ns, alert.src_ip, alert.account],
+                |r| r.get(0),
+            )
+            .optional()?;
+        alert.incident_id = match joined {
+            Some(id) => id,
+            None => {
+                let who = if alert.account.is_empty() {
+                    alert.src_ip.clone()
+                } else {
+                    format!("{} on {}", alert.account, alert.src_ip)
+                };
+                tx.execute(
+                    "INSERT INTO incidents (title, severity, first_seen_ns, last_seen_ns) VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        format!("{} ({who})", alert.title),
+                        alert.severity,
+                        alert.first_seen_ns,
+                        alert.last_seen_ns
+                    ],
+                )?;
+                tx.last_insert_rowid()
+            }
+        };
+        tx.execute(
+            "INSERT INTO alerts (incident_id, detection, title, severity, mitre, account, src_ip, dc_ip, first_seen_ns, \
+             last_seen_ns, description, evidence) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                alert.incident_id,
+                alert.detection,
+                alert.title,
+                alert.severity,
+                alert.mitre,
+                alert.account,
+                alert.src_ip,
+                alert.dc_ip,
+                alert.first_seen_ns,
+                alert.last_seen_ns,
+                alert.description,
+                evidence
+            ],
+        )?;
+        alert.id = tx.last_insert_rowid();
+    } else {
+        tx.execute(
+            "UPDATE alerts SET last_seen_ns = ?2, description = ?3, evidence = ?4, severity = ?5 WHERE id = ?1",
+            params![alert.id, alert.last_seen_ns, alert.description, evidence, alert.severity],
+        )?;
+    }
+    let (first, last, severity): (i64, i64, String) = tx.query_row(
+        "SELECT first_seen_ns, last_seen_ns, severity FROM incidents WHERE id = ?1",
+        [alert.incident_id],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let severity =
+        if severity_rank(&alert.severity) > severity_rank(&severity) { alert.severity.clone() } else { severity };
+    tx.execute(
+        "UPDATE incidents SET first_seen_ns = ?2, last_seen_ns = ?3, severity = ?4 WHERE id = ?1",
+        params![alert.incident_id, first.min(alert.first_seen_ns), last.max(alert.last_seen_ns), severity],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,15 @@ const KDC_ERR_PREAUTH_FAILED: i32 = 24;
 /// NTSTATUS of a failed NTLM logon for a name that does not exist.
 const STATUS_NO_SUCH_USER: i64 = 0xC000_0064;
 const RC4_HMAC: i32 = 23;
+/// How long a roasting request waits for its reply before it is reported without one.
+const ROAST_REPLY_WAIT_NS: i64 = 5_000_000_000;
+
+fn request_sname(ev: &ActivityEvent) -> String {
+    match &ev.detail {
+        Some(Detail::Kerberos(k)) => k.sname.clone(),
+        _ => String::new(),
+    }
+}
 const AES: [i32; 2] = [17, 18];
 
 pub struct Rules {
@@ -30,8 +39,12 @@ pub struct Rules {
     roast_spns_by_src: Windows<String>,
     /// AS-REQs without pre-authentication waiting for their reply: (client, port) → name.
     asreq_without_preauth: HashMap<(String, u32), String>,
-    /// TGT fingerprint → the host it was issued to (or first used from).
-    tgt_host: HashMap<String, String>,
+    /// RC4-only TGS-REQs for a user's service waiting for their reply, which names the
+    /// requesting account (the request does not): (client, port) → the request.
+    roast_requests: HashMap<(String, u32), (ActivityEvent, String)>,
+    /// TGT fingerprint → the host it was issued to (or first used from) and the account it
+    /// was issued for (from the AS-REP; TGS-REQs do not name their client in the clear).
+    tgt_host: HashMap<String, (String, String)>,
     /// Domain controllers: configured, and learned from who answers Kerberos and LDAP.
     dcs: HashSet<String>,
     /// Time of the first event seen: the sensor's watch started then.
@@ -115,6 +128,7 @@ impl Rules {
             netlogon_by_src: w(),
             roast_spns_by_src: w(),
             asreq_without_preauth: HashMap::new(),
+            roast_requests: HashMap::new(),
             tgt_host: HashMap::new(),
             dcs: cfg.dcs.iter().cloned().collect(),
             watching_since: None,
@@ -137,6 +151,7 @@ impl Rules {
     pub fn observe(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, out: &mut Vec<Finding>) {
         let t = ev.time_unix_ns;
         self.watching_since = Some(self.watching_since.map_or(t, |s| s.min(t)));
+        self.flush_roast_requests(cfg, t, out);
         let account = account_key(&ev.account);
         if !account.is_empty() && self.honeytokens.contains(&account) {
             out.push(finding(ev, "honeytoken", "Honeytoken account used", "high", "T1078", &account, format!(
@@ -237,7 +252,7 @@ impl Rules {
             // AS-REP: the DC issued a TGT.
             11 => {
                 self.dcs.insert(ev.dc_ip.clone());
-                self.remember_ticket(&k.ticket_fingerprint, &ev.src_ip);
+                self.remember_ticket(&k.ticket_fingerprint, &ev.src_ip, &client);
                 if let Some(name) = self.asreq_without_preauth.remove(&(ev.src_ip.clone(), ev.src_port)) {
                     out.push(finding(ev, "asrep_roasting", "AS-REP roasting", "high", "T1558.004", &name, format!(
                         "{} obtained an AS-REP for {name} without pre-authentication: the reply is encrypted with the account's password key and can be cracked offline. Require Kerberos pre-authentication on {name}, give it a long password, and find what on {} asked.",
@@ -245,7 +260,8 @@ impl Rules {
                     )));
                 }
             }
-            // TGS-REQ
+            // TGS-REQ: an RC4-only request for a user's service is roasting; the finding
+            // waits for the reply, which names the account that asked.
             12 => {
                 let service = lower(&k.sname);
                 let is_user_service = !service.starts_with("krbtgt") && !service.ends_with('$');
@@ -253,12 +269,11 @@ impl Rules {
                     && !k.requested_etypes.is_empty()
                     && !k.requested_etypes.iter().any(|e| AES.contains(e))
                 {
-                    let (spns, _) =
-                        self.roast_spns_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, &service, cfg.window_ns());
-                    out.push(finding(ev, "kerberoasting", "Kerberoasting", if spns >= 3 { "high" } else { "medium" }, "T1558.003", &client, format!(
-                        "{} asked for a service ticket for {} offering only RC4 ({spns} such service(s) within {} minutes): RC4 tickets for user accounts are cracked offline for the service account's password. Give the service account a long random password (or a managed service account) and find the tool on {}.",
-                        ev.src_ip, k.sname, cfg.window_secs / 60, ev.src_ip
-                    )));
+                    if self.roast_requests.len() >= MAX_KEYS {
+                        self.roast_requests.clear();
+                    }
+                    let owner = self.ticket_owner(&k.ticket_fingerprint);
+                    self.roast_requests.insert((ev.src_ip.clone(), ev.src_port), (ev.clone(), owner));
                 }
                 self.ticket_use(cfg, ev, k, out);
             }
@@ -267,18 +282,34 @@ impl Rules {
             13 => {
                 self.dcs.insert(ev.dc_ip.clone());
                 let service = lower(&k.sname);
-                if k.ticket_etype == RC4_HMAC && !service.starts_with("krbtgt") && !service.ends_with('$') {
-                    let (spns, _) =
-                        self.roast_spns_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, &service, cfg.window_ns());
-                    out.push(finding(ev, "kerberoasting", "Kerberoasting", if spns >= 3 { "high" } else { "medium" }, "T1558.003", &client, format!(
-                        "{} received an RC4-encrypted service ticket for {} (account {}): such tickets are cracked offline for the service account's password. Enable AES for the account, give it a long random password, and check what on {} asked.",
-                        ev.src_ip, k.sname, k.cname, ev.src_ip
-                    )));
+                let request = self.roast_requests.remove(&(ev.src_ip.clone(), ev.src_port));
+                let rc4_ticket =
+                    k.ticket_etype == RC4_HMAC && !service.starts_with("krbtgt") && !service.ends_with('$');
+                if rc4_ticket || request.is_some() {
+                    let how = if request.is_some() { "asked, offering only RC4, for" } else { "received" };
+                    self.roasting(
+                        cfg,
+                        ev,
+                        &client,
+                        &k.sname,
+                        format!(
+                            "{} {how} a service ticket for {} as {} and got one encrypted with etype {}",
+                            ev.src_ip, k.sname, k.cname, k.ticket_etype
+                        ),
+                        out,
+                    );
                 }
             }
             // KRB-ERROR
             30 => {
                 self.dcs.insert(ev.dc_ip.clone());
+                if let Some((request, owner)) = self.roast_requests.remove(&(ev.src_ip.clone(), ev.src_port)) {
+                    let sname = request_sname(&request);
+                    self.roasting(cfg, &request, &owner, &sname, format!(
+                        "{} asked, offering only RC4, for a service ticket for {sname}; the DC refused it (error {}), but the attempt is the tool's",
+                        ev.src_ip, k.error_code
+                    ), out);
+                }
                 let name = if client.is_empty() { account_key(&ev.account) } else { client };
                 match k.error_code {
                     KDC_ERR_PREAUTH_FAILED => self.failed_logon(cfg, ev, &name, "Kerberos", false, out),
@@ -290,14 +321,65 @@ impl Rules {
         }
     }
 
-    fn remember_ticket(&mut self, fingerprint: &str, host: &str) {
+    fn roasting(
+        &mut self,
+        cfg: &DetectConfig,
+        ev: &ActivityEvent,
+        account: &str,
+        sname: &str,
+        what: String,
+        out: &mut Vec<Finding>,
+    ) {
+        let (spns, _) = self.roast_spns_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, &lower(sname), cfg.window_ns());
+        out.push(finding(ev, "kerberoasting", "Kerberoasting", if spns >= 3 { "high" } else { "medium" }, "T1558.003", account, format!(
+            "{what} ({spns} such service(s) within {} minutes): RC4 tickets for user accounts are cracked offline for the service account's password. Give the service account a long random password (or a managed service account) and AES keys, and find the tool on {}.",
+            cfg.window_secs / 60, ev.src_ip
+        )));
+    }
+
+    /// Roasting requests whose reply never came (lost on the mirror, or the tool gave up)
+    /// are reported without the account once they are this old.
+    fn flush_roast_requests(&mut self, cfg: &DetectConfig, now: i64, out: &mut Vec<Finding>) {
+        if self.roast_requests.is_empty() {
+            return;
+        }
+        let stale: Vec<(String, u32)> = self
+            .roast_requests
+            .iter()
+            .filter(|(_, (r, _))| now - r.time_unix_ns > ROAST_REPLY_WAIT_NS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some((request, owner)) = self.roast_requests.remove(&key) {
+                let sname = request_sname(&request);
+                self.roasting(
+                    cfg,
+                    &request,
+                    &owner,
+                    &sname,
+                    format!(
+                        "{} asked, offering only RC4, for a service ticket for {sname} (no reply seen)",
+                        request.src_ip
+                    ),
+                    out,
+                );
+            }
+        }
+    }
+
+    /// The account a TGT was issued to, when its AS-REP was seen.
+    fn ticket_owner(&self, fingerprint: &str) -> String {
+        self.tgt_host.get(fingerprint).map(|(_, account)| account.clone()).unwrap_or_default()
+    }
+
+    fn remember_ticket(&mut self, fingerprint: &str, host: &str, account: &str) {
         if fingerprint.is_empty() {
             return;
         }
         if self.tgt_host.len() >= MAX_TICKETS {
             self.tgt_host.clear();
         }
-        self.tgt_host.entry(fingerprint.to_string()).or_insert_with(|| host.to_string());
+        self.tgt_host.entry(fingerprint.to_string()).or_insert_with(|| (host.to_string(), account.to_string()));
     }
 
     /// A TGS-REQ presents a TGT: from another host than it was issued to (pass-the-ticket),
@@ -308,8 +390,9 @@ impl Rules {
             return;
         }
         match self.tgt_host.get(&k.ticket_fingerprint) {
-            Some(first) if *first != ev.src_ip => {
-                out.push(finding(ev, "pass_the_ticket", "Pass-the-ticket", "high", "T1550.003", &account_key(&k.cname), format!(
+            Some((first, owner)) if *first != ev.src_ip => {
+                let account = if owner.is_empty() { account_key(&k.cname) } else { owner.clone() };
+                out.push(finding(ev, "pass_the_ticket", "Pass-the-ticket", "high", "T1550.003", &account, format!(
                     "The same TGT was used from {first} and from {}: a ticket was stolen from one host and replayed on the other. Isolate both hosts, and reset the account's password (twice for krbtgt-level compromise).",
                     ev.src_ip
                 )));
@@ -323,7 +406,7 @@ impl Rules {
                         ev.src_ip
                     )));
                 }
-                self.remember_ticket(&k.ticket_fingerprint, &ev.src_ip);
+                self.remember_ticket(&k.ticket_fingerprint, &ev.src_ip, "");
             }
         }
     }
@@ -542,7 +625,41 @@ mod tests {
         let tgs = |etypes: Vec<i32>, sname: &str| {
             ev(1, "10.1.1.1", Detail::Kerberos(Kerberos { requested_etypes: etypes, sname: sname.into(), ..krb(12) }))
         };
-        assert_eq!(run(DetectConfig::default(), &[tgs(vec![23], "MSSQLSvc/sql01")]), vec!["kerberoasting"]);
+        // The request waits for its reply, which names the account.
+        let reply = |etype: i32| {
+            let k = Kerberos { cname: "alice".into(), sname: "MSSQLSvc/sql01".into(), ticket_etype: etype, ..krb(13) };
+            ev(1, "10.1.1.1", Detail::Kerberos(k))
+        };
+        let mut engine = Engine::new(DetectConfig::default());
+        assert!(engine.process(&tgs(vec![23], "MSSQLSvc/sql01")).is_empty());
+        let alerts = engine.process(&reply(23));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!((alerts[0].detection.as_str(), alerts[0].account.as_str()), ("kerberoasting", "alice"));
+        // A refused request is still the tool's; one with no reply at all is reported later.
+        let refused = ev(1, "10.1.1.1", Detail::Kerberos(Kerberos { error_code: 50, ..krb(30) }));
+        assert_eq!(
+            run(DetectConfig::default(), &[tgs(vec![23], "MSSQLSvc/sql01"), refused.clone()]),
+            vec!["kerberoasting"]
+        );
+        let later = ev(30, "10.9.9.9", Detail::Kerberos(krb(10)));
+        assert_eq!(run(DetectConfig::default(), &[tgs(vec![23], "MSSQLSvc/sql01"), later]), vec!["kerberoasting"]);
+        assert!(run(DetectConfig::default(), &[tgs(vec![23], "MSSQLSvc/sql01")]).is_empty(), "still waiting");
+        // The TGT a refused request carried names its account, when its AS-REP was seen.
+        let as_rep = ev(
+            0,
+            "10.1.1.1",
+            Detail::Kerberos(Kerberos { cname: "alice".into(), ticket_fingerprint: "fp1".into(), ..krb(11) }),
+        );
+        let mut with_tgt = tgs(vec![23], "MSSQLSvc/sql01");
+        if let Some(Detail::Kerberos(k)) = &mut with_tgt.detail {
+            k.ticket_fingerprint = "fp1".into();
+        }
+        let mut engine = Engine::new(DetectConfig::default());
+        let alerts: Vec<_> = [as_rep, with_tgt, refused.clone()].iter().flat_map(|e| engine.process(e)).collect();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].account, "alice");
+        // An AES request answered with an AES ticket is normal.
+        assert!(run(DetectConfig::default(), &[tgs(vec![18, 17, 23], "MSSQLSvc/sql01"), reply(18)]).is_empty());
         assert!(run(DetectConfig::default(), &[tgs(vec![18, 17, 23], "MSSQLSvc/sql01")]).is_empty());
         assert!(run(DetectConfig::default(), &[tgs(vec![23], "krbtgt/LAB")]).is_empty());
         assert!(
@@ -720,16 +837,16 @@ mod tests {
     #[test]
     fn accounts_directory_results_show_as_admins_are_learned_as_sensitive() {
         let mut engine = Engine::new(DetectConfig::default());
-        // A TGS-REQ asking for RC4 only: a medium alert for an ordinary account.
+        // An RC4 service ticket for a user's service: a medium alert for an ordinary account.
         let roast = |engine: &mut Engine, account: &str| -> Vec<super::super::Alert> {
             let mut e = ev(
                 1,
                 "10.1.1.1",
                 Detail::Kerberos(Kerberos {
-                    requested_etypes: vec![23],
+                    ticket_etype: 23,
                     sname: "http/web".into(),
                     cname: account.into(),
-                    ..krb(12)
+                    ..krb(13)
                 }),
             );
             e.account = account.into();
@@ -764,11 +881,8 @@ mod tests {
         let alerts: Vec<_> = brute.iter().flat_map(|e| engine.process(e)).collect();
         assert!(alerts.iter().all(|a| a.severity == "high" && a.description.ends_with("marked sensitive.")));
         let mut plain = Engine::new(DetectConfig::default());
-        let tgs = ev(
-            1,
-            "10.1.1.1",
-            Detail::Kerberos(Kerberos { requested_etypes: vec![23], sname: "http/web".into(), ..krb(12) }),
-        );
+        let tgs =
+            ev(1, "10.1.1.1", Detail::Kerberos(Kerberos { ticket_etype: 23, sname: "http/web".into(), ..krb(13) }));
         assert_eq!(plain.process(&tgs)[0].severity, "medium", "others keep their severity");
     }
 

@@ -200,7 +200,7 @@ impl Store for SqliteStore {
         spooled_unix_ns: &[i64],
     ) -> anyhow::Result<InsertOutcome> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let now = crate::unix_ns();
         let mut outcome = InsertOutcome::default();
         {
@@ -261,7 +261,7 @@ impl Store for SqliteStore {
 
     fn add_sensor(&self, id: &str, key_sha256: &str) -> anyhow::Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let revoked: Option<Option<i64>> =
             tx.query_row("SELECT revoked_unix_ns FROM sensors WHERE id = ?1", [id], |r| r.get(0)).optional()?;
         match revoked {
@@ -367,7 +367,7 @@ impl Store for SqliteStore {
 
     fn save_alerts(&self, alerts: &mut [Alert], incident_gap_ns: i64) -> anyhow::Result<()> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for alert in alerts {
             save_alert_in(&tx, alert, incident_gap_ns)?;
         }
@@ -444,7 +444,7 @@ impl Store for SqliteStore {
         author: &str,
     ) -> anyhow::Result<bool> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let Some((old_status, old_assignee)): Option<(String, String)> = tx
             .query_row("SELECT status, assignee FROM incidents WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?

@@ -183,3 +183,33 @@ fn ldap_results_name_the_privileged_accounts_of_a_real_directory() {
         assert!(!named.contains(user), "{user} is not a privileged account: {named:?}");
     }
 }
+
+/// Kerberos errors that are steps of a normal exchange are not failures: on the lab's
+/// logons "pre-authentication required" is "continue"; wrong passwords are "failure".
+#[test]
+fn kerberos_steps_are_not_failures_but_wrong_passwords_are() {
+    let pcaps = tap_testkit::shared::lab_pcaps();
+    let find = |name: &str| pcaps.iter().find(|p| p.ends_with(name)).cloned();
+    let (Some(normal), Some(spray)) = (find("01_normal_logons.pcap"), find("02_password_spray.pcap")) else {
+        eprintln!("SKIPPED kerberos_steps_are_not_failures_but_wrong_passwords_are: ../shared/adlab/pcaps not found");
+        return;
+    };
+    let results = |pcap: &PathBuf| -> HashMap<(i64, String), usize> {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_tap-sensor")).arg("--read").arg(pcap).arg("--json").output().unwrap();
+        let mut by = HashMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if v["detail"]["Kerberos"]["msg_type"] == 30 {
+                let key = (v["status_code"].as_i64().unwrap(), v["result"].as_str().unwrap().to_string());
+                *by.entry(key).or_default() += 1;
+            }
+        }
+        by
+    };
+    let normal = results(&normal);
+    assert!(normal.get(&(25, "continue".into())).is_some_and(|&n| n > 0), "{normal:?}");
+    assert!(!normal.keys().any(|(code, r)| *code == 25 && r != "continue"), "{normal:?}");
+    let spray = results(&spray);
+    assert!(spray.get(&(24, "failure".into())).is_some_and(|&n| n >= 10), "{spray:?}");
+}

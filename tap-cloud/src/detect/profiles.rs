@@ -87,7 +87,9 @@ impl Profiles {
         let t = ev.time_unix_ns;
         self.started_ns = Some(self.started_ns.map_or(t, |s| s.min(t)));
         let account = account_key(&ev.account);
-        if account.is_empty() || ev.result == "failure" || ev.src_ip.is_empty() {
+        // Failed and unfinished exchanges (a "pre-authentication required") say nothing of
+        // where the account normally works: enumeration tools cause them too.
+        if account.is_empty() || matches!(ev.result.as_str(), "failure" | "continue") || ev.src_ip.is_empty() {
             return;
         }
         let learning = self.learning(t, learning_ns);

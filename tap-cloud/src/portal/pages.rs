@@ -551,6 +551,7 @@ fn result_badge(r: &str) -> String {
     match r {
         "success" => "<span class=\"badge ok\">success</span>".into(),
         "failure" => "<span class=\"badge bad\">failure</span>".into(),
+        "continue" => "<span class=muted title=\"a normal step of an exchange that goes on\">continue</span>".into(),
         "" => "<span class=muted title=\"the reply was not seen\">-</span>".into(),
         r => esc(r),
     }

@@ -223,6 +223,9 @@ fn base(flow: &FlowMeta, protocol: &str, category: &str) -> ActivityEvent {
     }
 }
 
+const KDC_ERR_PREAUTH_REQUIRED: i32 = 25;
+const KRB_ERR_RESPONSE_TOO_BIG: i32 = 52;
+
 fn kerberos_event(flow: &FlowMeta, m: kerberos::KerberosMessage) -> ActivityEvent {
     let mut e = base(flow, "kerberos", "logon");
     if !m.cname.is_empty() {
@@ -230,6 +233,11 @@ fn kerberos_event(flow: &FlowMeta, m: kerberos::KerberosMessage) -> ActivityEven
     }
     e.result = match m.msg_type {
         kerberos::msg::AS_REP | kerberos::msg::TGS_REP => "success".into(),
+        // Steps of a normal exchange, not failures: "pre-authentication required" answers
+        // every first AS-REQ of a Windows client, "response too big" sends it to TCP.
+        kerberos::msg::ERROR if matches!(m.error_code, KDC_ERR_PREAUTH_REQUIRED | KRB_ERR_RESPONSE_TOO_BIG) => {
+            "continue".into()
+        }
         kerberos::msg::ERROR => "failure".into(),
         _ => String::new(),
     };

@@ -36,6 +36,9 @@ struct Label {
     /// The site's domain controllers, as its cloud configuration would list them.
     #[serde(default)]
     dcs: Vec<String>,
+    /// More `[detect]` settings for this capture's cloud (e.g. honeytokens), TOML lines.
+    #[serde(default)]
+    config: String,
     #[serde(default)]
     #[allow(dead_code)]
     note: String,
@@ -49,13 +52,13 @@ struct Score {
 }
 
 /// (detection, source) of the alerts one capture raises.
-fn alerts(env: &Env, pcap: &Path, dcs: &[String], work: &Path) -> anyhow::Result<BTreeSet<(String, String)>> {
+fn alerts(env: &Env, pcap: &Path, label: &Label, work: &Path) -> anyhow::Result<BTreeSet<(String, String)>> {
     let (sensor, cloud) = (env.root.join("target/debug/tap-sensor"), env.root.join("target/debug/tap-cloud"));
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let db = work.join("cloud.db");
     let config = work.join("cloud.toml");
-    std::fs::write(&config, format!("[detect]\ndcs = {:?}\n", dcs))?;
+    std::fs::write(&config, format!("[detect]\ndcs = {:?}\n{}\n", label.dcs, label.config))?;
     let run = |cmd: &mut Command| -> anyhow::Result<std::process::Output> {
         let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
         if !out.status.success() {
@@ -115,7 +118,7 @@ fn alerts(env: &Env, pcap: &Path, dcs: &[String], work: &Path) -> anyhow::Result
 pub fn run(env: &Env) -> anyhow::Result<()> {
     let shared = env.root.join("../shared");
     if !shared.exists() {
-        bail!("{} not found: the labelled captures live there", shared.display());
+        note(&format!("{} not found: only the project's own captures (lab/pcaps) are scored", shared.display()));
     }
     let labels_path = env.root.join("eval/labels.toml");
     let labels: Labels = toml::from_str(&std::fs::read_to_string(&labels_path)?)
@@ -126,12 +129,14 @@ pub fn run(env: &Env) -> anyhow::Result<()> {
     let mut scores: BTreeMap<String, Score> = BTreeMap::new();
     let mut lines = Vec::new();
     for label in &labels.capture {
-        let pcap = shared.join(&label.path);
+        // The project's own captures (lab/pcaps/...) are relative to the project, the
+        // others to ../shared.
+        let pcap = if label.path.starts_with("lab/") { env.root.join(&label.path) } else { shared.join(&label.path) };
         if !pcap.exists() {
             note(&format!("SKIPPED {}: not found", label.path));
             continue;
         }
-        let got = alerts(env, &pcap, &label.dcs, &work).with_context(|| label.path.clone())?;
+        let got = alerts(env, &pcap, label, &work).with_context(|| label.path.clone())?;
         let fired: BTreeSet<&str> = got.iter().map(|(d, _)| d.as_str()).collect();
         let mut verdicts = Vec::new();
         for d in &label.expect {

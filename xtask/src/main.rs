@@ -8,6 +8,7 @@ mod bench_uplink;
 mod demo;
 mod eval;
 mod fuzz;
+mod lab;
 mod setup;
 mod util;
 
@@ -52,6 +53,12 @@ enum Command {
         #[arg(long = "target", value_name = "NAME")]
         targets: Vec<String>,
     },
+    /// The project's AD lab (lab/): Samba AD DC, two workstations, the sensor with XDP on
+    /// a SPAN port and the cloud on loopback; real attack tools, labelled captures.
+    Lab {
+        #[command(subcommand)]
+        which: lab::Which,
+    },
     /// Benchmarks (not part of `test`).
     Bench {
         #[command(subcommand)]
@@ -68,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Bench { which } => bench::run(&env, which),
         Command::Fuzz { seconds, targets } => fuzz::run(&env, seconds, &targets),
         Command::Eval => eval::run(&env),
+        Command::Lab { which } => lab::run(&env, which),
         Command::Conformance => env
             .cargo()
             .args(["test", "-q", "-p", "tap-user", "--test", "corpus_conformance", "--", "--nocapture"])

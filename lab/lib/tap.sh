@@ -1,0 +1,62 @@
+# shellcheck shell=bash
+# dctap itself in the lab: tap-cloud on the sensor namespace's loopback, tap-sensor with
+# its XDP program on the SPAN port dt-sen0, events over mTLS gRPC.  The binaries come from
+# $TAP_BIN_DIR (cargo xtask lab passes target/release).  Sourced by lab.sh.
+
+tap_running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+# Waits until FILE contains TEXT or the process of PIDFILE dies.
+wait_log() {  # wait_log <file> <text> <pidfile> <seconds>
+  local i
+  for i in $(seq 1 $(( $4 * 10 ))); do
+    grep -q -- "$2" "$1" 2>/dev/null && return 0
+    kill -0 "$(cat "$3" 2>/dev/null)" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+tap_up() {  # tap_up [--fresh]
+  local bin=${TAP_BIN_DIR:?set TAP_BIN_DIR to the folder of tap-sensor and tap-cloud}
+  [ -x "$bin/tap-sensor" ] && [ -x "$bin/tap-cloud" ] || die "no tap-sensor/tap-cloud in $bin"
+  net_is_up || die "lab network not up"
+  if [ "${1:-}" = --fresh ]; then tap_down; rm -rf "$TAP_DIR"; fi
+  mkdir -p "$TAP_DIR" "$RUN" "$LOGS"
+  if tap_running cloud && tap_running sensor; then log "tap-cloud and tap-sensor already running"; return 0; fi
+  tap_down
+  if [ ! -f "$TAP_DIR/pki/ca.pem" ]; then
+    "$bin/tap-cloud" certs init --sensor $SENSOR_ID --dir "$TAP_DIR/pki" > "$LOGS/tap-certs.log" 2>&1 || die "certs init, see $LOGS/tap-certs.log"
+    "$bin/tap-cloud" sensors add $SENSOR_ID --db "$TAP_DIR/cloud.db" --key-file "$TAP_DIR/sensor.key" >> "$LOGS/tap-certs.log" 2>&1 \
+        || die "sensors add, see $LOGS/tap-certs.log"
+  fi
+  # The lab's detection settings.  max_ticket_lifetime_hours = 0: the sensor watches the
+  # lab DC before any scenario obtains a ticket (every scenario starts with no cached
+  # tickets), so a TGT it never saw issued is forged at once, not only after 10 hours.
+  cat > "$TAP_DIR/cloud.toml" <<EOC
+[detect]
+dcs = ["$DC_IP"]
+honeytokens = ["$HONEYTOKEN"]
+max_ticket_lifetime_hours = 0
+EOC
+  nohup ip netns exec $NS_SEN "$bin/tap-cloud" serve --listen $CLOUD_ADDR --http 127.0.0.1:0 \
+      --db "$TAP_DIR/cloud.db" --tls-dir "$TAP_DIR/pki" --config "$TAP_DIR/cloud.toml" \
+      > "$LOGS/tap-cloud.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/cloud.pid"
+  wait_log "$LOGS/tap-cloud.log" "ingest listening" "$RUN/cloud.pid" 30 || die "tap-cloud did not start: $(tail -5 "$LOGS/tap-cloud.log")"
+  log "tap-cloud serving on $CLOUD_ADDR in $NS_SEN (database $TAP_DIR/cloud.db)"
+  nohup ip netns exec $NS_SEN "$bin/tap-sensor" capture --iface $SEN_IF --dc $DC_IP \
+      --write "$TAP_DIR/kept.pcap" --sensor-id $SENSOR_ID --cloud https://$CLOUD_ADDR \
+      --tls-ca "$TAP_DIR/pki/ca.pem" --tls-cert "$TAP_DIR/pki/sensor-$SENSOR_ID.pem" \
+      --tls-key "$TAP_DIR/pki/sensor-$SENSOR_ID.key" --access-key-file "$TAP_DIR/sensor.key" \
+      --spool-dir "$TAP_DIR/spool" \
+      > "$LOGS/tap-sensor.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/sensor.pid"
+  wait_log "$LOGS/tap-sensor.log" "^ready:" "$RUN/sensor.pid" 30 || die "tap-sensor did not start: $(tail -5 "$LOGS/tap-sensor.log")"
+  log "tap-sensor: $(grep -m1 '^ready:' "$LOGS/tap-sensor.log")"
+}
+
+tap_down() {
+  # SIGTERM: the sensor detaches its XDP program and prints its counters
+  kill_pidfile "$RUN/sensor.pid"
+  kill_pidfile "$RUN/cloud.pid"
+}

@@ -4,6 +4,7 @@
 //! what is missing is installed with a line saying so.
 
 mod bench;
+mod bench_e2e;
 mod bench_uplink;
 mod demo;
 mod eval;

@@ -3,6 +3,7 @@
 //! Every command first runs the idempotent set-up (`setup.rs`): what is present is skipped,
 //! what is missing is installed with a line saying so.
 
+mod appliance;
 mod bench;
 mod bench_e2e;
 mod bench_uplink;
@@ -54,6 +55,27 @@ enum Command {
         #[arg(long = "target", value_name = "NAME")]
         targets: Vec<String>,
     },
+    /// Build the sensor appliance: a bootable qcow2 VM image (Debian 12, tap-sensor enabled,
+    /// management NIC eth0 on DHCP, capture NIC eth1 without an address), in
+    /// target/appliance/dctap-sensor.qcow2.
+    Appliance {
+        /// Boot the image under qemu afterwards and check the sensor gets ready and captures.
+        #[arg(long)]
+        boot_test: bool,
+        /// Where to write the image.
+        #[arg(long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+        /// The sensor configuration to install as /etc/dctap/sensor.toml (default:
+        /// deploy/sensor.toml with iface = "eth1").
+        #[arg(long, value_name = "FILE")]
+        sensor_config: Option<std::path::PathBuf>,
+        /// An SSH public key (authorized_keys line) that may log in as root.
+        #[arg(long, value_name = "FILE")]
+        ssh_key: Option<std::path::PathBuf>,
+        /// Size of the virtual disk (the qcow2 file holds only what is used).
+        #[arg(long, value_name = "GIB", default_value_t = 8)]
+        disk_gib: u64,
+    },
     /// The project's AD lab (lab/): Samba AD DC, two workstations, the sensor with XDP on
     /// a SPAN port and the cloud on loopback; real attack tools, labelled captures.
     Lab {
@@ -74,6 +96,9 @@ fn main() -> std::process::ExitCode {
         Command::Demo { pcap, dc } => demo::run(&env, pcap, dc),
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
+        Command::Appliance { boot_test, output, sensor_config, ssh_key, disk_gib } => {
+            appliance::run(&env, &appliance::Options { output, sensor_config, ssh_key, disk_gib, boot_test })
+        }
         Command::Fuzz { seconds, targets } => fuzz::run(&env, seconds, &targets),
         Command::Eval => eval::run(&env),
         Command::Lab { which } => lab::run(&env, which),
@@ -105,6 +130,8 @@ fn test(env: &setup::Env) -> anyhow::Result<()> {
         .env("DCTAP_REQUIRE_LIVE", "1")
         .env("DCTAP_PLAYWRIGHT_DIR", setup::playwright_dir())
         .run()?;
+    util::step("lab end-to-end: Samba AD DC, real attack tools, sensor with XDP on the SPAN port, cloud");
+    lab::e2e(env)?;
     util::step("all tests passed");
     Ok(())
 }

@@ -1,0 +1,713 @@
+//! `cargo xtask appliance`: the sensor appliance, a bootable qcow2 disk image.
+//!
+//! A Debian 12 root file system made by debootstrap (cached under
+//! `~/.cache/dctap/appliance`, keyed by a hash of the recipe below, so only the first build
+//! downloads and installs packages), into a copy of which every run puts the release
+//! `tap-sensor`, `/etc/dctap/sensor.toml`, the systemd units and the network configuration
+//! of `deploy/`. The disk is assembled without mounting anything (no loop devices needed):
+//! an MBR with SYSLINUX, a FAT partition with the kernel and initramfs made with
+//! `mkfs.fat`/`mcopy`, and an ext4 root partition populated by `mke2fs -d`; `qemu-img`
+//! turns it into a compressed qcow2.
+//!
+//! `--boot-test` boots the image under qemu (KVM when `/dev/kvm` can be opened, TCG
+//! otherwise; serial console to a file), waits for the sensor's ready line and the capture
+//! interface's state, sends frames into the capture NIC, powers the VM off and checks the
+//! counters the sensor prints at exit.
+
+use std::{
+    hash::{Hash as _, Hasher as _},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, UdpSocket},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _};
+
+use crate::{
+    setup::Env,
+    util::{note, step, Cmd},
+};
+
+const SUITE: &str = "bookworm";
+const MIRROR: &str = "http://deb.debian.org/debian";
+/// Installed by debootstrap on top of the minimal base: the initramfs tools, systemd with
+/// networkd and resolved, ethtool and iproute2 for the capture interface, SSH for
+/// management, and a few tools an operator expects on a console. The kernel comes after,
+/// from bookworm-backports (`BASE_SCRIPT`).
+const PACKAGES: &[&str] = &[
+    "initramfs-tools",
+    "systemd-sysv",
+    "systemd-resolved",
+    "udev",
+    "dbus",
+    "kmod",
+    "ethtool",
+    "iproute2",
+    "openssh-server",
+    "ca-certificates",
+    "procps",
+    "iputils-ping",
+    "less",
+    "nano",
+];
+/// Run in the fresh root file system (chroot) once, as part of the cached base.
+///
+/// The kernel is bookworm-backports' (6.12 LTS), not bookworm's 6.1: the sensor's XDP
+/// program does not pass 6.1's verifier (`bpf_xdp_load_bytes` with a length it cannot prove
+/// non-zero), and from 6.5 on the sensor keeps no capability at all once attached. The
+/// updates and security suites bring the base up to date and stay in the image's sources
+/// for `apt-get upgrade`.
+const BASE_SCRIPT: &str = r#"set -eu
+export DEBIAN_FRONTEND=noninteractive
+printf 'deb %s %s main\n' \
+    http://deb.debian.org/debian bookworm \
+    http://deb.debian.org/debian bookworm-updates \
+    http://deb.debian.org/debian-security bookworm-security \
+    http://deb.debian.org/debian bookworm-backports > /etc/apt/sources.list
+apt-get update -qq
+apt-get -y -qq upgrade
+apt-get -y -qq install --no-install-recommends -t bookworm-backports linux-image-amd64
+useradd --system --user-group --home-dir /var/lib/dctap --no-create-home --shell /usr/sbin/nologin dctap
+passwd --lock root
+systemctl enable systemd-networkd.service systemd-resolved.service
+# Each appliance gets its own machine id (and so its own DHCP client id) and SSH host keys
+# on first boot; nothing asks questions on the console then.
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id /etc/ssh/ssh_host_*
+systemctl mask systemd-firstboot.service
+echo 'LANG=C.UTF-8' > /etc/default/locale
+ln -sf /usr/share/zoneinfo/Etc/UTC /etc/localtime
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/*.log /var/log/apt/*
+"#;
+/// Bump when the base changes in a way the strings above do not show.
+const RECIPE_VERSION: u32 = 2;
+
+/// The VM's first NIC (management) and second NIC (capture), named by order with
+/// `net.ifnames=0` so the names do not depend on the hypervisor's PCI layout.
+const CAPTURE_IFACE: &str = "eth1";
+const BOOT_PARTITION_MIB: u64 = 128;
+const HOSTNAME: &str = "dctap-sensor";
+
+pub struct Options {
+    pub output: Option<PathBuf>,
+    pub sensor_config: Option<PathBuf>,
+    pub ssh_key: Option<PathBuf>,
+    pub disk_gib: u64,
+    pub boot_test: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { output: None, sensor_config: None, ssh_key: None, disk_gib: 8, boot_test: false }
+    }
+}
+
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("DCTAP_APPLIANCE_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache/dctap/appliance")
+}
+
+pub fn run(env: &Env, opts: &Options) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let image = build(env, opts)?;
+    note(&format!("image built in {:.0} s", started.elapsed().as_secs_f64()));
+    if opts.boot_test {
+        boot_test(env, &image, opts.sensor_config.is_none())?;
+    }
+    Ok(())
+}
+
+/// Tools the build and the boot test run, and the Debian package of each.
+const TOOLS: &[(&str, &str)] = &[
+    ("debootstrap", "debootstrap"),
+    ("qemu-img", "qemu-utils"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("syslinux", "syslinux"),
+    ("mcopy", "mtools"),
+    ("mkfs.fat", "dosfstools"),
+    ("sfdisk", "fdisk"),
+    ("mke2fs", "e2fsprogs"),
+];
+const MBR_CODE: &str = "/usr/lib/syslinux/mbr/mbr.bin";
+
+fn have(program: &str) -> bool {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|dir| dir.join(program).is_file())
+}
+
+fn ensure_tools() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = TOOLS.iter().filter(|(tool, _)| !have(tool)).map(|(_, package)| *package).collect();
+    if !Path::new(MBR_CODE).is_file() {
+        missing.push("syslinux-common");
+    }
+    if missing.is_empty() {
+        note("appliance tools: present (debootstrap, qemu-img, qemu-system-x86_64, syslinux, mtools, dosfstools, sfdisk, mke2fs)");
+        return Ok(());
+    }
+    missing.dedup();
+    note(&format!("appliance tools: installing {}", missing.join(", ")));
+    Cmd::new("apt-get").args(["update", "-qq"]).run()?;
+    Cmd::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .run()
+        .context("apt-get install failed; install the packages above by hand and re-run")
+}
+
+fn recipe_key() -> String {
+    let mut h = std::hash::DefaultHasher::new();
+    (SUITE, MIRROR, PACKAGES, BASE_SCRIPT, RECIPE_VERSION).hash(&mut h);
+    format!("{SUITE}-{:016x}", h.finish())
+}
+
+/// The cached base root file system, made when missing. Built in a temporary directory and
+/// renamed when complete, so an interrupted build is never used.
+fn base_rootfs() -> anyhow::Result<PathBuf> {
+    let cache = cache_dir();
+    let key = recipe_key();
+    let base = cache.join(format!("base-{key}"));
+    if base.join("rootfs/usr/bin/systemctl").exists() {
+        note(&format!("base root file system: cached ({})", base.display()));
+        return Ok(base.join("rootfs"));
+    }
+    let started = Instant::now();
+    note(&format!(
+        "base root file system: building with debootstrap ({SUITE}, several minutes) into {}",
+        base.display()
+    ));
+    std::fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
+    let tmp = cache.join(format!("base-{key}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    Cmd::new("debootstrap")
+        .args(["--variant=minbase", "--components=main"])
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        .arg(SUITE)
+        .arg(tmp.join("rootfs"))
+        .arg(MIRROR)
+        .run()
+        .context("debootstrap failed (is deb.debian.org reachable?)")?;
+    in_chroot(&tmp.join("rootfs"), BASE_SCRIPT)?;
+    std::fs::rename(&tmp, &base)?;
+    note(&format!("base root file system: built in {:.0} s", started.elapsed().as_secs_f64()));
+    // Older bases (another recipe) are only disk space now.
+    for entry in std::fs::read_dir(&cache)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("base-") && entry.path() != base {
+            note(&format!("removing the outdated base {}", entry.path().display()));
+            std::fs::remove_dir_all(entry.path())?;
+        }
+    }
+    Ok(base.join("rootfs"))
+}
+
+/// Runs `script` in `rootfs` (which must be a fresh build directory, never `/`) with /proc
+/// and /sys mounted (the kernel's packages need them) and the host's resolv.conf (the
+/// image's points at systemd-resolved, which does not run there), all undone afterwards.
+fn in_chroot(rootfs: &Path, script: &str) -> anyhow::Result<()> {
+    struct Undo<'a>(&'a Path, Vec<PathBuf>);
+    impl Drop for Undo<'_> {
+        fn drop(&mut self) {
+            for mount in self.1.iter().rev() {
+                let _ = Command::new("umount").arg("--lazy").arg(mount).status();
+            }
+            let resolv = self.0.join("etc/resolv.conf");
+            let saved = self.0.join("etc/resolv.conf.dctap-saved");
+            if saved.symlink_metadata().is_ok() {
+                let _ = std::fs::remove_file(&resolv);
+                let _ = std::fs::rename(&saved, &resolv);
+            }
+        }
+    }
+    ensure!(
+        rootfs.is_absolute() && rootfs.canonicalize()? != Path::new("/") && rootfs.join("usr/bin").is_dir(),
+        "refusing to chroot into {}",
+        rootfs.display()
+    );
+    let mut undo = Undo(rootfs, Vec::new());
+    let resolv = rootfs.join("etc/resolv.conf");
+    if resolv.symlink_metadata().is_ok() {
+        std::fs::rename(&resolv, rootfs.join("etc/resolv.conf.dctap-saved"))?;
+    }
+    std::fs::copy("/etc/resolv.conf", &resolv).context("copy the host's /etc/resolv.conf into the chroot")?;
+    for (fs, dir) in [("proc", "proc"), ("sysfs", "sys")] {
+        let target = rootfs.join(dir);
+        Cmd::new("mount").args(["-t", fs, fs]).arg(&target).run()?;
+        undo.1.push(target);
+    }
+    Cmd::new("chroot").arg(rootfs).args(["/bin/sh", "-c", script]).run()
+}
+
+/// A directory removed when dropped (the working copy of the root file system, the
+/// partition images), whether the build succeeded or not.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn write(root: &Path, path: &str, contents: impl AsRef<[u8]>, mode: u32) -> anyhow::Result<()> {
+    let target = root.join(path.trim_start_matches('/'));
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&target, contents).with_context(|| format!("write {}", target.display()))?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+fn enable(root: &Path, unit: &str, target: &str) -> anyhow::Result<()> {
+    let wants = root.join(format!("etc/systemd/system/{target}.wants"));
+    std::fs::create_dir_all(&wants)?;
+    let link = wants.join(unit);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(format!("/usr/lib/systemd/system/{unit}"), &link)
+        .with_context(|| format!("enable {unit}"))
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+}
+
+/// The sample configuration with the capture interface the appliance uses.
+fn appliance_sensor_config(root: &Path) -> anyhow::Result<String> {
+    let sample = read(&root.join("deploy/sensor.toml"))?;
+    let lines: Vec<String> = sample
+        .lines()
+        .map(|l| if l.trim_start().starts_with("iface =") { format!("iface = \"{CAPTURE_IFACE}\"") } else { l.into() })
+        .collect();
+    ensure!(
+        lines.iter().any(|l| l == &format!("iface = \"{CAPTURE_IFACE}\"")),
+        "deploy/sensor.toml has no `iface = ...` line under [capture] to point at {CAPTURE_IFACE}"
+    );
+    Ok(lines.join("\n") + "\n")
+}
+
+fn uuid() -> anyhow::Result<String> {
+    Ok(read(Path::new("/proc/sys/kernel/random/uuid"))?.trim().to_string())
+}
+
+/// A FAT volume id (8 hex digits) from a UUID's first bytes.
+fn fat_id(uuid: &str) -> String {
+    uuid.replace('-', "")[..8].to_uppercase()
+}
+
+/// The same id as the FAT file system's UUID, as `blkid` and fstab spell it (`XXXX-XXXX`).
+fn fat_uuid(uuid: &str) -> String {
+    let id = fat_id(uuid);
+    format!("{}-{}", &id[..4], &id[4..])
+}
+
+fn install_appliance_files(env: &Env, rootfs: &Path, opts: &Options, uuids: (&str, &str)) -> anyhow::Result<()> {
+    let repo = &env.root;
+    let deploy = repo.join("deploy");
+    let app = deploy.join("appliance");
+    let sensor = std::fs::read(repo.join("target/release/tap-sensor")).context("read target/release/tap-sensor")?;
+    write(rootfs, "/usr/bin/tap-sensor", sensor, 0o755)?;
+    let config = match &opts.sensor_config {
+        Some(path) => read(path)?,
+        None => appliance_sensor_config(repo)?,
+    };
+    write(rootfs, "/etc/dctap/sensor.toml", config, 0o644)?;
+    write(
+        rootfs,
+        "/usr/lib/systemd/system/tap-sensor.service",
+        read(&deploy.join("systemd/tap-sensor.service"))?,
+        0o644,
+    )?;
+    enable(rootfs, "tap-sensor.service", "multi-user.target")?;
+    let files: &[(&str, &str, u32)] = &[
+        ("tap-sensor.service.d/appliance.conf", "/etc/systemd/system/tap-sensor.service.d/appliance.conf", 0o644),
+        ("dctap-capture-nic.service", "/usr/lib/systemd/system/dctap-capture-nic.service", 0o644),
+        ("dctap-console-status.service", "/usr/lib/systemd/system/dctap-console-status.service", 0o644),
+        ("dctap-capture-nic", "/usr/lib/dctap/dctap-capture-nic", 0o755),
+        ("dctap-console-status", "/usr/lib/dctap/dctap-console-status", 0o755),
+        ("10-management.network", "/etc/systemd/network/10-management.network", 0o644),
+        ("20-capture.network", "/etc/systemd/network/20-capture.network", 0o644),
+        ("ssh.service.d/host-keys.conf", "/etc/systemd/system/ssh.service.d/host-keys.conf", 0o644),
+        ("journald.conf", "/etc/systemd/journald.conf.d/dctap.conf", 0o644),
+        ("zz-dctap-boot", "/etc/kernel/postinst.d/zz-dctap-boot", 0o755),
+        ("zz-dctap-boot", "/etc/initramfs/post-update.d/zz-dctap-boot", 0o755),
+    ];
+    for (from, to, mode) in files {
+        write(
+            rootfs,
+            to,
+            std::fs::read(app.join(from)).with_context(|| format!("read deploy/appliance/{from}"))?,
+            *mode,
+        )?;
+    }
+    enable(rootfs, "dctap-capture-nic.service", "multi-user.target")?;
+    enable(rootfs, "dctap-console-status.service", "multi-user.target")?;
+    std::fs::create_dir_all(rootfs.join("var/log/journal"))?;
+    std::fs::create_dir_all(rootfs.join("boot/firmware"))?;
+    write(rootfs, "/usr/share/doc/dctap/README.md", std::fs::read(repo.join("README.md"))?, 0o644)?;
+    let commit = Cmd::new("git").args(["-C"]).arg(repo).args(["describe", "--always", "--dirty"]).output();
+    let commit = commit.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    write(rootfs, "/usr/share/doc/dctap/BUILD", format!("dctap appliance, source {commit}, Debian {SUITE}\n"), 0o644)?;
+    write(rootfs, "/etc/hostname", format!("{HOSTNAME}\n"), 0o644)?;
+    write(
+        rootfs,
+        "/etc/hosts",
+        format!("127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n::1 localhost ip6-localhost ip6-loopback\n"),
+        0o644,
+    )?;
+    let (root_uuid, boot_uuid) = uuids;
+    write(
+        rootfs,
+        "/etc/fstab",
+        format!(
+            "UUID={root_uuid} / ext4 errors=remount-ro 0 1\nUUID={} /boot/firmware vfat defaults,nofail,umask=0077 0 2\n",
+            fat_uuid(boot_uuid)
+        ),
+        0o644,
+    )?;
+    if let Some(key) = &opts.ssh_key {
+        let key = read(key)?;
+        std::fs::create_dir_all(rootfs.join("root/.ssh"))?;
+        std::fs::set_permissions(rootfs.join("root/.ssh"), std::fs::Permissions::from_mode(0o700))?;
+        write(rootfs, "/root/.ssh/authorized_keys", key, 0o600)?;
+        note("root may log in over SSH with the given key");
+    }
+    Ok(())
+}
+
+fn kernel_files(rootfs: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let boot = rootfs.join("boot");
+    let mut kernels: Vec<String> = std::fs::read_dir(&boot)?
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(String::from))
+        .collect();
+    kernels.sort();
+    let version = kernels.pop().context("no kernel in the base root file system's /boot")?;
+    let initrd = boot.join(format!("initrd.img-{version}"));
+    ensure!(initrd.is_file(), "no initramfs for kernel {version} in the base");
+    Ok((boot.join(format!("vmlinuz-{version}")), initrd))
+}
+
+fn build(env: &Env, opts: &Options) -> anyhow::Result<PathBuf> {
+    step("appliance image");
+    ensure!(opts.disk_gib >= 2, "--disk-gib: give at least 2");
+    ensure_tools()?;
+    let rootfs_base = base_rootfs()?;
+
+    let started = Instant::now();
+    note("building the release sensor");
+    env.cargo().args(["build", "--release", "-q", "-p", "tap-user", "--bin", "tap-sensor"]).run()?;
+    note(&format!("sensor built in {:.0} s", started.elapsed().as_secs_f64()));
+    let started = Instant::now();
+
+    let cache = cache_dir();
+    let scratch = Scratch(cache.join(format!("work-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&scratch.0);
+    std::fs::create_dir_all(&scratch.0)?;
+    let rootfs = scratch.0.join("rootfs");
+    note("copying the base root file system");
+    Cmd::new("cp").args(["-a", "--reflink=auto"]).arg(&rootfs_base).arg(&rootfs).run()?;
+
+    let (root_uuid, boot_uuid) = (uuid()?, uuid()?);
+    note("installing the sensor, its configuration, units and the network configuration");
+    install_appliance_files(env, &rootfs, opts, (&root_uuid, &boot_uuid))?;
+
+    // Partition layout (MBR): 1 MiB gap, the FAT boot partition, the ext4 root to the end.
+    let sector = 512u64;
+    let boot_start = 2048u64;
+    let boot_sectors = BOOT_PARTITION_MIB * 1024 * 1024 / sector;
+    let root_start = boot_start + boot_sectors;
+    let disk_sectors = opts.disk_gib * 1024 * 1024 * 1024 / sector;
+    let root_sectors = disk_sectors - root_start;
+
+    note("boot partition: FAT with SYSLINUX, the kernel and initramfs");
+    let (kernel, initrd) = kernel_files(&rootfs)?;
+    let boot_img = scratch.0.join("boot.fat");
+    Cmd::new("mkfs.fat")
+        .args(["-F", "32", "-n", "DCTAP-BOOT", "-i", &fat_id(&boot_uuid), "-C"])
+        .arg(&boot_img)
+        .arg((boot_sectors / 2).to_string())
+        .output()?;
+    Cmd::new("syslinux").arg("--install").arg(&boot_img).run()?;
+    let syslinux_cfg = scratch.0.join("syslinux.cfg");
+    std::fs::write(
+        &syslinux_cfg,
+        format!(
+            "SERIAL 0 115200\nDEFAULT dctap\nPROMPT 0\nTIMEOUT 10\n\nLABEL dctap\n  LINUX /vmlinuz\n  INITRD /initrd.img\n  \
+             APPEND root=UUID={root_uuid} ro net.ifnames=0 console=tty0 console=ttyS0,115200n8\n"
+        ),
+    )?;
+    for (file, name) in [(&kernel, "vmlinuz"), (&initrd, "initrd.img"), (&syslinux_cfg, "syslinux.cfg")] {
+        Cmd::new("mcopy").arg("-i").arg(&boot_img).arg(file).arg(format!("::{name}")).run()?;
+    }
+
+    note("root partition: ext4 populated from the root file system (mke2fs -d)");
+    let root_img = scratch.0.join("root.ext4");
+    Cmd::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-L", "dctap-root", "-U", &root_uuid, "-d"])
+        .arg(&rootfs)
+        .arg(&root_img)
+        .arg(format!("{}k", root_sectors / 2))
+        .run()?;
+    std::fs::remove_dir_all(&rootfs)?;
+
+    note(&format!("disk: {} GiB, MBR with SYSLINUX's boot code", opts.disk_gib));
+    let raw = scratch.0.join("disk.raw");
+    std::fs::File::create(&raw)?.set_len(disk_sectors * sector)?;
+    let mut sfdisk = Command::new("sfdisk")
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(&raw)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start sfdisk")?;
+    sfdisk.stdin.take().context("sfdisk stdin")?.write_all(
+        format!(
+            "label: dos\nstart={boot_start}, size={boot_sectors}, type=c, bootable\nstart={root_start}, size={root_sectors}, type=83\n"
+        )
+        .as_bytes(),
+    )?;
+    ensure!(sfdisk.wait()?.success(), "sfdisk failed to write the partition table");
+    let dd = |input: &Path, seek: u64, extra: &[&str]| {
+        Cmd::new("dd")
+            .arg(format!("if={}", input.display()))
+            .arg(format!("of={}", raw.display()))
+            .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+            .arg(format!("seek={}", seek * sector))
+            .arg("oflag=seek_bytes")
+            .args(extra)
+            .run()
+    };
+    dd(Path::new(MBR_CODE), 0, &["count=440", "iflag=count_bytes"])?;
+    dd(&boot_img, boot_start, &[])?;
+    dd(&root_img, root_start, &[])?;
+    std::fs::remove_file(&root_img)?;
+
+    let output = opts.output.clone().unwrap_or_else(|| env.root.join("target/appliance/dctap-sensor.qcow2"));
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    note("qcow2: converting and compressing");
+    let tmp_out = output.with_extension("qcow2.tmp");
+    Cmd::new("qemu-img").args(["convert", "-c", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&tmp_out).run()?;
+    std::fs::rename(&tmp_out, &output)?;
+    let size = std::fs::metadata(&output)?.len();
+    note(&format!(
+        "appliance image: {} ({} MiB, virtual disk {} GiB), assembled in {:.0} s",
+        output.display(),
+        size >> 20,
+        opts.disk_gib,
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(output)
+}
+
+/// qemu, killed when dropped.
+struct Vm(Child);
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// KVM when asked for (`DCTAP_APPLIANCE_ACCEL=kvm`), or when `/dev/kvm` opens and the CPU
+/// shows hardware virtualisation; TCG (software emulation) otherwise. A `/dev/kvm` alone is
+/// not enough: in some nested VMs it opens but cannot run a guest.
+fn accelerator() -> &'static str {
+    match std::env::var("DCTAP_APPLIANCE_ACCEL").as_deref() {
+        Ok("kvm") => return "kvm",
+        Ok("tcg") => return "tcg",
+        _ => {}
+    }
+    let cpu_flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hardware = cpu_flags
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let device = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+    if hardware && device {
+        "kvm"
+    } else {
+        "tcg"
+    }
+}
+
+fn free_udp_port() -> anyhow::Result<u16> {
+    Ok(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// Waits until every `needle` has appeared in the console file; fails on timeout, on a
+/// qemu that exited, or when `fail` appears.
+fn wait_for_console(console: &Path, vm: &mut Vm, needles: &[&str], timeout: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
+        if needles.iter().all(|n| text.contains(n)) {
+            return Ok(text);
+        }
+        if let Some(line) = text.lines().find(|l| l.contains("Failed to start") || l.contains("Kernel panic")) {
+            // dctap-console-status prints the sensor's last log lines when it is not running.
+            let line = line.trim().to_string();
+            std::thread::sleep(Duration::from_secs(30));
+            let text = String::from_utf8_lossy(&std::fs::read(console).unwrap_or_default()).into_owned();
+            let why: Vec<&str> =
+                text.lines().filter(|l| l.contains("dctap appliance") || l.contains("tap-sensor: ")).collect();
+            bail!("the appliance failed to boot: {line}\n{}\n(console: {})", why.join("\n"), console.display());
+        }
+        if let Some(status) = vm.0.try_wait()? {
+            bail!("qemu exited ({status}) before the appliance was ready (console: {})", console.display());
+        }
+        if Instant::now() > deadline {
+            let missing: Vec<&&str> = needles.iter().filter(|n| !text.contains(**n)).collect();
+            bail!(
+                "the appliance did not print {missing:?} within {} s (console: {})",
+                timeout.as_secs(),
+                console.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The last value of counter `name` in the console text (`name   value` lines the sensor
+/// prints at exit, maybe behind a journald prefix).
+fn counter(text: &str, name: &str) -> Option<u64> {
+    text.lines().rev().find_map(|l| {
+        let mut words = l.split_whitespace().skip_while(|w| *w != name);
+        words.next()?;
+        words.next()?.parse().ok()
+    })
+}
+
+fn boot_test(env: &Env, image: &Path, default_config: bool) -> anyhow::Result<()> {
+    step("appliance boot test");
+    let accel = accelerator();
+    let timeout = Duration::from_secs(if accel == "kvm" { 180 } else { 600 });
+    let dir = Scratch(cache_dir().join(format!("boot-test-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0)?;
+    // The image itself stays as built: the VM writes to an overlay.
+    let overlay = dir.0.join("overlay.qcow2");
+    Cmd::new("qemu-img").args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"]).arg(image).arg(&overlay).run()?;
+    let console = dir.0.join("console.log");
+    let monitor = dir.0.join("monitor.sock");
+    // The capture NIC's frames come from a UDP socket: each datagram sent to qemu's local
+    // port is one frame on the wire of the second NIC.
+    let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let qemu_port = free_udp_port()?;
+    let sender_port = sender.local_addr()?.port();
+    let keep_console = env.root.join("target/appliance/boot-test-console.log");
+    let mut qemu = env.command("qemu-system-x86_64");
+    qemu = qemu
+        .args(["-accel", accel, "-m", "1024", "-smp", "2", "-display", "none", "-no-reboot"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .args(["-netdev", "user,id=mgmt", "-device", "virtio-net-pci,netdev=mgmt,mac=52:54:00:d1:00:01"])
+        .arg("-netdev")
+        .arg(format!("socket,id=capture,udp=127.0.0.1:{sender_port},localaddr=127.0.0.1:{qemu_port}"))
+        .args(["-device", "virtio-net-pci,netdev=capture,mac=52:54:00:d1:00:02"]);
+    note(&format!(
+        "booting with {accel} (serial console: {}); waiting up to {} s",
+        console.display(),
+        timeout.as_secs()
+    ));
+    let started = Instant::now();
+    let mut vm = Vm(qemu.0.stdin(Stdio::null()).spawn().context("start qemu-system-x86_64")?);
+    let ready = format!("ready: capturing on {CAPTURE_IFACE}");
+    let nic = format!("dctap capture interface {CAPTURE_IFACE}: promisc on, addresses none, gro off, lro off");
+    let result = (|| -> anyhow::Result<()> {
+        let text = wait_for_console(&console, &mut vm, &[&ready, &nic, "tap-sensor active"], timeout)?;
+        note(&format!("sensor ready {:.0} s after power-on:", started.elapsed().as_secs_f64()));
+        for line in text.lines().filter(|l| l.contains(&ready) || l.contains(&nic) || l.contains("dctap appliance")) {
+            note(&format!("  | {}", line.trim()));
+        }
+
+        // Frames on the capture NIC, addressed to another host's MAC (so they arrive only
+        // because the NIC is promiscuous): Kerberos to the sample configuration's DC
+        // 10.0.0.10, untagged, 802.1Q and QinQ, and SMB between two other hosts.
+        use tap_testkit::frame::{ipv4, Tags, L4};
+        use tap_testkit::mix::{CLIENT4, DC4, OTHER4};
+        let per_kind = 20u32;
+        let mut kept = 0u64;
+        let mut sent = 0u64;
+        for i in 0..per_kind {
+            for tags in [Tags::None, Tags::Dot1Q(10), Tags::QinQ(100, 10)] {
+                let frame = ipv4(tags, CLIENT4, DC4, L4::Udp { src: 50000, dst: 88 }, 200, i);
+                sender.send_to(&frame, (Ipv4Addr::LOCALHOST, qemu_port))?;
+                kept += 1;
+            }
+            let other = ipv4(Tags::None, CLIENT4, OTHER4, L4::Tcp { src: 50001, dst: 445 }, 300, i);
+            sender.send_to(&other, (Ipv4Addr::LOCALHOST, qemu_port))?;
+            sent += 4;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        note(&format!("sent {sent} frames into the capture NIC ({kept} to the DC); powering off"));
+        std::thread::sleep(Duration::from_secs(3));
+        let mut mon = std::os::unix::net::UnixStream::connect(&monitor).context("connect to qemu's monitor")?;
+        mon.write_all(b"system_powerdown\n")?;
+        let mut banner = [0u8; 256];
+        let _ = mon.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = mon.read(&mut banner);
+        let deadline = Instant::now() + timeout;
+        while vm.0.try_wait()?.is_none() {
+            ensure!(Instant::now() < deadline, "the appliance did not power off within {} s", timeout.as_secs());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let text = String::from_utf8_lossy(&std::fs::read(&console)?).into_owned();
+        let seen = counter(&text, "xdp_seen").context("the sensor printed no counters at exit on the console")?;
+        let got = counter(&text, "xdp_kept").context("no xdp_kept counter on the console")?;
+        note(&format!("sensor counters at exit: xdp_seen {seen}, xdp_kept {got}"));
+        ensure!(seen >= sent, "the sensor saw {seen} frames on {CAPTURE_IFACE}, {sent} were sent");
+        if default_config {
+            ensure!(got == kept, "the sensor kept {got} frames, {kept} were to the DC 10.0.0.10");
+        }
+        note(&format!(
+            "boot test passed: {:.0} s from power-on to power-off ({accel})",
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    })();
+    drop(vm);
+    // The console stays for a look after a failure (or a success).
+    let _ = std::fs::copy(&console, &keep_console);
+    if result.is_err() {
+        note(&format!("console kept in {}", keep_console.display()));
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_read_behind_a_journal_prefix() {
+        let text = "[   9.1] tap-sensor[312]: xdp_seen                  80\nxdp_kept      60\nxdp_kept 61\n";
+        assert_eq!(counter(text, "xdp_seen"), Some(80));
+        assert_eq!(counter(text, "xdp_kept"), Some(61));
+        assert_eq!(counter(text, "xdp_filtered"), None);
+    }
+
+    #[test]
+    fn the_sample_configuration_is_pointed_at_the_capture_nic() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let config = appliance_sensor_config(&root).unwrap();
+        assert!(config.contains("iface = \"eth1\"") && !config.contains("ens5\""));
+        assert_eq!(fat_id("0a1b2c3d-0000-4000-8000-000000000000"), "0A1B2C3D");
+        assert_eq!(fat_uuid("0a1b2c3d-0000-4000-8000-000000000000"), "0A1B-2C3D");
+    }
+}

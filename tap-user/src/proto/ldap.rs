@@ -159,6 +159,36 @@ pub fn privileged_accounts(e: &SearchResultEntry<'_>) -> Vec<String> {
     out
 }
 
+/// The message id of a search result entry that cannot name a privileged account (no
+/// attribute called member, memberOf or adminCount): such entries are only counted, so
+/// they are not decoded. Entries are most of an LDAP stream's bytes, and decoding them
+/// (every attribute and value) was most of the LDAP parser's time (bench parse, perf).
+fn plain_search_entry(b: &[u8]) -> Option<u32> {
+    // LDAPMessage: SEQUENCE { messageID INTEGER, protocolOp [APPLICATION 4] ... }
+    let (tag, content_at, _) = tlv_at(b, 0)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (id_tag, id_at, id_end) = tlv_at(b, content_at)?;
+    if id_tag != 0x02 || id_end == id_at || id_end - id_at > 5 {
+        return None;
+    }
+    let id = b[id_at..id_end].iter().fold(0u64, |acc, &x| acc << 8 | x as u64);
+    if *b.get(id_end)? != 0x64 || id > u32::MAX as u64 {
+        return None;
+    }
+    // Servers return attribute names as the schema spells them; the all-lower and
+    // all-upper spellings a client may have asked for are looked for too.
+    let names_privilege = PRIVILEGE_NAME_TAILS
+        .iter()
+        .any(|(first, tail)| memchr::memmem::find_iter(b, tail).any(|at| at > 0 && first.contains(&b[at - 1])));
+    (!names_privilege).then_some(id as u32)
+}
+
+/// "member"/"memberOf" and "adminCount" as (first letter, rest) in the spellings searched.
+const PRIVILEGE_NAME_TAILS: [(&[u8], &[u8]); 5] =
+    [(b"mM", b"ember"), (b"mM", b"EMBER"), (b"aA", b"dminCount"), (b"aA", b"dmincount"), (b"aA", b"DMINCOUNT")];
+
 /// Length of the BER element at the start of `b` (header + content), if complete enough to
 /// know: `Ok(None)` means more bytes are needed.
 pub fn element_len(b: &[u8]) -> Result<Option<usize>, LdapError> {
@@ -363,6 +393,9 @@ fn sicily_bind_response(bytes: &[u8]) -> Option<LdapPdu> {
 
 /// Decodes one whole LDAPMessage.
 pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
+    if let Some(message_id) = plain_search_entry(bytes) {
+        return Ok(LdapPdu { message_id, op: LdapOp::SearchEntry { privileged: Vec::new() } });
+    }
     if too_deep(bytes, MAX_DEPTH) {
         return Err(LdapError::TooDeep);
     }
@@ -554,6 +587,46 @@ mod tests {
         assert!(privileged_accounts(&admins_group).is_empty(), "a group is not an account");
         let users = entry("CN=Domain Users,CN=Users,DC=lab", vec![attr("member", &["CN=alice,CN=Users,DC=lab"])]);
         assert!(privileged_accounts(&users).is_empty(), "not an administrative group");
+    }
+
+    /// Entries that cannot name a privileged account are counted without being decoded;
+    /// the others are decoded. Both give the message id.
+    #[test]
+    fn plain_search_entries_are_counted_without_decoding() {
+        // SearchResultEntry id 7: "CN=alice" with cn: alice; and the same with memberOf.
+        let entry = |attr: &[u8], value: &[u8]| {
+            let mut attr_seq = vec![0x04, attr.len() as u8];
+            attr_seq.extend_from_slice(attr);
+            attr_seq.extend_from_slice(&[0x31, value.len() as u8 + 2, 0x04, value.len() as u8]);
+            attr_seq.extend_from_slice(value);
+            let mut partial = vec![0x30, attr_seq.len() as u8];
+            partial.extend(attr_seq);
+            let mut attrs = vec![0x30, partial.len() as u8];
+            attrs.extend(partial);
+            let dn = b"CN=alice,CN=Users,DC=lab";
+            let mut op = vec![0x04, dn.len() as u8];
+            op.extend_from_slice(dn);
+            op.extend(attrs);
+            let mut body = vec![0x02, 0x01, 0x07, 0x64, op.len() as u8];
+            body.extend(op);
+            let mut msg = vec![0x30, body.len() as u8];
+            msg.extend(body);
+            msg
+        };
+        let plain = entry(b"cn", b"alice");
+        assert_eq!(plain_search_entry(&plain), Some(7));
+        assert_eq!(
+            parse_pdu(&plain).unwrap(),
+            LdapPdu { message_id: 7, op: LdapOp::SearchEntry { privileged: vec![] } }
+        );
+        let admin = entry(b"memberOf", b"CN=Domain Admins,CN=Users,DC=lab");
+        assert_eq!(plain_search_entry(&admin), None, "decoded");
+        assert_eq!(
+            parse_pdu(&admin).unwrap(),
+            LdapPdu { message_id: 7, op: LdapOp::SearchEntry { privileged: vec!["alice".into()] } }
+        );
+        assert_eq!(plain_search_entry(&entry(b"ADMINCOUNT", b"1")), None);
+        assert_eq!(plain_search_entry(&spn_search()), None, "not an entry");
     }
 
     #[test]

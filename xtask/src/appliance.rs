@@ -98,11 +98,31 @@ pub struct Options {
     pub ssh_key: Option<PathBuf>,
     pub disk_gib: u64,
     pub boot_test: bool,
+    /// The debug sensor `cargo test` already built instead of a release build, and no
+    /// compression: a test image (`cargo xtask test`), not one to deploy.
+    pub debug_sensor: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { output: None, sensor_config: None, ssh_key: None, disk_gib: 8, boot_test: false }
+        Self { output: None, sensor_config: None, ssh_key: None, disk_gib: 8, boot_test: false, debug_sensor: false }
+    }
+}
+
+/// The step of `cargo xtask test`: an image with the debug sensor (no release build, no
+/// compression, the base cached as for the real image), booted and checked.
+pub fn test(env: &Env) -> anyhow::Result<()> {
+    let output = env.root.join("target/appliance/dctap-sensor-test.qcow2");
+    run(env, &Options { boot_test: true, debug_sensor: true, output: Some(output.clone()), ..Options::default() })?;
+    // Half a gigabyte nobody deploys: kept only when the test fails, to look at.
+    std::fs::remove_file(&output).with_context(|| format!("remove {}", output.display()))
+}
+
+fn sensor_profile(opts: &Options) -> &'static str {
+    if opts.debug_sensor {
+        "debug"
+    } else {
+        "release"
     }
 }
 
@@ -313,7 +333,8 @@ fn install_appliance_files(env: &Env, rootfs: &Path, opts: &Options, uuids: (&st
     let repo = &env.root;
     let deploy = repo.join("deploy");
     let app = deploy.join("appliance");
-    let sensor = std::fs::read(repo.join("target/release/tap-sensor")).context("read target/release/tap-sensor")?;
+    let binary = repo.join("target").join(sensor_profile(opts)).join("tap-sensor");
+    let sensor = std::fs::read(&binary).with_context(|| format!("read {}", binary.display()))?;
     write(rootfs, "/usr/bin/tap-sensor", sensor, 0o755)?;
     let config = match &opts.sensor_config {
         Some(path) => read(path)?,
@@ -403,8 +424,12 @@ fn build(env: &Env, opts: &Options) -> anyhow::Result<PathBuf> {
     let rootfs_base = base_rootfs()?;
 
     let started = Instant::now();
-    note("building the release sensor");
-    env.cargo().args(["build", "--release", "-q", "-p", "tap-user", "--bin", "tap-sensor"]).run()?;
+    note(&format!("building the {} sensor", sensor_profile(opts)));
+    let mut cargo = env.cargo().args(["build", "-q", "-p", "tap-user", "--bin", "tap-sensor"]);
+    if !opts.debug_sensor {
+        cargo = cargo.arg("--release");
+    }
+    cargo.run()?;
     note(&format!("sensor built in {:.0} s", started.elapsed().as_secs_f64()));
     let started = Instant::now();
 
@@ -491,13 +516,21 @@ fn build(env: &Env, opts: &Options) -> anyhow::Result<PathBuf> {
     dd(&root_img, root_start, &[])?;
     std::fs::remove_file(&root_img)?;
 
-    let output = opts.output.clone().unwrap_or_else(|| env.root.join("target/appliance/dctap-sensor.qcow2"));
+    let default_name = if opts.debug_sensor { "dctap-sensor-test.qcow2" } else { "dctap-sensor.qcow2" };
+    let output = opts.output.clone().unwrap_or_else(|| env.root.join("target/appliance").join(default_name));
     if let Some(parent) = output.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    note("qcow2: converting and compressing");
+    note(if opts.debug_sensor { "qcow2: converting" } else { "qcow2: converting and compressing" });
     let tmp_out = output.with_extension("qcow2.tmp");
-    Cmd::new("qemu-img").args(["convert", "-c", "-f", "raw", "-O", "qcow2"]).arg(&raw).arg(&tmp_out).run()?;
+    let compress: &[&str] = if opts.debug_sensor { &[] } else { &["-c"] };
+    Cmd::new("qemu-img")
+        .arg("convert")
+        .args(compress)
+        .args(["-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&tmp_out)
+        .run()?;
     std::fs::rename(&tmp_out, &output)?;
     let size = std::fs::metadata(&output)?.len();
     note(&format!(

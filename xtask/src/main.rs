@@ -75,6 +75,9 @@ enum Command {
         /// Size of the virtual disk (the qcow2 file holds only what is used).
         #[arg(long, value_name = "GIB", default_value_t = 8)]
         disk_gib: u64,
+        /// A test image, as `cargo xtask test` boots: the debug sensor, no compression.
+        #[arg(long)]
+        debug_sensor: bool,
     },
     /// The project's AD lab (lab/): Samba AD DC, two workstations, the sensor with XDP on
     /// a SPAN port and the cloud on loopback; real attack tools, labelled captures.
@@ -96,8 +99,9 @@ fn main() -> std::process::ExitCode {
         Command::Demo { pcap, dc } => demo::run(&env, pcap, dc),
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
-        Command::Appliance { boot_test, output, sensor_config, ssh_key, disk_gib } => {
-            appliance::run(&env, &appliance::Options { output, sensor_config, ssh_key, disk_gib, boot_test })
+        Command::Appliance { boot_test, output, sensor_config, ssh_key, disk_gib, debug_sensor } => {
+            let opts = appliance::Options { output, sensor_config, ssh_key, disk_gib, boot_test, debug_sensor };
+            appliance::run(&env, &opts)
         }
         Command::Fuzz { seconds, targets } => fuzz::run(&env, seconds, &targets),
         Command::Eval => eval::run(&env),
@@ -130,6 +134,8 @@ fn test(env: &setup::Env) -> anyhow::Result<()> {
         .env("DCTAP_REQUIRE_LIVE", "1")
         .env("DCTAP_PLAYWRIGHT_DIR", setup::playwright_dir())
         .run()?;
+    util::step("appliance: image with the debug sensor booted under qemu, ready line and capture checked");
+    appliance::test(env)?;
     util::step("lab end-to-end: Samba AD DC, real attack tools, sensor with XDP on the SPAN port, cloud");
     lab::e2e(env)?;
     util::step("all tests passed");

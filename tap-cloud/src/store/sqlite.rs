@@ -556,6 +556,27 @@ impl SqliteStore {
     }
 }
 
+/// An incident's title names its most severe detection (the earliest of equals), how many
+/// others it holds, and who: "Kerberoasting and 1 other detection (alice on 10.0.0.5)".
+fn retitle_incident(tx: &rusqlite::Transaction<'_>, incident_id: i64) -> anyhow::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT title, severity, account, src_ip FROM alerts WHERE incident_id = ?1 ORDER BY first_seen_ns, id",
+    )?;
+    let alerts: Vec<(String, String, String, String)> = stmt
+        .query_map([incident_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    let Some(lead) = alerts.iter().rev().max_by_key(|a| severity_rank(&a.1)) else { return Ok(()) };
+    let others = alerts.iter().map(|a| &a.0).filter(|t| *t != &lead.0).collect::<std::collections::BTreeSet<_>>().len();
+    let who = if lead.2.is_empty() { lead.3.clone() } else { format!("{} on {}", lead.2, lead.3) };
+    let title = match others {
+        0 => format!("{} ({who})", lead.0),
+        1 => format!("{} and 1 other detection ({who})", lead.0),
+        n => format!("{} and {n} other detections ({who})", lead.0),
+    };
+    tx.execute("UPDATE incidents SET title = ?2 WHERE id = ?1", params![incident_id, title])?;
+    Ok(())
+}
+
 /// One alert inserted (with its incident) or updated, inside the caller's transaction.
 fn save_alert_in(tx: &rusqlite::Transaction<'_>, alert: &mut Alert, incident_gap_ns: i64) -> anyhow::Result<()> {
     let evidence = serde_json::to_string(&alert.evidence)?;
@@ -569,6 +590,7 @@ fn save_alert_in(tx: &rusqlite::Transaction<'_>, alert: &mut Alert, incident_gap
                 |r| r.get(0),
             )
             .optional()?;
+        let joined_existing = joined.is_some();
         alert.incident_id = match joined {
             Some(id) => id,
             None => {
@@ -608,6 +630,9 @@ fn save_alert_in(tx: &rusqlite::Transaction<'_>, alert: &mut Alert, incident_gap
             ],
         )?;
         alert.id = tx.last_insert_rowid();
+        if joined_existing {
+            retitle_incident(tx, alert.incident_id)?;
+        }
     } else {
         tx.execute(
             "UPDATE alerts SET last_seen_ns = ?2, description = ?3, evidence = ?4, severity = ?5 WHERE id = ?1",
@@ -725,6 +750,9 @@ mod tests {
         let incidents = store.incidents().unwrap();
         assert_eq!(incidents.len(), 3);
         assert_eq!((incidents[0].alerts, incidents[0].severity.as_str(), incidents[0].last_seen_ns), (3, "high", 20));
+        // Titled after its most severe detection, not its first.
+        assert_eq!(incidents[0].title, "pass_the_ticket and 2 other detections (alice on 10.1.1.2)");
+        assert_eq!(incidents[1].title, "dns_zone_transfer (10.9.9.9)");
         // An update keeps the id and moves the times.
         a.last_seen_ns = 40;
         a.evidence.push(("s".into(), 2));

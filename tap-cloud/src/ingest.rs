@@ -37,15 +37,33 @@ const RECHECK: Duration = Duration::from_secs(5);
 
 pub struct IngestService {
     store: Arc<dyn Store>,
+    /// The client certificate must name the sensor its access key belongs to.
+    bind_cert_names: bool,
 }
 
 impl IngestService {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn Store>, bind_cert_names: bool) -> Self {
+        Self { store, bind_cert_names }
     }
 
     /// The sensor id of a call whose key matches an active sensor.
-    async fn authenticate(&self, md: &MetadataMap) -> Result<String, Status> {
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let id = self.authenticate_key(request.metadata()).await?;
+        if self.bind_cert_names {
+            if let Some(certs) = request.peer_certs() {
+                let leaf = certs.first().map(|c| c.as_ref()).unwrap_or_default();
+                let names = certificate_names(leaf);
+                if !names.iter().any(|n| n == &id) {
+                    return Err(Status::permission_denied(format!(
+                        "the client certificate names {names:?}, not sensor {id}: issue the sensor a certificate whose CN or a DNS name is its id (tap-cloud certs init --sensor {id}), or serve with --any-client-cert-name"
+                    )));
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    async fn authenticate_key(&self, md: &MetadataMap) -> Result<String, Status> {
         let id = md
             .get("x-dctap-sensor-id")
             .and_then(|v| v.to_str().ok())
@@ -77,6 +95,22 @@ async fn check_key(store: Arc<dyn Store>, id: String, key: String) -> Result<Str
         }
         Some(_) => Ok(id),
     }
+}
+
+/// The common names and DNS names of a DER certificate (empty when it does not parse).
+fn certificate_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
+    let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(der) else { return Vec::new() };
+    let mut names: Vec<String> =
+        cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok().map(str::to_string)).collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let GeneralName::DNSName(d) = name {
+                names.push(d.to_string());
+            }
+        }
+    }
+    names
 }
 
 /// Runs store work off the async threads; a store failure is the cloud's problem, reported
@@ -126,7 +160,7 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send + 'static
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn register(&self, request: Request<SensorInfo>) -> Result<Response<RegisterReply>, Status> {
-        let id = self.authenticate(request.metadata()).await?;
+        let id = self.authenticate(&request).await?;
         let info = request.into_inner();
         if info.sensor_id != id {
             return Err(Status::permission_denied(format!(
@@ -147,7 +181,7 @@ impl Ingest for IngestService {
     type StreamStream = AckStream;
 
     async fn stream(&self, request: Request<Streaming<EventBatch>>) -> Result<Response<AckStream>, Status> {
-        let id = self.authenticate(request.metadata()).await?;
+        let id = self.authenticate(&request).await?;
         let key = request
             .metadata()
             .get("authorization")
@@ -202,7 +236,7 @@ impl Ingest for IngestService {
     }
 
     async fn heartbeat(&self, request: Request<Health>) -> Result<Response<HeartbeatReply>, Status> {
-        let id = self.authenticate(request.metadata()).await?;
+        let id = self.authenticate(&request).await?;
         let mut health = request.into_inner();
         health.sensor_id = id;
         let now = crate::unix_ns();
@@ -218,6 +252,9 @@ pub struct ServerTls {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Accept a client certificate whatever sensor it names (only the access key then says
+    /// which sensor is calling). Off: the certificate's CN or a DNS name must be the id.
+    pub any_client_name: bool,
 }
 
 impl ServerTls {
@@ -237,7 +274,8 @@ pub async fn serve(
     store: Arc<dyn Store>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let service = IngestServer::new(IngestService::new(store))
+    let bind_cert_names = tls.as_ref().is_some_and(|t| !t.any_client_name);
+    let service = IngestServer::new(IngestService::new(store, bind_cert_names))
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -120,6 +120,11 @@ struct ServeArgs {
     /// Plaintext gRPC without TLS: local demos only.
     #[arg(long, conflicts_with = "tls_dir")]
     insecure: bool,
+    /// Accept a sensor's client certificate whatever name it carries. By default its CN or
+    /// a DNS name must be the sensor's id, so one sensor's certificate cannot be used with
+    /// another's access key (certs from another PKI may need this).
+    #[arg(long, requires = "tls_dir")]
+    any_client_cert_name: bool,
     #[command(flatten)]
     config: ConfigArg,
     /// Address of the web portal and its JSON API (sign-in required; users come from
@@ -296,6 +301,7 @@ fn open(db: &Path) -> anyhow::Result<SqliteStore> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(open(&args.db.db)?);
     let tls = args.tls_dir.map(|d| ingest::ServerTls {
+        any_client_name: args.any_client_cert_name,
         ca: d.join("ca.pem"),
         cert: d.join("server.pem"),
         key: d.join("server.key"),

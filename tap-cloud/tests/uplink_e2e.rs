@@ -259,8 +259,10 @@ fn a_cloud_away_for_the_whole_replay_gets_everything_when_it_starts() {
 }
 
 #[test]
-fn a_wrong_certificate_an_unknown_sensor_and_a_revoked_key_are_refused() {
-    let Some(pcaps) = lab_or_skip("a_wrong_certificate_an_unknown_sensor_and_a_revoked_key_are_refused") else {
+fn a_wrong_certificate_an_unknown_sensor_a_borrowed_certificate_and_a_revoked_key_are_refused() {
+    let Some(pcaps) =
+        lab_or_skip("a_wrong_certificate_an_unknown_sensor_a_borrowed_certificate_and_a_revoked_key_are_refused")
+    else {
         return;
     };
     let pcap = pcaps.iter().find(|p| p.to_string_lossy().contains("dns")).unwrap_or(&pcaps[0]);
@@ -290,6 +292,16 @@ fn a_wrong_certificate_an_unknown_sensor_and_a_revoked_key_are_refused() {
     std::fs::write(site.key_file("ghost"), "dctap_0000\n").unwrap();
     let err = refused(&mut site.sensor(pcap, "ghost", &certs, &short));
     assert!(err.contains("unknown sensor ghost"), "{err}");
+
+    // A registered sensor's own access key, but another sensor's certificate: the
+    // certificate must name the sensor.
+    site.add_sensor("twin");
+    for ext in ["pem", "key"] {
+        std::fs::copy(certs.join(format!("sensor-{SENSOR_ID}.{ext}")), certs.join(format!("sensor-twin.{ext}")))
+            .unwrap();
+    }
+    let err = refused(&mut site.sensor(pcap, "twin", &certs, &short));
+    assert!(err.contains("not sensor twin"), "{err}");
 
     // Revoked: refused with a message that says so.
     run_ok(cloud_cmd().args(["sensors", "revoke", SENSOR_ID, "--db"]).arg(site.db()));

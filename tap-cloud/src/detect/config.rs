@@ -32,6 +32,9 @@ pub struct DetectConfig {
     /// directory. Afterwards, first-seen behaviour raises low-severity alerts and
     /// enumeration from the learned hosts is quiet. 0 turns learning off.
     pub learning_days: u64,
+    /// The learning period in seconds instead of days: for labs and replayed captures,
+    /// whose whole story lasts seconds. Overrides `learning_days` when set.
+    pub learning_seconds: Option<u64>,
     /// Accounts nobody should use; any activity alerts.
     pub honeytokens: Vec<String>,
     /// Sensitive accounts (domain admins, service accounts with wide rights): alerts
@@ -57,6 +60,7 @@ impl Default for DetectConfig {
             zerologon_attempts: 10,
             max_ticket_lifetime_hours: 10,
             learning_days: 7,
+            learning_seconds: None,
             honeytokens: Vec::new(),
             sensitive_accounts: Vec::new(),
             dcs: Vec::new(),
@@ -67,7 +71,10 @@ impl Default for DetectConfig {
 
 impl DetectConfig {
     pub fn learning_ns(&self) -> i64 {
-        (self.learning_days as i64).saturating_mul(86_400_000_000_000)
+        match self.learning_seconds {
+            Some(s) => (s as i64).saturating_mul(1_000_000_000),
+            None => (self.learning_days as i64).saturating_mul(86_400_000_000_000),
+        }
     }
 
     pub fn window_ns(&self) -> i64 {
@@ -118,6 +125,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.spray_accounts, 3);
+        assert_eq!(cfg.learning_ns(), 7 * 86_400_000_000_000, "a week by default");
+        let lab = DetectConfig::from_toml("[detect]\nlearning_seconds = 60\n").unwrap();
+        assert_eq!(lab.learning_ns(), 60_000_000_000, "seconds override days");
         assert_eq!(cfg.brute_failures, 10);
         assert!(cfg.excluded("ldap_recon", "10.0.0.5", ""));
         assert!(!cfg.excluded("password_spray", "10.0.0.5", ""));

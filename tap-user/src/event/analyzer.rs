@@ -931,7 +931,12 @@ impl StreamConsumer for Analyzer {
                     to_client.gap()
                 }
             }
-            (FlowState::Ldap(st), StreamEvent::Datagram { dir, data }) => self.ldap_pdu(flow, st, dir, data),
+            (FlowState::Ldap(st), StreamEvent::Datagram { dir, data }) => {
+                // CLDAP: the reply's entries and searchResDone share one datagram.
+                for m in ldap::datagram_messages(data) {
+                    self.ldap_pdu(flow, st, dir, m);
+                }
+            }
             (FlowState::Ldap(st), StreamEvent::Data { dir, data }) => {
                 let framer = if dir == Direction::ToServer { &mut st.to_server } else { &mut st.to_client };
                 if framer.sealed() {

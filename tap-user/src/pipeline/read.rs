@@ -40,9 +40,50 @@ impl ReadStats {
 struct Batcher<'f> {
     batch: FrameBatch,
     sink: &'f mut dyn FnMut(FrameBatch) -> anyhow::Result<()>,
+    /// A frame of another link type rewritten as Ethernet.
+    scratch: Vec<u8>,
+}
+
+/// Whether the sensor reads frames of this link type: Ethernet, and (rewritten as
+/// Ethernet, see [`ethernet_header`]) raw IP and Linux cooked captures, which public
+/// corpora (Suricata's, Zeek's) use.
+fn readable(link: DataLink) -> bool {
+    matches!(link, DataLink::ETHERNET | DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 | DataLink::LINUX_SLL)
+}
+
+/// For a record of a non-Ethernet link type: how many bytes of link header to drop and
+/// the EtherType of what follows, or None when it carries nothing the sensor decodes.
+fn ethernet_header(link: DataLink, data: &[u8]) -> Option<(usize, u16)> {
+    match link {
+        DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => match data.first()? >> 4 {
+            4 => Some((0, 0x0800)),
+            6 => Some((0, 0x86dd)),
+            _ => None,
+        },
+        // SLL: packet type, ARPHRD type, address length, address (8), protocol.
+        DataLink::LINUX_SLL => Some((16, u16::from_be_bytes([*data.get(14)?, *data.get(15)?]))),
+        _ => None,
+    }
 }
 
 impl Batcher<'_> {
+    /// A record of `link` (see [`readable`]) as an Ethernet frame, with zero addresses.
+    fn push_link(&mut self, link: DataLink, ts: Duration, orig_len: u32, data: &[u8]) -> anyhow::Result<()> {
+        if link == DataLink::ETHERNET {
+            return self.push(ts, orig_len, data);
+        }
+        let Some((drop, ethertype)) = ethernet_header(link, data) else { return Ok(()) };
+        let mut frame = std::mem::take(&mut self.scratch);
+        frame.clear();
+        frame.extend_from_slice(&[0u8; 12]);
+        frame.extend_from_slice(&ethertype.to_be_bytes());
+        frame.extend_from_slice(&data[drop.min(data.len())..]);
+        let orig_len = (orig_len as usize + 14).saturating_sub(drop) as u32;
+        let pushed = self.push(ts, orig_len, &frame);
+        self.scratch = frame;
+        pushed
+    }
+
     fn push(&mut self, ts: Duration, orig_len: u32, data: &[u8]) -> anyhow::Result<()> {
         if !self.batch.has_room(data.len()) {
             let full = std::mem::replace(
@@ -73,7 +114,7 @@ pub fn read_file(path: &Path, sink: &mut dyn FnMut(FrameBatch) -> anyhow::Result
     let name = path.display().to_string();
     let file = File::open(path).with_context(|| format!("open {name}"))?;
     let mut stats = ReadStats::default();
-    let mut out = Batcher { batch: FrameBatch::with_capacity(BATCH_FRAMES, BATCH_BYTES), sink };
+    let mut out = Batcher { batch: FrameBatch::with_capacity(BATCH_FRAMES, BATCH_BYTES), sink, scratch: Vec::new() };
     let mut file = BufReader::with_capacity(1 << 20, file);
     // The file is opened once: a pipe cannot be read twice.
     let mut magic = [0u8; 4];
@@ -106,17 +147,19 @@ fn pcapng_block(
         Block::SimplePacket(p) => (Duration::ZERO, p.original_len, &p.data, 0),
         _ => return Ok(()),
     };
-    if links.get(iface as usize).copied() != Some(DataLink::ETHERNET) {
+    let Some(link) = links.get(iface as usize).copied().filter(|l| readable(*l)) else {
         stats.skipped_link_type += 1;
         return Ok(());
-    }
+    };
     stats.add(ts, data.len());
-    out.push(ts, orig_len, data)
+    out.push_link(link, ts, orig_len, data)
 }
 
 fn check_pcap_link(name: &str, link: DataLink) -> anyhow::Result<()> {
-    if link != DataLink::ETHERNET {
-        bail!("{name}: link type {link:?} is not supported (the sensor reads Ethernet captures)");
+    if !readable(link) {
+        bail!(
+            "{name}: link type {link:?} is not supported (the sensor reads Ethernet, raw IP and Linux cooked captures)"
+        );
     }
     Ok(())
 }
@@ -145,12 +188,13 @@ fn read_records(
         }
     } else {
         let mut r = PcapReader::new(file).with_context(|| format!("{name}: neither a pcap nor a pcapng file"))?;
-        check_pcap_link(name, r.header().datalink)?;
+        let link = r.header().datalink;
+        check_pcap_link(name, link)?;
         while let Some(packet) = r.next_packet() {
             n += 1;
             let p = packet.with_context(|| damaged_record(name, n))?;
             stats.add(p.timestamp, p.data.len());
-            out.push(p.timestamp, p.orig_len, &p.data)?;
+            out.push_link(link, p.timestamp, p.orig_len, &p.data)?;
         }
     }
     Ok(())
@@ -207,6 +251,31 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         let err = read_file(&path, &mut |_| Ok(())).unwrap_err();
         assert!(format!("{err:#}").contains("cannot read a capture file header"), "{err:#}");
+    }
+
+    /// Raw IP and Linux cooked records come out as Ethernet frames with the right EtherType.
+    #[test]
+    fn raw_ip_and_linux_cooked_records_become_ethernet() {
+        let ip4 = [0x45u8, 0, 0, 20, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2];
+        let mut ip6 = vec![0x60u8];
+        ip6.extend([0u8; 39]);
+        let mut sll = vec![0u8, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x00];
+        sll.extend(ip4);
+        let mut got = Vec::new();
+        let mut sink = |b: FrameBatch| {
+            got.extend(b.iter().map(|f| (f.data.to_vec(), f.orig_len)));
+            Ok(())
+        };
+        let mut out = Batcher { batch: FrameBatch::with_capacity(8, 4096), sink: &mut sink, scratch: Vec::new() };
+        let t = Duration::ZERO;
+        out.push_link(DataLink::RAW, t, 20, &ip4).unwrap();
+        out.push_link(DataLink::IPV6, t, 40, &ip6).unwrap();
+        out.push_link(DataLink::LINUX_SLL, t, 36, &sll).unwrap();
+        out.push_link(DataLink::RAW, t, 2, &[0x10, 0]).unwrap();
+        out.finish().unwrap();
+        let eth = |ty: [u8; 2], l3: &[u8]| [&[0u8; 12][..], &ty, l3].concat();
+        assert_eq!(got, vec![(eth([8, 0], &ip4), 34), (eth([0x86, 0xdd], &ip6), 54), (eth([8, 0], &ip4), 34)]);
+        assert!(readable(DataLink::LINUX_SLL) && !readable(DataLink::IEEE802_11));
     }
 
     /// A pipe (opened once, its header not read twice) gives the same frames as the file.

@@ -259,9 +259,11 @@ pub fn interface_name(uuid: &str) -> Option<&'static str> {
 pub fn operation_name(interface: &str, opnum: u16) -> Option<&'static str> {
     Some(match (interface, opnum) {
         ("drsuapi", 0) => "DRSBind",
+        ("drsuapi", 1) => "DRSUnbind",
         ("drsuapi", 3) => "DRSGetNCChanges",
         ("drsuapi", 5) => "DRSReplicaAdd",
         ("drsuapi", 12) => "DRSCrackNames",
+        ("drsuapi", 16) => "DRSDomainControllerInfo",
         ("drsuapi", 17) => "DRSAddEntry",
         ("samr", 0) => "SamrConnect",
         ("samr", 5) => "SamrLookupDomainInSamServer",
@@ -290,9 +292,21 @@ pub fn operation_name(interface: &str, opnum: u16) -> Option<&'static str> {
         ("epm", 3) => "ept_map",
         ("srvsvc", 12) => "NetrSessionEnum",
         ("srvsvc", 15) => "NetrShareEnum",
+        ("svcctl", 0) => "RCloseServiceHandle",
+        ("svcctl", 1) => "RControlService",
+        ("svcctl", 2) => "RDeleteService",
+        ("svcctl", 6) => "RQueryServiceStatus",
+        ("svcctl", 11) => "RChangeServiceConfigW",
         ("svcctl", 12) => "RCreateServiceW",
         ("svcctl", 15) => "ROpenSCManagerW",
+        ("svcctl", 16) => "ROpenServiceW",
         ("svcctl", 19) => "RStartServiceW",
+        ("svcctl", 23) => "RChangeServiceConfigA",
+        ("svcctl", 24) => "RCreateServiceA",
+        ("svcctl", 31) => "RStartServiceA",
+        // What Sysinternals PsExec calls from a 32-bit build on a 64-bit host.
+        ("svcctl", 44) => "RCreateServiceWOW64A",
+        ("svcctl", 45) => "RCreateServiceWOW64W",
         ("efsrpc", 0) => "EfsRpcOpenFileRaw",
         ("efsrpc", 4) => "EfsRpcEncryptFileSrv",
         ("spoolss", 65) => "RpcRemoteFindFirstPrinterChangeNotificationEx",
@@ -309,7 +323,8 @@ pub fn category(interface: &str, opnum: u16) -> &'static str {
         ("drsuapi", 3 | 5 | 17) => "directory_operation",
         ("netlogon", 30) => "directory_operation",
         ("netlogon", _) => "logon",
-        ("svcctl", 12 | 19) | ("atsvc", 0) | ("tsch", 1) => "remote_execution",
+        // Creating, reconfiguring or starting a service, in any of its variants.
+        ("svcctl", 11 | 12 | 19 | 23 | 24 | 31 | 44 | 45) | ("atsvc", 0) | ("tsch", 1) => "remote_execution",
         ("samr" | "lsarpc" | "srvsvc" | "epm" | "drsuapi" | "wkssvc", _) => "query",
         _ => "other",
     }
@@ -361,6 +376,24 @@ mod tests {
         assert_eq!((auth.auth_type, auth.level), (10, LEVEL_PRIVACY));
         assert_eq!(operation_name("drsuapi", 3), Some("DRSGetNCChanges"));
         assert_eq!(category("drsuapi", 3), "directory_operation");
+    }
+
+    /// Every way to create, reconfigure or start a service is remote execution: PsExec
+    /// (suricata-verify's psexec capture) creates its service with RCreateServiceWOW64W.
+    #[test]
+    fn service_creation_variants_are_remote_execution() {
+        for (opnum, name) in [
+            (11, "RChangeServiceConfigW"),
+            (12, "RCreateServiceW"),
+            (24, "RCreateServiceA"),
+            (44, "RCreateServiceWOW64A"),
+            (45, "RCreateServiceWOW64W"),
+            (31, "RStartServiceA"),
+        ] {
+            assert_eq!(operation_name("svcctl", opnum), Some(name));
+            assert_eq!(category("svcctl", opnum), "remote_execution", "{name}");
+        }
+        assert_eq!(category("svcctl", 0), "other");
     }
 
     #[test]

@@ -210,6 +210,22 @@ pub fn element_len(b: &[u8]) -> Result<Option<usize>, LdapError> {
     Ok(Some(2 + n + len))
 }
 
+/// The LDAPMessages of a connectionless LDAP datagram, in order. A CLDAP reply carries the
+/// search's entries and its searchResDone back to back in one datagram (MS-ADTS 6.3.3,
+/// the DC locator ping); anything after a malformed or truncated element is left out, as
+/// is a datagram that does not start with an LDAPMessage.
+pub fn datagram_messages(mut b: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if b.first() != Some(&0x30) {
+            return None;
+        }
+        let n = element_len(b).ok().flatten().filter(|n| *n <= b.len())?;
+        let (m, rest) = b.split_at(n);
+        b = rest;
+        Some(m)
+    })
+}
+
 /// Whether constructed elements nest deeper than `max` anywhere in `b`, walked with an
 /// explicit stack so hostile input cannot recurse.
 fn too_deep(b: &[u8], max: usize) -> bool {
@@ -727,6 +743,23 @@ mod tests {
         msg[2] = (total >> 8) as u8;
         msg[3] = total as u8;
         assert_eq!(parse_pdu(&msg), Err(LdapError::TooDeep));
+    }
+
+    #[test]
+    fn cldap_datagram_yields_each_message() {
+        // searchResEntry (id 1, "", no attributes) then searchResDone (id 1, success).
+        let entry: &[u8] = &[0x30, 0x09, 0x02, 0x01, 0x01, 0x64, 0x04, 0x04, 0x00, 0x30, 0x00];
+        let done = [0x30, 0x0c, 0x02, 0x01, 0x01, 0x65, 0x07, 0x0a, 0x01, 0x00, 0x04, 0x00, 0x04, 0x00];
+        let mut d = entry.to_vec();
+        d.extend_from_slice(&done);
+        let msgs: Vec<&[u8]> = datagram_messages(&d).collect();
+        assert_eq!(msgs, [entry, &done[..]]);
+        let ops: Vec<LdapOp> = msgs.iter().map(|m| parse_pdu(m).unwrap().op).collect();
+        assert!(matches!(ops[0], LdapOp::SearchEntry { .. }), "{:?}", ops[0]);
+        assert_eq!(ops[1], LdapOp::SearchDone { code: 0 });
+        // A cut-short second message is left out; a foreign datagram yields nothing.
+        assert_eq!(datagram_messages(&d[..d.len() - 1]).count(), 1);
+        assert_eq!(datagram_messages(&[0x01, 0x02]).count(), 0);
     }
 
     #[test]

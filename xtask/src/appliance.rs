@@ -96,6 +96,8 @@ pub struct Options {
     pub output: Option<PathBuf>,
     pub sensor_config: Option<PathBuf>,
     pub ssh_key: Option<PathBuf>,
+    /// A directory tree copied onto the root file system (certificates, keys, network files).
+    pub overlay: Option<PathBuf>,
     pub disk_gib: u64,
     pub boot_test: bool,
     /// The debug sensor `cargo test` already built instead of a release build, and no
@@ -105,7 +107,15 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { output: None, sensor_config: None, ssh_key: None, disk_gib: 8, boot_test: false, debug_sensor: false }
+        Self {
+            output: None,
+            sensor_config: None,
+            ssh_key: None,
+            overlay: None,
+            disk_gib: 8,
+            boot_test: false,
+            debug_sensor: false,
+        }
     }
 }
 
@@ -113,7 +123,17 @@ impl Default for Options {
 /// compression, the base cached as for the real image), booted and checked.
 pub fn test(env: &Env) -> anyhow::Result<()> {
     let output = env.root.join("target/appliance/dctap-sensor-test.qcow2");
-    run(env, &Options { boot_test: true, debug_sensor: true, output: Some(output.clone()), ..Options::default() })?;
+    let dir = Scratch(cache_dir().join(format!("test-cloud-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0)?;
+    let (cloud, overlay) = start_test_cloud(env, &dir.0)?;
+    let opts =
+        Options { debug_sensor: true, output: Some(output.clone()), overlay: Some(overlay), ..Options::default() };
+    let started = Instant::now();
+    let image = build(env, &opts)?;
+    note(&format!("image built in {:.0} s", started.elapsed().as_secs_f64()));
+    // The configuration differs from the sample only in the cloud address: same DCs.
+    boot_test(env, &image, true, Some(&cloud))?;
     // Half a gigabyte nobody deploys: kept only when the test fails, to look at.
     std::fs::remove_file(&output).with_context(|| format!("remove {}", output.display()))
 }
@@ -139,7 +159,9 @@ pub fn run(env: &Env, opts: &Options) -> anyhow::Result<()> {
     let image = build(env, opts)?;
     note(&format!("image built in {:.0} s", started.elapsed().as_secs_f64()));
     if opts.boot_test {
-        boot_test(env, &image, opts.sensor_config.is_none())?;
+        let default_config = opts.sensor_config.is_none()
+            && !opts.overlay.as_ref().is_some_and(|d| d.join("etc/dctap/sensor.toml").exists());
+        boot_test(env, &image, default_config, None)?;
     }
     Ok(())
 }
@@ -401,6 +423,42 @@ fn install_appliance_files(env: &Env, rootfs: &Path, opts: &Options, uuids: (&st
         write(rootfs, "/root/.ssh/authorized_keys", key, 0o600)?;
         note("root may log in over SSH with the given key");
     }
+    if let Some(dir) = &opts.overlay {
+        install_overlay(rootfs, dir)?;
+    }
+    Ok(())
+}
+
+/// Copies `dir`'s tree onto the root file system (owned by root, modes kept). What it puts
+/// under /etc/dctap (certificates, keys, the access key, a DC list) becomes readable by the
+/// sensor's group and nobody else: root:dctap, 0750 for directories, 0640 for files.
+fn install_overlay(rootfs: &Path, dir: &Path) -> anyhow::Result<()> {
+    ensure!(dir.is_dir(), "--overlay {}: not a directory", dir.display());
+    note(&format!("copying the overlay {} onto the root file system", dir.display()));
+    Cmd::new("cp").args(["-r", "--preserve=mode,timestamps"]).arg(dir.join(".")).arg(rootfs).run()?;
+    let group = read(&rootfs.join("etc/group"))?;
+    let gid: u32 = group
+        .lines()
+        .find_map(|l| l.strip_prefix("dctap:x:")?.split(':').next()?.parse().ok())
+        .context("no dctap group in the image")?;
+    fn walk(from: &Path, to: &Path, gid: u32) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            let target = to.join(entry.file_name());
+            let is_dir = entry.file_type()?.is_dir();
+            std::os::unix::fs::chown(&target, Some(0), Some(gid))?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(if is_dir { 0o750 } else { 0o640 }))?;
+            if is_dir {
+                walk(&entry.path(), &target, gid)?;
+            }
+        }
+        Ok(())
+    }
+    let etc_dctap = dir.join("etc/dctap");
+    if etc_dctap.is_dir() {
+        walk(&etc_dctap, &rootfs.join("etc/dctap"), gid)?;
+        note("the overlay's /etc/dctap files: root:dctap, 0640 (the image now holds them: one image per sensor)");
+    }
     Ok(())
 }
 
@@ -622,7 +680,128 @@ fn counter(text: &str, name: &str) -> Option<u64> {
     })
 }
 
-fn boot_test(env: &Env, image: &Path, default_config: bool) -> anyhow::Result<()> {
+/// The name in the DNS query the boot test sends, looked for among the cloud's events.
+const BOOT_TEST_QUERY: &str = "appliance-boot-test.dctap.example";
+
+/// A DNS query for `name` (type A) from the test client to the DC, UDP port 53.
+fn dns_query_frame(name: &str) -> Vec<u8> {
+    use tap_testkit::frame::{ipv4, Tags, L4};
+    use tap_testkit::mix::{CLIENT4, DC4};
+    let mut dns = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        dns.push(label.len() as u8);
+        dns.extend_from_slice(label.as_bytes());
+    }
+    dns.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut frame = ipv4(Tags::None, CLIENT4, DC4, L4::Udp { src: 53000, dst: 53 }, dns.len(), 1);
+    let udp = 14 + 20;
+    frame[udp + 8..].copy_from_slice(&dns);
+    // A zero UDP checksum means "none" in IPv4, so the new payload needs no new sum.
+    frame[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
+    frame
+}
+
+/// A `tap-cloud` on the host that the appliance under test streams to (qemu's user
+/// network shows the host's loopback as 10.0.2.2), killed when dropped.
+struct TestCloud {
+    binary: PathBuf,
+    db: PathBuf,
+    process: Child,
+}
+
+impl Drop for TestCloud {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl TestCloud {
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Cmd::new(&self.binary).args(args).arg("--db").arg(&self.db).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until the boot test's DNS query is stored, i.e. the appliance's sensor made
+    /// an event of it, spooled it and sent it over mutual TLS, and the cloud took it.
+    fn wait_for_event(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.run(&["events", "export"])?;
+            if let Some(line) = events.lines().find(|l| l.contains(BOOT_TEST_QUERY)) {
+                let sensors = self.run(&["sensors", "list"])?;
+                note(&format!("the cloud stored the appliance's event: {}", &line[..line.len().min(160)]));
+                for l in sensors.lines() {
+                    note(&format!("  | {l}"));
+                }
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the cloud on the host received no event for the DNS query within {} s ({} events stored)",
+                timeout.as_secs(),
+                events.lines().count()
+            );
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+fn free_tcp_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+/// A cloud for the test image: PKI with the server name 10.0.2.2, the sensor registered,
+/// and an overlay with the sensor's certificate, key, access key and a configuration
+/// pointing at it.
+fn start_test_cloud(env: &Env, dir: &Path) -> anyhow::Result<(TestCloud, PathBuf)> {
+    env.cargo().args(["build", "-q", "-p", "tap-cloud", "--bin", "tap-cloud"]).run()?;
+    let binary = env.root.join("target/debug/tap-cloud");
+    let (pki, db, overlay) = (dir.join("pki"), dir.join("cloud.db"), dir.join("overlay"));
+    let etc = overlay.join("etc/dctap");
+    std::fs::create_dir_all(etc.join("pki"))?;
+    Cmd::new(&binary)
+        .args(["certs", "init", "--dir"])
+        .arg(&pki)
+        .args(["--server-name", "10.0.2.2", "--sensor", "sensor1"])
+        .output()?;
+    Cmd::new(&binary)
+        .args(["sensors", "add", "sensor1", "--db"])
+        .arg(&db)
+        .arg("--key-file")
+        .arg(etc.join("access.key"))
+        .output()?;
+    for (from, to) in [("ca.pem", "ca.pem"), ("sensor-sensor1.pem", "sensor.pem"), ("sensor-sensor1.key", "sensor.key")]
+    {
+        std::fs::copy(pki.join(from), etc.join("pki").join(to))?;
+    }
+    let (grpc, http) = (free_tcp_port()?, free_tcp_port()?);
+    let config = appliance_sensor_config(&env.root)?;
+    let config: Vec<String> = config
+        .lines()
+        .map(|l| if l.starts_with("cloud =") { format!("cloud = \"https://10.0.2.2:{grpc}\"") } else { l.into() })
+        .collect();
+    ensure!(config.iter().any(|l| l.contains("10.0.2.2")), "deploy/sensor.toml has no `cloud = ...` line");
+    std::fs::write(etc.join("sensor.toml"), config.join("\n") + "\n")?;
+    let log = std::fs::File::create(dir.join("cloud.log"))?;
+    let process = Command::new(&binary)
+        .args(["serve", "--db"])
+        .arg(&db)
+        .args(["--listen", &format!("127.0.0.1:{grpc}"), "--http", &format!("127.0.0.1:{http}"), "--tls-dir"])
+        .arg(&pki)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start tap-cloud serve")?;
+    note(&format!(
+        "tap-cloud on 127.0.0.1:{grpc} (10.0.2.2:{grpc} from the appliance), log {}",
+        dir.join("cloud.log").display()
+    ));
+    Ok((TestCloud { binary, db, process }, overlay))
+}
+
+fn boot_test(env: &Env, image: &Path, default_config: bool, cloud: Option<&TestCloud>) -> anyhow::Result<()> {
     step("appliance boot test");
     let accel = accelerator();
     let timeout = Duration::from_secs(if accel == "kvm" { 180 } else { 600 });
@@ -688,7 +867,15 @@ fn boot_test(env: &Env, image: &Path, default_config: bool) -> anyhow::Result<()
             sent += 4;
             std::thread::sleep(Duration::from_millis(5));
         }
-        note(&format!("sent {sent} frames into the capture NIC ({kept} to the DC); powering off"));
+        // And one DNS query to the DC, which the sensor turns into an event.
+        sender.send_to(&dns_query_frame(BOOT_TEST_QUERY), (Ipv4Addr::LOCALHOST, qemu_port))?;
+        sent += 1;
+        kept += 1;
+        note(&format!("sent {sent} frames into the capture NIC ({kept} to the DC)"));
+        if let Some(cloud) = cloud {
+            cloud.wait_for_event(timeout)?;
+        }
+        note("powering off");
         std::thread::sleep(Duration::from_secs(3));
         let mut mon = std::os::unix::net::UnixStream::connect(&monitor).context("connect to qemu's monitor")?;
         mon.write_all(b"system_powerdown\n")?;

@@ -72,12 +72,17 @@ enum Command {
         /// An SSH public key (authorized_keys line) that may log in as root.
         #[arg(long, value_name = "FILE")]
         ssh_key: Option<std::path::PathBuf>,
+        /// A directory tree copied onto the image's root, e.g. etc/dctap/pki/* and
+        /// etc/dctap/access.key (made root:dctap 0640 under etc/dctap).
+        #[arg(long, value_name = "DIR")]
+        overlay: Option<std::path::PathBuf>,
         /// Size of the virtual disk (the qcow2 file holds only what is used).
         #[arg(long, value_name = "GIB", default_value_t = 8)]
         disk_gib: u64,
-        /// A test image, as `cargo xtask test` boots: the debug sensor, no compression.
-        #[arg(long)]
-        debug_sensor: bool,
+        /// Only the step of `cargo xtask test`: a test image (the debug sensor, credentials
+        /// for a tap-cloud started on this host) booted, checked and deleted.
+        #[arg(long, conflicts_with_all = ["boot_test", "output", "sensor_config", "ssh_key", "overlay"])]
+        test: bool,
     },
     /// The project's AD lab (lab/): Samba AD DC, two workstations, the sensor with XDP on
     /// a SPAN port and the cloud on loopback; real attack tools, labelled captures.
@@ -99,8 +104,17 @@ fn main() -> std::process::ExitCode {
         Command::Demo { pcap, dc } => demo::run(&env, pcap, dc),
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
-        Command::Appliance { boot_test, output, sensor_config, ssh_key, disk_gib, debug_sensor } => {
-            let opts = appliance::Options { output, sensor_config, ssh_key, disk_gib, boot_test, debug_sensor };
+        Command::Appliance { test: true, .. } => appliance::test(&env),
+        Command::Appliance { boot_test, output, sensor_config, ssh_key, overlay, disk_gib, test: false } => {
+            let opts = appliance::Options {
+                output,
+                sensor_config,
+                ssh_key,
+                overlay,
+                disk_gib,
+                boot_test,
+                debug_sensor: false,
+            };
             appliance::run(&env, &opts)
         }
         Command::Fuzz { seconds, targets } => fuzz::run(&env, seconds, &targets),

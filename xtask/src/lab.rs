@@ -46,8 +46,8 @@ const IMPACKET: &str = "impacket==0.13.1";
 
 #[derive(clap::Subcommand)]
 pub enum Which {
-    /// Install what the lab needs, build dctap (release), start the lab, the cloud and the
-    /// sensor on the SPAN port.
+    /// Install what the lab needs, build dctap (release), start the lab, and the cloud (with
+    /// a fresh database) and the sensor on the SPAN port.
     Up,
     /// Run the scenarios (all, or those whose key contains one of NAMES), one pcap each,
     /// then list the alerts the cloud raised.
@@ -207,7 +207,7 @@ pub fn run(env: &Env, which: Which) -> anyhow::Result<()> {
             let t0 = Instant::now();
             lab.run(&["up"])?;
             step("dctap: tap-cloud on the sensor namespace's loopback, tap-sensor (XDP) on the SPAN port");
-            lab.run(&["tap-up"])?;
+            lab.run(&["tap-up", "--fresh"])?;
             note(&format!("lab up in {:.0} s; state in {}", t0.elapsed().as_secs_f64(), lab.state.display()));
             note("next: cargo xtask lab scenarios   (or: lab/lab.sh list)");
         }

@@ -165,15 +165,36 @@ pub struct FlowTracker<C: StreamConsumer> {
 
 /// Which end is the server of a new flow: the receiver of a bare SYN, the sender of a
 /// SYN-ACK, otherwise the lower port (AD services listen on low, well-known ports; clients
-/// use ephemeral ones).
+/// use ephemeral ones). Between two unprivileged ports (a dynamic RPC port and an older
+/// client's ephemeral port below it) a first segment holding a DCE/RPC PDU says which end
+/// sent it.
 fn src_is_server(p: &Packet<'_>) -> bool {
+    let (sp, dp) = p.l4.ports();
     if let L4::Tcp(t) = &p.l4 {
         if t.flags.syn() {
             return t.flags.ack();
         }
+        if sp >= 1024 && dp >= 1024 {
+            if let Some(from_client) = dcerpc_sent_by_client(t.payload) {
+                return !from_client;
+            }
+        }
     }
-    let (sp, dp) = p.l4.ports();
     sp < dp
+}
+
+/// For a connection-oriented DCE/RPC PDU header: whether only a client sends its type
+/// (request, bind, alter-context, auth3) or only a server (response, fault, bind-ack,
+/// bind-nak, alter-context response); None for anything else.
+fn dcerpc_sent_by_client(b: &[u8]) -> Option<bool> {
+    if b.len() < 16 || b[0] != 5 || b[1] > 1 || b[4] & !0x11 != 0 {
+        return None;
+    }
+    match b[2] {
+        0 | 11 | 14 | 16 => Some(true),
+        2 | 3 | 12 | 13 | 15 => Some(false),
+        _ => None,
+    }
 }
 
 impl<C: StreamConsumer> FlowTracker<C> {
@@ -451,6 +472,27 @@ mod tests {
         assert_eq!(ft.consumer.0[0], format!("{C}->{S} ToClient reply"));
         assert_eq!(ft.counters.closed_at_shutdown, 1);
         assert_eq!(ft.tcp_counters.midstream_starts, 1);
+    }
+
+    /// suricata-verify's bug-6191: a DCE/RPC connection seen from its middle, from an old
+    /// client's port 1369 to a dynamic RPC port 49353; the first PDU is the client's.
+    #[test]
+    fn mid_stream_dcerpc_between_high_ports_is_oriented_by_the_pdu() {
+        let (client, server) = ("10.0.0.27:1369", "10.0.0.15:49353");
+        let alter_ctx = [5u8, 0, 14, 3, 0x10, 0, 0, 0, 16, 0, 0, 0, 69, 0, 0, 0];
+        let mut ft = FlowTracker::new(Log::default(), FlowLimits::default());
+        ft.packet(t(0), &tcp(client, server, 100, ACK, &alter_ctx, None));
+        let mut resp = alter_ctx;
+        resp[2] = 15;
+        ft.packet(t(1), &tcp("10.0.0.15:49354", "10.0.0.27:1370", 100, ACK, &resp, None));
+        // Not DCE/RPC: the lower port stays the server.
+        ft.packet(t(2), &tcp("10.0.0.27:1371", server, 100, ACK, b"hello", None));
+        ft.finish();
+        let first = |from: &str| ft.consumer.0.iter().find(|e| e.starts_with(from)).cloned().unwrap_or_default();
+        assert!(first(client).starts_with(&format!("{client}->{server} ToServer")), "{:?}", ft.consumer.0);
+        assert!(first("10.0.0.27:1370").contains("ToClient"), "{:?}", ft.consumer.0);
+        assert!(first("10.0.0.15:49353").contains("->10.0.0.27:1371 ToClient hello"), "{:?}", ft.consumer.0);
+        assert_eq!(dcerpc_sent_by_client(b"hello, world, hi"), None);
     }
 
     #[test]

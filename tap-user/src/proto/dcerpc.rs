@@ -304,7 +304,7 @@ pub fn operation_name(interface: &str, opnum: u16) -> Option<&'static str> {
         ("svcctl", 23) => "RChangeServiceConfigA",
         ("svcctl", 24) => "RCreateServiceA",
         ("svcctl", 31) => "RStartServiceA",
-        // What Sysinternals PsExec calls from a 32-bit build on a 64-bit host.
+        // A service record on a 64-bit host (the PsExec run of suricata-verify's capture).
         ("svcctl", 44) => "RCreateServiceWOW64A",
         ("svcctl", 45) => "RCreateServiceWOW64W",
         ("efsrpc", 0) => "EfsRpcOpenFileRaw",

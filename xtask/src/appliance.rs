@@ -103,6 +103,8 @@ pub struct Options {
     /// The debug sensor `cargo test` already built instead of a release build, and no
     /// compression: a test image (`cargo xtask test`), not one to deploy.
     pub debug_sensor: bool,
+    /// Build the cached base again, with Debian's latest updates.
+    pub refresh_base: bool,
 }
 
 impl Default for Options {
@@ -115,6 +117,7 @@ impl Default for Options {
             disk_gib: 8,
             boot_test: false,
             debug_sensor: false,
+            refresh_base: false,
         }
     }
 }
@@ -213,10 +216,14 @@ fn recipe_key() -> String {
 
 /// The cached base root file system, made when missing. Built in a temporary directory and
 /// renamed when complete, so an interrupted build is never used.
-fn base_rootfs() -> anyhow::Result<PathBuf> {
+fn base_rootfs(refresh: bool) -> anyhow::Result<PathBuf> {
     let cache = cache_dir();
     let key = recipe_key();
     let base = cache.join(format!("base-{key}"));
+    if refresh && base.exists() {
+        note(&format!("base root file system: removing {} to build it again (--refresh-base)", base.display()));
+        std::fs::remove_dir_all(&base)?;
+    }
     if base.join("rootfs/usr/bin/systemctl").exists() {
         note(&format!("base root file system: cached ({})", base.display()));
         return Ok(base.join("rootfs"));
@@ -479,7 +486,7 @@ fn build(env: &Env, opts: &Options) -> anyhow::Result<PathBuf> {
     step("appliance image");
     ensure!(opts.disk_gib >= 2, "--disk-gib: give at least 2");
     ensure_tools()?;
-    let rootfs_base = base_rootfs()?;
+    let rootfs_base = base_rootfs(opts.refresh_base)?;
 
     let started = Instant::now();
     note(&format!("building the {} sensor", sensor_profile(opts)));

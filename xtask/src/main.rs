@@ -79,9 +79,13 @@ enum Command {
         /// Size of the virtual disk (the qcow2 file holds only what is used).
         #[arg(long, value_name = "GIB", default_value_t = 8)]
         disk_gib: u64,
+        /// Build the cached Debian root file system again (it is otherwise kept as long as
+        /// the recipe does not change): Debian's latest updates, for an image to ship.
+        #[arg(long)]
+        refresh_base: bool,
         /// Only the step of `cargo xtask test`: a test image (the debug sensor, credentials
         /// for a tap-cloud started on this host) booted, checked and deleted.
-        #[arg(long, conflicts_with_all = ["boot_test", "output", "sensor_config", "ssh_key", "overlay"])]
+        #[arg(long, conflicts_with_all = ["boot_test", "output", "sensor_config", "ssh_key", "overlay", "refresh_base"])]
         test: bool,
     },
     /// The project's AD lab (lab/): Samba AD DC, two workstations, the sensor with XDP on
@@ -105,7 +109,16 @@ fn main() -> std::process::ExitCode {
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
         Command::Appliance { test: true, .. } => appliance::test(&env),
-        Command::Appliance { boot_test, output, sensor_config, ssh_key, overlay, disk_gib, test: false } => {
+        Command::Appliance {
+            boot_test,
+            output,
+            sensor_config,
+            ssh_key,
+            overlay,
+            disk_gib,
+            refresh_base,
+            test: false,
+        } => {
             let opts = appliance::Options {
                 output,
                 sensor_config,
@@ -114,6 +127,7 @@ fn main() -> std::process::ExitCode {
                 disk_gib,
                 boot_test,
                 debug_sensor: false,
+                refresh_base,
             };
             appliance::run(&env, &opts)
         }

@@ -88,6 +88,54 @@ impl SpanPair {
         parse_tcpreplay_sent(&text).with_context(|| format!("tcpreplay output not understood:\n{text}"))
     }
 
+    /// Sends `frames` out of the generator end from this process, one by one, each from the
+    /// CPU `cpu_of(i)` says: on veth the peer's XDP program runs on the sending CPU, so this
+    /// chooses which per-CPU ring each frame lands in. Runs on a thread of its own that
+    /// enters the generator namespace.
+    pub fn send_from_cpus(&self, frames: Vec<Vec<u8>>, cpu_of: fn(usize) -> usize) -> anyhow::Result<()> {
+        let ns = self.gen_ns.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let ns_file = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
+            // SAFETY: plain syscalls on descriptors and buffers owned here; setns moves only
+            // this thread into the namespace.
+            unsafe {
+                if libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns_file), libc::CLONE_NEWNET) != 0 {
+                    anyhow::bail!("setns {ns}: {}", std::io::Error::last_os_error());
+                }
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                if fd < 0 {
+                    anyhow::bail!("AF_PACKET socket: {}", std::io::Error::last_os_error());
+                }
+                let name = std::ffi::CString::new(GEN_IF)?;
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+                for (i, f) in frames.iter().enumerate() {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu_of(i), &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+                    let sent = libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&addr as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    if sent < 0 {
+                        let e = std::io::Error::last_os_error();
+                        libc::close(fd);
+                        anyhow::bail!("send frame {i}: {e}");
+                    }
+                }
+                libc::close(fd);
+            }
+            Ok(())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender thread panicked"))?
+    }
+
     fn delete(&self) {
         for ns in [&self.gen_ns, &self.mirror_ns] {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();

@@ -197,3 +197,64 @@ fn dc_set_changes_while_traffic_flows() {
     assert_eq!(c.get("xdp_kept"), written.len() as u64);
     assert_eq!((old.len() + new.len()) as u64, c.get("xdp_kept"));
 }
+
+/// Requests sent from one CPU and their replies from another land in different per-CPU
+/// rings; the sensor must still hand them on in capture order, every reply after its
+/// request (a reply first breaks request/response pairing in the parsers).
+#[test]
+fn replies_captured_on_another_cpu_stay_after_their_requests() {
+    if !live_or_skip("replies_captured_on_another_cpu_stay_after_their_requests") {
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("SKIPPED replies_captured_on_another_cpu_stay_after_their_requests: one CPU, one ring");
+        return;
+    }
+    let dir = TempDir::new("order");
+    let (client, dc) = (mix::CLIENT4, "10.0.0.10".parse().unwrap());
+    // 400 exchanges on distinct client ports: request i from CPU 0, reply i from CPU 1.
+    let frames: Vec<Vec<u8>> = (0..800u32)
+        .map(|i| {
+            let port = 40_000 + (i / 2) as u16;
+            if i % 2 == 0 {
+                frame::ipv4(Tags::None, client, dc, L4::Tcp { src: port, dst: 88 }, 64, i)
+            } else {
+                frame::ipv4(Tags::None, dc, client, L4::Tcp { src: 88, dst: port }, 64, i)
+            }
+        })
+        .collect();
+    let output = dir.path("kept.pcap");
+    let pair = SpanPair::create("order").unwrap();
+    let sensor = start_sensor(&pair, &["--dc", "10.0.0.10", "--write", output.to_str().unwrap()]);
+    pair.send_from_cpus(frames, |i| i % 2).unwrap();
+    thread::sleep(Duration::from_millis(400));
+    let c = sensor.stop().unwrap();
+    assert_eq!(c.get("xdp_kept"), 800);
+    let written = pcap::read(&output).unwrap();
+    assert_eq!(written.len(), 800);
+    let port_of = |f: &pcap::PcapFrame| {
+        let (src, dst) = (u16::from_be_bytes([f.data[34], f.data[35]]), u16::from_be_bytes([f.data[36], f.data[37]]));
+        if dst == 88 {
+            (src, false)
+        } else {
+            (dst, true)
+        }
+    };
+    let mut requested = std::collections::HashSet::new();
+    let mut late = Vec::new();
+    for (n, f) in written.iter().enumerate() {
+        let (port, is_reply) = port_of(f);
+        if !is_reply {
+            requested.insert(port);
+        } else if !requested.contains(&port) {
+            late.push((n, port));
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "{} replies handed on before their request, first {:?}",
+        late.len(),
+        &late[..late.len().min(5)]
+    );
+    assert!(written.windows(2).all(|w| w[0].timestamp <= w[1].timestamp), "frames out of capture order");
+}

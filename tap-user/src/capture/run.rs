@@ -129,12 +129,9 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     let user = Arc::new(UserCounters::default());
     let stop_readers = Arc::new(AtomicBool::new(false));
     let (tx, rx) = bounded::<FrameBatch>(opts.channel_batches);
-    let mut readers = Vec::new();
-    for (i, ring) in rings.into_iter().enumerate() {
-        let reader =
-            RingReader { ring, tx: tx.clone(), counters: Arc::clone(&user), clock, stop: Arc::clone(&stop_readers) };
-        readers.push(thread::Builder::new().name(format!("ring-{i}")).spawn(move || reader.run())?);
-    }
+    let reader =
+        RingReader { rings, tx: tx.clone(), counters: Arc::clone(&user), clock, stop: Arc::clone(&stop_readers) };
+    let readers = vec![thread::Builder::new().name("ring-reader".into()).spawn(move || reader.run())?];
     drop(tx);
     let mut sink = match &opts.write {
         Some(path) => Some(PcapSink::create(path)?),

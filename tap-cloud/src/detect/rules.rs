@@ -479,9 +479,17 @@ impl Rules {
                     ev.src_ip, ev.dc_ip
                 )));
             }
-            ("svcctl", "RCreateServiceW" | "RCreateServiceA" | "RStartServiceW" | "RChangeServiceConfigW")
-            | ("atsvc", "JobAdd")
-            | ("tsch" | "itaskschedulerservice", "SchRpcRegisterTask") => {
+            // The sensor marks every way of creating, reconfiguring or starting a service and
+            // of adding a job or task as remote_execution (PsExec uses the WOW64 variant);
+            // the names also catch events of sensors that did not yet.
+            _ if ev.category == "remote_execution"
+                || matches!(
+                    (d.interface.as_str(), op),
+                    ("svcctl", "RCreateServiceW" | "RCreateServiceA" | "RStartServiceW" | "RChangeServiceConfigW")
+                        | ("atsvc", "JobAdd" | "NetrJobAdd")
+                        | ("tsch" | "itaskschedulerservice", "SchRpcRegisterTask")
+                ) =>
+            {
                 out.push(finding(ev, "remote_execution", "Remote code execution on a DC", "high", "T1569.002", &account, format!(
                     "{} called {op} ({}) on the domain controller {}: services and scheduled tasks are how tools like PsExec run code remotely. Unless this is known administration, treat the account as compromised and inspect the DC.",
                     ev.src_ip, d.interface, ev.dc_ip
@@ -750,6 +758,11 @@ mod tests {
         );
         assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "svcctl", "RCreateServiceW")]), vec!["remote_execution"]);
         assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "atsvc", "JobAdd")]), vec!["remote_execution"]);
+        assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "atsvc", "NetrJobAdd")]), vec!["remote_execution"]);
+        let mut psexec = rpc(1, "10.1.1.1", "svcctl", "RCreateServiceWOW64W");
+        psexec.category = "remote_execution".into();
+        assert_eq!(run(d(), &[psexec]), vec!["remote_execution"], "whatever the sensor marks as such");
+        assert!(run(d(), &[rpc(1, "10.1.1.1", "svcctl", "ROpenSCManagerW")]).is_empty());
         assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "srvsvc", "NetrSessionEnum")]), vec!["session_enumeration"]);
         assert!(run(d(), &[rpc(1, "10.1.1.1", "srvsvc", "NetrShareEnum")]).is_empty());
         let recon = [

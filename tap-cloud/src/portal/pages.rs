@@ -475,6 +475,7 @@ fn event_summary(e: &serde_json::Value) -> String {
                 n("entries_returned")
             ),
             "sealed" => format!("LDAP session sealed by SASL ({} bytes, not readable)", n("sealed_bytes")),
+            "extended" => format!("LDAP extended operation {}", or_dash(s("extended_name"))),
             op => format!("LDAP {} {}", op.replace('_', " "), s("target_dn")),
         },
         "Smb2" => match s("command").as_str() {

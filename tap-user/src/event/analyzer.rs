@@ -353,6 +353,13 @@ fn ldap_request_event(flow: &FlowMeta, message_id: u32, op: ldap::LdapOp) -> Opt
             detail.target_dn = target;
             ("directory_operation", String::new())
         }
+        ldap::LdapOp::Extended { name } => {
+            // A password change is a change to the directory; StartTLS and the rest are not.
+            let category = if name == "PasswordModify" { "directory_operation" } else { "other" };
+            detail.operation = "extended".into();
+            detail.extended_name = name;
+            (category, String::new())
+        }
         _ => return None,
     };
     let mut e = base(flow, "ldap", category);

@@ -126,6 +126,7 @@ fn ldap(out: &mut Vec<u8>, l: &pb::Ldap) {
     o.strs("modified_attributes", &l.modified_attributes);
     o.uint("sealed_bytes", l.sealed_bytes);
     o.strs("privileged_accounts", &l.privileged_accounts);
+    o.str("extended_name", &l.extended_name);
     o.end();
 }
 
@@ -397,6 +398,7 @@ mod tests {
             modified_attributes: vec!["x".into()],
             sealed_bytes: 1,
             privileged_accounts: vec!["eve.admin".into(), s()],
+            extended_name: "StartTLS".into(),
         })));
         details.push(Some(Detail::Ntlm(pb::Ntlm {
             message_type: 3,

@@ -72,6 +72,11 @@ pub enum LdapOp {
     ModifyDn {
         target: String,
     },
+    /// An extended operation, by name (its value is never kept: a password modify carries
+    /// the old and new passwords).
+    Extended {
+        name: String,
+    },
     /// Any other response with a result code (modify, add, delete, modify DN, extended).
     Result {
         code: u32,
@@ -91,6 +96,23 @@ pub enum LdapError {
     TooDeep,
     #[error("LDAP message malformed")]
     Malformed,
+}
+
+/// The name of a well-known extended operation, else its OID.
+fn extended_name(oid: &str) -> String {
+    match oid {
+        "1.3.6.1.4.1.1466.20037" => "StartTLS",
+        "1.3.6.1.4.1.4203.1.11.1" => "PasswordModify",
+        "1.3.6.1.4.1.4203.1.11.3" => "WhoAmI",
+        "1.3.6.1.1.8" => "Cancel",
+        "1.3.6.1.4.1.1466.101.119.1" => "TTLRefresh",
+        "1.2.840.113556.1.4.1781" => "FastBind",
+        "1.2.840.113556.1.4.2212" => "BatchRequest",
+        other => other,
+    }
+    .chars()
+    .take(128)
+    .collect()
 }
 
 /// Groups whose members are privileged in a domain (the well-known administrative groups
@@ -460,6 +482,7 @@ pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
         },
         ProtocolOp::DelRequest(dn) => LdapOp::Delete { target: dn.0.to_string() },
         ProtocolOp::ModDnRequest(r) => LdapOp::ModifyDn { target: r.entry.0.to_string() },
+        ProtocolOp::ExtendedRequest(r) => LdapOp::Extended { name: extended_name(&r.request_name.0) },
         ProtocolOp::ModifyResponse(r) => LdapOp::Result { code: r.result.result_code.0 },
         ProtocolOp::AddResponse(r) | ProtocolOp::DelResponse(r) | ProtocolOp::ModDnResponse(r) => {
             LdapOp::Result { code: r.result_code.0 }
@@ -643,6 +666,25 @@ mod tests {
         );
         assert_eq!(plain_search_entry(&entry(b"ADMINCOUNT", b"1")), None);
         assert_eq!(plain_search_entry(&spn_search()), None, "not an entry");
+    }
+
+    #[test]
+    fn extended_operations_are_named_and_their_values_not_kept() {
+        // ExtendedRequest id 5: PasswordModify with a value holding "secret".
+        let oid = b"1.3.6.1.4.1.4203.1.11.1";
+        let value = b"\x30\x08\x81\x06secret";
+        let mut op = vec![0x80, oid.len() as u8];
+        op.extend_from_slice(oid);
+        op.extend_from_slice(&[0x81, value.len() as u8]);
+        op.extend_from_slice(value);
+        let mut body = vec![0x02, 0x01, 0x05, 0x77, op.len() as u8];
+        body.extend(op);
+        let mut msg = vec![0x30, body.len() as u8];
+        msg.extend(body);
+        let pdu = parse_pdu(&msg).unwrap();
+        assert_eq!(pdu, LdapPdu { message_id: 5, op: LdapOp::Extended { name: "PasswordModify".into() } });
+        assert!(!format!("{pdu:?}").contains("secret"));
+        assert_eq!(extended_name("1.2.3.4"), "1.2.3.4");
     }
 
     #[test]

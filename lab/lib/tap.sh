@@ -38,6 +38,11 @@ dcs = ["$DC_IP"]
 honeytokens = ["$HONEYTOKEN"]
 max_ticket_lifetime_hours = 0
 EOC
+  # DCTAP_LAB_LEARNING_SECONDS=N: profiles learn for N seconds instead of days, so a
+  # learned detection (pass-the-hash: a host new to the account) can fire within a scenario.
+  if [ -n "${DCTAP_LAB_LEARNING_SECONDS:-}" ]; then
+    echo "learning_seconds = $DCTAP_LAB_LEARNING_SECONDS" >> "$TAP_DIR/cloud.toml"
+  fi
   nohup ip netns exec $NS_SEN "$bin/tap-cloud" serve --listen $CLOUD_ADDR --http 127.0.0.1:0 \
       --db "$TAP_DIR/cloud.db" --tls-dir "$TAP_DIR/pki" --config "$TAP_DIR/cloud.toml" \
       > "$LOGS/tap-cloud.log" 2>&1 < /dev/null &

@@ -17,6 +17,15 @@ pub const PORTS_MAP: &str = "SERVICE_PORTS";
 pub const MAX_DC_ENTRIES: u32 = 4096;
 /// One slot per TCP/UDP port number.
 pub const PORT_SLOTS: u32 = 65536;
+/// Port map value: a service port, kept whatever the other end's port.
+pub const PORT_SERVICE: u8 = 1;
+/// Port map value: a port of the DC's dynamic RPC range, kept when the other end's port is
+/// not a well-known one (below 1024): a client calling an RPC endpoint on the DC, or DCs
+/// replicating, but not the DC's own outgoing connections to web or DNS servers, which
+/// come from the same range.
+pub const PORT_DYNAMIC_RPC: u8 = 2;
+/// Windows' dynamic port range since Server 2008, where RPC endpoints listen.
+pub const DEFAULT_RPC_RANGE: (u16, u16) = (49152, 65535);
 
 /// AD service ports kept by default (DESIGN.md, Capture): Kerberos 88 and kpasswd 464,
 /// LDAP 389/636 and global catalog 3268/3269, SMB 445 and NetBIOS session 139, the RPC

@@ -13,7 +13,7 @@ use aya_ebpf::{
 use tap_common::{
     config::{ConfigSlot, FLAG_V4_NETS, FLAG_V6_NETS},
     counters::{Counter, CounterSet},
-    filter::{MAX_DC_ENTRIES, PORT_SLOTS},
+    filter::{MAX_DC_ENTRIES, PORT_DYNAMIC_RPC, PORT_SERVICE, PORT_SLOTS},
     record::{Record, RecordHeader, MAX_SNAPLEN, SIZE_CLASSES, WAKEUP_THRESHOLD_BYTES},
 };
 
@@ -87,20 +87,27 @@ pub fn dctap_xdp_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
-/// The filter: the DC end of the conversation is on a service port. The port is checked
+/// The filter: the DC end of the conversation is on a kept port. The port is checked
 /// first because it is one array load, and only the address on that side is looked up.
 /// A non-first fragment (no ports) is kept when either end is a DC.
 #[inline(always)]
 fn keep(ports: Option<Ports>, src_is_dc: impl Fn() -> bool, dst_is_dc: impl Fn() -> bool) -> bool {
     match ports {
-        Some(Ports { src, dst }) => (is_service_port(dst) && dst_is_dc()) || (is_service_port(src) && src_is_dc()),
+        Some(Ports { src, dst }) => (kept_port(dst, src) && dst_is_dc()) || (kept_port(src, dst) && src_is_dc()),
         None => src_is_dc() || dst_is_dc(),
     }
 }
 
+/// A service port, or a port of the dynamic RPC range talking to another unprivileged
+/// port. The range is kept as a whole because a tool connects to the endpoint the mapper
+/// named within a millisecond, before the sensor could add that one port to the map.
 #[inline(always)]
-fn is_service_port(port: u16) -> bool {
-    matches!(SERVICE_PORTS.get(port as u32), Some(v) if *v != 0)
+fn kept_port(port: u16, other: u16) -> bool {
+    match SERVICE_PORTS.get(port as u32) {
+        Some(&PORT_SERVICE) => true,
+        Some(&PORT_DYNAMIC_RPC) => other >= 1024,
+        _ => false,
+    }
 }
 
 #[inline(always)]

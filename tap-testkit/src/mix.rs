@@ -98,6 +98,19 @@ pub fn standard_mix(round: u32) -> Vec<Labelled> {
         "IPv6 to DC on a non-service port",
     );
     add(frame::ipv4_with_options(vlan, CLIENT4, DC4, tcp(50014, 389), 3, s + 104), Kept, "IPv4 with options to DC:389");
+    // The DC's dynamic RPC range (default 49152-65535): kept when the other end is on an
+    // unprivileged port too, not when it is the DC's own ephemeral port to a web server.
+    add(frame::ipv4(Tags::None, CLIENT4, DC4, tcp(50020, 49701), 300, s + 110), Kept, "RPC to a DC's dynamic endpoint");
+    add(
+        frame::ipv4(Tags::None, DC4, CLIENT4, tcp(49701, 50020), 200, s + 111),
+        Kept,
+        "RPC reply from a DC's dynamic endpoint",
+    );
+    add(
+        frame::ipv4(Tags::None, DC4, OTHER4, tcp(50030, 443), 200, s + 112),
+        Filtered,
+        "DC's own connection to a web server",
+    );
     add(
         frame::ipv4_with_options(Tags::None, CLIENT4, DC4, udp(123, 123), 10, s + 105),
         Kept,

@@ -38,6 +38,7 @@ pub struct CaptureFile {
     pub dc: Option<Vec<String>>,
     pub dc_file: Option<String>,
     pub ports: Option<Vec<u16>>,
+    pub rpc_ports: Option<String>,
     pub snaplen: Option<u32>,
     pub ring_mib: Option<u32>,
     pub xdp_mode: Option<String>,
@@ -87,6 +88,7 @@ impl SensorFile {
                 "ports",
                 cap.ports.as_ref().map(|p| p.iter().map(u16::to_string).collect::<Vec<_>>().join(",")),
             );
+            push(&mut c, "rpc-ports", cap.rpc_ports.as_ref());
             push(&mut c, "snaplen", cap.snaplen);
             push(&mut c, "ring-mib", cap.ring_mib);
             push(&mut c, "xdp-mode", cap.xdp_mode.as_ref());

@@ -12,6 +12,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 use tap_common::record::MAX_SNAPLEN;
 use tap_user::{
     capture::{
+        filter::RpcRange,
         run::{print_summary, CaptureOptions, LiveSettings, LoadSettings},
         AttachMode, DcSet, PortSet,
     },
@@ -212,6 +213,11 @@ struct CaptureArgs {
     /// Service ports on the DC side to keep [default: 88,464,389,636,3268,3269,445,139,135,53,137,123].
     #[arg(long, value_name = "PORT[,PORT…]")]
     ports: Option<String>,
+    /// The DCs' dynamic RPC port range (FIRST-LAST, or none), kept whole when the other end
+    /// is on an unprivileged port too: tools reach the endpoint the mapper names within a
+    /// millisecond, before a learned port could be added [default: 49152-65535, Windows'].
+    #[arg(long, value_name = "RANGE")]
+    rpc_ports: Option<String>,
     /// Bytes of each kept frame to copy to userspace (the rest is counted as truncated).
     #[arg(long, default_value_t = MAX_SNAPLEN as u32, value_parser = clap::value_parser!(u32).range(1..=MAX_SNAPLEN as i64))]
     snaplen: u32,
@@ -419,12 +425,16 @@ fn live_settings(args: &CaptureArgs, log_level: Option<log::LevelFilter>) -> any
         Some(list) => PortSet::parse_list(list, "--ports")?,
         None => PortSet::default(),
     };
+    let rpc_range = match &args.rpc_ports {
+        Some(text) => RpcRange::parse(text, "--rpc-ports")?,
+        None => Some(RpcRange::default()),
+    };
     let dc_silence = match args.dc_silence_alert {
         0.0 => None,
         s if s.is_finite() && s > 0.0 => Some(Duration::from_secs_f64(s)),
         s => anyhow::bail!("--dc-silence-alert {s}: give a number of seconds (0 turns it off)"),
     };
-    Ok(LiveSettings { dcs, ports, log_level, dc_silence })
+    Ok(LiveSettings { dcs, ports, rpc_range, log_level, dc_silence })
 }
 
 fn capture(

@@ -10,13 +10,14 @@ use tap_testkit::{
     mix::{self, Verdict},
     netns::live_or_skip,
 };
-use tap_user::capture::{counters::XdpCounters, DcSet, PortSet, XdpCapture};
+use tap_user::capture::{counters::XdpCounters, filter::RpcRange, DcSet, PortSet, XdpCapture};
 
 const XDP_DROP: u32 = 1;
 
 fn loaded(dcs: &str) -> (XdpCapture, Vec<RingBuf<MapData>>) {
     let (mut xdp, rings) = XdpCapture::load(1 << 20).expect("load the XDP program");
     xdp.filter.set_ports(&PortSet::default()).unwrap();
+    xdp.filter.set_rpc_range(Some(RpcRange::default())).unwrap();
     xdp.filter.set_snaplen(tap_common::record::MAX_SNAPLEN as u32).unwrap();
     xdp.filter.set_dcs(&DcSet::parse_list(dcs, "test").unwrap()).unwrap();
     (xdp, rings)
@@ -117,6 +118,18 @@ fn changes_to_dcs_ports_and_snaplen_apply_to_the_next_frame() {
     xdp.filter.set_ports(&PortSet::parse_list("8443", "test").unwrap()).unwrap();
     assert_eq!(run_one(&xdp, &mut rings, &to("10.0.0.11", 88, 10)).0, Verdict::Filtered, "88 no longer a service");
     assert_eq!(run_one(&xdp, &mut rings, &to("10.0.0.11", 8443, 10)).0, Verdict::Kept);
+
+    // The dynamic RPC range: a client's port to the DC's endpoint is kept, the DC's own
+    // ephemeral port to a web server is not; without the range neither is.
+    let from_dc = |sport: u16, dport: u16| {
+        frame::ipv4(Tags::None, "10.0.0.11".parse().unwrap(), mix::CLIENT4, L4::Tcp { src: sport, dst: dport }, 10, 3)
+    };
+    assert_eq!(run_one(&xdp, &mut rings, &to("10.0.0.11", 49667, 10)).0, Verdict::Kept, "client to an endpoint");
+    assert_eq!(run_one(&xdp, &mut rings, &from_dc(49667, 40000)).0, Verdict::Kept, "the endpoint's reply");
+    assert_eq!(run_one(&xdp, &mut rings, &from_dc(50123, 443)).0, Verdict::Filtered, "DC as a web client");
+    xdp.filter.set_rpc_range(None).unwrap();
+    assert_eq!(run_one(&xdp, &mut rings, &from_dc(49667, 40000)).0, Verdict::Filtered, "range off");
+    assert_eq!(run_one(&xdp, &mut rings, &to("10.0.0.11", 8443, 10)).0, Verdict::Kept, "service ports stay");
 
     // A dynamic RPC port learned from the endpoint mapper joins the set.
     assert_eq!(run_one(&xdp, &mut rings, &to("10.0.0.11", 49667, 10)).0, Verdict::Filtered);

@@ -11,7 +11,7 @@ use std::{
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError};
 use tap_common::{
     config::{ConfigSlot, FLAG_V4_NETS, FLAG_V6_NETS},
-    filter::{DEFAULT_SERVICE_PORTS, MAX_DC_ENTRIES},
+    filter::{DEFAULT_RPC_RANGE, DEFAULT_SERVICE_PORTS, MAX_DC_ENTRIES, PORT_DYNAMIC_RPC, PORT_SERVICE},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum FilterParseError {
     BadPrefix { origin: String, entry: String, max: u8 },
     #[error("{origin}: '{entry}' is not a port number between 1 and 65535")]
     BadPort { origin: String, entry: String },
+    #[error("{origin}: '{entry}' is not a port range FIRST-LAST above 1023 (e.g. 49152-65535), or none")]
+    BadRange { origin: String, entry: String },
     #[error("{origin}: more than {max} DC entries of one kind (the XDP maps hold {max})")]
     TooMany { origin: String, max: u32 },
 }
@@ -214,6 +216,45 @@ impl fmt::Display for PortSet {
     }
 }
 
+/// A DC's dynamic RPC port range (`--rpc-ports 49152-65535`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RpcRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl RpcRange {
+    /// "FIRST-LAST", or "none" for no range.
+    pub fn parse(text: &str, origin: &str) -> Result<Option<Self>, FilterParseError> {
+        if text.trim().eq_ignore_ascii_case("none") {
+            return Ok(None);
+        }
+        let bad = || FilterParseError::BadRange { origin: origin.into(), entry: text.into() };
+        let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
+        let (first, last) = (a.trim().parse::<u16>().map_err(|_| bad())?, b.trim().parse::<u16>().map_err(|_| bad())?);
+        if first < 1024 || first > last {
+            return Err(bad());
+        }
+        Ok(Some(Self { first, last }))
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl Default for RpcRange {
+    fn default() -> Self {
+        Self { first: DEFAULT_RPC_RANGE.0, last: DEFAULT_RPC_RANGE.1 }
+    }
+}
+
+impl fmt::Display for RpcRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
 /// The XDP program's filter maps, owned by the sensor for live updates.
 pub struct FilterMaps {
     pub(crate) v4_hosts: HashMap<MapData, [u8; 4], u8>,
@@ -225,6 +266,7 @@ pub struct FilterMaps {
     /// What the maps hold now, so updates are differences.
     current: DcSet,
     current_ports: BTreeSet<u16>,
+    rpc_range: Option<RpcRange>,
 }
 
 /// What an update changed, for the log line.
@@ -252,6 +294,7 @@ impl FilterMaps {
             config,
             current: DcSet::default(),
             current_ports: BTreeSet::new(),
+            rpc_range: None,
         }
     }
 
@@ -304,12 +347,21 @@ impl FilterMaps {
         Ok(change)
     }
 
+    /// What a port's slot holds when it is not (or no longer) a service port.
+    fn unlisted(&self, port: u16) -> u8 {
+        if self.rpc_range.is_some_and(|r| r.contains(port)) {
+            PORT_DYNAMIC_RPC
+        } else {
+            0
+        }
+    }
+
     pub fn set_ports(&mut self, next: &PortSet) -> Result<(), MapError> {
         for p in next.0.difference(&self.current_ports) {
-            self.ports.set(*p as u32, 1, 0)?;
+            self.ports.set(*p as u32, PORT_SERVICE, 0)?;
         }
         for p in self.current_ports.difference(&next.0) {
-            self.ports.set(*p as u32, 0, 0)?;
+            self.ports.set(*p as u32, self.unlisted(*p), 0)?;
         }
         self.current_ports = next.0.clone();
         Ok(())
@@ -321,9 +373,22 @@ impl FilterMaps {
         if port == 0 || self.current_ports.contains(&port) {
             return Ok(false);
         }
-        self.ports.set(port as u32, 1, 0)?;
+        self.ports.set(port as u32, PORT_SERVICE, 0)?;
         self.current_ports.insert(port);
         Ok(true)
+    }
+
+    /// Keeps the DC's dynamic RPC range (when the other end is on an unprivileged port too),
+    /// or stops; service ports inside the range stay service ports.
+    pub fn set_rpc_range(&mut self, next: Option<RpcRange>) -> Result<(), MapError> {
+        let old = std::mem::replace(&mut self.rpc_range, next);
+        let touched = [old, next].into_iter().flatten().flat_map(|r| r.first..=r.last);
+        for port in touched.collect::<BTreeSet<u16>>() {
+            if !self.current_ports.contains(&port) {
+                self.ports.set(port as u32, self.unlisted(port), 0)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn set_snaplen(&mut self, snaplen: u32) -> Result<(), MapError> {
@@ -338,6 +403,18 @@ impl FilterMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rpc_ranges_parse_or_say_what_is_wrong() {
+        assert_eq!(RpcRange::parse("49152-65535", "--rpc-ports").unwrap(), Some(RpcRange::default()));
+        assert_eq!(RpcRange::parse("none", "--rpc-ports").unwrap(), None);
+        let r = RpcRange::parse(" 5000 - 5100 ", "x").unwrap().unwrap();
+        assert!(r.contains(5000) && r.contains(5100) && !r.contains(5101));
+        for bad in ["", "5000", "80-90", "6000-5000", "a-b", "1024-70000"] {
+            let e = RpcRange::parse(bad, "sensor.toml rpc_ports").unwrap_err().to_string();
+            assert!(e.contains("sensor.toml rpc_ports") && e.contains("FIRST-LAST"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn parses_hosts_and_masks_subnets() {

@@ -16,7 +16,7 @@ use log::{info, warn};
 use super::{
     counters::{CaptureReport, UserCounters},
     dc_watch::DcWatch,
-    filter::{DcSet, PortSet},
+    filter::{DcSet, PortSet, RpcRange},
     loader::{AttachMode, XdpCapture},
     reader::RingReader,
 };
@@ -40,6 +40,8 @@ pub struct LiveSettings {
     /// The DCs of the command line, the configuration and the DC file together.
     pub dcs: DcSet,
     pub ports: PortSet,
+    /// The DCs' dynamic RPC port range, kept as a whole (`None`: only learned endpoints).
+    pub rpc_range: Option<RpcRange>,
     /// `None`: leave the logger alone (RUST_LOG rules).
     pub log_level: Option<log::LevelFilter>,
     /// Raise `no_traffic_from_dc` for a DC that sent nothing for this long; `None`: never.
@@ -113,6 +115,7 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     let program = if opts.floor_program { tap_common::FLOOR_PROGRAM_NAME } else { tap_common::PROGRAM_NAME };
     let (mut xdp, rings) = XdpCapture::load_program(opts.ring_bytes, program)?;
     xdp.filter.set_ports(&settings.ports).context("fill the service-port map")?;
+    xdp.filter.set_rpc_range(settings.rpc_range).context("fill the dynamic RPC range of the port map")?;
     xdp.filter.set_snaplen(opts.snaplen).context("set the snap length")?;
     xdp.filter.set_dcs(&settings.dcs).context("fill the DC address maps")?;
     // Attach before any thread starts, so the capabilities dropped right after are dropped
@@ -311,6 +314,12 @@ fn apply_settings(
         if let Some(level) = next.log_level {
             log::set_max_level(level);
             info!("log level now {level}");
+        }
+    }
+    if next.rpc_range != current.rpc_range {
+        match xdp.filter.set_rpc_range(next.rpc_range) {
+            Ok(()) => info!("dynamic RPC range now {}", next.rpc_range.map_or("none".into(), |r| r.to_string())),
+            Err(e) => warn!("dynamic RPC range reload failed while updating the map: {e}"),
         }
     }
     match xdp.filter.set_dcs(&next.dcs) {

@@ -1,12 +1,21 @@
-//! `cargo xtask demo`: a SPAN port stand-in (veth pair in two namespaces), the sensor's XDP
-//! program on the mirror end streaming its events over mTLS to `tap-cloud` (in the mirror
-//! namespace, on its loopback), a capture replayed into the other end; then what was kept
-//! and dropped, what the parsers made of it, and the incidents the cloud detected.
+//! `cargo xtask demo`, the main job: the project's lab (a Samba AD domain controller and two
+//! workstations in network namespaces, the DC's switch port mirrored to the sensor), the
+//! real `tap-sensor` on the mirror port with XDP streaming over mTLS to `tap-cloud`, a short
+//! attack story run with real tools (benign logons, LDAP reconnaissance, Kerberoasting, a
+//! password spray, DCSync), then the incidents the cloud found and its portal on this
+//! host's localhost with a sign-in, until Ctrl-C tears everything down.
+//!
+//! `cargo xtask demo --replay` is the capture-only variant: a capture replayed into a veth
+//! SPAN stand-in, what the XDP filter kept and dropped, what the parsers made of it.
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -14,9 +23,157 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use tap_testkit::{mix, netns::SpanPair, pcap, sensor::SensorProcess};
 
 use crate::{
+    lab::{default_state, ensure_installed, Lab},
     setup::Env,
     util::{note, step},
 };
+
+/// The attack story, in order: lab scenario keys (lab/lib/scenarios.sh) and what they show.
+const STORY: [(&str, &str); 5] = [
+    ("01_normal_logons", "a morning of ordinary work: logons, service tickets, SMB, LDAP, DNS (nothing to detect)"),
+    ("05_ldap_recon", "reconnaissance: the attacker on WS01 enumerates users, groups, admins and SPNs over LDAP"),
+    ("03_kerberoasting", "credential theft: RC4 service tickets for the SQL service account (Kerberoasting)"),
+    ("02_password_spray", "credential theft: a password spray and brute force over Kerberos and NTLM"),
+    ("08_dcsync", "domain dominance: the krbtgt keys replicated out of the DC (DCSync)"),
+];
+
+/// Runs the lab down when dropped: the demo leaves nothing behind, on success, on error
+/// and on Ctrl-C (whose SIGINT also reaches the lab's own processes).
+struct Teardown<'a> {
+    lab: &'a Lab,
+    portal: Option<std::process::Child>,
+}
+
+impl Drop for Teardown<'_> {
+    fn drop(&mut self) {
+        step("tear down: portal, sensor, cloud, domain controller, namespaces");
+        if let Some(mut p) = self.portal.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        if let Err(e) = self.lab.run(&["down"]) {
+            note(&format!("lab down: {e:#}"));
+        }
+    }
+}
+
+/// A free local port, preferring `wanted`.
+fn free_port(wanted: u16) -> anyhow::Result<u16> {
+    if std::net::TcpListener::bind(("127.0.0.1", wanted)).is_ok() {
+        return Ok(wanted);
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A fresh analyst, its password readable by root only in `dir`.
+fn add_analyst(cloud_bin: &Path, db: &Path, dir: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let mut raw = [0u8; 12];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
+    let password: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let pw_file = dir.join("demo-password");
+    std::fs::write(&pw_file, &password)?;
+    std::fs::set_permissions(&pw_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    let out = std::process::Command::new(cloud_bin)
+        .args(["users", "add", "demo", "--role", "analyst", "--db"])
+        .arg(db)
+        .arg("--password-file")
+        .arg(&pw_file)
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!("tap-cloud users add: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok((password, pw_file))
+}
+
+fn print_cloud_lists(cloud_bin: &Path, db: &Path) -> anyhow::Result<()> {
+    for what in ["incidents", "alerts"] {
+        let out = std::process::Command::new(cloud_bin).args([what, "--db"]).arg(db).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        println!("    {what}:");
+        if text.trim().is_empty() {
+            println!("      (none)");
+        }
+        for line in text.lines() {
+            println!("      {line}");
+        }
+    }
+    Ok(())
+}
+
+/// `cargo xtask demo`: the lab story (module docs). `wait`: keep the portal up until Ctrl-C.
+pub fn run(env: &Env, wait: bool) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&stop))?;
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&stop))?;
+    let started = Instant::now();
+    step("lab set-up: Samba, Kerberos and LDAP tools, impacket (skipped when present)");
+    ensure_installed()?;
+    step("build the sensor and the cloud (release)");
+    env.cargo().args(["build", "--release", "-p", "tap-user", "-p", "tap-cloud"]).run()?;
+    let release = env.root.join("target/release");
+    let lab = Lab::new(env, default_state(env), release.clone());
+    // A lab left up by `cargo xtask lab up` goes down first: the demo starts clean.
+    let _ = lab.run(&["down"]);
+    let mut teardown = Teardown { lab: &lab, portal: None };
+    step("the domain: namespaces, the DC's port mirrored (tc mirred), Samba AD DC dc1.dctap.test, two workstations");
+    lab.run(&["up"])?;
+    step("dctap: tap-cloud (mTLS ingest, SQLite) and tap-sensor with XDP on the mirror port");
+    lab.run(&["tap-up", "--fresh"])?;
+    for (key, what) in STORY {
+        if stop.load(Ordering::Relaxed) {
+            anyhow::bail!("interrupted");
+        }
+        step(what);
+        lab.run(&["scenarios", key])?;
+    }
+    // The last events through the uplink, the detections after them (half a second each).
+    std::thread::sleep(Duration::from_secs(3));
+    let cloud_bin = lab.cloud();
+    let db = lab.db();
+    step("what the cloud found");
+    print_cloud_lists(&cloud_bin, &db)?;
+    step("the sensor's counters (SIGTERM makes it detach and report)");
+    lab.run(&["tap-down"])?;
+    let log = lab.state.join("logs/tap-sensor.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    for line in text.lines().filter(|l| {
+        ["xdp_seen", "xdp_kept", "xdp_filtered", "parse_events", "uplink_events_acked", "flow_created"]
+            .iter()
+            .any(|k| l.starts_with(k))
+    }) {
+        println!("    {line}");
+    }
+    step("the portal, on this host");
+    let (password, pw_file) = add_analyst(&cloud_bin, &db, &lab.state)?;
+    let http = free_port(8080)?;
+    let ingest = free_port(7444)?;
+    let portal = std::process::Command::new(&cloud_bin)
+        .args(["serve", "--insecure", "--listen", &format!("127.0.0.1:{ingest}"), "--http"])
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("--db")
+        .arg(&db)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(lab.state.join("logs/portal.log"))?)
+        .spawn()?;
+    teardown.portal = Some(portal);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        if Instant::now() > deadline {
+            anyhow::bail!("the portal did not start; see {}", lab.state.join("logs/portal.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("\n    The demo took {:.0} s.", started.elapsed().as_secs_f64());
+    println!("    Portal: http://127.0.0.1:{http}   sign in as demo / {password}  (also in {})", pw_file.display());
+    if !wait {
+        return Ok(());
+    }
+    println!("    Ctrl-C tears the demo down.");
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
 
 /// The lab DC of ../shared/adlab (labels.json).
 const LAB_DC: &str = "10.77.0.10";
@@ -142,7 +299,8 @@ fn start_cloud(cloud_bin: &Path, pair: &SpanPair, dir: &Path) -> anyhow::Result<
     }
 }
 
-pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyhow::Result<()> {
+/// `cargo xtask demo --replay`: a capture through the XDP filter on a veth SPAN stand-in.
+pub fn replay(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyhow::Result<()> {
     step("build the sensor and the cloud (release)");
     env.cargo().args(["build", "--release", "-p", "tap-user", "-p", "tap-cloud"]).run()?;
     let sensor_bin = env.root.join("target/release/tap-sensor");
@@ -267,22 +425,7 @@ pub fn run(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> anyh
     drop(cloud);
 
     step("the portal");
-    // A fresh analyst password each run, readable by root only.
-    let mut raw = [0u8; 12];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut raw)?;
-    let password: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    let pw_file = cloud_dir.join("demo-password");
-    std::fs::write(&pw_file, &password)?;
-    std::fs::set_permissions(&pw_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-    let out = std::process::Command::new(&cloud_bin)
-        .args(["users", "add", "demo", "--role", "analyst", "--db"])
-        .arg(&db)
-        .arg("--password-file")
-        .arg(&pw_file)
-        .output()?;
-    if !out.status.success() {
-        anyhow::bail!("tap-cloud users add: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let (password, pw_file) = add_analyst(&cloud_bin, &db, &cloud_dir)?;
     println!("    to browse these incidents, run the cloud on this host and open http://127.0.0.1:8080");
     println!(
         "      {} serve --insecure --listen 127.0.0.1:7444 --http 127.0.0.1:8080 --db {}",

@@ -27,16 +27,26 @@ struct Cli {
 enum Command {
     /// Install what is missing (nightly rust-src, bpf-linker, Debian packages, bpffs).
     Setup,
-    /// Replay a capture through the sensor's XDP filter on a veth SPAN stand-in and show
-    /// what was kept and dropped.
+    /// The main job: the project's lab (Samba AD DC, two workstations, the DC's port
+    /// mirrored), the sensor with XDP on the mirror port streaming to the cloud, a short
+    /// attack story with real tools (recon, Kerberoasting, spray, DCSync), the incidents
+    /// found, and the portal on localhost with a sign-in until Ctrl-C tears it all down.
     Demo {
-        /// Capture to replay instead of the built-in one (generated mix plus the lab
-        /// captures in ../shared/adlab/pcaps when present).
+        /// Instead: replay a capture through the XDP filter on a veth SPAN stand-in and show
+        /// what was kept and dropped, parsed and detected (no lab needed).
         #[arg(long)]
+        replay: bool,
+        /// With --replay: the capture (default: a generated mix plus ../shared/adlab's
+        /// captures when present).
+        #[arg(long, requires = "replay")]
         pcap: Option<std::path::PathBuf>,
-        /// DC addresses for --pcap (default: the lab DC and the generated mix's DCs).
-        #[arg(long)]
+        /// With --replay --pcap: the DC addresses (default: the lab DC and the mix's DCs).
+        #[arg(long, requires = "replay")]
         dc: Option<String>,
+        /// Print the portal's address and sign-in, then tear down at once instead of
+        /// waiting for Ctrl-C (for scripts).
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Every test: rustfmt check, clippy with warnings denied, unit and live XDP tests.
     Test,
@@ -105,7 +115,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = setup::ensure().and_then(|env| match cli.command {
         Command::Setup => Ok(()),
-        Command::Demo { pcap, dc } => demo::run(&env, pcap, dc),
+        Command::Demo { replay: true, pcap, dc, .. } => demo::replay(&env, pcap, dc),
+        Command::Demo { replay: false, no_wait, .. } => demo::run(&env, !no_wait),
         Command::Test => test(&env),
         Command::Bench { which } => bench::run(&env, which),
         Command::Appliance { test: true, .. } => appliance::test(&env),

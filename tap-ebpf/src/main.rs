@@ -5,6 +5,9 @@
 //! Invariant: this program never looks past the L4 ports. What a frame means is the
 //! sensor's business; here every instruction runs for every mirrored frame.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// Inline asm on BPF (program.rs: an optimisation barrier the verifier needs); nightly, like
+// the whole eBPF build.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod parse;

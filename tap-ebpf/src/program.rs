@@ -163,22 +163,39 @@ fn copy_to_ring(ctx: &XdpContext) -> (Counter, bool) {
 
 #[inline(always)]
 fn emit<const N: usize>(ctx: &XdpContext, ring: &RingBuf, wire_len: u64, cap_len: u64) -> Counter {
-    // The length check stays in u64, the type the helper returned: a u32 clamp loses the
-    // bounds the verifier needs for bpf_xdp_load_bytes (TOOLCHAIN.md).
-    if cap_len == 0 || cap_len > N as u64 {
-        return Counter::Malformed;
-    }
     let Some(mut entry) = ring.reserve::<Record<N>>(0) else {
         return Counter::RingFull;
     };
     let record = entry.as_mut_ptr();
-    // SAFETY: `record` points at a reserved, exclusively owned Record<N>; the copy length
-    // is within 1..=N.
-    let copied = unsafe {
+    // SAFETY: `record` points at a reserved, exclusively owned Record<N>.
+    unsafe {
         (*record).header =
             RecordHeader { timestamp_ns: bpf_ktime_get_ns(), orig_len: wire_len as u32, cap_len: cap_len as u32 };
-        bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), cap_len as u32)
-    };
+    }
+    // The verifier must see `1 <= len <= N` on the register handed to bpf_xdp_load_bytes
+    // (a zero length is refused), and 6.1's (Debian 12) learns a lower bound only from an
+    // ordering comparison: `len != 0` teaches it nothing (later verifiers raise the minimum
+    // when the constant is at the edge of the known range), and LLVM rewrites an unsigned
+    // `len < 1` into exactly that, or folds both checks into one `len - 1 > N - 1` on a
+    // copy that 6.1 does not link back to `len` (6.18 does, which is why only old kernels
+    // refused the program: "invalid access to memory, mem_size=144 off=16 size=0"). So:
+    // a signed `< 1`, which LLVM cannot turn into an equality and from which the verifier
+    // derives `umin = 1`, then the upper bound, each behind a barrier so that LLVM neither
+    // merges them nor drops them as already known (copy_to_ring chose N so that they
+    // hold), on the very register passed, after the last helper call. In u64, the type the
+    // helper returned: a u32 clamp loses the bounds (TOOLCHAIN.md).
+    let len = opaque(cap_len);
+    if (len as i64) < 1 {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return Counter::Malformed;
+    }
+    let len = opaque(len);
+    if len > N as u64 {
+        entry.discard(BPF_RB_NO_WAKEUP as u64);
+        return Counter::Malformed;
+    }
+    // SAFETY: `record` as above; the copy length is within 1..=N, the data array's size.
+    let copied = unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32) };
     if copied != 0 {
         entry.discard(BPF_RB_NO_WAKEUP as u64);
         return Counter::Malformed;
@@ -196,6 +213,21 @@ fn emit<const N: usize>(ctx: &XdpContext, ring: &RingBuf, wire_len: u64, cap_len
     };
     entry.submit(wakeup as u64);
     Counter::Kept
+}
+
+/// `value`, unknown to LLVM from here on: an asm that claims to change the register
+/// (libbpf's `barrier_var`). The verifier still tracks the register (a move keeps its
+/// bounds); only the optimiser loses what it knew, so it keeps the checks that follow.
+/// The asm is one real instruction, `rN = rN`, rather than an empty or comment-only
+/// string: Rust refuses an operand the template does not name, and LLVM gives a
+/// non-empty asm that emits no instruction a BTF line-info record of its own, at the
+/// offset of the next instruction, and the kernel refuses two records for one offset
+/// ("Invalid line_info[..].insn_off", seen on 6.1).
+#[inline(always)]
+fn opaque(mut value: u64) -> u64 {
+    // SAFETY: a register move onto itself; no memory, stack or flags involved.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) value, options(nomem, nostack, preserves_flags)) };
+    value
 }
 
 #[cfg(not(test))]

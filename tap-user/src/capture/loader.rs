@@ -61,7 +61,7 @@ impl XdpCapture {
         let mut ebpf = loader.load(XDP_OBJECT).map_err(|e| {
             anyhow!(
                 "load the XDP program: {e}\n  the sensor needs root or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, \
-                 and a kernel with BPF ring buffers (5.8 or newer)"
+                 and Linux 5.18 or newer (BPF ring buffers, bpf_xdp_load_bytes)"
             )
         })?;
         let program: &mut Xdp = program_mut(&mut ebpf, program_name)?;

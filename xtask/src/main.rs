@@ -50,8 +50,9 @@ enum Command {
     },
     /// Every test: rustfmt check, clippy with warnings denied, unit and live XDP tests.
     Test,
-    /// Compare the sensor's events with the tshark ground truth of ../shared/corpus,
-    /// printing agreement per protocol and every disagreement.
+    /// Compare the sensor's events with ../shared/corpus: tshark's ground truth, Zeek's
+    /// expected logs and suricata-verify's checks, printing agreement per protocol and
+    /// every disagreement.
     Conformance,
     /// Replay the labelled captures of eval/labels.toml through sensor and cloud and score
     /// the alerts per detection (true/false positives, false negatives).
@@ -147,7 +148,8 @@ fn main() -> std::process::ExitCode {
         Command::Lab { which } => lab::run(&env, which),
         Command::Conformance => env
             .cargo()
-            .args(["test", "-q", "-p", "tap-user", "--test", "corpus_conformance", "--", "--nocapture"])
+            .args(["test", "-q", "-p", "tap-user", "--test", "corpus_conformance", "--test", "zeek_baselines"])
+            .args(["--test", "suricata_baselines", "--", "--nocapture", "--test-threads", "1"])
             .env("DCTAP_CONFORMANCE_VERBOSE", "1")
             .run(),
     });

@@ -12,7 +12,9 @@
 //! `--boot-test` boots the image under qemu (KVM when `/dev/kvm` can be opened, TCG
 //! otherwise; serial console to a file), waits for the sensor's ready line and the capture
 //! interface's state, sends frames into the capture NIC, powers the VM off and checks the
-//! counters the sensor prints at exit.
+//! counters the sensor prints at exit. `--kernel-6-1-test` (a step of `cargo xtask test`)
+//! does the same with a test image whose kernel, initramfs and modules are bookworm's own
+//! 6.1, installed once into a copy of the base and cached beside it.
 
 use std::{
     hash::{Hash as _, Hasher as _},
@@ -55,11 +57,11 @@ const PACKAGES: &[&str] = &[
 ];
 /// Run in the fresh root file system (chroot) once, as part of the cached base.
 ///
-/// The kernel is bookworm-backports' (6.12 LTS), not bookworm's 6.1: the sensor's XDP
-/// program does not pass 6.1's verifier (`bpf_xdp_load_bytes` with a length it cannot prove
-/// non-zero), and from 6.5 on the sensor keeps no capability at all once attached. The
-/// updates and security suites bring the base up to date and stay in the image's sources
-/// for `apt-get upgrade`.
+/// The kernel is bookworm-backports' (6.12 LTS), not bookworm's 6.1, although the sensor
+/// runs on 6.1 too (`--kernel-6-1-test`): from 6.5 on the sensor keeps no capability at all
+/// once attached, on 6.1 it keeps CAP_BPF for its whole life. `apt-get upgrade` follows
+/// the backports kernel (backports are "ButAutomaticUpgrades"). The updates and security
+/// suites bring the base up to date and stay in the image's sources.
 const BASE_SCRIPT: &str = r#"set -eu
 export DEBIAN_FRONTEND=noninteractive
 printf 'deb %s %s main\n' \
@@ -105,6 +107,9 @@ pub struct Options {
     pub debug_sensor: bool,
     /// Build the cached base again, with Debian's latest updates.
     pub refresh_base: bool,
+    /// Boot bookworm's own kernel (6.1, what a plain Debian 12 host runs) instead of the
+    /// backports one: the test of the oldest kernel the sensor is deployed on.
+    pub stock_kernel: bool,
 }
 
 impl Default for Options {
@@ -118,25 +123,40 @@ impl Default for Options {
             boot_test: false,
             debug_sensor: false,
             refresh_base: false,
+            stock_kernel: false,
         }
     }
 }
 
 /// The step of `cargo xtask test`: an image with the debug sensor (no release build, no
 /// compression, the base cached as for the real image), booted and checked.
-pub fn test(env: &Env) -> anyhow::Result<()> {
-    let output = env.root.join("target/appliance/dctap-sensor-test.qcow2");
+///
+/// With `stock_kernel`, the image boots bookworm's own kernel (6.1) instead of the
+/// backports one: `cargo xtask appliance --kernel-6-1-test`.
+pub fn test(env: &Env, stock_kernel: bool) -> anyhow::Result<()> {
+    // Each its own image and console file, so the two tests can run side by side.
+    let (output, console) = if stock_kernel {
+        ("target/appliance/dctap-sensor-test-6.1.qcow2", "target/appliance/boot-test-6.1-console.log")
+    } else {
+        ("target/appliance/dctap-sensor-test.qcow2", "target/appliance/boot-test-console.log")
+    };
+    let (output, console) = (env.root.join(output), env.root.join(console));
     let dir = Scratch(cache_dir().join(format!("test-cloud-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0)?;
     let (cloud, overlay) = start_test_cloud(env, &dir.0)?;
-    let opts =
-        Options { debug_sensor: true, output: Some(output.clone()), overlay: Some(overlay), ..Options::default() };
+    let opts = Options {
+        debug_sensor: true,
+        output: Some(output.clone()),
+        overlay: Some(overlay),
+        stock_kernel,
+        ..Options::default()
+    };
     let started = Instant::now();
     let image = build(env, &opts)?;
     note(&format!("image built in {:.0} s", started.elapsed().as_secs_f64()));
     // The configuration differs from the sample only in the cloud address: same DCs.
-    boot_test(env, &image, true, Some(&cloud))?;
+    boot_test(env, &image, true, Some(&cloud), &console)?;
     // Half a gigabyte nobody deploys: kept only when the test fails, to look at.
     std::fs::remove_file(&output).with_context(|| format!("remove {}", output.display()))
 }
@@ -164,7 +184,7 @@ pub fn run(env: &Env, opts: &Options) -> anyhow::Result<()> {
     if opts.boot_test {
         let default_config = opts.sensor_config.is_none()
             && !opts.overlay.as_ref().is_some_and(|d| d.join("etc/dctap/sensor.toml").exists());
-        boot_test(env, &image, default_config, None)?;
+        boot_test(env, &image, default_config, None, &env.root.join("target/appliance/boot-test-console.log"))?;
     }
     Ok(())
 }
@@ -257,6 +277,70 @@ fn base_rootfs(refresh: bool) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(base.join("rootfs"))
+}
+
+/// Installs bookworm's newest 6.1 kernel (the ABI package `linux-image-amd64` of bookworm or
+/// bookworm-security depends on; the base holds the backports one): the kernel postinst
+/// runs depmod and makes the initramfs.
+const STOCK_KERNEL_SCRIPT: &str = r#"set -eu
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+version=$(apt-cache madison linux-image-amd64 | awk '$3 ~ /^6\.1\./ { print $3; exit }')
+package=$(apt-cache show "linux-image-amd64=$version" | sed -n 's/^Depends: \(linux-image-6\.1[^ ,]*\).*/\1/p' | head -n 1)
+test -n "$package"
+apt-get -y -qq install --no-install-recommends "$package"
+"#;
+
+/// Bookworm's own 6.1 kernel, its initramfs and modules, as `<dir>/boot/{vmlinuz,initrd.img}-<version>`
+/// and `<dir>/modules/<version>`: installed once into a throw-away copy of the base and
+/// kept beside it (so it goes when the base does). Returns the directory and the version.
+fn stock_kernel(rootfs_base: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let base = rootfs_base.parent().context("the base root file system has no parent directory")?;
+    let dir = base.join("stock-kernel");
+    let find = |dir: &Path| -> Option<String> {
+        std::fs::read_dir(dir.join("boot"))
+            .ok()?
+            .flatten()
+            .find_map(|e| e.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(String::from))
+    };
+    if let Some(version) = find(&dir) {
+        note(&format!("bookworm's kernel {version}: cached ({})", dir.display()));
+        return Ok((dir, version));
+    }
+    let started = Instant::now();
+    note("bookworm's kernel: installing it into a copy of the base (once; about a minute)");
+    let tmp = Scratch(base.join(format!("stock-kernel-{}.tmp", std::process::id())));
+    let _ = std::fs::remove_dir_all(&tmp.0);
+    std::fs::create_dir_all(&tmp.0)?;
+    let rootfs = tmp.0.join("rootfs");
+    Cmd::new("cp").args(["-a", "--reflink=auto"]).arg(rootfs_base).arg(&rootfs).run()?;
+    let before: Vec<String> = std::fs::read_dir(rootfs.join("boot"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    in_chroot(&rootfs, STOCK_KERNEL_SCRIPT)?;
+    let version = std::fs::read_dir(rootfs.join("boot"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !before.contains(name))
+        .find_map(|name| name.strip_prefix("vmlinuz-").map(String::from))
+        .context("installing bookworm's kernel left no new /boot/vmlinuz-*")?;
+    ensure!(version.starts_with("6.1.0-"), "bookworm's kernel is {version}, not a 6.1");
+    let out = tmp.0.join("stock-kernel");
+    std::fs::create_dir_all(out.join("boot"))?;
+    std::fs::create_dir_all(out.join("modules"))?;
+    for file in [format!("vmlinuz-{version}"), format!("initrd.img-{version}"), format!("config-{version}")] {
+        std::fs::copy(rootfs.join("boot").join(&file), out.join("boot").join(&file))
+            .with_context(|| format!("copy {file} out of the kernel's root file system"))?;
+    }
+    Cmd::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(rootfs.join("usr/lib/modules").join(&version))
+        .arg(out.join("modules"))
+        .run()?;
+    std::fs::rename(&out, &dir)?;
+    note(&format!("bookworm's kernel {version}: installed in {:.0} s", started.elapsed().as_secs_f64()));
+    Ok((dir, version))
 }
 
 /// Runs `script` in `rootfs` (which must be a fresh build directory, never `/`) with /proc
@@ -482,6 +566,29 @@ fn kernel_files(rootfs: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((boot.join(format!("vmlinuz-{version}")), initrd))
 }
 
+/// Replaces the base's kernel, initramfs and modules in the working copy with bookworm's
+/// 6.1 (a test image: the package database still names the backports kernel).
+fn swap_in_stock_kernel(rootfs_base: &Path, rootfs: &Path) -> anyhow::Result<()> {
+    let (stock, version) = stock_kernel(rootfs_base)?;
+    let boot = rootfs.join("boot");
+    for entry in std::fs::read_dir(&boot)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ["vmlinuz-", "initrd.img-", "config-", "System.map-"].iter().any(|p| name.starts_with(p)) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    let modules = rootfs.join("usr/lib/modules");
+    for entry in std::fs::read_dir(&modules)?.flatten() {
+        std::fs::remove_dir_all(entry.path())?;
+    }
+    for entry in std::fs::read_dir(stock.join("boot"))?.flatten() {
+        std::fs::copy(entry.path(), boot.join(entry.file_name()))?;
+    }
+    Cmd::new("cp").args(["-a", "--reflink=auto"]).arg(stock.join("modules").join(&version)).arg(&modules).run()?;
+    note(&format!("kernel: bookworm's {version} in place of the backports one"));
+    Ok(())
+}
+
 fn build(env: &Env, opts: &Options) -> anyhow::Result<PathBuf> {
     step("appliance image");
     ensure!(opts.disk_gib >= 2, "--disk-gib: give at least 2");
@@ -509,6 +616,9 @@ fn build(env: &Env, opts: &Options) -> anyhow::Result<PathBuf> {
     let (root_uuid, boot_uuid) = (uuid()?, uuid()?);
     note("installing the sensor, its configuration, units and the network configuration");
     install_appliance_files(env, &rootfs, opts, (&root_uuid, &boot_uuid))?;
+    if opts.stock_kernel {
+        swap_in_stock_kernel(&rootfs_base, &rootfs)?;
+    }
 
     // Partition layout (MBR): 1 MiB gap, the FAT boot partition, the ext4 root to the end.
     let sector = 512u64;
@@ -808,7 +918,14 @@ fn start_test_cloud(env: &Env, dir: &Path) -> anyhow::Result<(TestCloud, PathBuf
     Ok((TestCloud { binary, db, process }, overlay))
 }
 
-fn boot_test(env: &Env, image: &Path, default_config: bool, cloud: Option<&TestCloud>) -> anyhow::Result<()> {
+/// `keep_console`: where the serial console's text is left afterwards.
+fn boot_test(
+    env: &Env,
+    image: &Path,
+    default_config: bool,
+    cloud: Option<&TestCloud>,
+    keep_console: &Path,
+) -> anyhow::Result<()> {
     step("appliance boot test");
     let accel = accelerator();
     let timeout = Duration::from_secs(if accel == "kvm" { 180 } else { 600 });
@@ -825,7 +942,6 @@ fn boot_test(env: &Env, image: &Path, default_config: bool, cloud: Option<&TestC
     let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
     let qemu_port = free_udp_port()?;
     let sender_port = sender.local_addr()?.port();
-    let keep_console = env.root.join("target/appliance/boot-test-console.log");
     let mut qemu = env.command("qemu-system-x86_64");
     qemu = qemu
         .args(["-accel", accel, "-m", "1024", "-smp", "2", "-display", "none", "-no-reboot"])
@@ -910,7 +1026,7 @@ fn boot_test(env: &Env, image: &Path, default_config: bool, cloud: Option<&TestC
     })();
     drop(vm);
     // The console stays for a look after a failure (or a success).
-    let _ = std::fs::copy(&console, &keep_console);
+    let _ = std::fs::copy(&console, keep_console);
     if result.is_err() {
         note(&format!("console kept in {}", keep_console.display()));
     }

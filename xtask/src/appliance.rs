@@ -338,7 +338,12 @@ fn stock_kernel(rootfs_base: &Path) -> anyhow::Result<(PathBuf, String)> {
         .arg(rootfs.join("usr/lib/modules").join(&version))
         .arg(out.join("modules"))
         .run()?;
-    std::fs::rename(&out, &dir)?;
+    if let Err(e) = std::fs::rename(&out, &dir) {
+        // Another run installed it meanwhile: use that one.
+        let theirs = find(&dir).with_context(|| format!("move the kernel to {}: {e}", dir.display()))?;
+        note(&format!("bookworm's kernel {theirs}: installed meanwhile by another run"));
+        return Ok((dir, theirs));
+    }
     note(&format!("bookworm's kernel {version}: installed in {:.0} s", started.elapsed().as_secs_f64()));
     Ok((dir, version))
 }
@@ -1071,6 +1076,14 @@ mod tests {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let _ = std::fs::remove_dir_all(&dir);
         assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+    }
+
+    #[test]
+    fn the_chroot_scripts_parse() {
+        for (name, script) in [("BASE_SCRIPT", BASE_SCRIPT), ("STOCK_KERNEL_SCRIPT", STOCK_KERNEL_SCRIPT)] {
+            let status = Command::new("sh").args(["-n", "-c", script]).status().unwrap();
+            assert!(status.success(), "{name} does not parse");
+        }
     }
 
     #[test]

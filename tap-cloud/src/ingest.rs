@@ -23,7 +23,7 @@ use crate::{
     keys,
     pb::{
         ingest_server::{Ingest, IngestServer},
-        Ack, EventBatch, Health, HeartbeatReply, RegisterReply, SensorInfo,
+        Ack, EventBatch, Excerpt, ExcerptAck, Health, HeartbeatReply, RegisterReply, SensorInfo,
     },
     store::Store,
 };
@@ -235,6 +235,11 @@ impl Ingest for IngestService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn upload_excerpt(&self, request: Request<Excerpt>) -> Result<Response<ExcerptAck>, Status> {
+        let _ = self.authenticate(&request).await?;
+        Err(Status::failed_precondition("this cloud asks for no excerpts"))
+    }
+
     async fn heartbeat(&self, request: Request<Health>) -> Result<Response<HeartbeatReply>, Status> {
         let id = self.authenticate(&request).await?;
         let mut health = request.into_inner();
@@ -242,7 +247,7 @@ impl Ingest for IngestService {
         let now = crate::unix_ns();
         let store = Arc::clone(&self.store);
         blocking(move || store.record_heartbeat(&health, now)).await?;
-        Ok(Response::new(HeartbeatReply { cloud_time_unix_ns: crate::unix_ns() }))
+        Ok(Response::new(HeartbeatReply { cloud_time_unix_ns: crate::unix_ns(), excerpts: Vec::new() }))
     }
 }
 

@@ -44,6 +44,8 @@ pub struct CaptureFile {
     pub xdp_mode: Option<String>,
     pub metrics: Option<String>,
     pub dc_silence_alert: Option<f64>,
+    pub evidence_dir: Option<String>,
+    pub evidence_max_mb: Option<u64>,
 }
 
 fn push(args: &mut Vec<String>, flag: &str, value: Option<impl ToString>) {
@@ -94,6 +96,8 @@ impl SensorFile {
             push(&mut c, "xdp-mode", cap.xdp_mode.as_ref());
             push(&mut c, "metrics", cap.metrics.as_ref());
             push(&mut c, "dc-silence-alert", cap.dc_silence_alert);
+            push(&mut c, "evidence-dir", cap.evidence_dir.as_ref());
+            push(&mut c, "evidence-max-mb", cap.evidence_max_mb);
         }
         (g, c)
     }
@@ -143,14 +147,14 @@ mod tests {
         let path = dir.join("sensor.toml");
         std::fs::write(
             &path,
-            "sensor_id = \"s1\"\nspool_max_mb = 64\n[capture]\niface = \"ens5\"\ndc = [\"10.0.0.10\", \"10.0.0.11\"]\nports = [88, 389]\n",
+            "sensor_id = \"s1\"\nspool_max_mb = 64\n[capture]\niface = \"ens5\"\ndc = [\"10.0.0.10\", \"10.0.0.11\"]\nports = [88, 389]\nevidence_dir = \"/e\"\nevidence_max_mb = 16\n",
         )
         .unwrap();
         let argv = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         let got = expand_args(argv(&format!("tap-sensor --config {} capture --iface eth1", path.display()))).unwrap();
         assert_eq!(
             got,
-            argv("tap-sensor --sensor-id s1 --spool-max-mb 64 capture --iface ens5 --dc 10.0.0.10,10.0.0.11 --ports 88,389 --iface eth1")
+            argv("tap-sensor --sensor-id s1 --spool-max-mb 64 capture --iface ens5 --dc 10.0.0.10,10.0.0.11 --ports 88,389 --evidence-dir /e --evidence-max-mb 16 --iface eth1")
         );
         let err = SensorFile::parse("[capture]\nifcae = \"x\"\n", &path).unwrap_err().to_string();
         assert!(err.contains("ifcae") && err.contains("sensor.toml"), "{err}");

@@ -7,6 +7,7 @@ pub mod capture;
 pub mod config;
 pub mod decode;
 pub mod event;
+pub mod evidence;
 pub mod flow;
 pub mod frames;
 pub mod metrics;

@@ -168,7 +168,8 @@ impl UplinkArgs {
         }
         let mut spool = SpoolConfig::new(&self.spool_dir, self.spool_max_mb << 20);
         spool.overflow = self.spool_overflow;
-        Ok(Some(UplinkOptions { spool, client }))
+        // Evidence is a live capture's: `capture` sets it.
+        Ok(Some(UplinkOptions { spool, client, evidence: None }))
     }
 }
 
@@ -234,6 +235,13 @@ struct CaptureArgs {
     /// Write kept frames to this pcap file (nanosecond timestamps).
     #[arg(long, short = 'w', value_name = "FILE")]
     write: Option<PathBuf>,
+    /// Keep every kept frame as evidence in rotated pcap files in this directory, so the
+    /// cloud can ask for the frames behind an alert [default: off].
+    #[arg(long, value_name = "DIR")]
+    evidence_dir: Option<PathBuf>,
+    /// Largest size of the evidence files together, in MiB; the oldest go first.
+    #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    evidence_max_mb: u64,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     duration: Option<f64>,
@@ -452,8 +460,15 @@ fn capture(
         Some(s) => anyhow::bail!("--duration {s}: give a positive number of seconds"),
         None => None,
     };
+    let evidence =
+        args.evidence_dir.map(|dir| tap_user::evidence::EvidenceOptions { dir, max_bytes: args.evidence_max_mb << 20 });
+    let mut uplink = uplink.options(sensor_info(&sensor_id, dc_names, true))?;
+    if let Some(u) = uplink.as_mut() {
+        u.evidence = evidence.as_ref().map(|e| e.dir.clone());
+    }
     let opts = CaptureOptions {
         iface: args.iface,
+        evidence,
         snaplen: args.snaplen,
         ring_bytes: args.ring_mib << 20,
         mode: args.xdp_mode,
@@ -462,7 +477,7 @@ fn capture(
         channel_batches: 1024,
         bpf_stats: args.bpf_stats,
         floor_program: args.floor_program,
-        uplink: uplink.options(sensor_info(&sensor_id, dc_names, true))?,
+        uplink,
         metrics: args.metrics,
         pipeline,
         sensor_id,

@@ -258,3 +258,104 @@ fn replies_captured_on_another_cpu_stay_after_their_requests() {
     );
     assert!(written.windows(2).all(|w| w[0].timestamp <= w[1].timestamp), "frames out of capture order");
 }
+
+/// `--evidence-dir` keeps every kept frame, the same bytes `--write` writes, in files of
+/// 1 MiB (the floor) that a 2 MiB bound prunes oldest first; what is left is the newest
+/// traffic, whole, and the cutter finds one conversation in it, both directions.
+#[test]
+fn the_evidence_ring_keeps_the_frames_rotates_and_prunes_within_its_bound() {
+    if !live_or_skip("the_evidence_ring_keeps_the_frames_rotates_and_prunes_within_its_bound") {
+        return;
+    }
+    let dir = TempDir::new("evidence");
+    let evidence = dir.path("evidence");
+    let (client, dc) = (mix::CLIENT4, "10.0.0.10".parse().unwrap());
+    // 4000 frames of about 1.1 kB (4.4 MB), four conversations, requests and replies.
+    let frames: Vec<Vec<u8>> = (0..4000u32)
+        .map(|i| {
+            let port = 40_000 + (i % 8 / 2) as u16;
+            if i % 2 == 0 {
+                frame::ipv4(Tags::None, client, dc, L4::Tcp { src: port, dst: 88 }, 1100, i)
+            } else {
+                frame::ipv4(Tags::Dot1Q(7), dc, client, L4::Tcp { src: 88, dst: port }, 1100, i)
+            }
+        })
+        .collect();
+    let input = write_input(&dir, &frames);
+    let output = dir.path("kept.pcap");
+    let pair = SpanPair::create("evid").unwrap();
+    let sensor = start_sensor(
+        &pair,
+        &[
+            "--dc",
+            "10.0.0.10",
+            "--write",
+            output.to_str().unwrap(),
+            "--evidence-dir",
+            evidence.to_str().unwrap(),
+            "--evidence-max-mb",
+            "2",
+        ],
+    );
+    assert_eq!(pair.replay(&input, Some(EXACT_PPS), 1).unwrap(), 4000);
+    thread::sleep(Duration::from_millis(300));
+    let c = sensor.stop().unwrap();
+    assert_eq!(c.get("xdp_kept"), 4000);
+    assert_eq!(c.get("evidence_write_errors"), 0);
+
+    let files = tap_user::evidence::list_files(&evidence).unwrap();
+    let on_disk: u64 = files.iter().map(|(_, _, size)| size).sum();
+    assert_eq!(c.get("evidence_bytes"), on_disk);
+    assert!(on_disk <= 2 << 20, "{on_disk} bytes of evidence over the 2 MiB bound");
+    assert!(on_disk > 1 << 20, "only {on_disk} bytes of evidence left");
+    assert!(files.len() >= 2 && files.iter().all(|(_, _, size)| *size <= 1 << 20), "{files:?}");
+    assert!(c.get("evidence_files_pruned") >= 2, "pruned {}", c.get("evidence_files_pruned"));
+
+    // The files, oldest first, hold the newest frames of --write's file, byte for byte and
+    // in the same order, each file named after its first frame's capture time.
+    let written = pcap::read(&output).unwrap();
+    assert_eq!(written.len(), 4000);
+    let mut kept = Vec::new();
+    for (start, path, _) in &files {
+        let in_file = pcap::read(path).unwrap();
+        assert_eq!(in_file[0].timestamp.as_nanos() as u64, *start, "{}", path.display());
+        kept.extend(in_file);
+    }
+    let tail = &written[written.len() - kept.len()..];
+    assert!(
+        kept.iter().zip(tail).all(|(k, w)| k.timestamp == w.timestamp && k.orig_len == w.orig_len && k.data == w.data),
+        "the evidence is not the newest {} frames of --write's file",
+        kept.len()
+    );
+
+    // One conversation, both directions (the replies VLAN-tagged), out of the whole ring.
+    let req = tap_user::event::pb::ExcerptRequest {
+        id: 1,
+        client_ip: client.to_string(),
+        client_port: 40_001,
+        dc_ip: dc.to_string(),
+        dc_port: 88,
+        from_unix_ns: 0,
+        to_unix_ns: i64::MAX,
+    };
+    let excerpt = tap_user::evidence::cut(&evidence, &req, tap_user::evidence::EXCERPT_MAX_BYTES);
+    assert_eq!((excerpt.error.as_str(), excerpt.truncated), ("", false));
+    let cut_path = dir.path("excerpt.pcap");
+    std::fs::write(&cut_path, &excerpt.pcap).unwrap();
+    let got = pcap::read(&cut_path).unwrap();
+    let port_of = |f: &pcap::PcapFrame| {
+        let l4 = if f.data[12..14] == [0x81, 0x00] { 38 } else { 34 };
+        let (src, dst) =
+            (u16::from_be_bytes([f.data[l4], f.data[l4 + 1]]), u16::from_be_bytes([f.data[l4 + 2], f.data[l4 + 3]]));
+        if dst == 88 {
+            src
+        } else {
+            dst
+        }
+    };
+    let want: Vec<&pcap::PcapFrame> = kept.iter().filter(|f| port_of(f) == 40_001).collect();
+    assert_eq!(excerpt.frames as usize, want.len());
+    assert!(want.len() > 100);
+    assert!(got.iter().zip(&want).all(|(g, w)| g.data == w.data && g.timestamp == w.timestamp));
+    assert!(got.iter().any(|f| f.data[12..14] == [0x81, 0x00]) && got.iter().any(|f| f.data[12..14] == [0x08, 0x00]));
+}

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     event::{analyzer::Analyzer, Discard, Stamper},
+    evidence::{EvidenceCounters, EvidenceOptions, EvidenceRing},
     frames::FrameBatch,
     output::PcapSink,
     pipeline::{Pipeline, PipelineOptions},
@@ -59,6 +60,8 @@ pub struct CaptureOptions {
     pub ring_bytes: u32,
     pub mode: AttachMode,
     pub write: Option<PathBuf>,
+    /// Keep every kept frame in a ring of pcap files, for excerpts the cloud asks for.
+    pub evidence: Option<EvidenceOptions>,
     pub duration: Option<Duration>,
     /// Capacity of the reader-to-consumer channel, in batches.
     pub channel_batches: usize,
@@ -77,13 +80,22 @@ pub struct CaptureOptions {
     pub floor_program: bool,
 }
 
-fn print_report(xdp: &XdpCapture, user: &UserCounters, bpf_stats: bool, pipeline: &crate::pipeline::PipelineCounters) {
+fn print_report(
+    xdp: &XdpCapture,
+    user: &UserCounters,
+    bpf_stats: bool,
+    pipeline: &crate::pipeline::PipelineCounters,
+    evidence: Option<&EvidenceCounters>,
+) {
     let counters = match xdp.counters() {
         Ok(counters) => counters,
         Err(e) => return warn!("{e:#}"),
     };
     let mut out = std::io::stdout().lock();
     let _ = write!(out, "{}", CaptureReport { xdp: counters, user });
+    if let Some(e) = evidence {
+        let _ = crate::telemetry::write_rows(&mut out, "", &e.rows());
+    }
     let _ = pipeline.write(&mut out);
     if bpf_stats {
         match xdp.program_info() {
@@ -113,6 +125,10 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
         None
     };
     let program = if opts.floor_program { tap_common::FLOOR_PROGRAM_NAME } else { tap_common::PROGRAM_NAME };
+    // Opened before anything is attached (and capabilities dropped): an evidence directory
+    // the sensor cannot write stops it now, not at the first frame.
+    let mut evidence = opts.evidence.as_ref().map(EvidenceRing::open).transpose()?;
+    let evidence_counters = evidence.as_ref().map(EvidenceRing::counters);
     let (mut xdp, rings) = XdpCapture::load_program(opts.ring_bytes, program)?;
     xdp.filter.set_ports(&settings.ports).context("fill the service-port map")?;
     xdp.filter.set_rpc_range(settings.rpc_range).context("fill the dynamic RPC range of the port map")?;
@@ -168,6 +184,10 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
             if let Some(sink) = sink.as_mut() {
                 sink.write_batch(&batch)?;
             }
+            // Never fails: a disk error is counted and capture goes on.
+            if let Some(ring) = evidence.as_mut() {
+                ring.append(&batch);
+            }
             UserCounters::add(&consumer_counters.frames_consumed, batch.len() as u64);
             consumer_watch.observe(&batch);
             dispatcher.dispatch(batch);
@@ -221,7 +241,10 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
             fed = Instant::now();
         }
         if (uplink.is_some() || metrics.is_some()) && published.elapsed() >= Duration::from_secs(1) {
-            let (counters, mut alerts) = health(&mut health_state, &xdp, &user, &pipeline.counters());
+            let (mut counters, mut alerts) = health(&mut health_state, &xdp, &user, &pipeline.counters());
+            if let Some(e) = &evidence_counters {
+                counters.extend(e.rows().map(|(k, v)| (k.to_string(), v)));
+            }
             if let Some(after) = settings.dc_silence {
                 alerts
                     .extend(dc_watch.silent(Instant::now(), after).iter().map(|dc| format!("no_traffic_from_dc:{dc}")));
@@ -254,7 +277,7 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
             }
         }
         if Signals::take(&signals.dump_counters) {
-            print_report(&xdp, &user, opts.bpf_stats, &pipeline.counters());
+            print_report(&xdp, &user, opts.bpf_stats, &pipeline.counters(), evidence_counters.as_deref());
         }
         if Signals::take(&signals.reload) {
             if let Some(u) = &uplink {
@@ -285,7 +308,7 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     let written = consumer.join().map_err(|_| anyhow::anyhow!("dispatch thread panicked"))?;
     let pipeline = Arc::into_inner(pipeline).ok_or_else(|| anyhow::anyhow!("pipeline still shared at exit"))?;
     let (counters, summaries) = pipeline.finish()?;
-    print_report(&xdp, &user, opts.bpf_stats, &counters);
+    print_report(&xdp, &user, opts.bpf_stats, &counters, evidence_counters.as_deref());
     print_summary(&summaries, &mut std::io::stdout().lock());
     if let Some(mut u) = uplink.take() {
         u.finish_writing()?;

@@ -24,7 +24,9 @@ use tonic::{
 };
 
 use super::spool::Spool;
-use crate::event::pb::{ingest_client::IngestClient, ActivityEvent, EventBatch, Health, SensorInfo};
+use crate::event::pb::{
+    ingest_client::IngestClient, ActivityEvent, EventBatch, Excerpt, ExcerptRequest, Health, SensorInfo,
+};
 
 /// Largest message either side accepts; a batch stays well under it.
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
@@ -94,6 +96,10 @@ pub struct UplinkStatus {
     pub clock_skewed: AtomicBool,
     /// Since when the sensor has been without a working session (None: connected).
     pub disconnected_since: Mutex<Option<std::time::Instant>>,
+    /// Excerpts the cloud asked for and took (with frames or with an error saying why not).
+    pub excerpts_uploaded: AtomicU64,
+    /// Excerpt uploads that failed (the cloud asks again if it still wants one).
+    pub excerpt_failures: AtomicU64,
 }
 
 impl UplinkStatus {
@@ -110,12 +116,109 @@ enum SessionEnd {
     Reload,
 }
 
+/// Excerpts the cloud asks for at once, at most (the rest of a reply waits for the cloud
+/// to ask again).
+pub const EXCERPTS_AT_ONCE: usize = 4;
+/// How long one excerpt upload may take.
+const EXCERPT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// What a sensor without evidence answers.
+pub const NO_EVIDENCE: &str = "this sensor keeps no evidence (--evidence-dir)";
+
+/// The excerpts the heartbeat replies ask for: cut from the evidence ring on the blocking
+/// pool and uploaded from tasks of their own, so neither the event stream nor the
+/// heartbeat's timing waits for them.
+#[derive(Clone, Debug, Default)]
+pub struct Excerpts {
+    dir: Option<PathBuf>,
+    /// Ids being cut or uploaded: a request repeated meanwhile is not started twice.
+    busy: Arc<Mutex<std::collections::HashSet<u64>>>,
+}
+
+impl Excerpts {
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self { dir, busy: Arc::default() }
+    }
+
+    /// Starts the cut and upload of each request not already under way, up to
+    /// [`EXCERPTS_AT_ONCE`] in all. Must be called within the uplink's runtime.
+    fn start(
+        &self,
+        client: &IngestClient<Channel>,
+        requests: Vec<ExcerptRequest>,
+        sensor_id: &str,
+        key: &str,
+        status: &Arc<UplinkStatus>,
+    ) {
+        for req in requests {
+            {
+                let Ok(mut busy) = self.busy.lock() else { return };
+                if busy.len() >= EXCERPTS_AT_ONCE {
+                    log::debug!("uplink: excerpt {} waits: {EXCERPTS_AT_ONCE} under way", req.id);
+                    continue;
+                }
+                if !busy.insert(req.id) {
+                    continue;
+                }
+            }
+            let (mut client, dir, busy, status) =
+                (client.clone(), self.dir.clone(), Arc::clone(&self.busy), Arc::clone(status));
+            let (sensor_id, key) = (sensor_id.to_string(), key.to_string());
+            tokio::spawn(async move {
+                let id = req.id;
+                let result = upload_one(&mut client, dir, req, &sensor_id, &key).await;
+                match result {
+                    Ok((frames, bytes, error)) => {
+                        status.excerpts_uploaded.fetch_add(1, Ordering::Relaxed);
+                        if error.is_empty() {
+                            log::info!("uplink: excerpt {id} uploaded: {frames} frames, {bytes} bytes");
+                        } else {
+                            log::info!("uplink: excerpt {id} answered without frames: {error}");
+                        }
+                    }
+                    Err(e) => {
+                        status.excerpt_failures.fetch_add(1, Ordering::Relaxed);
+                        log::warn!("uplink: excerpt {id} not uploaded: {e:#} (sent if the cloud asks again)");
+                    }
+                }
+                if let Ok(mut b) = busy.lock() {
+                    b.remove(&id);
+                }
+            });
+        }
+    }
+}
+
+/// Cuts one excerpt (off the async thread) and uploads it: (frames, pcap bytes, error).
+async fn upload_one(
+    client: &mut IngestClient<Channel>,
+    dir: Option<PathBuf>,
+    req: ExcerptRequest,
+    sensor_id: &str,
+    key: &str,
+) -> anyhow::Result<(u32, usize, String)> {
+    let excerpt = match dir {
+        Some(dir) => {
+            tokio::task::spawn_blocking(move || crate::evidence::cut(&dir, &req, crate::evidence::EXCERPT_MAX_BYTES))
+                .await
+                .context("cutting the excerpt")?
+        }
+        None => Excerpt { id: req.id, error: NO_EVIDENCE.into(), ..Excerpt::default() },
+    };
+    let summary = (excerpt.frames, excerpt.pcap.len(), excerpt.error.clone());
+    match tokio::time::timeout(EXCERPT_UPLOAD_TIMEOUT, client.upload_excerpt(authed(excerpt, sensor_id, key)?)).await {
+        Ok(Ok(_)) => Ok(summary),
+        Ok(Err(s)) => Err(describe(&s, "upload excerpt")),
+        Err(_) => bail!("upload excerpt: no answer from the cloud in {} s", EXCERPT_UPLOAD_TIMEOUT.as_secs()),
+    }
+}
+
 /// Runs until `shutdown` turns true.
 pub async fn run(
     cfg: ClientConfig,
     spool: Arc<Spool>,
     status: Arc<UplinkStatus>,
     health: HealthFn,
+    excerpts: Excerpts,
     reload: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -124,7 +227,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let result = session(&cfg, &spool, &status, &health, &reload, &mut shutdown, &mut backoff).await;
+        let result = session(&cfg, &spool, &status, &health, &excerpts, &reload, &mut shutdown, &mut backoff).await;
         status.connected.store(false, Ordering::Relaxed);
         if let Ok(mut since) = status.disconnected_since.lock() {
             since.get_or_insert_with(std::time::Instant::now);
@@ -246,8 +349,9 @@ fn describe(status: &tonic::Status, what: &str) -> anyhow::Error {
 async fn session(
     cfg: &ClientConfig,
     spool: &Spool,
-    status: &UplinkStatus,
+    status: &Arc<UplinkStatus>,
     health: &HealthFn,
+    excerpts: &Excerpts,
     reload: &AtomicBool,
     shutdown: &mut watch::Receiver<bool>,
     backoff: &mut Backoff,
@@ -352,7 +456,12 @@ async fn session(
                 let beat = Health { sensor_id: id.clone(), sensor_time_unix_ns: crate::time::unix_ns(), counters, alerts };
                 let reply = tokio::time::timeout(Duration::from_secs(5), client.heartbeat(authed(beat, &id, &key)?)).await;
                 match reply {
-                    Ok(Ok(r)) => status.clock_skewed.store(check_clock(r.into_inner().cloud_time_unix_ns), Ordering::Relaxed),
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        status.clock_skewed.store(check_clock(r.cloud_time_unix_ns), Ordering::Relaxed);
+                        // Started, not awaited: the next heartbeat keeps its time.
+                        excerpts.start(&client, r.excerpts, &id, &key, status);
+                    }
                     Ok(Err(s)) => return Err(describe(&s, "heartbeat")),
                     Err(_) => bail!("heartbeat: no answer from the cloud in 5 s"),
                 }

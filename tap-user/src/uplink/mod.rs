@@ -24,6 +24,9 @@ pub use writer::{ReplayGuard, SpoolSink, SpoolWriter};
 pub struct UplinkOptions {
     pub spool: SpoolConfig,
     pub client: ClientConfig,
+    /// The evidence ring's directory, where excerpts the cloud asks for are cut from;
+    /// `None` (offline reads, or evidence off): every request is answered with an error.
+    pub evidence: Option<std::path::PathBuf>,
 }
 
 /// Capture and pipeline counters and alerts, published by the sensor's control loop for
@@ -84,9 +87,10 @@ impl Uplink {
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let (s, st, rl) = (Arc::clone(&spool), Arc::clone(&status), Arc::clone(&reload));
         let client_cfg = opts.client;
+        let excerpts = client::Excerpts::new(opts.evidence);
         let client = std::thread::Builder::new().name("uplink".into()).spawn(move || {
             match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(client::run(client_cfg, s, st, heartbeat, rl, rx)),
+                Ok(rt) => rt.block_on(client::run(client_cfg, s, st, heartbeat, excerpts, rl, rx)),
                 Err(e) => log::error!("uplink: cannot start its runtime: {e}"),
             }
         })?;
@@ -161,6 +165,8 @@ impl Uplink {
             ("uplink_failures", status.failures.load(Ordering::Relaxed)),
             ("uplink_events_acked", status.events_acked.load(Ordering::Relaxed)),
             ("uplink_duplicates", status.duplicates.load(Ordering::Relaxed)),
+            ("uplink_excerpts_uploaded", status.excerpts_uploaded.load(Ordering::Relaxed)),
+            ("uplink_excerpt_failures", status.excerpt_failures.load(Ordering::Relaxed)),
         ]
     }
 }

@@ -542,7 +542,164 @@ impl TokenBucket {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+
+    use tonic::transport::Server;
+
     use super::*;
+    use crate::event::pb::{
+        ingest_server::{Ingest, IngestServer},
+        Ack, ExcerptAck, HeartbeatReply, RegisterReply,
+    };
+
+    /// A cloud that asks, in every heartbeat reply, for the excerpts it does not hold yet,
+    /// and takes uploads slowly.
+    #[derive(Clone, Default)]
+    struct StandIn {
+        asks: Vec<ExcerptRequest>,
+        upload_delay: Duration,
+        heartbeats: Arc<AtomicU64>,
+        uploads: Arc<Mutex<Vec<Excerpt>>>,
+        uploading: Arc<AtomicU64>,
+        most_at_once: Arc<AtomicU64>,
+    }
+
+    type AckStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Ack, tonic::Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Ingest for StandIn {
+        async fn register(&self, _: Request<SensorInfo>) -> Result<tonic::Response<RegisterReply>, tonic::Status> {
+            Ok(tonic::Response::new(RegisterReply::default()))
+        }
+
+        type StreamStream = AckStream;
+
+        async fn stream(
+            &self,
+            request: Request<tonic::Streaming<EventBatch>>,
+        ) -> Result<tonic::Response<AckStream>, tonic::Status> {
+            let mut inbound = request.into_inner();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Ack, tonic::Status>>(1);
+            tokio::spawn(async move {
+                while let Ok(Some(_)) = inbound.message().await {}
+                drop(tx);
+            });
+            Ok(tonic::Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        }
+
+        async fn heartbeat(&self, _: Request<Health>) -> Result<tonic::Response<HeartbeatReply>, tonic::Status> {
+            self.heartbeats.fetch_add(1, Ordering::Relaxed);
+            let held: Vec<u64> = self.uploads.lock().unwrap().iter().map(|e| e.id).collect();
+            let excerpts = self.asks.iter().filter(|r| !held.contains(&r.id)).cloned().collect();
+            Ok(tonic::Response::new(HeartbeatReply { cloud_time_unix_ns: crate::time::unix_ns(), excerpts }))
+        }
+
+        async fn upload_excerpt(
+            &self,
+            request: Request<Excerpt>,
+        ) -> Result<tonic::Response<ExcerptAck>, tonic::Status> {
+            let now = self.uploading.fetch_add(1, Ordering::Relaxed) + 1;
+            self.most_at_once.fetch_max(now, Ordering::Relaxed);
+            tokio::time::sleep(self.upload_delay).await;
+            self.uploads.lock().unwrap().push(request.into_inner());
+            self.uploading.fetch_sub(1, Ordering::Relaxed);
+            Ok(tonic::Response::new(ExcerptAck {}))
+        }
+    }
+
+    /// Runs the uplink client against `cloud` for `run_for`.
+    async fn run_against(cloud: StandIn, evidence: Option<PathBuf>, tmp: &std::path::Path, run_for: Duration) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = IngestServer::new(cloud)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let server = tokio::spawn(
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let key = tmp.join("key");
+        std::fs::write(&key, "k").unwrap();
+        let mut cfg =
+            ClientConfig::new(format!("http://{addr}"), SensorInfo { sensor_id: "s1".into(), ..SensorInfo::default() });
+        cfg.access_key_file = Some(key);
+        cfg.heartbeat = Duration::from_millis(100);
+        let spool = Arc::new(Spool::open(super::super::SpoolConfig::new(tmp.join("spool"), 16 << 20)).unwrap());
+        let health: HealthFn = Arc::new(|| (HashMap::new(), Vec::new()));
+        let (stop, stopped) = watch::channel(false);
+        let client =
+            tokio::spawn(run(cfg, spool, Arc::default(), health, Excerpts::new(evidence), Arc::default(), stopped));
+        tokio::time::sleep(run_for).await;
+        stop.send(true).unwrap();
+        client.await.unwrap();
+        server.abort();
+    }
+
+    fn ask(id: u64, from: u64, to: u64) -> ExcerptRequest {
+        ExcerptRequest {
+            id,
+            client_ip: "10.0.1.20".into(),
+            client_port: 40000,
+            dc_ip: "10.0.0.10".into(),
+            dc_port: 88,
+            from_unix_ns: from as i64,
+            to_unix_ns: to as i64,
+        }
+    }
+
+    #[tokio::test]
+    async fn excerpts_asked_for_are_cut_and_uploaded_once_four_at_a_time_while_heartbeats_keep_time() {
+        let tmp = std::env::temp_dir().join(format!("dctap-excerpts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let evidence = tmp.join("evidence");
+        let t0 = 1_795_000_000_000_000_000u64;
+        {
+            let opts = crate::evidence::EvidenceOptions { dir: evidence.clone(), max_bytes: 16 << 20 };
+            let mut ring = crate::evidence::EvidenceRing::open(&opts).unwrap();
+            let mut batch = crate::frames::FrameBatch::default();
+            for i in 0..10u64 {
+                let f = tap_testkit::frame::ipv4(
+                    tap_testkit::frame::Tags::None,
+                    "10.0.1.20".parse().unwrap(),
+                    "10.0.0.10".parse().unwrap(),
+                    tap_testkit::frame::L4::Tcp { src: 40000, dst: 88 },
+                    100,
+                    i as u32,
+                );
+                batch.push_frame(Duration::from_nanos(t0 + i * 1000), f.len() as u32, &f);
+            }
+            ring.append(&batch);
+        }
+        // Six asks: five over the kept frames, one before them.
+        let mut asks: Vec<ExcerptRequest> = (1..=5).map(|id| ask(id, t0, t0 + id * 1000)).collect();
+        asks.push(ask(6, t0 - 2_000_000_000, t0 - 1_000_000_000));
+        let cloud = StandIn { asks, upload_delay: Duration::from_millis(400), ..StandIn::default() };
+        run_against(cloud.clone(), Some(evidence), &tmp, Duration::from_millis(2500)).await;
+
+        let mut uploads = cloud.uploads.lock().unwrap().clone();
+        uploads.sort_by_key(|e| e.id);
+        assert_eq!(uploads.iter().map(|e| e.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6], "each once");
+        for e in &uploads[..5] {
+            assert_eq!((e.frames, e.error.as_str()), (e.id as u32 + 1, ""), "excerpt {}", e.id);
+            assert_eq!(e.pcap.len(), 24 + (e.id as usize + 1) * (16 + 154));
+        }
+        assert_eq!(uploads[5].error, crate::evidence::NOT_KEPT);
+        assert!(uploads[5].pcap.is_empty());
+        assert_eq!(cloud.most_at_once.load(Ordering::Relaxed), EXCERPTS_AT_ONCE as u64);
+        // 100 ms heartbeats over 2.5 s, while uploads took 400 ms each.
+        let beats = cloud.heartbeats.load(Ordering::Relaxed);
+        assert!(beats >= 18, "{beats} heartbeats: the uploads held them up");
+
+        // Without evidence, each ask is answered with the reason.
+        let cloud = StandIn { asks: vec![ask(9, t0, t0 + 1000)], ..StandIn::default() };
+        run_against(cloud.clone(), None, &tmp, Duration::from_millis(500)).await;
+        let uploads = cloud.uploads.lock().unwrap().clone();
+        assert_eq!(uploads.len(), 1);
+        assert_eq!((uploads[0].id, uploads[0].error.as_str(), uploads[0].pcap.len()), (9, NO_EVIDENCE, 0));
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_with_jitter_and_resets() {

@@ -19,6 +19,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{BufReader, Read, Write as _},
     net::IpAddr,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
@@ -144,10 +145,17 @@ pub struct EvidenceRing {
 impl EvidenceRing {
     /// Creates the directory when missing and takes in the files an earlier run left (they
     /// count toward the bound). Call before capabilities are dropped, so a directory the
-    /// sensor cannot write stops it at start rather than at the first frame.
+    /// sensor cannot write stops it at start rather than at the first frame. The frames
+    /// hold whatever the DCs' traffic holds (hashes, tickets, cleartext binds): a directory
+    /// made here is the sensor's alone (0700), and so is every file (0600).
     pub fn open(opts: &EvidenceOptions) -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+
         use anyhow::Context as _;
-        std::fs::create_dir_all(&opts.dir)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&opts.dir)
             .with_context(|| format!("create evidence directory {}", opts.dir.display()))?;
         let files = list_files(&opts.dir).with_context(|| format!("list evidence directory {}", opts.dir.display()))?;
         let probe = opts.dir.join(".dctap-write-test");
@@ -242,7 +250,7 @@ impl EvidenceRing {
         let mut start = start_ns;
         let (file, path) = loop {
             let path = self.dir.join(file_name(start));
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
                 Ok(f) => break (f, path),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && start < start_ns + 1000 => start += 1,
                 Err(e) => return Err(e),
@@ -536,7 +544,11 @@ mod tests {
         assert_eq!(c.write_errors.load(Ordering::Relaxed), 0);
         // Each file is named after its first frame, which starts a batch; every one is a
         // valid pcap of whole records.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&tmp.0), 0o700, "the frames hold secrets: the directory is the sensor's");
         for (start, path, size) in &files {
+            assert_eq!(mode(path), 0o600);
             assert!(first_ts.contains(start), "{start}");
             let bytes = std::fs::read(path).unwrap();
             assert_eq!(bytes.len() as u64, *size);

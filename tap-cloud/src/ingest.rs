@@ -25,11 +25,13 @@ use crate::{
         ingest_server::{Ingest, IngestServer},
         Ack, EventBatch, Excerpt, ExcerptAck, Health, HeartbeatReply, RegisterReply, SensorInfo,
     },
-    store::Store,
+    store::{ExcerptUpload, Store},
 };
 
 /// Largest message accepted (a sensor batch is at most about 1 MiB before compression).
 pub const MAX_MESSAGE_BYTES: usize = 8 << 20;
+/// Largest message decoded: an excerpt carries a pcap of up to 8 MiB plus its other fields.
+const MAX_DECODED_BYTES: usize = crate::store::MAX_EXCERPT_PCAP_BYTES + (64 << 10);
 /// Most events in one batch.
 pub const MAX_BATCH_EVENTS: usize = 20_000;
 /// How often an open stream looks at the registry again, so a revocation cuts it off.
@@ -236,18 +238,41 @@ impl Ingest for IngestService {
     }
 
     async fn upload_excerpt(&self, request: Request<Excerpt>) -> Result<Response<ExcerptAck>, Status> {
-        let _ = self.authenticate(&request).await?;
-        Err(Status::failed_precondition("this cloud asks for no excerpts"))
+        let id = self.authenticate(&request).await?;
+        let excerpt = request.into_inner();
+        let (store, sensor) = (Arc::clone(&self.store), id.clone());
+        let (excerpt_id, bytes, frames) = (excerpt.id, excerpt.pcap.len(), excerpt.frames);
+        let outcome = blocking(move || store.save_excerpt(&sensor, &excerpt, crate::unix_ns())).await?;
+        match outcome {
+            ExcerptUpload::Saved => {
+                log::info!("sensor {id}: excerpt {excerpt_id} stored ({frames} frames, {bytes} bytes)");
+                Ok(Response::new(ExcerptAck {}))
+            }
+            ExcerptUpload::AlreadyAnswered => Ok(Response::new(ExcerptAck {})),
+            ExcerptUpload::NotYours => {
+                log::warn!("sensor {id}: upload for excerpt {excerpt_id}, which it was not asked for");
+                Err(Status::permission_denied(format!("excerpt {excerpt_id} was not asked of sensor {id}")))
+            }
+            ExcerptUpload::Invalid(why) => {
+                log::warn!("sensor {id}: excerpt {excerpt_id} refused: {why}");
+                Err(Status::invalid_argument(format!("excerpt {excerpt_id}: {why}")))
+            }
+        }
     }
 
+    /// Records the sensor's health and hands it the excerpts it is asked for.
     async fn heartbeat(&self, request: Request<Health>) -> Result<Response<HeartbeatReply>, Status> {
         let id = self.authenticate(&request).await?;
         let mut health = request.into_inner();
         health.sensor_id = id;
         let now = crate::unix_ns();
         let store = Arc::clone(&self.store);
-        blocking(move || store.record_heartbeat(&health, now)).await?;
-        Ok(Response::new(HeartbeatReply { cloud_time_unix_ns: crate::unix_ns(), excerpts: Vec::new() }))
+        let excerpts = blocking(move || {
+            store.record_heartbeat(&health, now)?;
+            store.pending_excerpts(&health.sensor_id, now)
+        })
+        .await?;
+        Ok(Response::new(HeartbeatReply { cloud_time_unix_ns: crate::unix_ns(), excerpts }))
     }
 }
 
@@ -283,7 +308,7 @@ pub async fn serve(
     let service = IngestServer::new(IngestService::new(store, bind_cert_names))
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_DECODED_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let mut builder = Server::builder()
         .concurrency_limit_per_connection(32)
@@ -315,6 +340,124 @@ mod tests {
                 .collect(),
             spooled_unix_ns: vec![],
         }
+    }
+
+    /// A unary call through a real tonic server on loopback (the cloud builds no client, so
+    /// the generic one with the prost codec).
+    async fn call<Req: prost::Message + 'static, Resp: prost::Message + Default + 'static>(
+        addr: SocketAddr,
+        method: &'static str,
+        sensor: &str,
+        key: &str,
+        msg: Req,
+    ) -> Result<Resp, Status> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(16 << 20);
+        grpc.ready().await.unwrap();
+        let mut req = Request::new(msg);
+        req.metadata_mut().insert("x-dctap-sensor-id", sensor.parse().unwrap());
+        req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+        grpc.unary(req, path, tonic_prost::ProstCodec::<Req, Resp>::default()).await.map(Response::into_inner)
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_hands_out_the_sensors_excerpt_requests_and_only_its_own_upload_is_stored() {
+        use crate::{
+            detect::Alert,
+            store::{ExcerptWanted, SqliteStore},
+        };
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        for s in ["s1", "s2"] {
+            store.add_sensor(s, &keys::hash(&format!("key-{s}"))).unwrap();
+        }
+        let mut alert = Alert {
+            id: 0,
+            detection: "kerberoasting".into(),
+            title: "Kerberoasting".into(),
+            severity: "medium".into(),
+            mitre: String::new(),
+            account: String::new(),
+            src_ip: "10.1.1.1".into(),
+            dc_ip: "10.0.0.10".into(),
+            first_seen_ns: 1,
+            last_seen_ns: 1,
+            description: String::new(),
+            evidence: vec![],
+            incident_id: 0,
+        };
+        store.save_alert(&mut alert, 1).unwrap();
+        let wanted = ExcerptWanted {
+            alert_id: alert.id,
+            sensor_id: "s1".into(),
+            client_ip: "10.1.1.1".into(),
+            client_port: 50_123,
+            dc_ip: "10.0.0.10".into(),
+            dc_port: 88,
+            from_unix_ns: 10,
+            to_unix_ns: 20,
+        };
+        let id = store.request_excerpt(&wanted).unwrap();
+
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, None, Arc::clone(&store), async {
+            let _ = stopped.await;
+        }));
+        const HEARTBEAT: &str = "/dctap.v1.Ingest/Heartbeat";
+        const UPLOAD: &str = "/dctap.v1.Ingest/UploadExcerpt";
+        let health = |s: &str| Health { sensor_id: s.into(), ..Default::default() };
+
+        let reply: HeartbeatReply = call(addr, HEARTBEAT, "s2", "key-s2", health("s2")).await.unwrap();
+        assert!(reply.excerpts.is_empty(), "not another sensor's requests");
+        let reply: HeartbeatReply = call(addr, HEARTBEAT, "s1", "key-s1", health("s1")).await.unwrap();
+        assert_eq!(reply.excerpts.len(), 1);
+        let r = &reply.excerpts[0];
+        assert_eq!(
+            (r.id, r.client_ip.as_str(), r.client_port, r.dc_ip.as_str(), r.dc_port, r.from_unix_ns, r.to_unix_ns),
+            (id, "10.1.1.1", 50_123, "10.0.0.10", 88, 10, 20)
+        );
+        let reply: HeartbeatReply = call(addr, HEARTBEAT, "s1", "key-s1", health("s1")).await.unwrap();
+        assert!(reply.excerpts.is_empty(), "asked once, not again ten seconds later");
+
+        // The largest pcap the contract allows passes the message size limit.
+        let frame = vec![0x5a; crate::store::MAX_EXCERPT_PCAP_BYTES - 24 - 16];
+        let file = crate::store::sample_pcap(&[&frame]);
+        assert_eq!(file.len(), crate::store::MAX_EXCERPT_PCAP_BYTES);
+        let upload = Excerpt { id, pcap: file.clone(), frames: 1, truncated: true, error: String::new() };
+        // Another sensor's upload for this request, a wrong key: refused, nothing stored.
+        let err = call::<_, ExcerptAck>(addr, UPLOAD, "s2", "key-s2", upload.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        let err = call::<_, ExcerptAck>(addr, UPLOAD, "s1", "key-s2", upload.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+        let x = store.alert_excerpt(alert.id, true).unwrap().unwrap();
+        assert_eq!((x.status.as_str(), x.pcap_bytes), ("asked", 0));
+        let not_pcap = Excerpt { id, pcap: b"GIF89a and so on, not a capture".to_vec(), ..Default::default() };
+        let err = call::<_, ExcerptAck>(addr, UPLOAD, "s2", "key-s2", not_pcap).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "whatever it holds");
+
+        call::<_, ExcerptAck>(addr, UPLOAD, "s1", "key-s1", upload.clone()).await.unwrap();
+        let x = store.alert_excerpt(alert.id, true).unwrap().unwrap();
+        assert_eq!((x.status.as_str(), x.frames, x.truncated), ("done", 1, true));
+        assert!(x.pcap.as_deref() == Some(file.as_slice()), "the bytes as sent");
+        // A resend (the acknowledgement was lost) is acknowledged and changes nothing.
+        call::<_, ExcerptAck>(addr, UPLOAD, "s1", "key-s1", upload).await.unwrap();
+
+        // Not a pcap: refused with the reason, and the excerpt fails.
+        let mut second = alert.clone();
+        second.id = 0;
+        second.src_ip = "10.9.9.9".into();
+        store.save_alert(&mut second, 1).unwrap();
+        let id2 = store.request_excerpt(&ExcerptWanted { alert_id: second.id, ..wanted }).unwrap();
+        let bogus = Excerpt { id: id2, pcap: vec![0; 100], ..Default::default() };
+        let err = call::<_, ExcerptAck>(addr, UPLOAD, "s1", "key-s1", bogus).await.unwrap_err();
+        assert!(err.code() == tonic::Code::InvalidArgument && err.message().contains("not a pcap"), "{err:?}");
+        assert_eq!(store.alert_excerpt(second.id, false).unwrap().unwrap().status, "failed");
+
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 
     #[test]

@@ -62,11 +62,16 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// List alerts, newest last.
+    /// List alerts, newest last (with the state of each one's evidence pcap); `alerts pcap
+    /// ID --out FILE` saves one alert's pcap.
+    #[command(args_conflicts_with_subcommands = true)]
     Alerts {
+        #[command(subcommand)]
+        action: Option<AlertsCmd>,
         #[command(flatten)]
         db: DbArg,
-        /// One JSON object per alert instead of a table.
+        /// One JSON object per alert instead of a table; `pcap` is "done", "waiting",
+        /// "failed: <why>" or null (none asked for).
         #[arg(long)]
         json: bool,
     },
@@ -195,6 +200,20 @@ enum CertsCmd {
 }
 
 #[derive(Subcommand)]
+enum AlertsCmd {
+    /// Save the pcap excerpt of an alert's evidence (the conversation of its first
+    /// evidence event, 30 s either side, cut by the live sensor that saw it).
+    Pcap {
+        alert_id: i64,
+        /// Where to write it; "-" is standard output.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        db: DbArg,
+    },
+}
+
+#[derive(Subcommand)]
 enum EventsCmd {
     /// Print stored events as JSON lines, in (sensor, sequence) order.
     Export {
@@ -257,18 +276,35 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Alerts { db, json } => {
-            let alerts = open(&db.db)?.alerts()?;
+        Command::Alerts { action: Some(AlertsCmd::Pcap { alert_id, out, db }), .. } => {
+            alert_pcap(&open(&db.db)?, alert_id, &out)
+        }
+        Command::Alerts { action: None, db, json } => {
+            let store = open(&db.db)?;
+            let alerts = store.alerts()?;
+            let pcaps: std::collections::HashMap<i64, String> =
+                store.excerpts()?.into_iter().map(|x| (x.wanted.alert_id, x.label())).collect();
             let mut out = std::io::stdout().lock();
             for a in &alerts {
+                let pcap = pcaps.get(&a.id);
                 if json {
-                    serde_json::to_writer(&mut out, a)?;
+                    let mut v = serde_json::to_value(a)?;
+                    v["pcap"] = serde_json::json!(pcap);
+                    serde_json::to_writer(&mut out, &v)?;
                     writeln!(out)?;
                 } else {
                     writeln!(
                         out,
-                        "#{:<4} incident {:<4} {:<7} {:<22} {:<10} src {:<16} account {:<14} {}",
-                        a.id, a.incident_id, a.severity, a.detection, a.mitre, a.src_ip, a.account, a.title
+                        "#{:<4} incident {:<4} {:<7} {:<22} {:<10} src {:<16} account {:<14} {}{}",
+                        a.id,
+                        a.incident_id,
+                        a.severity,
+                        a.detection,
+                        a.mitre,
+                        a.src_ip,
+                        a.account,
+                        a.title,
+                        pcap.map(|p| format!("  [pcap {p}]")).unwrap_or_default()
                     )?;
                 }
             }
@@ -296,6 +332,35 @@ fn main() -> anyhow::Result<()> {
 
 fn open(db: &Path) -> anyhow::Result<SqliteStore> {
     SqliteStore::open(db)
+}
+
+/// `alerts pcap ID --out FILE`: the excerpt's bytes, or why there are none.
+fn alert_pcap(store: &SqliteStore, alert_id: i64, out: &Path) -> anyhow::Result<()> {
+    let Some(x) = store.alert_excerpt(alert_id, true)? else {
+        bail!("alert {alert_id} has no pcap excerpt (none is asked for when its sensor reads a file, or the alert is older than excerpts)");
+    };
+    let pcap = match (x.status.as_str(), x.pcap) {
+        ("done", Some(pcap)) => pcap,
+        ("failed", _) => bail!("the pcap excerpt of alert {alert_id} is not available: {}", x.error),
+        (_, _) => bail!(
+            "the pcap excerpt of alert {alert_id} is not there yet: waiting for sensor {} (asked {} times)",
+            x.wanted.sensor_id,
+            x.asks
+        ),
+    };
+    if out == Path::new("-") {
+        std::io::stdout().lock().write_all(&pcap)?;
+    } else {
+        std::fs::write(out, &pcap).with_context(|| format!("write {}", out.display()))?;
+        eprintln!(
+            "alert {alert_id}: {} frames{} from sensor {} written to {}",
+            x.frames,
+            if x.truncated { " (cut at 8 MiB)" } else { "" },
+            x.wanted.sensor_id,
+            out.display()
+        );
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

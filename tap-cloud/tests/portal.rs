@@ -11,9 +11,9 @@ use axum::{
 };
 use tap_cloud::{
     detect::Alert,
-    pb::{activity_event::Detail, ActivityEvent, Kerberos},
+    pb::{activity_event::Detail, ActivityEvent, Excerpt, Kerberos},
     portal,
-    store::{SqliteStore, Store, User},
+    store::{ExcerptUpload, ExcerptWanted, SqliteStore, Store, User},
 };
 use tower::ServiceExt as _;
 
@@ -52,7 +52,42 @@ fn store_with_incident() -> Arc<dyn Store> {
         incident_id: 0,
     };
     store.save_alert(&mut alert, 3_600_000_000_000).unwrap();
+    // The sensor was asked for the pcap of the evidence and sent it.
+    let id = store.request_excerpt(&excerpt_of(alert.id)).unwrap();
+    assert_eq!(store.pending_excerpts("s1", 1).unwrap().len(), 1);
+    let upload = Excerpt { id, pcap: pcap_file(&[b"first frame", b"second frame"]), frames: 2, ..Default::default() };
+    assert_eq!(store.save_excerpt("s1", &upload, 2).unwrap(), ExcerptUpload::Saved);
     Arc::new(store)
+}
+
+/// The conversation of the evidence event, 30 s either side.
+fn excerpt_of(alert_id: i64) -> ExcerptWanted {
+    ExcerptWanted {
+        alert_id,
+        sensor_id: "s1".into(),
+        client_ip: "10.77.0.20".into(),
+        client_port: 50_000,
+        dc_ip: "10.77.0.10".into(),
+        dc_port: 88,
+        from_unix_ns: 1_795_749_897_000_000_000,
+        to_unix_ns: 1_795_749_957_000_000_000,
+    }
+}
+
+/// A pcap file (nanosecond timestamps) holding these frames.
+fn pcap_file(frames: &[&[u8]]) -> Vec<u8> {
+    let mut out = 0xa1b2_3c4du32.to_le_bytes().to_vec();
+    out.extend_from_slice(&[2, 0, 4, 0]);
+    for v in [0u32, 0, 65535, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for f in frames {
+        for v in [1_795_749_927u32, 0, f.len() as u32, f.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(f);
+    }
+    out
 }
 
 struct Client {
@@ -117,9 +152,15 @@ async fn nothing_is_readable_without_signing_in() {
         let (status, location, _) = anon.send("GET", page, None, None).await;
         assert_eq!((status, location.as_str()), (StatusCode::SEE_OTHER, "/login"), "{page}");
     }
-    for api in
-        ["/api/incidents", "/api/incidents/1", "/api/alerts", "/api/sensors", "/api/activity", "/api/hosts/10.77.0.20"]
-    {
+    for api in [
+        "/api/incidents",
+        "/api/incidents/1",
+        "/api/alerts",
+        "/api/alerts/1/pcap",
+        "/api/sensors",
+        "/api/activity",
+        "/api/hosts/10.77.0.20",
+    ] {
         assert_eq!(anon.send("GET", api, None, None).await.0, StatusCode::UNAUTHORIZED, "{api}");
     }
     let forged = Client { app: app.clone(), cookie: Some("dctap_session=0123".into()) };
@@ -271,12 +312,17 @@ async fn every_documented_endpoint_refuses_callers_without_a_session_and_answers
             }
             let (status, answer, _) = ana.send(&method, &uri, body(), Some(&csrf)).await;
             assert_eq!(status, StatusCode::OK, "{what} signed in: {answer}");
-            let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert!(v.is_object(), "{what}: {answer}");
+            if path.ends_with("/pcap") {
+                // A file, not JSON (its headers and bytes are checked below).
+                assert!(!answer.is_empty(), "{what}");
+            } else {
+                let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert!(v.is_object(), "{what}: {answer}");
+            }
             called.push(what);
         }
     }
-    assert_eq!(called.len(), 9, "{called:?}");
+    assert_eq!(called.len(), 10, "{called:?}");
     // Only the signed-in analyst's change went through.
     let log = store.incident_comments(1).unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
@@ -314,6 +360,67 @@ async fn the_api_answers_each_endpoint_with_the_data_the_pages_show() {
     let activity = get("/api/activity?from=1795749927&to=1795749927").await;
     assert_eq!(activity["events"].as_array().unwrap().len(), 1);
     assert_eq!(get("/api/activity?to=1795749926").await["events"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn each_alert_offers_its_evidence_pcap_or_says_why_not() {
+    let store = store_with_incident();
+    // Three more alerts in the incident: one whose sensor has not answered yet, one whose
+    // sensor could not cut it, one for which none was asked.
+    let mut ids = Vec::new();
+    for detection in ["brute_force", "account_enumeration", "asrep_roasting"] {
+        let mut a = store.alerts().unwrap().remove(0);
+        (a.id, a.detection, a.title) = (0, detection.into(), format!("Alert {detection}"));
+        store.save_alert(&mut a, 3_600_000_000_000).unwrap();
+        ids.push(a.id);
+    }
+    store.request_excerpt(&excerpt_of(ids[0])).unwrap();
+    let failed = store.request_excerpt(&excerpt_of(ids[1])).unwrap();
+    let error = Excerpt { id: failed, error: "rotated away <before> the request".into(), ..Default::default() };
+    assert_eq!(store.save_excerpt("s1", &error, 3).unwrap(), ExcerptUpload::Saved);
+
+    let app = portal::router(Arc::clone(&store));
+    let (_, vic) = Client::login(&app, "vic", "vic-correct-horse").await;
+    let (status, page, _) = vic.send("GET", "/incidents/1", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<a href=\"/api/alerts/1/pcap\" download>download</a> (2 frames)"), "{page}");
+    assert!(page.contains("waiting for the sensor"), "{page}");
+    assert!(page.contains("not available: rotated away &lt;before&gt; the request"), "escaped: {page}");
+    assert_eq!(page.matches("Evidence pcap:").count(), 3, "nothing for the alert without one");
+
+    // The download: the bytes the sensor sent, as a pcap attachment.
+    let get = |uri: String| {
+        let req = Request::builder().uri(uri).header(header::COOKIE, vic.cookie.clone().unwrap());
+        app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    let resp = get("/api/alerts/1/pcap".into()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let h = resp.headers();
+    assert_eq!(h[header::CONTENT_TYPE], "application/vnd.tcpdump.pcap");
+    assert_eq!(h[header::CONTENT_DISPOSITION], "attachment; filename=\"alert-1.pcap\"");
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    assert_eq!(bytes.as_ref(), pcap_file(&[b"first frame", b"second frame"]).as_slice());
+    // Not ready, not available, none, no such alert: 404 with the reason.
+    for (id, why) in [
+        (ids[0], "waiting for the sensor"),
+        (ids[1], "not available: rotated away"),
+        (ids[2], "has no pcap excerpt"),
+        (99, "has no pcap excerpt"),
+    ] {
+        let resp = get(format!("/api/alerts/{id}/pcap")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "alert {id}");
+        let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains(why), "alert {id}: {body:?}");
+    }
+    // The API says the same.
+    let (_, json, _) = vic.send("GET", "/api/alerts", None, None).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let pcaps: Vec<_> = v["alerts"].as_array().unwrap().iter().map(|a| a["pcap"]["status"].clone()).collect();
+    assert_eq!(pcaps, [serde_json::json!("done"), "waiting".into(), "failed".into(), serde_json::Value::Null]);
+    let (_, json, _) = vic.send("GET", "/api/incidents/1", None, None).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["alerts"][0]["pcap"]["url"], "/api/alerts/1/pcap");
+    assert_eq!(v["alerts"][0]["pcap"]["frames"], 2);
 }
 
 #[tokio::test]

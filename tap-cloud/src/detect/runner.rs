@@ -1,13 +1,19 @@
 //! Feeds stored events to the engine, per sensor in sequence order, from where the last
 //! run stopped (a cursor per sensor in the store), and saves the alerts it raises.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use super::{Alert, Engine};
-use crate::store::Store;
+use crate::store::{ExcerptWanted, Store};
 
 /// Name of the learned profiles in the store's engine state.
 const PROFILES: &str = "profiles";
+
+/// A new alert's pcap excerpt spans this long before and after its first evidence event.
+pub const EXCERPT_MARGIN_NS: i64 = 30_000_000_000;
 
 /// Events read per sensor per step.
 const BATCH: usize = 5_000;
@@ -42,7 +48,15 @@ impl Runner {
     /// One pass over what arrived since the last; returns the events processed.
     pub fn step(&mut self) -> anyhow::Result<usize> {
         let mut processed = 0;
-        for sensor in self.store.sensors()? {
+        let sensors = self.store.sensors()?;
+        // Only a live sensor keeps the frames behind its events and heartbeats to be asked
+        // for them; one reading a file does neither.
+        let live: HashSet<&str> = sensors
+            .iter()
+            .filter(|s| s.revoked_unix_ns.is_none() && s.capabilities.iter().any(|c| c == "capture"))
+            .map(|s| s.id.as_str())
+            .collect();
+        for sensor in &sensors {
             self.engine.add_dcs(&sensor.monitored_dcs);
             let cursor = self.store.detect_cursor(&sensor.id)?;
             let events = self.store.sensor_events_after(&sensor.id, cursor, BATCH)?;
@@ -67,6 +81,15 @@ impl Runner {
             }
             let new: Vec<bool> = alerts.iter().map(|a| a.id == 0).collect();
             self.store.save_alerts(&mut alerts, self.incident_gap_ns)?;
+            let mut excerpts = Vec::new();
+            for (a, _) in alerts.iter().zip(&new).filter(|(_, new)| **new) {
+                if let Some(w) = self.excerpt_for(a, &live)? {
+                    excerpts.push(w);
+                }
+            }
+            if !excerpts.is_empty() {
+                self.store.request_excerpts(&excerpts)?;
+            }
             for (a, new) in alerts.iter().zip(new) {
                 if let (true, Some(x)) = (new, self.exporter.as_mut()) {
                     x.send(a);
@@ -78,6 +101,31 @@ impl Runner {
             processed += events.len();
         }
         Ok(processed)
+    }
+
+    /// The pcap excerpt to ask for a new alert: the conversation of its first evidence
+    /// event, [`EXCERPT_MARGIN_NS`] either side of it, from the live sensor that saw it;
+    /// None when that event is not stored or its sensor is not live.
+    fn excerpt_for(&self, alert: &Alert, live: &HashSet<&str>) -> anyhow::Result<Option<ExcerptWanted>> {
+        let Some((sensor, seq)) = alert.evidence.first() else { return Ok(None) };
+        if !live.contains(sensor.as_str()) {
+            return Ok(None);
+        }
+        let Some(e) = self.store.event(sensor, *seq)? else { return Ok(None) };
+        let e = e.event;
+        if e.src_ip.is_empty() || e.dc_ip.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ExcerptWanted {
+            alert_id: alert.id,
+            sensor_id: sensor.clone(),
+            client_ip: e.src_ip,
+            client_port: e.src_port,
+            dc_ip: e.dc_ip,
+            dc_port: e.dc_port,
+            from_unix_ns: e.time_unix_ns.saturating_sub(EXCERPT_MARGIN_NS),
+            to_unix_ns: e.time_unix_ns.saturating_add(EXCERPT_MARGIN_NS),
+        }))
     }
 
     /// Saved before the cursor moves, so a crash in between learns an event twice rather
@@ -150,6 +198,73 @@ mod tests {
         let alerts = store.alerts().unwrap();
         assert_eq!(alerts.len(), 1, "the spray goes on in the same alert: {alerts:?}");
         assert_eq!(alerts[0].last_seen_ns, 10_000_000_000);
+    }
+
+    #[test]
+    fn a_new_alert_of_a_live_sensor_asks_for_the_pcap_of_its_first_evidence_conversation() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        for (id, capability) in [("live", "capture"), ("file", "offline")] {
+            store.add_sensor(id, "h").unwrap();
+            store
+                .record_registration(&crate::pb::SensorInfo {
+                    sensor_id: id.into(),
+                    capabilities: vec!["kerberos".into(), capability.into()],
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+        let failure = |sensor: &str, seq: u64, src: &str, user: &str| ActivityEvent {
+            sensor_id: sensor.into(),
+            seq,
+            time_unix_ns: 1_000_000_000_000 + seq as i64 * 1_000_000_000,
+            src_ip: src.into(),
+            src_port: 40_000 + seq as u32,
+            dc_ip: "10.0.0.10".into(),
+            dc_port: 88,
+            account: format!("{user}@LAB"),
+            result: "failure".into(),
+            detail: Some(Detail::Kerberos(Kerberos {
+                msg_type: 30,
+                cname: user.into(),
+                error_code: 24,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        // A spray seen by each sensor, from different hosts: two alerts.
+        let live: Vec<_> = (1..=5).map(|i| failure("live", i, "10.1.1.1", &format!("u{i}"))).collect();
+        let file: Vec<_> = (1..=5).map(|i| failure("file", i, "10.2.2.2", &format!("v{i}"))).collect();
+        store.insert_events("live", &live, &[]).unwrap();
+        store.insert_events("file", &file, &[]).unwrap();
+        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        runner.catch_up().unwrap();
+        let alerts = store.alerts().unwrap();
+        assert_eq!(alerts.len(), 2, "{alerts:?}");
+        let excerpts = store.excerpts().unwrap();
+        assert_eq!(excerpts.len(), 1, "only the live sensor's alert: {excerpts:?}");
+        let x = &excerpts[0];
+        let alert = alerts.iter().find(|a| a.src_ip == "10.1.1.1").unwrap();
+        let (_, seq) = alert.evidence[0];
+        let t = 1_000_000_000_000 + seq as i64 * 1_000_000_000;
+        assert_eq!(
+            x.wanted,
+            ExcerptWanted {
+                alert_id: alert.id,
+                sensor_id: "live".into(),
+                client_ip: "10.1.1.1".into(),
+                client_port: 40_000 + seq as u32,
+                dc_ip: "10.0.0.10".into(),
+                dc_port: 88,
+                from_unix_ns: t - 30_000_000_000,
+                to_unix_ns: t + 30_000_000_000,
+            }
+        );
+        assert_eq!(x.status, "pending");
+        // The spray goes on: the alert grows, and keeps its one excerpt.
+        store.insert_events("live", &[failure("live", 6, "10.1.1.1", "u6")], &[]).unwrap();
+        runner.catch_up().unwrap();
+        assert_eq!(store.alerts().unwrap().len(), 2);
+        assert_eq!(store.excerpts().unwrap().len(), 1);
     }
 
     #[test]

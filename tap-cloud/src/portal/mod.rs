@@ -156,6 +156,7 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/api/incidents", get(api_incidents))
         .route("/api/incidents/{id}", get(api_incident).post(change_incident_api))
         .route("/api/alerts", get(api_alerts))
+        .route("/api/alerts/{id}/pcap", get(api_alert_pcap))
         .route("/api/sensors", get(api_sensors))
         // Like everything else, the API's description is for signed-in users only.
         .route(
@@ -382,6 +383,7 @@ pub async fn incident_detail(portal: &Portal, id: i64) -> PortalResult<serde_jso
             }
             let mut v = serde_json::to_value(&a)?;
             v["evidence_events"] = serde_json::Value::Array(evidence);
+            v["pcap"] = pcap_summary(store.alert_excerpt(a.id, false)?.as_ref());
             alerts.push(v);
         }
         let comments = store.incident_comments(id)?;
@@ -401,9 +403,63 @@ async fn api_incident(
     Ok(Json(incident_detail(&portal, id).await?))
 }
 
+/// An alert's evidence pcap for the API and the page: null when none was asked for (the
+/// sensor reads files, or the alert predates excerpts), else its state and where to get it.
+pub fn pcap_summary(x: Option<&crate::store::ExcerptRecord>) -> serde_json::Value {
+    let Some(x) = x else { return serde_json::Value::Null };
+    serde_json::json!({
+        "status": match x.status.as_str() { "done" => "done", "failed" => "failed", _ => "waiting" },
+        "sensor_id": x.wanted.sensor_id,
+        "frames": x.frames,
+        "truncated": x.truncated,
+        "bytes": x.pcap_bytes,
+        "error": x.error,
+        "url": (x.status == "done").then(|| format!("/api/alerts/{}/pcap", x.wanted.alert_id)),
+    })
+}
+
 async fn api_alerts(State(portal): State<Portal>, _session: Session) -> PortalResult<Json<serde_json::Value>> {
     let store = Arc::clone(&portal.store);
-    Ok(Json(serde_json::json!({ "alerts": blocking(move || store.alerts()).await? })))
+    let alerts = blocking(move || {
+        let excerpts: HashMap<i64, crate::store::ExcerptRecord> =
+            store.excerpts()?.into_iter().map(|x| (x.wanted.alert_id, x)).collect();
+        let mut list = Vec::new();
+        for a in store.alerts()? {
+            let mut v = serde_json::to_value(&a)?;
+            v["pcap"] = pcap_summary(excerpts.get(&a.id));
+            list.push(v);
+        }
+        Ok(list)
+    })
+    .await?;
+    Ok(Json(serde_json::json!({ "alerts": alerts })))
+}
+
+/// The pcap excerpt of an alert's evidence, as a download.
+async fn api_alert_pcap(
+    State(portal): State<Portal>,
+    _session: Session,
+    Path(id): Path<i64>,
+) -> PortalResult<Response> {
+    let store = Arc::clone(&portal.store);
+    let excerpt = blocking(move || store.alert_excerpt(id, true)).await?;
+    let missing = |why: String| PortalError(StatusCode::NOT_FOUND, why);
+    match excerpt {
+        None => Err(missing(format!("alert {id} has no pcap excerpt"))),
+        Some(x) => match (x.status.as_str(), x.pcap) {
+            ("done", Some(pcap)) => Ok((
+                [
+                    (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap".to_string()),
+                    (header::CONTENT_DISPOSITION, format!("attachment; filename=\"alert-{id}.pcap\"")),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+                ],
+                pcap,
+            )
+                .into_response()),
+            ("failed", _) => Err(missing(format!("the pcap excerpt of alert {id} is not available: {}", x.error))),
+            _ => Err(missing(format!("the pcap excerpt of alert {id} is not there yet: waiting for the sensor"))),
+        },
+    }
 }
 
 async fn api_sensors(State(portal): State<Portal>, _session: Session) -> PortalResult<Json<serde_json::Value>> {
@@ -599,8 +655,14 @@ const OPENAPI: &str = r##"{
     "/api/hosts/{ip}": {"get": {"summary": "A computer: accounts seen on it, alerts, recent activity",
       "parameters": [{"name": "ip", "in": "path", "required": true, "schema": {"type": "string"}}],
       "responses": {"200": {"description": "{host, accounts, alerts, activity}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
-    "/api/alerts": {"get": {"summary": "All alerts",
-      "responses": {"200": {"description": "{alerts: [Alert]}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
+    "/api/alerts": {"get": {"summary": "All alerts, each with the state of its evidence pcap",
+      "responses": {"200": {"description": "{alerts: [Alert with pcap: null or {status: done|waiting|failed, sensor_id, frames, truncated, bytes, error, url}]}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
+    "/api/alerts/{id}/pcap": {"get": {"summary": "The pcap excerpt of an alert's evidence: the conversation of its first evidence event, 30 s either side, as the sensor that saw it cut it (at most 8 MiB)",
+      "parameters": [{"name": "id", "in": "path", "required": true, "description": "alert id", "schema": {"type": "integer"}}],
+      "responses": {"200": {"description": "the pcap file, as an attachment named alert-<id>.pcap",
+                            "content": {"application/vnd.tcpdump.pcap": {"schema": {"type": "string", "format": "binary"}}}},
+                    "401": {"$ref": "#/components/responses/NotSignedIn"},
+                    "404": {"description": "no excerpt for this alert, or not ready: waiting for the sensor, or not available (the error says why): {error}"}}}},
     "/api/sensors": {"get": {"summary": "Sensors with registration, last heartbeat and health",
       "responses": {"200": {"description": "{sensors: [Sensor]}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
     "/api/openapi.json": {"get": {"summary": "This document",

@@ -606,8 +606,9 @@ pub async fn incident(State(portal): State<Portal>, session: Session, Path(id): 
             "<div class=\"card alert {sevc}\"><div class=\"muted small\">{first} – {last}</div><h3>{sevb} {title}</h3>\
              <p class=desc>{desc}</p><div class=meta><span>MITRE ATT&amp;CK {mitre}</span>\
              <span>source <b>{src}</b></span><span>account <b>{acct}</b></span><span>DC <b>{dc}</b></span>\
-             <span>detection <code>{det}</code></span></div>\
+             <span>detection <code>{det}</code></span></div>{pcap}\
              <details><summary>Evidence: {n} event{plural}</summary>{events}</details></div>",
+            pcap = pcap_line(a),
             sevc = esc(sev),
             sevb = sev_badge(sev),
             first = time(a["first_seen_ns"].as_i64().unwrap_or(0)),
@@ -688,6 +689,27 @@ pub async fn incident(State(portal): State<Portal>, session: Session, Path(id): 
         entities = if entities.is_empty() { "-".into() } else { entities.join(", ") },
     );
     Ok(layout(&format!("Incident {id}"), Some(&session), "incidents", &body))
+}
+
+/// An alert's evidence pcap: a download when the sensor sent it, else why not (nothing when
+/// none was asked for).
+fn pcap_line(alert: &serde_json::Value) -> String {
+    let p = &alert["pcap"];
+    let what = match p["status"].as_str() {
+        Some("done") => {
+            let frames = p["frames"].as_u64().unwrap_or(0);
+            format!(
+                "<a href=\"{}\" download>download</a> ({frames} frame{}{})",
+                esc(p["url"].as_str().unwrap_or_default()),
+                if frames == 1 { "" } else { "s" },
+                if p["truncated"] == true { ", cut at 8 MiB" } else { "" }
+            )
+        }
+        Some("failed") => format!("not available: {}", esc(p["error"].as_str().unwrap_or_default())),
+        Some(_) => "<span class=muted>waiting for the sensor</span>".into(),
+        None => return String::new(),
+    };
+    format!("<p class=pcap>Evidence pcap: {what}</p>")
 }
 
 /// The MITRE ATT&CK technique's name beside its id, for the techniques the detections use.

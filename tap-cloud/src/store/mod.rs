@@ -5,7 +5,7 @@ pub mod sqlite;
 
 use crate::{
     detect::Alert,
-    pb::{ActivityEvent, Health, SensorInfo},
+    pb::{ActivityEvent, Excerpt, ExcerptRequest, Health, SensorInfo},
 };
 
 pub use sqlite::SqliteStore;
@@ -88,6 +88,149 @@ pub struct EventQuery {
     pub limit: Option<usize>,
 }
 
+/// Largest pcap an excerpt may carry (the proto's limit).
+pub const MAX_EXCERPT_PCAP_BYTES: usize = 8 << 20;
+/// Most excerpt requests handed to a sensor in one heartbeat reply.
+pub const EXCERPTS_PER_HEARTBEAT: usize = 4;
+/// A request asked this long ago without an answer is asked again.
+pub const EXCERPT_ASK_AGAIN_NS: i64 = 60_000_000_000;
+/// After this many unanswered asks (heartbeats came, no upload) the excerpt fails: the
+/// sensor does not cut excerpts (an older version ignores the requests).
+pub const EXCERPT_MAX_ASKS: u32 = 10;
+/// Longest error text kept from a sensor.
+const MAX_EXCERPT_ERROR: usize = 1000;
+
+/// What a pcap excerpt of an alert's evidence holds: the frames of one conversation
+/// (either direction) between two instants, from the sensor that saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExcerptWanted {
+    pub alert_id: i64,
+    pub sensor_id: String,
+    pub client_ip: String,
+    pub client_port: u32,
+    pub dc_ip: String,
+    /// 0 matches any port.
+    pub dc_port: u32,
+    pub from_unix_ns: i64,
+    pub to_unix_ns: i64,
+}
+
+/// A requested excerpt and how far it got.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ExcerptRecord {
+    pub id: u64,
+    #[serde(flatten)]
+    pub wanted: ExcerptWanted,
+    /// "pending" (not yet handed to the sensor), "asked", "done" or "failed".
+    pub status: String,
+    pub requested_unix_ns: i64,
+    /// When it was last handed to the sensor, and how many times.
+    pub asked_unix_ns: Option<i64>,
+    pub asks: u32,
+    pub answered_unix_ns: Option<i64>,
+    pub frames: u32,
+    /// The sensor stopped at the size limit.
+    pub truncated: bool,
+    pub error: String,
+    pub pcap_bytes: u64,
+    /// The file itself, only when asked for ([`Store::alert_excerpt`] with `with_pcap`).
+    #[serde(skip)]
+    pub pcap: Option<Vec<u8>>,
+}
+
+impl ExcerptRecord {
+    /// "done", "waiting" or "failed: <why>", as `tap-cloud alerts --json` says it.
+    pub fn label(&self) -> String {
+        match self.status.as_str() {
+            "done" => "done".into(),
+            "failed" => format!("failed: {}", self.error),
+            _ => "waiting".into(),
+        }
+    }
+}
+
+/// What became of an upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExcerptUpload {
+    /// Stored: done, or failed with the sensor's error.
+    Saved,
+    /// The excerpt was already answered; the first answer stays (a resend after a lost
+    /// acknowledgement).
+    AlreadyAnswered,
+    /// No such request of this sensor: nothing stored.
+    NotYours,
+    /// Not a pcap, or too large: the excerpt fails with the reason (also returned).
+    Invalid(String),
+}
+
+/// Checks an uploaded pcap (classic libpcap format, either byte order, micro- or
+/// nanosecond timestamps) and counts its frames; the file must end on a record boundary.
+pub fn check_pcap(pcap: &[u8]) -> Result<u32, String> {
+    if pcap.len() > MAX_EXCERPT_PCAP_BYTES {
+        return Err(format!("pcap of {} bytes (at most {MAX_EXCERPT_PCAP_BYTES})", pcap.len()));
+    }
+    if pcap.len() < 24 {
+        return Err(format!("pcap of {} bytes, shorter than its 24-byte header", pcap.len()));
+    }
+    let little = match [pcap[0], pcap[1], pcap[2], pcap[3]] {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        m => return Err(format!("not a pcap file (magic {:02x}{:02x}{:02x}{:02x})", m[0], m[1], m[2], m[3])),
+    };
+    let u32_at = |at: usize| {
+        let b = [pcap[at], pcap[at + 1], pcap[at + 2], pcap[at + 3]];
+        if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    let (mut at, mut frames) = (24usize, 0u32);
+    while at < pcap.len() {
+        if pcap.len() - at < 16 {
+            return Err(format!("pcap ends inside the header of record {}", frames + 1));
+        }
+        let len = u32_at(at + 8) as usize;
+        if pcap.len() - at - 16 < len {
+            return Err(format!("pcap ends inside record {}", frames + 1));
+        }
+        at += 16 + len;
+        frames += 1;
+    }
+    Ok(frames)
+}
+
+/// A pcap with nanosecond timestamps (little-endian), as the sensor writes them.
+#[cfg(test)]
+pub(crate) fn sample_pcap(frames: &[&[u8]]) -> Vec<u8> {
+    let mut out = 0xa1b2_3c4du32.to_le_bytes().to_vec();
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    for v in [0u32, 0, 65535, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for (i, f) in frames.iter().enumerate() {
+        for v in [1_795_749_927u32, i as u32, f.len() as u32, f.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(f);
+    }
+    out
+}
+
+/// A sensor's error text, bounded.
+pub fn excerpt_error(e: &str) -> String {
+    let e = e.trim();
+    if e.len() <= MAX_EXCERPT_ERROR {
+        return e.to_string();
+    }
+    let mut end = MAX_EXCERPT_ERROR;
+    while !e.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &e[..end])
+}
+
 pub trait Store: Send + Sync {
     /// Stores a batch in one durable transaction; events whose (sensor, seq) is already
     /// held are skipped. Returns only after the data is on disk.
@@ -149,4 +292,24 @@ pub trait Store: Send + Sync {
     /// Named blobs of engine state (learned profiles) that must survive a restart.
     fn load_state(&self, name: &str) -> anyhow::Result<Option<String>>;
     fn save_state(&self, name: &str, value: &str) -> anyhow::Result<()>;
+
+    /// Asks for a pcap excerpt per alert (pending until a heartbeat of its sensor takes
+    /// it), in one transaction; returns the excerpt ids. An alert has at most one excerpt:
+    /// asking again returns the one it has.
+    fn request_excerpts(&self, wanted: &[ExcerptWanted]) -> anyhow::Result<Vec<u64>>;
+    fn request_excerpt(&self, wanted: &ExcerptWanted) -> anyhow::Result<u64> {
+        Ok(self.request_excerpts(std::slice::from_ref(wanted))?.pop().unwrap_or_default())
+    }
+    /// The requests to hand a sensor in its heartbeat reply (at most
+    /// [`EXCERPTS_PER_HEARTBEAT`], oldest first): those never asked, and those asked more
+    /// than [`EXCERPT_ASK_AGAIN_NS`] ago without an answer. Marks them asked at `now`; one
+    /// asked [`EXCERPT_MAX_ASKS`] times already fails instead.
+    fn pending_excerpts(&self, sensor_id: &str, now_unix_ns: i64) -> anyhow::Result<Vec<ExcerptRequest>>;
+    /// Stores a sensor's answer to one of its own requests: the pcap (checked: size,
+    /// format) makes it done, an `error` failed.
+    fn save_excerpt(&self, sensor_id: &str, excerpt: &Excerpt, now_unix_ns: i64) -> anyhow::Result<ExcerptUpload>;
+    /// The excerpt of an alert, with the pcap's bytes when `with_pcap` (and it is done).
+    fn alert_excerpt(&self, alert_id: i64, with_pcap: bool) -> anyhow::Result<Option<ExcerptRecord>>;
+    /// Every excerpt, without the bytes, by alert id.
+    fn excerpts(&self) -> anyhow::Result<Vec<ExcerptRecord>>;
 }

@@ -8,9 +8,13 @@ use anyhow::Context as _;
 use prost::Message as _;
 use rusqlite::{params, Connection, OptionalExtension as _};
 
-use super::{Comment, EventQuery, Incident, InsertOutcome, SensorRecord, Store, StoredEvent, User};
+use super::{
+    check_pcap, excerpt_error, Comment, EventQuery, ExcerptRecord, ExcerptUpload, ExcerptWanted, Incident,
+    InsertOutcome, SensorRecord, Store, StoredEvent, User, EXCERPTS_PER_HEARTBEAT, EXCERPT_ASK_AGAIN_NS,
+    EXCERPT_MAX_ASKS,
+};
 use crate::detect::Alert;
-use crate::pb::{ActivityEvent, Health, SensorInfo};
+use crate::pb::{ActivityEvent, Excerpt, ExcerptRequest, Health, SensorInfo};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sensors (
@@ -90,7 +94,59 @@ CREATE TABLE IF NOT EXISTS engine_state (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS excerpts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id INTEGER NOT NULL UNIQUE REFERENCES alerts (id),
+    sensor_id TEXT NOT NULL,
+    client_ip TEXT NOT NULL,
+    client_port INTEGER NOT NULL,
+    dc_ip TEXT NOT NULL,
+    dc_port INTEGER NOT NULL,
+    from_unix_ns INTEGER NOT NULL,
+    to_unix_ns INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    requested_unix_ns INTEGER NOT NULL,
+    asked_unix_ns INTEGER,
+    asks INTEGER NOT NULL DEFAULT 0,
+    answered_unix_ns INTEGER,
+    frames INTEGER NOT NULL DEFAULT 0,
+    truncated INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    pcap BLOB
+);
+CREATE INDEX IF NOT EXISTS excerpts_open ON excerpts (sensor_id, status);
 ";
+
+/// Columns of an excerpt without its bytes; the pcap's length last.
+const EXCERPT_COLUMNS: &str = "id, alert_id, sensor_id, client_ip, client_port, dc_ip, dc_port, from_unix_ns, \
+     to_unix_ns, status, requested_unix_ns, asked_unix_ns, asks, answered_unix_ns, frames, truncated, error, \
+     COALESCE(length(pcap), 0)";
+
+fn excerpt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExcerptRecord> {
+    Ok(ExcerptRecord {
+        id: r.get::<_, i64>(0)? as u64,
+        wanted: ExcerptWanted {
+            alert_id: r.get(1)?,
+            sensor_id: r.get(2)?,
+            client_ip: r.get(3)?,
+            client_port: r.get(4)?,
+            dc_ip: r.get(5)?,
+            dc_port: r.get(6)?,
+            from_unix_ns: r.get(7)?,
+            to_unix_ns: r.get(8)?,
+        },
+        status: r.get(9)?,
+        requested_unix_ns: r.get(10)?,
+        asked_unix_ns: r.get(11)?,
+        asks: r.get(12)?,
+        answered_unix_ns: r.get(13)?,
+        frames: r.get(14)?,
+        truncated: r.get(15)?,
+        error: r.get(16)?,
+        pcap_bytes: r.get::<_, i64>(17)? as u64,
+        pcap: None,
+    })
+}
 
 fn severity_rank(s: &str) -> u8 {
     match s {
@@ -543,6 +599,148 @@ impl Store for SqliteStore {
         let rows = stmt.query_map([], incident_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn request_excerpts(&self, wanted: &[ExcerptWanted]) -> anyhow::Result<Vec<u64>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = crate::unix_ns();
+        let mut ids = Vec::with_capacity(wanted.len());
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO excerpts (alert_id, sensor_id, client_ip, client_port, dc_ip, dc_port, \
+                 from_unix_ns, to_unix_ns, requested_unix_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let mut id_of = tx.prepare_cached("SELECT id FROM excerpts WHERE alert_id = ?1")?;
+            for w in wanted {
+                insert.execute(params![
+                    w.alert_id,
+                    w.sensor_id,
+                    w.client_ip,
+                    w.client_port,
+                    w.dc_ip,
+                    w.dc_port,
+                    w.from_unix_ns,
+                    w.to_unix_ns,
+                    now
+                ])?;
+                ids.push(id_of.query_row([w.alert_id], |r| r.get::<_, i64>(0))? as u64);
+            }
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    fn pending_excerpts(&self, sensor_id: &str, now_unix_ns: i64) -> anyhow::Result<Vec<ExcerptRequest>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let again = now_unix_ns - EXCERPT_ASK_AGAIN_NS;
+        tx.execute(
+            "UPDATE excerpts SET status = 'failed', answered_unix_ns = ?3, error = ?4 \
+             WHERE sensor_id = ?1 AND status = 'asked' AND asked_unix_ns <= ?2 AND asks >= ?5",
+            params![
+                sensor_id,
+                again,
+                now_unix_ns,
+                format!(
+                    "the sensor did not answer {EXCERPT_MAX_ASKS} requests (its version may not cut excerpts, \
+                     or it keeps no evidence)"
+                ),
+                EXCERPT_MAX_ASKS
+            ],
+        )?;
+        let requests = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, client_ip, client_port, dc_ip, dc_port, from_unix_ns, to_unix_ns FROM excerpts \
+                 WHERE sensor_id = ?1 AND (status = 'pending' OR (status = 'asked' AND asked_unix_ns <= ?2)) \
+                 ORDER BY id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![sensor_id, again, EXCERPTS_PER_HEARTBEAT as i64], |r| {
+                Ok(ExcerptRequest {
+                    id: r.get::<_, i64>(0)? as u64,
+                    client_ip: r.get(1)?,
+                    client_port: r.get(2)?,
+                    dc_ip: r.get(3)?,
+                    dc_port: r.get(4)?,
+                    from_unix_ns: r.get(5)?,
+                    to_unix_ns: r.get(6)?,
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        {
+            let mut mark = tx.prepare_cached(
+                "UPDATE excerpts SET status = 'asked', asked_unix_ns = ?2, asks = asks + 1 WHERE id = ?1",
+            )?;
+            for r in &requests {
+                mark.execute(params![r.id as i64, now_unix_ns])?;
+            }
+        }
+        tx.commit()?;
+        Ok(requests)
+    }
+
+    fn save_excerpt(&self, sensor_id: &str, excerpt: &Excerpt, now_unix_ns: i64) -> anyhow::Result<ExcerptUpload> {
+        let Ok(id) = i64::try_from(excerpt.id) else { return Ok(ExcerptUpload::NotYours) };
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row: Option<(String, String)> = tx
+            .query_row("SELECT sensor_id, status FROM excerpts WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let outcome = match row {
+            None => ExcerptUpload::NotYours,
+            Some((owner, _)) if owner != sensor_id => ExcerptUpload::NotYours,
+            Some((_, status)) if status == "done" || status == "failed" => ExcerptUpload::AlreadyAnswered,
+            Some(_) if !excerpt.error.trim().is_empty() => {
+                tx.execute(
+                    "UPDATE excerpts SET status = 'failed', answered_unix_ns = ?2, error = ?3, frames = 0, \
+                     truncated = ?4, pcap = NULL WHERE id = ?1",
+                    params![id, now_unix_ns, excerpt_error(&excerpt.error), excerpt.truncated],
+                )?;
+                ExcerptUpload::Saved
+            }
+            Some(_) => match check_pcap(&excerpt.pcap) {
+                Ok(frames) => {
+                    tx.execute(
+                        "UPDATE excerpts SET status = 'done', answered_unix_ns = ?2, error = '', frames = ?3, \
+                         truncated = ?4, pcap = ?5 WHERE id = ?1",
+                        params![id, now_unix_ns, frames, excerpt.truncated, excerpt.pcap],
+                    )?;
+                    ExcerptUpload::Saved
+                }
+                Err(why) => {
+                    tx.execute(
+                        "UPDATE excerpts SET status = 'failed', answered_unix_ns = ?2, error = ?3, pcap = NULL \
+                         WHERE id = ?1",
+                        params![id, now_unix_ns, format!("the sensor's upload was refused: {why}")],
+                    )?;
+                    ExcerptUpload::Invalid(why)
+                }
+            },
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn alert_excerpt(&self, alert_id: i64, with_pcap: bool) -> anyhow::Result<Option<ExcerptRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {EXCERPT_COLUMNS}, CASE WHEN ?2 AND status = 'done' THEN pcap END FROM excerpts WHERE alert_id = ?1"
+        ))?;
+        Ok(stmt
+            .query_row(params![alert_id, with_pcap], |r| {
+                let mut x = excerpt_from_row(r)?;
+                x.pcap = r.get(18)?;
+                Ok(x)
+            })
+            .optional()?)
+    }
+
+    fn excerpts(&self) -> anyhow::Result<Vec<ExcerptRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {EXCERPT_COLUMNS} FROM excerpts ORDER BY alert_id"))?;
+        let rows = stmt.query_map([], excerpt_from_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 impl SqliteStore {
@@ -760,6 +958,175 @@ mod tests {
         let stored = store.alerts().unwrap().into_iter().find(|x| x.id == a.id).unwrap();
         assert_eq!((stored.last_seen_ns, stored.evidence.len()), (40, 2));
         assert_eq!(store.recent_alerts(hour).unwrap().len(), 1, "only the latest is within an hour of the newest");
+    }
+
+    use crate::store::sample_pcap as pcap;
+
+    /// Alerts 1..=n to hang excerpts on.
+    fn with_alerts(store: SqliteStore, n: usize) -> SqliteStore {
+        for i in 0..n {
+            let mut a = Alert {
+                id: 0,
+                detection: "kerberoasting".into(),
+                title: "Kerberoasting".into(),
+                severity: "medium".into(),
+                mitre: String::new(),
+                account: String::new(),
+                src_ip: format!("10.1.1.{i}"),
+                dc_ip: "10.0.0.10".into(),
+                first_seen_ns: i as i64,
+                last_seen_ns: i as i64,
+                description: String::new(),
+                evidence: vec![],
+                incident_id: 0,
+            };
+            store.save_alert(&mut a, 1).unwrap();
+        }
+        store
+    }
+
+    fn wanted(alert_id: i64, sensor: &str) -> ExcerptWanted {
+        ExcerptWanted {
+            alert_id,
+            sensor_id: sensor.into(),
+            client_ip: "10.1.1.1".into(),
+            client_port: 50_000 + alert_id as u32,
+            dc_ip: "10.0.0.10".into(),
+            dc_port: 88,
+            from_unix_ns: 1_000,
+            to_unix_ns: 61_000,
+        }
+    }
+
+    #[test]
+    fn pcaps_are_checked_and_their_frames_counted() {
+        assert_eq!(check_pcap(&pcap(&[])), Ok(0));
+        assert_eq!(check_pcap(&pcap(&[b"abc", &[0; 60]])), Ok(2));
+        let mut micro_be = vec![0xa1, 0xb2, 0xc3, 0xd4];
+        micro_be.extend_from_slice(&[0; 20]);
+        micro_be.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2, 7, 7]);
+        assert_eq!(check_pcap(&micro_be), Ok(1));
+        let cut = pcap(&[b"abcdef"]);
+        assert!(check_pcap(&cut[..cut.len() - 1]).unwrap_err().contains("inside record 1"));
+        assert!(check_pcap(&cut[..30]).unwrap_err().contains("header of record 1"));
+        assert!(check_pcap(b"\x0a\x0d\x0d\x0a and more bytes than a header").unwrap_err().contains("not a pcap"));
+        assert!(check_pcap(&[0xd4, 0xc3, 0xb2, 0xa1]).unwrap_err().contains("shorter than"));
+        let big = pcap(&[&vec![0; crate::store::MAX_EXCERPT_PCAP_BYTES]]);
+        assert!(check_pcap(&big).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn excerpts_are_handed_out_a_few_per_heartbeat_and_asked_again_when_unanswered() {
+        let store = with_alerts(SqliteStore::in_memory().unwrap(), 7);
+        let ids = store.request_excerpts(&(1..=6).map(|a| wanted(a, "s1")).collect::<Vec<_>>()).unwrap();
+        assert_eq!(ids.len(), 6);
+        // One excerpt per alert: asking again gives the same one.
+        assert_eq!(store.request_excerpt(&wanted(1, "s1")).unwrap(), ids[0]);
+        store.request_excerpt(&wanted(7, "s2")).unwrap();
+        let s = 1_000_000_000i64;
+        let first = store.pending_excerpts("s1", 100 * s).unwrap();
+        assert_eq!(first.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..4], "oldest first, four at most");
+        assert_eq!(
+            (first[0].client_ip.as_str(), first[0].client_port, first[0].dc_port, first[0].to_unix_ns),
+            ("10.1.1.1", 50_001, 88, 61_000)
+        );
+        let second = store.pending_excerpts("s1", 110 * s).unwrap();
+        assert_eq!(second.iter().map(|r| r.id).collect::<Vec<_>>(), ids[4..], "then the rest");
+        assert!(store.pending_excerpts("s1", 120 * s).unwrap().is_empty(), "asked, not yet due again");
+        let x = store.alert_excerpt(1, false).unwrap().unwrap();
+        assert_eq!(
+            (x.status.as_str(), x.asked_unix_ns, x.asks, x.label().as_str()),
+            ("asked", Some(100 * s), 1, "waiting")
+        );
+        // Unanswered for a minute: asked again.
+        let again = store.pending_excerpts("s1", 160 * s).unwrap();
+        assert_eq!(again.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..4]);
+        assert_eq!(store.pending_excerpts("s2", 160 * s).unwrap().len(), 1, "each sensor its own");
+        // Answered ones are not asked again; unanswered ones, asked often enough, fail.
+        store.save_excerpt("s1", &Excerpt { id: ids[0], pcap: pcap(&[b"x"]), ..Default::default() }, 161 * s).unwrap();
+        let mut t = 160 * s;
+        for _ in 0..20 {
+            t += 61 * s;
+            assert!(store.pending_excerpts("s1", t).unwrap().iter().all(|r| r.id != ids[0]));
+        }
+        let all = store.excerpts().unwrap();
+        assert_eq!(all[0].status, "done");
+        assert!(all[1..6].iter().all(|x| x.status == "failed" && x.asks == EXCERPT_MAX_ASKS), "{all:?}");
+        assert!(all[1].label().starts_with("failed: the sensor did not answer 10 requests"), "{}", all[1].label());
+        assert_eq!(all[6].status, "asked", "the other sensor's is untouched");
+    }
+
+    #[test]
+    fn an_upload_is_stored_only_for_the_sensors_own_request_and_only_when_it_is_a_pcap() {
+        let store = with_alerts(SqliteStore::in_memory().unwrap(), 4);
+        let ids =
+            store.request_excerpts(&[wanted(1, "s1"), wanted(2, "s1"), wanted(3, "s1"), wanted(4, "s1")]).unwrap();
+        store.pending_excerpts("s1", 5).unwrap();
+        let file = pcap(&[b"frame one", b"frame two"]);
+        let upload = |id: u64| Excerpt { id, pcap: file.clone(), frames: 2, ..Default::default() };
+        assert_eq!(store.save_excerpt("s2", &upload(ids[0]), 6).unwrap(), ExcerptUpload::NotYours);
+        assert_eq!(store.save_excerpt("s1", &upload(999), 6).unwrap(), ExcerptUpload::NotYours);
+        assert_eq!(store.save_excerpt("s1", &upload(u64::MAX), 6).unwrap(), ExcerptUpload::NotYours);
+        let x = store.alert_excerpt(1, true).unwrap().unwrap();
+        assert_eq!(
+            (x.status.as_str(), x.pcap, x.pcap_bytes),
+            ("asked", None, 0),
+            "another sensor's upload changed nothing"
+        );
+
+        assert_eq!(
+            store.save_excerpt("s1", &Excerpt { truncated: true, ..upload(ids[0]) }, 7).unwrap(),
+            ExcerptUpload::Saved
+        );
+        let x = store.alert_excerpt(1, true).unwrap().unwrap();
+        assert_eq!(
+            (x.status.as_str(), x.frames, x.truncated, x.pcap_bytes, x.answered_unix_ns, x.label().as_str()),
+            ("done", 2, true, file.len() as u64, Some(7), "done")
+        );
+        assert_eq!(x.pcap.as_deref(), Some(file.as_slice()));
+        assert_eq!(store.alert_excerpt(1, false).unwrap().unwrap().pcap, None, "bytes only when asked for");
+        // A resend after a lost acknowledgement: the first answer stays.
+        let other = Excerpt { pcap: pcap(&[]), ..upload(ids[0]) };
+        assert_eq!(store.save_excerpt("s1", &other, 8).unwrap(), ExcerptUpload::AlreadyAnswered);
+        assert_eq!(store.alert_excerpt(1, true).unwrap().unwrap().pcap.as_deref(), Some(file.as_slice()));
+
+        // The sensor could not cut it.
+        let failed = Excerpt { id: ids[1], error: "evidence rotated away".into(), ..Default::default() };
+        assert_eq!(store.save_excerpt("s1", &failed, 9).unwrap(), ExcerptUpload::Saved);
+        let x = store.alert_excerpt(2, true).unwrap().unwrap();
+        assert_eq!((x.label().as_str(), x.status.as_str(), x.pcap), ("failed: evidence rotated away", "failed", None));
+        // Not a pcap, or an empty answer without an error: refused, and the excerpt fails.
+        let bogus = Excerpt { id: ids[2], pcap: b"<html>not a capture</html>".to_vec(), ..Default::default() };
+        assert!(
+            matches!(store.save_excerpt("s1", &bogus, 10).unwrap(), ExcerptUpload::Invalid(w) if w.contains("not a pcap"))
+        );
+        let empty = Excerpt { id: ids[3], ..Default::default() };
+        assert!(matches!(store.save_excerpt("s1", &empty, 10).unwrap(), ExcerptUpload::Invalid(_)));
+        let x = store.alert_excerpt(3, false).unwrap().unwrap();
+        assert!(x.status == "failed" && x.error.contains("refused: not a pcap"), "{x:?}");
+        assert!(store.pending_excerpts("s1", 1 << 50).unwrap().is_empty(), "answered ones are not asked again");
+        assert_eq!(store.alert_excerpt(42, false).unwrap(), None);
+    }
+
+    #[test]
+    fn an_existing_database_gets_the_excerpts_table_when_opened() {
+        let path = std::env::temp_dir().join(format!("dctap-excerpt-schema-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        {
+            let store = with_alerts(SqliteStore::open(&path).unwrap(), 1);
+            store.conn().execute_batch("DROP INDEX excerpts_open; DROP TABLE excerpts;").unwrap();
+            store.add_sensor("s1", "h").unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(store.sensor("s1").unwrap().is_some(), "what was there stays");
+        let id = store.request_excerpt(&wanted(1, "s1")).unwrap();
+        drop(store);
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.excerpts().unwrap()[0].id, id, "and opening again keeps it");
+        drop(store);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 
     #[test]

@@ -340,10 +340,21 @@ impl Store for SqliteStore {
     }
 
     fn revoke_sensor(&self, id: &str) -> anyhow::Result<bool> {
-        let n = self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let now = crate::unix_ns();
+        let n = tx.execute(
             "UPDATE sensors SET revoked_unix_ns = COALESCE(revoked_unix_ns, ?2) WHERE id = ?1",
-            params![id, crate::unix_ns()],
+            params![id, now],
         )?;
+        // A revoked sensor can no longer be asked: its open excerpts would wait forever.
+        tx.execute(
+            "UPDATE excerpts SET status = 'failed', answered_unix_ns = ?2, \
+             error = 'the sensor was revoked before it sent the excerpt' \
+             WHERE sensor_id = ?1 AND status IN ('pending', 'asked')",
+            params![id, now],
+        )?;
+        tx.commit()?;
         Ok(n == 1)
     }
 
@@ -1054,6 +1065,14 @@ mod tests {
         assert!(all[1..6].iter().all(|x| x.status == "failed" && x.asks == EXCERPT_MAX_ASKS), "{all:?}");
         assert!(all[1].label().starts_with("failed: the sensor did not answer 10 requests"), "{}", all[1].label());
         assert_eq!(all[6].status, "asked", "the other sensor's is untouched");
+        // A revoked sensor will not answer: what it was asked fails, answered ones stay.
+        store.add_sensor("s2", "h").unwrap();
+        store.revoke_sensor("s2").unwrap();
+        let x = store.alert_excerpt(7, false).unwrap().unwrap();
+        assert_eq!(x.label(), "failed: the sensor was revoked before it sent the excerpt");
+        store.add_sensor("s1", "h").unwrap();
+        store.revoke_sensor("s1").unwrap();
+        assert_eq!(store.alert_excerpt(1, false).unwrap().unwrap().status, "done");
     }
 
     #[test]

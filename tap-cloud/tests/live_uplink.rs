@@ -136,3 +136,107 @@ fn a_live_capture_streams_every_event_and_the_spray_is_detected() {
     drop(pair);
     let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
+
+/// The evidence behind an alert, end to end: the sensor keeps what it captures in its
+/// evidence ring, the cloud asks for the conversation of the new Kerberoasting alert in a
+/// heartbeat reply, the sensor cuts and uploads it, and the analyst downloads a pcap that
+/// holds that conversation (the project's own lab capture: always here).
+#[test]
+fn the_pcap_excerpt_of_an_alert_comes_from_the_sensor_evidence_ring() {
+    if !live_or_skip("the_pcap_excerpt_of_an_alert_comes_from_the_sensor_evidence_ring") {
+        return;
+    }
+    let pcap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/pcaps/03_kerberoasting.pcap");
+    let cloud_bin = PathBuf::from(env!("CARGO_BIN_EXE_tap-cloud"));
+    let sensor_bin = cloud_bin.with_file_name("tap-sensor");
+    assert!(sensor_bin.exists(), "{} missing: cargo build -p tap-user", sensor_bin.display());
+    let dir = std::env::temp_dir().join(format!("dctap-live-excerpt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = |p: &str| dir.join(p).display().to_string();
+    ok(Command::new(&cloud_bin).args(["certs", "init", "--sensor", "ev", "--dir", &d("pki")]));
+    ok(Command::new(&cloud_bin).args(["sensors", "add", "ev", "--db", &d("cloud.db"), "--key-file", &d("key")]));
+    let pair = SpanPair::create("excerpt").unwrap();
+    ok(Command::new("ip").args(["-n", &pair.mirror_ns, "link", "set", "lo", "up"]));
+    let log = std::fs::File::create(dir.join("cloud.log")).unwrap();
+    let cloud = Cloud(
+        SpanPair::command_in(&pair.mirror_ns, &cloud_bin)
+            .args(["serve", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:7443", "--db", &d("cloud.db")])
+            .args(["--tls-dir", &d("pki")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(dir.join("cloud.log")).unwrap_or_default().contains("ingest listening") {
+        assert!(Instant::now() < deadline, "tap-cloud did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let args = [
+        "--dc",
+        "10.78.0.10",
+        "--sensor-id",
+        "ev",
+        "--cloud",
+        "https://127.0.0.1:7443",
+        "--tls-ca",
+        &d("pki/ca.pem"),
+        "--tls-cert",
+        &d("pki/sensor-ev.pem"),
+        "--tls-key",
+        &d("pki/sensor-ev.key"),
+        "--access-key-file",
+        &d("key"),
+        "--spool-dir",
+        &d("spool"),
+        "--evidence-dir",
+        &d("evidence"),
+    ];
+    let sensor = SensorProcess::start(&sensor_bin, &pair, &args).unwrap();
+    assert!(pair.replay(&pcap, Some(2_000), 1).unwrap() > 20);
+
+    // The alert, then its excerpt: asked in the next heartbeat reply (every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let alert = loop {
+        let out = ok(Command::new(&cloud_bin).args(["alerts", "--json", "--db", &d("cloud.db")]));
+        let roast = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|a| a["detection"] == "kerberoasting");
+        if let Some(a) = roast.clone().filter(|a| a["pcap"] == "done") {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no kerberoasting alert with its pcap in 45 s: {roast:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let counters = sensor.stop().unwrap();
+    drop(cloud);
+    assert!(counters.get("uplink_excerpts_uploaded") >= 1);
+    let out = dir.join("alert.pcap");
+    let id = alert["id"].as_i64().unwrap().to_string();
+    ok(Command::new(&cloud_bin).args(["alerts", "pcap", &id, "--out", out.to_str().unwrap(), "--db", &d("cloud.db")]));
+    let frames = tap_testkit::pcap::read(&out).unwrap();
+    assert!(!frames.is_empty(), "an empty excerpt");
+    // Every frame is of the conversation behind the alert: the attacker and the DC, on
+    // Kerberos.
+    let ends = |f: &tap_testkit::pcap::PcapFrame| -> Option<([u8; 4], [u8; 4], u16, u16)> {
+        let p = etherparse::SlicedPacket::from_ethernet(&f.data).ok()?;
+        let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else { return None };
+        let (sp, dp) = match p.transport? {
+            etherparse::TransportSlice::Tcp(t) => (t.source_port(), t.destination_port()),
+            etherparse::TransportSlice::Udp(u) => (u.source_port(), u.destination_port()),
+            _ => return None,
+        };
+        Some((ip.header().source(), ip.header().destination(), sp, dp))
+    };
+    let (attacker, dc) = ([10, 78, 0, 20], [10, 78, 0, 10]);
+    for f in &frames {
+        let (s, t, sp, dp) = ends(f).expect("an IPv4 TCP or UDP frame");
+        assert!((s, t) == (attacker, dc) || (s, t) == (dc, attacker), "frame of another conversation");
+        assert!(sp == 88 || dp == 88, "not Kerberos: {sp} -> {dp}");
+    }
+    drop(pair);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -765,16 +765,36 @@ impl SqliteStore {
     }
 }
 
-/// An incident's title names its most severe detection (the earliest of equals), how many
-/// others it holds, and who: "Kerberoasting and 1 other detection (alice on 10.0.0.5)".
+/// How far along the kill chain a detection is: domain dominance above credential use and
+/// lateral movement, above credential theft, above reconnaissance, above anomalies.
+fn kill_chain_rank(detection: &str) -> u8 {
+    match detection {
+        "dcsync" | "dcshadow" | "golden_ticket" | "zerologon" | "remote_execution" => 4,
+        "pass_the_hash" | "pass_the_ticket" | "forced_authentication" | "honeytoken" => 3,
+        "kerberoasting"
+        | "asrep_roasting"
+        | "password_spray"
+        | "brute_force"
+        | "encryption_downgrade"
+        | "cleartext_ldap_bind" => 2,
+        "ldap_recon" | "rpc_recon" | "account_enumeration" | "dns_zone_transfer" | "session_enumeration" => 1,
+        _ => 0,
+    }
+}
+
+/// An incident's title names its most severe detection (the furthest along the kill chain,
+/// then the earliest, of equals), how many others it holds, and who: "DCSync: directory
+/// replication from a non-DC and 6 other detections (10.0.0.5)".
 fn retitle_incident(tx: &rusqlite::Transaction<'_>, incident_id: i64) -> anyhow::Result<()> {
     let mut stmt = tx.prepare_cached(
-        "SELECT title, severity, account, src_ip FROM alerts WHERE incident_id = ?1 ORDER BY first_seen_ns, id",
+        "SELECT title, severity, account, src_ip, detection FROM alerts WHERE incident_id = ?1 ORDER BY first_seen_ns, id",
     )?;
-    let alerts: Vec<(String, String, String, String)> = stmt
-        .query_map([incident_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+    let alerts: Vec<(String, String, String, String, String)> = stmt
+        .query_map([incident_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
         .collect::<Result<_, _>>()?;
-    let Some(lead) = alerts.iter().rev().max_by_key(|a| severity_rank(&a.1)) else { return Ok(()) };
+    let Some(lead) = alerts.iter().rev().max_by_key(|a| (severity_rank(&a.1), kill_chain_rank(&a.4))) else {
+        return Ok(());
+    };
     let others = alerts.iter().map(|a| &a.0).filter(|t| *t != &lead.0).collect::<std::collections::BTreeSet<_>>().len();
     let who = if lead.2.is_empty() { lead.3.clone() } else { format!("{} on {}", lead.2, lead.3) };
     let title = match others {
@@ -969,6 +989,13 @@ mod tests {
         let stored = store.alerts().unwrap().into_iter().find(|x| x.id == a.id).unwrap();
         assert_eq!((stored.last_seen_ns, stored.evidence.len()), (40, 2));
         assert_eq!(store.recent_alerts(hour).unwrap().len(), 1, "only the latest is within an hour of the newest");
+        // Of equally severe ones, the furthest along the kill chain.
+        let mut spray = alert("password_spray", "10.3.3.3", "", 10 * hour, "high");
+        store.save_alert(&mut spray, hour).unwrap();
+        let mut dcsync = alert("dcsync", "10.3.3.3", "", 10 * hour + 10, "high");
+        store.save_alert(&mut dcsync, hour).unwrap();
+        let titled = store.incidents().unwrap().into_iter().find(|i| i.id == dcsync.incident_id).unwrap();
+        assert_eq!(titled.title, "dcsync and 1 other detection (10.3.3.3)");
     }
 
     use crate::store::sample_pcap as pcap;

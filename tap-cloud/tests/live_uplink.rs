@@ -30,6 +30,90 @@ impl Drop for Cloud {
     }
 }
 
+/// A cloud serving mTLS ingest on the loopback of a fresh SPAN pair's mirror namespace, a
+/// sensor registered with it, and the arguments that sensor needs to stream there.
+struct LiveSite {
+    dir: PathBuf,
+    cloud_bin: PathBuf,
+    sensor_bin: PathBuf,
+    sensor_id: &'static str,
+    /// Declared before `pair`: the cloud stops before its namespace goes.
+    cloud: Option<Cloud>,
+    pair: SpanPair,
+}
+
+impl LiveSite {
+    fn start(name: &str, sensor_id: &'static str) -> Self {
+        let cloud_bin = PathBuf::from(env!("CARGO_BIN_EXE_tap-cloud"));
+        let sensor_bin = cloud_bin.with_file_name("tap-sensor");
+        assert!(sensor_bin.exists(), "{} missing: cargo build -p tap-user", sensor_bin.display());
+        let dir = std::env::temp_dir().join(format!("dctap-live-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = |p: &str| dir.join(p).display().to_string();
+        ok(Command::new(&cloud_bin).args(["certs", "init", "--sensor", sensor_id, "--dir", &d("pki")]));
+        ok(Command::new(&cloud_bin).args([
+            "sensors",
+            "add",
+            sensor_id,
+            "--db",
+            &d("cloud.db"),
+            "--key-file",
+            &d("key"),
+        ]));
+        let pair = SpanPair::create(name).unwrap();
+        ok(Command::new("ip").args(["-n", &pair.mirror_ns, "link", "set", "lo", "up"]));
+        let log = std::fs::File::create(dir.join("cloud.log")).unwrap();
+        let cloud = Cloud(
+            SpanPair::command_in(&pair.mirror_ns, &cloud_bin)
+                .args(["serve", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:7443", "--db", &d("cloud.db")])
+                .args(["--tls-dir", &d("pki")])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(dir.join("cloud.log")).unwrap_or_default().contains("ingest listening") {
+            assert!(Instant::now() < deadline, "tap-cloud did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { dir, cloud_bin, sensor_bin, sensor_id, cloud: Some(cloud), pair }
+    }
+
+    fn path(&self, p: &str) -> String {
+        self.dir.join(p).display().to_string()
+    }
+
+    /// `tap-sensor capture` in the mirror namespace, watching `dc`, streaming to the cloud.
+    fn start_sensor(&self, dc: &str, extra: &[&str]) -> SensorProcess {
+        let id = self.sensor_id;
+        let mut args: Vec<String> = vec!["--dc".into(), dc.into(), "--sensor-id".into(), id.into()];
+        args.extend(["--cloud".into(), "https://127.0.0.1:7443".into(), "--tls-ca".into(), self.path("pki/ca.pem")]);
+        args.extend(["--tls-cert".into(), self.path(&format!("pki/sensor-{id}.pem"))]);
+        args.extend(["--tls-key".into(), self.path(&format!("pki/sensor-{id}.key"))]);
+        args.extend(["--access-key-file".into(), self.path("key"), "--spool-dir".into(), self.path("spool")]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        SensorProcess::start(&self.sensor_bin, &self.pair, &refs).unwrap()
+    }
+
+    /// `tap-cloud ARGS --db <the site's database>`, which must succeed.
+    fn cloud_cli(&self, args: &[&str]) -> std::process::Output {
+        ok(Command::new(&self.cloud_bin).args(args).args(["--db", &self.path("cloud.db")]))
+    }
+
+    fn stop_cloud(&mut self) {
+        self.cloud = None;
+    }
+}
+
+impl Drop for LiveSite {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn a_live_capture_streams_every_event_and_the_spray_is_detected() {
     if !live_or_skip("a_live_capture_streams_every_event_and_the_spray_is_detected") {
@@ -41,62 +125,9 @@ fn a_live_capture_streams_every_event_and_the_spray_is_detected() {
         );
         return;
     };
-    let cloud_bin = PathBuf::from(env!("CARGO_BIN_EXE_tap-cloud"));
-    let sensor_bin = cloud_bin.with_file_name("tap-sensor");
-    assert!(sensor_bin.exists(), "{} missing: cargo build -p tap-user", sensor_bin.display());
-    let dir = std::env::temp_dir().join(format!("dctap-live-uplink-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let d = |p: &str| dir.join(p).display().to_string();
-    ok(Command::new(&cloud_bin).args(["certs", "init", "--sensor", "live", "--dir", &d("pki")]));
-    ok(Command::new(&cloud_bin).args(["sensors", "add", "live", "--db", &d("cloud.db"), "--key-file", &d("key")]));
-
-    let pair = SpanPair::create("uplink").unwrap();
-    ok(Command::new("ip").args(["-n", &pair.mirror_ns, "link", "set", "lo", "up"]));
-    let log = std::fs::File::create(dir.join("cloud.log")).unwrap();
-    let cloud = Cloud(
-        SpanPair::command_in(&pair.mirror_ns, &cloud_bin)
-            .args([
-                "serve",
-                "--http",
-                "127.0.0.1:0",
-                "--listen",
-                "127.0.0.1:7443",
-                "--db",
-                &d("cloud.db"),
-                "--tls-dir",
-                &d("pki"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(dir.join("cloud.log")).unwrap_or_default().contains("ingest listening") {
-        assert!(Instant::now() < deadline, "tap-cloud did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let args = [
-        "--dc",
-        "10.77.0.10",
-        "--sensor-id",
-        "live",
-        "--cloud",
-        "https://127.0.0.1:7443",
-        "--tls-ca",
-        &d("pki/ca.pem"),
-        "--tls-cert",
-        &d("pki/sensor-live.pem"),
-        "--tls-key",
-        &d("pki/sensor-live.key"),
-        "--access-key-file",
-        &d("key"),
-        "--spool-dir",
-        &d("spool"),
-    ];
-    let sensor = SensorProcess::start(&sensor_bin, &pair, &args).unwrap();
-    let sent = pair.replay(&pcap, Some(5_000), 1).unwrap();
+    let mut site = LiveSite::start("uplink", "live");
+    let sensor = site.start_sensor("10.77.0.10", &[]);
+    let sent = site.pair.replay(&pcap, Some(5_000), 1).unwrap();
     assert!(sent > 500);
     std::thread::sleep(Duration::from_millis(500));
     let counters = sensor.stop().unwrap();
@@ -108,15 +139,14 @@ fn a_live_capture_streams_every_event_and_the_spray_is_detected() {
     // Detection follows the store every half second.
     let deadline = Instant::now() + Duration::from_secs(20);
     let alerts = loop {
-        let out = ok(Command::new(&cloud_bin).args(["alerts", "--json", "--db", &d("cloud.db")]));
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = String::from_utf8(site.cloud_cli(&["alerts", "--json"]).stdout).unwrap();
         if text.contains("brute_force") || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    drop(cloud);
-    let stored = ok(Command::new(&cloud_bin).args(["events", "stats", "--db", &d("cloud.db")]));
+    site.stop_cloud();
+    let stored = site.cloud_cli(&["events", "stats"]);
     let stats: serde_json::Value = serde_json::from_slice(&stored.stdout).unwrap();
     assert_eq!(stats["events"].as_u64(), Some(events), "the cloud holds each event once");
     for detection in ["password_spray", "brute_force"] {
@@ -126,15 +156,13 @@ fn a_live_capture_streams_every_event_and_the_spray_is_detected() {
         );
     }
     // Registration and the heartbeat (sent as the session opens) reached the registry.
-    let list = ok(Command::new(&cloud_bin).args(["sensors", "list", "--json", "--db", &d("cloud.db")]));
+    let list = site.cloud_cli(&["sensors", "list", "--json"]);
     let sensor: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(sensor["monitored_dcs"], serde_json::json!(["10.77.0.10"]));
     assert!(sensor["capabilities"].as_array().unwrap().iter().any(|c| c == "capture"), "{sensor}");
     assert_eq!(sensor["version"], env!("CARGO_PKG_VERSION"));
     assert!(sensor["last_heartbeat_unix_ns"].as_i64().is_some(), "{sensor}");
     assert!(sensor["health_counters"].get("spool_events_appended").is_some(), "{sensor}");
-    drop(pair);
-    let _ = std::fs::remove_dir_all(Path::new(&dir));
 }
 
 /// The evidence behind an alert, end to end: the sensor keeps what it captures in its
@@ -147,60 +175,15 @@ fn the_pcap_excerpt_of_an_alert_comes_from_the_sensor_evidence_ring() {
         return;
     }
     let pcap = Path::new(env!("CARGO_MANIFEST_DIR")).join("../lab/pcaps/03_kerberoasting.pcap");
-    let cloud_bin = PathBuf::from(env!("CARGO_BIN_EXE_tap-cloud"));
-    let sensor_bin = cloud_bin.with_file_name("tap-sensor");
-    assert!(sensor_bin.exists(), "{} missing: cargo build -p tap-user", sensor_bin.display());
-    let dir = std::env::temp_dir().join(format!("dctap-live-excerpt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let d = |p: &str| dir.join(p).display().to_string();
-    ok(Command::new(&cloud_bin).args(["certs", "init", "--sensor", "ev", "--dir", &d("pki")]));
-    ok(Command::new(&cloud_bin).args(["sensors", "add", "ev", "--db", &d("cloud.db"), "--key-file", &d("key")]));
-    let pair = SpanPair::create("excerpt").unwrap();
-    ok(Command::new("ip").args(["-n", &pair.mirror_ns, "link", "set", "lo", "up"]));
-    let log = std::fs::File::create(dir.join("cloud.log")).unwrap();
-    let cloud = Cloud(
-        SpanPair::command_in(&pair.mirror_ns, &cloud_bin)
-            .args(["serve", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:7443", "--db", &d("cloud.db")])
-            .args(["--tls-dir", &d("pki")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(dir.join("cloud.log")).unwrap_or_default().contains("ingest listening") {
-        assert!(Instant::now() < deadline, "tap-cloud did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let args = [
-        "--dc",
-        "10.78.0.10",
-        "--sensor-id",
-        "ev",
-        "--cloud",
-        "https://127.0.0.1:7443",
-        "--tls-ca",
-        &d("pki/ca.pem"),
-        "--tls-cert",
-        &d("pki/sensor-ev.pem"),
-        "--tls-key",
-        &d("pki/sensor-ev.key"),
-        "--access-key-file",
-        &d("key"),
-        "--spool-dir",
-        &d("spool"),
-        "--evidence-dir",
-        &d("evidence"),
-    ];
-    let sensor = SensorProcess::start(&sensor_bin, &pair, &args).unwrap();
-    assert!(pair.replay(&pcap, Some(2_000), 1).unwrap() > 20);
+    let mut site = LiveSite::start("excerpt", "ev");
+    let evidence = site.path("evidence");
+    let sensor = site.start_sensor("10.78.0.10", &["--evidence-dir", &evidence]);
+    assert!(site.pair.replay(&pcap, Some(2_000), 1).unwrap() > 20);
 
     // The alert, then its excerpt: asked in the next heartbeat reply (every 10 s).
     let deadline = Instant::now() + Duration::from_secs(45);
     let alert = loop {
-        let out = ok(Command::new(&cloud_bin).args(["alerts", "--json", "--db", &d("cloud.db")]));
-        let roast = String::from_utf8(out.stdout)
+        let roast = String::from_utf8(site.cloud_cli(&["alerts", "--json"]).stdout)
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -212,12 +195,12 @@ fn the_pcap_excerpt_of_an_alert_comes_from_the_sensor_evidence_ring() {
         std::thread::sleep(Duration::from_millis(500));
     };
     let counters = sensor.stop().unwrap();
-    drop(cloud);
+    site.stop_cloud();
     assert!(counters.get("uplink_excerpts_uploaded") >= 1);
-    let out = dir.join("alert.pcap");
+    let out = site.path("alert.pcap");
     let id = alert["id"].as_i64().unwrap().to_string();
-    ok(Command::new(&cloud_bin).args(["alerts", "pcap", &id, "--out", out.to_str().unwrap(), "--db", &d("cloud.db")]));
-    let frames = tap_testkit::pcap::read(&out).unwrap();
+    site.cloud_cli(&["alerts", "pcap", &id, "--out", &out]);
+    let frames = tap_testkit::pcap::read(Path::new(&out)).unwrap();
     assert!(!frames.is_empty(), "an empty excerpt");
     // Every frame is of the conversation behind the alert: the attacker and the DC, on
     // Kerberos.
@@ -237,6 +220,4 @@ fn the_pcap_excerpt_of_an_alert_comes_from_the_sensor_evidence_ring() {
         assert!((s, t) == (attacker, dc) || (s, t) == (dc, attacker), "frame of another conversation");
         assert!(sp == 88 || dp == 88, "not Kerberos: {sp} -> {dp}");
     }
-    drop(pair);
-    let _ = std::fs::remove_dir_all(&dir);
 }

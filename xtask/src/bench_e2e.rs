@@ -16,7 +16,7 @@ use std::{
     fmt::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Stdio,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -34,6 +34,7 @@ use tap_testkit::{
 
 use crate::{
     bench::release_sensor,
+    bench_uplink::Cloud,
     setup::Env,
     util::{note, step},
 };
@@ -80,79 +81,16 @@ fn mixed_capture(env: &Env, work: &Path) -> anyhow::Result<(PathBuf, u64)> {
     Ok((out, dc_frames))
 }
 
-struct Cloud {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Cloud {
-    /// `tap-cloud serve` inside the mirror namespace, on its loopback, with mTLS.
-    fn start(bin: &Path, ns: &str, dir: &Path) -> anyhow::Result<Self> {
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir)?;
-        let db = dir.join("cloud.db");
-        let ok = |out: std::process::Output| -> anyhow::Result<()> {
-            if !out.status.success() {
-                bail!("tap-cloud: {}", String::from_utf8_lossy(&out.stderr));
-            }
-            Ok(())
-        };
-        ok(std::process::Command::new(bin)
-            .args(["certs", "init", "--sensor", "bench", "--dir"])
-            .arg(dir.join("certs"))
-            .output()?)?;
-        ok(std::process::Command::new(bin)
-            .args(["sensors", "add", "bench", "--db"])
-            .arg(&db)
-            .arg("--key-file")
-            .arg(dir.join("bench.key"))
-            .output()?)?;
-        ok(std::process::Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]).output()?)?;
-        let child = SpanPair::command_in(ns, bin)
-            .args(["serve", "--http", "127.0.0.1:0", "--listen", CLOUD_ADDR, "--db"])
-            .arg(&db)
-            .arg("--tls-dir")
-            .arg(dir.join("certs"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let probe = SpanPair::command_in(ns, "bash")
-                .args(["-c", &format!("exec 3<>/dev/tcp/{}", CLOUD_ADDR.replace(':', "/"))])
-                .output()?;
-            if probe.status.success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("tap-cloud did not listen on {CLOUD_ADDR} in the mirror namespace");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self { child, dir: dir.to_path_buf() })
-    }
-
-    fn sensor_args(&self) -> Vec<String> {
-        let d = |p: &str| self.dir.join(p).display().to_string();
-        let mut args: Vec<String> = vec!["--dc".into(), LAB_DC.into(), "--sensor-id".into(), "bench".into()];
-        args.extend(["--cloud".into(), format!("https://{CLOUD_ADDR}")]);
-        args.extend(["--tls-ca".into(), d("certs/ca.pem"), "--tls-cert".into(), d("certs/sensor-bench.pem")]);
-        args.extend(["--tls-key".into(), d("certs/sensor-bench.key"), "--access-key-file".into(), d("bench.key")]);
-        args.extend(["--spool-dir".into(), d("spool")]);
-        args
-    }
-
-    /// Every alert now: id -> last_seen_ns.
-    fn alerts(bin: &Path, db: &Path) -> HashMap<u64, i64> {
-        let Ok(out) = std::process::Command::new(bin).args(["alerts", "--json", "--db"]).arg(db).output() else {
-            return HashMap::new();
-        };
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| Some((v["id"].as_u64()?, v["last_seen_ns"].as_i64()?)))
-            .collect()
-    }
+/// Every alert now: id -> last_seen_ns.
+fn alerts_now(bin: &Path, db: &Path) -> HashMap<u64, i64> {
+    let Ok(out) = std::process::Command::new(bin).args(["alerts", "--json", "--db"]).arg(db).output() else {
+        return HashMap::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| Some((v["id"].as_u64()?, v["last_seen_ns"].as_i64()?)))
+        .collect()
 }
 
 /// Two tcpreplay processes, each with the capture preloaded into memory and half the rate
@@ -246,8 +184,9 @@ pub fn run(env: &Env) -> anyhow::Result<()> {
             None => "two senders at top speed".to_string(),
         });
         let pair = SpanPair::create("e2e")?;
-        let cloud = Cloud::start(&cloud_bin, &pair.mirror_ns, &work.join("e2e-run"))?;
-        let args = cloud.sensor_args();
+        let cloud = Cloud::start_in(&cloud_bin, &work.join("e2e-run"), CLOUD_ADDR, Some(&pair.mirror_ns))?;
+        let mut args = cloud.sensor_args(CLOUD_ADDR);
+        args.extend(["--dc".into(), LAB_DC.into()]);
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let sensor_proc = SensorProcess::start(&sensor, &pair, &arg_refs)?;
         let db = cloud.dir.join("cloud.db");
@@ -260,7 +199,7 @@ pub fn run(env: &Env) -> anyhow::Result<()> {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let seen_at = now_ns();
-                    for (id, last_seen) in Cloud::alerts(&bin, &db) {
+                    for (id, last_seen) in alerts_now(&bin, &db) {
                         if let Ok(mut l) = latencies.lock() {
                             l.entry(id).or_insert((seen_at - last_seen) as f64 / 1e6);
                         }

@@ -47,13 +47,21 @@ pub(crate) fn capture(env: &Env, work: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-struct Cloud {
-    child: Child,
-    dir: PathBuf,
+/// `tap-cloud serve` with mTLS and a fresh database, and one registered sensor "bench".
+pub(crate) struct Cloud {
+    pub(crate) child: Child,
+    pub(crate) dir: PathBuf,
 }
 
 impl Cloud {
+    /// On this host, listening on `addr`.
     fn start(bin: &Path, dir: &Path, addr: &str) -> anyhow::Result<Self> {
+        Self::start_in(bin, dir, addr, None)
+    }
+
+    /// In network namespace `ns` (on its loopback) when given, else on this host; returns
+    /// once it listens.
+    pub(crate) fn start_in(bin: &Path, dir: &Path, addr: &str, ns: Option<&str>) -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
         let db = dir.join("cloud.db");
@@ -73,25 +81,35 @@ impl Cloud {
             .arg("--key-file")
             .arg(dir.join("bench.key"))
             .output()?)?;
-        let child = std::process::Command::new(bin)
+        let mut cmd = match ns {
+            Some(ns) => {
+                ok(std::process::Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]).output()?)?;
+                tap_testkit::netns::SpanPair::command_in(ns, bin)
+            }
+            None => std::process::Command::new(bin),
+        };
+        let log = dir.join("cloud.log");
+        let child = cmd
             .args(["serve", "--http", "127.0.0.1:0", "--listen", addr, "--db"])
             .arg(&db)
             .arg("--tls-dir")
             .arg(dir.join("certs"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()?;
+        // The log line, not a connection: it works from outside the namespace too.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(addr).is_err() {
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("ingest listening") {
             if Instant::now() > deadline {
-                bail!("tap-cloud did not listen on {addr}");
+                bail!("tap-cloud did not listen on {addr}; see {}", log.display());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Self { child, dir: dir.to_path_buf() })
     }
 
-    fn sensor_args(&self, addr: &str) -> Vec<String> {
+    /// The arguments of a sensor "bench" streaming to this cloud at `addr`.
+    pub(crate) fn sensor_args(&self, addr: &str) -> Vec<String> {
         let d = |p: &str| self.dir.join(p).display().to_string();
         vec![
             "--sensor-id".into(),

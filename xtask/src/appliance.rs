@@ -219,13 +219,7 @@ fn ensure_tools() -> anyhow::Result<()> {
     }
     missing.dedup();
     note(&format!("appliance tools: installing {}", missing.join(", ")));
-    Cmd::new("apt-get").args(["update", "-qq"]).run()?;
-    Cmd::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .run()
-        .context("apt-get install failed; install the packages above by hand and re-run")
+    crate::setup::apt_install(&missing)
 }
 
 fn recipe_key() -> String {

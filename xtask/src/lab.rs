@@ -15,7 +15,7 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    setup::Env,
+    setup::{apt_install, deb_installed, Env},
     util::{note, step, Cmd},
 };
 
@@ -78,18 +78,10 @@ fn venv_dir() -> PathBuf {
     home.join(".cache/dctap/lab-venv")
 }
 
-fn installed(pkg: &str) -> bool {
-    Cmd::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false)
-}
-
 /// Idempotent, printed: the Debian packages (without letting their scripts start Samba's
 /// daemons on the host) and impacket in a venv outside the source tree.
 pub fn ensure_installed() -> anyhow::Result<()> {
-    let missing: Vec<&str> = LAB_APT_PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = LAB_APT_PACKAGES.iter().copied().filter(|p| !deb_installed(p)).collect();
     if missing.is_empty() {
         note(&format!("lab Debian packages: present ({})", LAB_APT_PACKAGES.join(", ")));
     } else {
@@ -101,13 +93,7 @@ pub fn ensure_installed() -> anyhow::Result<()> {
             std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
             std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         }
-        let result = Cmd::new("apt-get").args(["update", "-qq"]).run().and_then(|_| {
-            Cmd::new("apt-get")
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
-                .args(&missing)
-                .run()
-        });
+        let result = apt_install(&missing);
         if made_policy {
             let _ = std::fs::remove_file(policy);
         }

@@ -109,24 +109,31 @@ fn ensure_bpffs() -> anyhow::Result<()> {
 }
 
 fn ensure_apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| {
-            let out = Cmd::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
-            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        })
-        .collect();
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !deb_installed(p)).collect();
     if missing.is_empty() {
         note(&format!("Debian packages: present ({})", APT_PACKAGES.join(", ")));
         return Ok(());
     }
     note(&format!("Debian packages: installing {}", missing.join(", ")));
+    apt_install(&missing)
+}
+
+/// Whether a Debian package is installed (dpkg's status).
+pub(crate) fn deb_installed(package: &str) -> bool {
+    Cmd::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// `apt-get update`, then installs `packages` without recommends and without questions;
+/// the one way every set-up step installs Debian packages.
+pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     Cmd::new("apt-get").args(["update", "-qq"]).run()?;
     Cmd::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(packages)
         .run()
         .context("apt-get install failed; install the packages above by hand and re-run")
 }
@@ -139,10 +146,7 @@ fn ensure_playwright() -> anyhow::Result<()> {
     };
     if node_major().is_none() || !Cmd::new("npm").arg("--version").succeeds() {
         note("Node.js: installing nodejs and npm");
-        Cmd::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-qq", "--no-install-recommends", "nodejs", "npm"])
-            .run()?;
+        apt_install(&["nodejs", "npm"])?;
     }
     match node_major() {
         Some(major) if major >= 20 => note(&format!("Node.js: present (major version {major})")),

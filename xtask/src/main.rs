@@ -171,7 +171,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// What a clean `cargo xtask test` writes: target/ (about 4 GB with the dev profile's
+/// line tables), the appliance images and the lab's state. A CI run once died of a full
+/// disk half-way, in a linker; this says so before the first build.
+const TEST_NEEDS_FREE_BYTES: u64 = 6 << 30;
+
 fn test(env: &setup::Env) -> anyhow::Result<()> {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|| env.root.join("target"));
+    let probe = if target.exists() { target.as_path() } else { env.root.as_path() };
+    let free = util::free_bytes(probe)?;
+    anyhow::ensure!(
+        free >= TEST_NEEDS_FREE_BYTES,
+        "only {:.1} GB free on the file system of {}; `cargo xtask test` needs about {} GB (build artefacts, appliance images, lab). \
+         Free some space (e.g. `cargo clean` in other checkouts) and re-run.",
+        free as f64 / 1e9,
+        probe.display(),
+        TEST_NEEDS_FREE_BYTES >> 30
+    );
+    util::note(&format!("disk: {:.1} GB free for target/", free as f64 / 1e9));
     util::step("rustfmt check");
     env.cargo().args(["fmt", "--all", "--", "--check"]).run()?;
     util::step("clippy (warnings denied)");

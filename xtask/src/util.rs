@@ -77,3 +77,14 @@ impl Cmd {
         self.0.output().map(|o| o.status.success()).unwrap_or(false)
     }
 }
+
+/// Bytes free to an unprivileged writer on the file system holding `path` (`df`, so
+/// xtask needs no libc binding for statvfs).
+pub fn free_bytes(path: &std::path::Path) -> anyhow::Result<u64> {
+    let out = Cmd::new("df").args(["-P", "-B1", "--output=avail"]).arg(path).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("df printed no free space for {}: {text:?}", path.display()))
+}

@@ -81,7 +81,7 @@ impl Cmd {
 /// Bytes free to an unprivileged writer on the file system holding `path` (`df`, so
 /// xtask needs no libc binding for statvfs).
 pub fn free_bytes(path: &std::path::Path) -> anyhow::Result<u64> {
-    let out = Cmd::new("df").args(["-P", "-B1", "--output=avail"]).arg(path).output()?;
+    let out = Cmd::new("df").args(["-B1", "--output=avail"]).arg(path).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .nth(1)

@@ -8,6 +8,12 @@ use std::{
 };
 
 use anyhow::Context as _;
+
+/// The pipeline allocates and frees many small, short-lived objects (parsed messages,
+/// events) on worker threads; glibc's allocator spent 8% of `bench parse` in itself and
+/// kept returning and re-faulting the heap top.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use tap_common::record::MAX_SNAPLEN;
 use tap_user::{

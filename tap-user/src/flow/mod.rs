@@ -235,72 +235,69 @@ impl<C: StreamConsumer> FlowTracker<C> {
         };
         let (src, dst) = (SocketAddr::new(p.src, sp), SocketAddr::new(p.dst, dp));
         let (key, src_is_lo) = FlowKey::of(src, dst, transport);
-        if !self.table.contains(&key) {
-            // A bare ACK, FIN or RST of a conversation not (or no longer) tracked, such as
-            // the last ACK after both FINs, does not open a flow: only a SYN or data does.
-            if let L4::Tcp(t) = &p.l4 {
-                if !t.flags.syn() && t.payload.is_empty() {
-                    self.counters.segments_without_flow += 1;
-                    return;
-                }
+        // A bare ACK, FIN or RST of a conversation not (or no longer) tracked, such as the
+        // last ACK after both FINs, does not open a flow: only a SYN or data does.
+        let opens = !matches!(&p.l4, L4::Tcp(t) if !t.flags.syn() && t.payload.is_empty());
+        if opens && self.table.len() >= self.limits.max_flows && !self.table.contains(&key) {
+            if let Some((_, flow)) = self.table.pop_lru() {
+                self.counters.evicted += 1;
+                self.close(flow, CloseReason::Evicted);
             }
-            if self.table.len() >= self.limits.max_flows {
-                if let Some((_, flow)) = self.table.pop_lru() {
-                    self.counters.evicted += 1;
-                    self.close(flow, CloseReason::Evicted);
-                }
-            }
-            let server_is_src = src_is_server(p);
-            let (client, server) = if server_is_src { (dst, src) } else { (src, dst) };
-            let meta =
-                FlowMeta { id: self.next_id, client, server, transport, vlan: p.vlan, first_seen: ts, last_seen: ts };
-            self.next_id += 1;
-            self.counters.created += 1;
-            let client_is_lo = src_is_lo != server_is_src;
-            self.table.put(
-                key,
+        }
+        // One lookup per packet (this is the hottest table of the sensor).
+        let Self { table, counters, next_id, consumer, limits, tcp_counters, ooo_total, .. } = self;
+        let flow = if opens {
+            table.get_or_insert_mut(key, || {
+                let server_is_src = src_is_server(p);
+                let (client, server) = if server_is_src { (dst, src) } else { (src, dst) };
+                let meta =
+                    FlowMeta { id: *next_id, client, server, transport, vlan: p.vlan, first_seen: ts, last_seen: ts };
+                *next_id += 1;
+                counters.created += 1;
                 Flow {
                     meta,
-                    client_is_lo,
+                    client_is_lo: src_is_lo != server_is_src,
                     to_server: HalfStream::default(),
                     to_client: HalfStream::default(),
                     reset: false,
                     state: C::State::default(),
-                },
-            );
-            self.counters.peak = self.counters.peak.max(self.table.len() as u64);
-        }
-        let Some(flow) = self.table.get_mut(&key) else { return };
+                }
+            })
+        } else {
+            match table.get_mut(&key) {
+                Some(flow) => flow,
+                None => {
+                    counters.segments_without_flow += 1;
+                    return;
+                }
+            }
+        };
         flow.meta.last_seen = ts;
         let dir = if src_is_lo == flow.client_is_lo { Direction::ToServer } else { Direction::ToClient };
         let done = match &p.l4 {
             L4::Udp { payload, .. } => {
-                self.counters.udp_datagrams += 1;
-                self.consumer.event(&flow.meta, &mut flow.state, StreamEvent::Datagram { dir, data: payload });
+                counters.udp_datagrams += 1;
+                consumer.event(&flow.meta, &mut flow.state, StreamEvent::Datagram { dir, data: payload });
                 false
             }
             L4::Tcp(seg) => {
                 let Flow { meta, to_server, to_client, state, reset, .. } = flow;
                 let half = if dir == Direction::ToServer { &mut *to_server } else { &mut *to_client };
                 let before = half.ooo_bytes();
-                let consumer = &mut self.consumer;
-                half.segment(
-                    seg,
-                    &self.limits.tcp,
-                    self.ooo_total >= self.limits.max_ooo_bytes_total,
-                    &mut self.tcp_counters,
-                    &mut |chunk| match chunk {
+                half.segment(seg, &limits.tcp, *ooo_total >= limits.max_ooo_bytes_total, tcp_counters, &mut |chunk| {
+                    match chunk {
                         Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir, data }),
                         Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir, len }),
-                    },
-                );
-                self.ooo_total = self.ooo_total + half.ooo_bytes() - before;
+                    }
+                });
+                *ooo_total = *ooo_total + half.ooo_bytes() - before;
                 if seg.flags.rst() {
                     *reset = true;
                 }
                 *reset || (to_server.finished() && to_client.finished())
             }
         };
+        counters.peak = counters.peak.max(table.len() as u64);
         if done {
             if let Some(flow) = self.table.pop(&key) {
                 let reason = if flow.reset { CloseReason::Reset } else { CloseReason::Fin };

@@ -883,6 +883,12 @@ impl Analyzer {
 impl StreamConsumer for Analyzer {
     type State = FlowState;
 
+    /// DNS and Kerberos over UDP answer each request once; a client's next request comes
+    /// from a new port, or opens a new flow here.
+    fn answer_ends_flow(&self, flow: &FlowMeta) -> bool {
+        matches!(flow.server.port(), 53 | 88)
+    }
+
     fn event(&mut self, flow: &FlowMeta, state: &mut FlowState, event: StreamEvent<'_>) {
         self.streams.event(
             flow,

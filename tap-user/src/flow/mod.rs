@@ -56,6 +56,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// Evicted to make room for a new flow.
     Evicted,
+    /// A UDP request answered (see [`StreamConsumer::answer_ends_flow`]).
+    Answered,
     /// The sensor stopped or the capture file ended.
     Shutdown,
 }
@@ -100,6 +102,13 @@ pub struct FlowMeta {
 pub trait StreamConsumer {
     type State: Default;
     fn event(&mut self, flow: &FlowMeta, state: &mut Self::State, event: StreamEvent<'_>);
+
+    /// Whether a datagram from the server ends this UDP flow (one request, one answer, as
+    /// in DNS). Such flows are closed at once instead of after the UDP idle timeout, so a
+    /// DC's DNS traffic does not fill the flow table and push out long-lived TCP sessions.
+    fn answer_ends_flow(&self, _flow: &FlowMeta) -> bool {
+        false
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -132,6 +141,8 @@ crate::counter_set! {
         idle_timeout,
         /// Flows evicted (oldest idle first) to stay within the flow limit.
         evicted,
+        /// UDP request/response flows closed at their answer (DNS, Kerberos).
+        closed_answered,
         closed_at_shutdown,
         udp_datagrams,
         /// Empty TCP segments (no SYN, no data) of no tracked flow: not a reason to open one.
@@ -278,7 +289,7 @@ impl<C: StreamConsumer> FlowTracker<C> {
             L4::Udp { payload, .. } => {
                 counters.udp_datagrams += 1;
                 consumer.event(&flow.meta, &mut flow.state, StreamEvent::Datagram { dir, data: payload });
-                false
+                dir == Direction::ToClient && consumer.answer_ends_flow(&flow.meta)
             }
             L4::Tcp(seg) => {
                 let Flow { meta, to_server, to_client, state, reset, .. } = flow;
@@ -300,8 +311,13 @@ impl<C: StreamConsumer> FlowTracker<C> {
         counters.peak = counters.peak.max(table.len() as u64);
         if done {
             if let Some(flow) = self.table.pop(&key) {
-                let reason = if flow.reset { CloseReason::Reset } else { CloseReason::Fin };
+                let reason = match (transport, flow.reset) {
+                    (Transport::Udp, _) => CloseReason::Answered,
+                    (Transport::Tcp, true) => CloseReason::Reset,
+                    (Transport::Tcp, false) => CloseReason::Fin,
+                };
                 match reason {
+                    CloseReason::Answered => self.counters.closed_answered += 1,
                     CloseReason::Reset => self.counters.closed_rst += 1,
                     _ => self.counters.closed_fin += 1,
                 }
@@ -535,6 +551,56 @@ mod tests {
             vec![
                 "10.0.0.20:5353->10.0.0.10:53 ToServer dgram query",
                 "10.0.0.20:5353->10.0.0.10:53 ToClient dgram answer"
+            ]
+        );
+    }
+
+    /// Log, but each flow ends at the server's first datagram (as DNS does).
+    #[derive(Default)]
+    struct Exchanges(Log);
+
+    impl StreamConsumer for Exchanges {
+        type State = u32;
+        fn event(&mut self, flow: &FlowMeta, state: &mut u32, event: StreamEvent<'_>) {
+            self.0.event(flow, state, event)
+        }
+        fn answer_ends_flow(&self, flow: &FlowMeta) -> bool {
+            flow.server.port() == 53
+        }
+    }
+
+    /// An answered request closes its flow at once; an answer seen before its request
+    /// (SPAN reordering) closes the flow it opened, and the request then opens its own.
+    #[test]
+    fn answered_udp_requests_close_their_flow() {
+        let mut ft = FlowTracker::new(Exchanges::default(), FlowLimits::default());
+        let udp = |src: &str, dst: &str, payload: &'static [u8]| {
+            let (s, d): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            Packet {
+                src: s.ip(),
+                dst: d.ip(),
+                vlan: None,
+                l4: L4::Udp { src_port: s.port(), dst_port: d.port(), payload },
+            }
+        };
+        ft.packet(t(0), &udp("10.0.0.20:5353", "10.0.0.10:53", b"q1"));
+        assert_eq!(ft.len(), 1, "a request waits for its answer");
+        ft.packet(t(1), &udp("10.0.0.10:53", "10.0.0.20:5353", b"a1"));
+        assert!(ft.is_empty());
+        ft.packet(t(2), &udp("10.0.0.10:53", "10.0.0.20:5354", b"a2"));
+        ft.packet(t(3), &udp("10.0.0.20:5354", "10.0.0.10:53", b"q2"));
+        ft.packet(t(4), &udp("10.0.0.20:5355", "10.0.0.10:123", b"ntp"));
+        ft.packet(t(5), &udp("10.0.0.10:123", "10.0.0.20:5355", b"ntp"));
+        assert_eq!(ft.len(), 2, "the late request and the NTP flow (not an exchange for this consumer) stay");
+        assert_eq!(ft.counters.closed_answered, 2);
+        assert_eq!(
+            ft.consumer.0 .0[..5],
+            [
+                "10.0.0.20:5353->10.0.0.10:53 ToServer dgram q1",
+                "10.0.0.20:5353->10.0.0.10:53 ToClient dgram a1",
+                "10.0.0.20:5353->10.0.0.10:53 closed Answered after 2 events",
+                "10.0.0.20:5354->10.0.0.10:53 ToClient dgram a2",
+                "10.0.0.20:5354->10.0.0.10:53 closed Answered after 1 events",
             ]
         );
     }

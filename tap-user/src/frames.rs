@@ -17,17 +17,6 @@ pub const BATCH_BYTES: usize = 128 << 10;
 /// seconds, nanoseconds (the file says nanosecond resolution), captured length, wire length.
 pub const PCAP_RECORD_HEADER: usize = 16;
 
-/// Position of one frame inside a batch's byte buffer.
-#[derive(Clone, Copy, Debug)]
-struct FrameSlot {
-    /// Wall-clock time, nanoseconds since the Unix epoch.
-    timestamp_ns: u64,
-    orig_len: u32,
-    /// Offset of the frame bytes (after their pcap record header).
-    start: u32,
-    len: u32,
-}
-
 /// Frames copied out of a ring, stored back to back in one buffer, each behind a pcap
 /// record header in native byte order. Writing a batch to a pcap file is then one
 /// `write_all` of the buffer: the consumer copies nothing (measured: the second copy and
@@ -35,25 +24,30 @@ struct FrameSlot {
 #[derive(Debug, Default)]
 pub struct FrameBatch {
     bytes: Vec<u8>,
-    slots: Vec<FrameSlot>,
+    slots: Vec<RawRecord>,
     /// Where the byte buffer goes back to when the batch is dropped (see [`Self::recycled_to`]).
-    recycle: Option<crossbeam_channel::Sender<Vec<u8>>>,
+    recycle: Option<crossbeam_channel::Sender<Buffers>>,
 }
+
+/// A batch's two buffers, emptied, on their way back to the producer.
+pub type Buffers = (Vec<u8>, Vec<RawRecord>);
 
 impl Drop for FrameBatch {
     fn drop(&mut self) {
         if let Some(pool) = self.recycle.take() {
-            let mut bytes = std::mem::take(&mut self.bytes);
+            let (mut bytes, mut slots) = (std::mem::take(&mut self.bytes), std::mem::take(&mut self.slots));
             bytes.clear();
-            // A full pool means the producer is ahead; the buffer is then simply freed.
-            let _ = pool.try_send(bytes);
+            slots.clear();
+            // A full pool means the producer is ahead; the buffers are then simply freed.
+            let _ = pool.try_send((bytes, slots));
         }
     }
 }
 
-/// Where a record lies in the bytes handed to [`FrameBatch::from_records`].
+/// Where one frame lies in a batch's byte buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct RawRecord {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
     pub timestamp_ns: u64,
     pub orig_len: u32,
     /// Offset of the frame bytes, after their 16-byte record header.
@@ -78,22 +72,17 @@ impl FrameBatch {
     /// Takes `bytes`, classic pcap records already in this batch's form (native byte
     /// order, nanoseconds), without copying them: a capture file is read straight into a
     /// batch. Each record is checked to lie inside `bytes`; `None` when one does not.
-    pub fn from_records(bytes: Vec<u8>, records: &[RawRecord]) -> Option<Self> {
-        let mut slots = Vec::with_capacity(records.len());
-        for r in records {
-            let end = (r.start as usize).checked_add(r.len as usize)?;
-            if (r.start as usize) < PCAP_RECORD_HEADER || end > bytes.len() {
-                return None;
-            }
-            slots.push(FrameSlot { timestamp_ns: r.timestamp_ns, orig_len: r.orig_len, start: r.start, len: r.len });
-        }
-        Some(Self { bytes, slots, recycle: None })
+    pub fn from_records(bytes: Vec<u8>, records: Vec<RawRecord>) -> Option<Self> {
+        let inside = |r: &RawRecord| {
+            (r.start as usize) >= PCAP_RECORD_HEADER && (r.start as usize + r.len as usize) <= bytes.len()
+        };
+        records.iter().all(inside).then_some(Self { bytes, slots: records, recycle: None })
     }
 
-    /// Sends the byte buffer back into `pool` when the batch is dropped (by whichever
-    /// worker finishes with it last). Fresh buffers cost a page fault and the kernel's
-    /// zeroing of every page: 12% of `bench parse` before buffers were reused.
-    pub fn recycled_to(mut self, pool: crossbeam_channel::Sender<Vec<u8>>) -> Self {
+    /// Sends the buffers back into `pool` when the batch is dropped (by whichever worker
+    /// finishes with it last). Fresh buffers cost a page fault and the kernel's zeroing of
+    /// every page: 12% of `bench parse` before buffers were reused.
+    pub fn recycled_to(mut self, pool: crossbeam_channel::Sender<Buffers>) -> Self {
         self.recycle = Some(pool);
         self
     }
@@ -119,7 +108,7 @@ impl FrameBatch {
         self.bytes.extend_from_slice(&orig_len.to_ne_bytes());
         let start = self.bytes.len() as u32;
         self.bytes.extend_from_slice(data);
-        self.slots.push(FrameSlot { timestamp_ns: ts.as_nanos() as u64, orig_len, start, len: data.len() as u32 });
+        self.slots.push(RawRecord { timestamp_ns: ts.as_nanos() as u64, orig_len, start, len: data.len() as u32 });
     }
 
     /// The frame at `index`.

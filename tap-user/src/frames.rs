@@ -32,6 +32,43 @@ pub struct FrameBatch {
 /// A batch's two buffers, emptied, on their way back to the producer.
 pub type Buffers = (Vec<u8>, Vec<RawRecord>);
 
+/// The buffers of dropped batches, back for the producer's next ones. Fresh buffers cost
+/// a page fault and the kernel's zeroing of every page they touch: 12% of `bench parse`
+/// before buffers were reused.
+pub struct BatchPool {
+    returned: crossbeam_channel::Sender<Buffers>,
+    available: crossbeam_channel::Receiver<Buffers>,
+}
+
+impl BatchPool {
+    /// A pool that keeps at most `depth` sets of buffers.
+    pub fn new(depth: usize) -> Self {
+        let (returned, available) = crossbeam_channel::bounded(depth);
+        Self { returned, available }
+    }
+
+    /// Empty buffers with room for `frames` frames and `bytes` bytes.
+    pub fn take(&self, frames: usize, bytes: usize) -> Buffers {
+        match self.available.try_recv() {
+            Ok((b, s)) if b.capacity() >= bytes && s.capacity() >= frames => (b, s),
+            _ => (Vec::with_capacity(bytes), Vec::with_capacity(frames)),
+        }
+    }
+
+    /// An empty batch with room for `frames` frames and `bytes` bytes whose buffers come
+    /// back here when it is dropped.
+    pub fn batch(&self, frames: usize, bytes: usize) -> FrameBatch {
+        let (bytes, slots) = self.take(frames, bytes);
+        FrameBatch { bytes, slots, recycle: Some(self.returned.clone()) }
+    }
+
+    /// Makes `batch` give its buffers back here when it is dropped.
+    pub fn recycle(&self, mut batch: FrameBatch) -> FrameBatch {
+        batch.recycle = Some(self.returned.clone());
+        batch
+    }
+}
+
 impl Drop for FrameBatch {
     fn drop(&mut self) {
         if let Some(pool) = self.recycle.take() {
@@ -77,14 +114,6 @@ impl FrameBatch {
             (r.start as usize) >= PCAP_RECORD_HEADER && (r.start as usize + r.len as usize) <= bytes.len()
         };
         records.iter().all(inside).then_some(Self { bytes, slots: records, recycle: None })
-    }
-
-    /// Sends the buffers back into `pool` when the batch is dropped (by whichever worker
-    /// finishes with it last). Fresh buffers cost a page fault and the kernel's zeroing of
-    /// every page: 12% of `bench parse` before buffers were reused.
-    pub fn recycled_to(mut self, pool: crossbeam_channel::Sender<Buffers>) -> Self {
-        self.recycle = Some(pool);
-        self
     }
 
     /// Whether a frame of `len` bytes still fits without growing the buffers.

@@ -241,6 +241,10 @@ struct CaptureArgs {
     /// Write kept frames to this pcap file (nanosecond timestamps).
     #[arg(long, short = 'w', value_name = "FILE")]
     write: Option<PathBuf>,
+    /// Only record: write the kept frames (--write) and do nothing else with them, no
+    /// decoding, parsing or events, as a packet recorder such as tcpdump -w would.
+    #[arg(long, requires = "write")]
+    record_only: bool,
     /// Keep every kept frame as evidence in rotated pcap files in this directory, so the
     /// cloud can ask for the frames behind an alert [default: off].
     #[arg(long, value_name = "DIR")]
@@ -469,6 +473,9 @@ fn capture(
     let evidence =
         args.evidence_dir.map(|dir| tap_user::evidence::EvidenceOptions { dir, max_bytes: args.evidence_max_mb << 20 });
     let mut uplink = uplink.options(sensor_info(&sensor_id, dc_names, true))?;
+    if args.record_only && uplink.is_some() {
+        anyhow::bail!("--record-only makes no events, so there is nothing to send to the cloud: leave out --record-only or the cloud options");
+    }
     if let Some(u) = uplink.as_mut() {
         u.evidence = evidence.as_ref().map(|e| e.dir.clone());
     }
@@ -479,6 +486,7 @@ fn capture(
         ring_bytes: args.ring_mib << 20,
         mode: args.xdp_mode,
         write: args.write,
+        record_only: args.record_only,
         duration,
         channel_batches: 1024,
         bpf_stats: args.bpf_stats,

@@ -57,9 +57,10 @@ fn write_input(dir: &TempDir, frames: &[Vec<u8>]) -> PathBuf {
     path
 }
 
-/// Replays the mix and checks counters and written bytes; `snaplen` None means full frames.
-fn check_mix(mode: &str, snaplen: Option<usize>) {
-    let test = format!("mix_{mode}_{}", snaplen.map_or("full".into(), |s| s.to_string()));
+/// Replays the mix and checks counters and written bytes; `snaplen` None means full frames;
+/// `record_only` runs the sensor as a recorder, which must write the same and analyse nothing.
+fn check_mix(mode: &str, snaplen: Option<usize>, record_only: bool) {
+    let test = format!("mix_{mode}_{}{}", snaplen.map_or("full".into(), |s| s.to_string()), if record_only { "_rec" } else { "" });
     if !live_or_skip(&test) {
         return;
     }
@@ -72,6 +73,9 @@ fn check_mix(mode: &str, snaplen: Option<usize>) {
     let mut args = vec!["--dc", mix::DC_ARGS, "--xdp-mode", mode, "--write", output.to_str().unwrap()];
     if let Some(s) = &snap_arg {
         args.extend(["--snaplen", s.as_str()]);
+    }
+    if record_only {
+        args.push("--record-only");
     }
     let sensor = start_sensor(&pair, &args);
     let sent = pair.replay(&input, Some(EXACT_PPS), 1).unwrap();
@@ -92,6 +96,7 @@ fn check_mix(mode: &str, snaplen: Option<usize>) {
     assert_eq!(c.get("user_frames_read"), kept, "frames read from the rings");
     assert_eq!(c.get("user_frames_channel_full"), 0);
     assert_eq!(c.get("user_frames_consumed"), kept);
+    assert_eq!(c.get("decode_frames"), if record_only { 0 } else { kept }, "frames through the pipeline");
 
     let written = pcap::read(&output).unwrap();
     for w in &written {
@@ -110,17 +115,22 @@ fn check_mix(mode: &str, snaplen: Option<usize>) {
 
 #[test]
 fn native_mode_keeps_exactly_the_dc_frames() {
-    check_mix("native", None);
+    check_mix("native", None, false);
+}
+
+#[test]
+fn the_recorder_writes_the_same_frames_and_analyses_none() {
+    check_mix("native", None, true);
 }
 
 #[test]
 fn generic_mode_keeps_exactly_the_dc_frames() {
-    check_mix("generic", None);
+    check_mix("generic", None, false);
 }
 
 #[test]
 fn snaplen_truncates_and_keeps_the_wire_length() {
-    check_mix("native", Some(96));
+    check_mix("native", Some(96), false);
 }
 
 /// The DC list changes (file + SIGHUP) while traffic to two DCs flows: frames to the old DC

@@ -21,7 +21,7 @@ use tap_common::record::{RecordHeader, RECORD_HEADER_LEN};
 
 use super::counters::UserCounters;
 use crate::{
-    frames::{FrameBatch, BATCH_BYTES, BATCH_FRAMES},
+    frames::{BatchPool, FrameBatch, BATCH_BYTES, BATCH_FRAMES},
     time::WallClock,
 };
 
@@ -43,6 +43,8 @@ pub struct RingReader {
     pub clock: WallClock,
     /// Set when capture stops; the reader drains what is queued, then returns.
     pub stop: Arc<AtomicBool>,
+    /// Buffers of the batches the consumer is done with.
+    pub pool: BatchPool,
 }
 
 impl RingReader {
@@ -67,8 +69,8 @@ impl RingReader {
     /// Moves every queued record into batches, oldest first across the rings; returns how
     /// many records were taken.
     fn drain(&mut self) -> usize {
-        let Self { rings, tx, counters, clock, .. } = self;
-        let new_batch = || FrameBatch::with_capacity(BATCH_FRAMES, BATCH_BYTES);
+        let Self { rings, tx, counters, clock, pool, .. } = self;
+        let new_batch = || pool.batch(BATCH_FRAMES, BATCH_BYTES);
         let mut batch = new_batch();
         let (taken, invalid) = drain_merged(rings, &mut |header, data| {
             UserCounters::add(&counters.bytes_read, data.len() as u64);

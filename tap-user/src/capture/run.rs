@@ -60,6 +60,8 @@ pub struct CaptureOptions {
     pub ring_bytes: u32,
     pub mode: AttachMode,
     pub write: Option<PathBuf>,
+    /// Write the frames and nothing else: no pipeline, no events.
+    pub record_only: bool,
     /// Keep every kept frame in a ring of pcap files, for excerpts the cloud asks for.
     pub evidence: Option<EvidenceOptions>,
     pub duration: Option<Duration>,
@@ -148,8 +150,15 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     let user = Arc::new(UserCounters::default());
     let stop_readers = Arc::new(AtomicBool::new(false));
     let (tx, rx) = bounded::<FrameBatch>(opts.channel_batches);
-    let reader =
-        RingReader { rings, tx: tx.clone(), counters: Arc::clone(&user), clock, stop: Arc::clone(&stop_readers) };
+    let reader = RingReader {
+        rings,
+        tx: tx.clone(),
+        counters: Arc::clone(&user),
+        clock,
+        stop: Arc::clone(&stop_readers),
+        // As many as can be queued, and as many again in the consumer's hands.
+        pool: crate::frames::BatchPool::new(2 * opts.channel_batches),
+    };
     let readers = vec![thread::Builder::new().name("ring-reader".into()).spawn(move || reader.run())?];
     drop(tx);
     let mut sink = match &opts.write {
@@ -178,6 +187,7 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     let consumer_counters = Arc::clone(&user);
     let dispatcher = Arc::clone(&pipeline);
     let consumer_watch = Arc::clone(&dc_watch);
+    let record_only = opts.record_only;
     // The consumer writes the pcap (when asked) and dispatches to the pipeline workers.
     let consumer = thread::Builder::new().name("dispatch".into()).spawn(move || -> anyhow::Result<()> {
         for batch in rx {
@@ -190,7 +200,9 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
             }
             UserCounters::add(&consumer_counters.frames_consumed, batch.len() as u64);
             consumer_watch.observe(&batch);
-            dispatcher.dispatch(batch);
+            if !record_only {
+                dispatcher.dispatch(batch);
+            }
         }
         drop(dispatcher);
         match sink {

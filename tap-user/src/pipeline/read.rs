@@ -15,7 +15,7 @@ use pcap_file::{
     DataLink,
 };
 
-use crate::frames::{Buffers, FrameBatch, RawRecord, BATCH_BYTES, BATCH_FRAMES, PCAP_RECORD_HEADER};
+use crate::frames::{BatchPool, FrameBatch, RawRecord, BATCH_BYTES, BATCH_FRAMES, PCAP_RECORD_HEADER};
 
 /// What was read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -199,13 +199,10 @@ fn read_classic(
     // The start of a record cut by the previous read.
     let mut carry: Vec<u8> = Vec::new();
     let mut want = READ_CHUNK;
-    let (pool, reused) = crossbeam_channel::bounded::<Buffers>(64);
+    let pool = BatchPool::new(64);
     loop {
         let need = want.max(carry.len() + READ_CHUNK / 2);
-        let (mut buf, mut records) = match reused.try_recv() {
-            Ok((buf, records)) if buf.capacity() >= need => (buf, records),
-            _ => (Vec::with_capacity(need), Vec::with_capacity(READ_CHUNK / 64)),
-        };
+        let (mut buf, mut records) = pool.take(READ_CHUNK / 64, need);
         buf.extend_from_slice(&carry);
         let room = (buf.capacity() - buf.len()) as u64;
         let got = (&mut file).take(room).read_to_end(&mut buf).with_context(|| format!("{name}: read failed"))?;
@@ -242,7 +239,7 @@ fn read_classic(
         buf.truncate(at);
         if !records.is_empty() {
             let batch = FrameBatch::from_records(buf, records).context("a record outside its batch")?;
-            sink(batch.recycled_to(pool.clone()))?;
+            sink(pool.recycle(batch))?;
         }
         if damaged || (at_end && !carry.is_empty()) {
             bail!(damaged_record(name, number + 1));

@@ -60,7 +60,11 @@ fn write_input(dir: &TempDir, frames: &[Vec<u8>]) -> PathBuf {
 /// Replays the mix and checks counters and written bytes; `snaplen` None means full frames;
 /// `record_only` runs the sensor as a recorder, which must write the same and analyse nothing.
 fn check_mix(mode: &str, snaplen: Option<usize>, record_only: bool) {
-    let test = format!("mix_{mode}_{}{}", snaplen.map_or("full".into(), |s| s.to_string()), if record_only { "_rec" } else { "" });
+    let test = format!(
+        "mix_{mode}_{}{}",
+        snaplen.map_or("full".into(), |s| s.to_string()),
+        if record_only { "_rec" } else { "" }
+    );
     if !live_or_skip(&test) {
         return;
     }

@@ -20,7 +20,28 @@ use std::{
 };
 
 use super::filter::{DcEntry, DcSet};
-use crate::{frames::FrameBatch, pipeline::ip_addresses};
+use crate::frames::FrameBatch;
+
+/// The source address of an Ethernet frame, through up to two VLAN tags. While a DC is
+/// silent the watch looks at every frame, so this reads two fields instead of decoding the
+/// headers (a full decode was 15% of the recorder's CPU).
+fn source_address(f: &[u8]) -> Option<IpAddr> {
+    let word = |at: usize| Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]));
+    let mut at = 12;
+    let mut ethertype = word(at)?;
+    for _ in 0..2 {
+        if matches!(ethertype, 0x8100 | 0x88a8 | 0x9100) {
+            at += 4;
+            ethertype = word(at)?;
+        }
+    }
+    let ip = f.get(at + 2..)?;
+    match (ethertype, ip.first()? >> 4) {
+        (0x0800, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?)),
+        (0x86dd, 6) => Some(IpAddr::from(<[u8; 16]>::try_from(ip.get(8..24)?).ok()?)),
+        _ => None,
+    }
+}
 
 struct Watched {
     entry: DcEntry,
@@ -50,7 +71,7 @@ impl DcWatch {
         }
         let Ok(mut entries) = self.entries.lock() else { return };
         for frame in batch.iter() {
-            if let Some((source, _)) = ip_addresses(frame.data) {
+            if let Some(source) = source_address(frame.data) {
                 self.mark(&mut entries, source);
             }
             if self.unseen.load(Ordering::Relaxed) == 0 {
@@ -104,6 +125,25 @@ impl DcWatch {
 mod tests {
     use super::*;
     use tap_testkit::frame::{self, Tags, L4};
+
+    /// The two-field read agrees with the full decoder on every frame of the labelled mix
+    /// (tags, QinQ, IPv6 with extension headers, fragments, runts, malformed frames).
+    #[test]
+    fn source_address_agrees_with_the_decoder() {
+        let mix = tap_testkit::mix::mix(3);
+        let mut compared = 0;
+        for l in &mix {
+            let decoded = crate::pipeline::ip_addresses(&l.frame).map(|(src, _)| src);
+            if decoded.is_some() {
+                compared += 1;
+            }
+            // A frame too damaged to decode may still show its source address.
+            if decoded.is_some() || source_address(&l.frame).is_none() {
+                assert_eq!(source_address(&l.frame), decoded, "{:02x?}", l.frame);
+            }
+        }
+        assert!(compared > mix.len() / 2, "{compared} of {}", mix.len());
+    }
 
     fn batch(frames: &[Vec<u8>]) -> FrameBatch {
         let mut b = FrameBatch::with_capacity(frames.len(), 64 << 10);

@@ -155,7 +155,8 @@ impl<C: StreamConsumer> Worker<C> {
 /// Frames of one batch that belong to one worker.
 struct WorkItem {
     batch: Arc<FrameBatch>,
-    frames: Vec<u32>,
+    /// Indices into the batch; `None`: all of them (a single worker).
+    frames: Option<Vec<u32>>,
 }
 
 /// The (source, destination) IP addresses of an Ethernet frame, through VLAN tags; `None`
@@ -215,11 +216,13 @@ where
                 let mut worker = Worker::new(worker_consumer, &worker_opts);
                 for item in rx {
                     let mut last = Duration::ZERO;
-                    for &idx in &item.frames {
-                        if let Some(f) = item.batch.get(idx as usize) {
-                            last = Duration::from_nanos(f.timestamp_ns);
-                            worker.frame(last, f.data);
-                        }
+                    let mut take = |f: crate::frames::Frame<'_>| {
+                        last = Duration::from_nanos(f.timestamp_ns);
+                        worker.frame(last, f.data);
+                    };
+                    match &item.frames {
+                        Some(indices) => indices.iter().filter_map(|&i| item.batch.get(i as usize)).for_each(&mut take),
+                        None => item.batch.iter().for_each(&mut take),
                     }
                     worker.tracker.tick(last);
                     if let Ok(mut p) = publish.lock() {
@@ -244,6 +247,11 @@ where
     /// the ring readers, where it is counted).
     pub fn dispatch(&self, batch: FrameBatch) {
         let n = self.queues.len();
+        if n == 1 {
+            // No index list to build (and free on another thread) for a single worker.
+            let _ = self.queues[0].send(WorkItem { batch: Arc::new(batch), frames: None });
+            return;
+        }
         let mut per_worker: Vec<Vec<u32>> = vec![Vec::new(); n];
         for (i, f) in batch.iter().enumerate() {
             per_worker[shard_of(f.data, n)].push(i as u32);
@@ -252,7 +260,7 @@ where
         for (q, frames) in self.queues.iter().zip(per_worker) {
             if !frames.is_empty() {
                 // A send fails only if the worker died; its panic surfaces at `finish`.
-                let _ = q.send(WorkItem { batch: Arc::clone(&batch), frames });
+                let _ = q.send(WorkItem { batch: Arc::clone(&batch), frames: Some(frames) });
             }
         }
     }

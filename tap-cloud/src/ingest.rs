@@ -297,12 +297,17 @@ impl ServerTls {
 }
 
 /// Serves ingest on `listener` until `shutdown` resolves. `tls: None` is plaintext
-/// (`--insecure`, local demos only).
+/// (`--insecure`, local demos only). Each `reload` notification (SIGHUP) reads the
+/// certificate, key and CA files again: when they are valid, a server with them takes over
+/// the listening socket (nothing queued on it is lost) and the previous one stops
+/// accepting and lets its connections finish; when they are not, the running server stays
+/// and the error is logged.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<ServerTls>,
     store: Arc<dyn Store>,
     shutdown: impl std::future::Future<Output = ()> + Send,
+    reload: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
     let bind_cert_names = tls.as_ref().is_some_and(|t| !t.any_client_name);
     let service = IngestServer::new(IngestService::new(store, bind_cert_names))
@@ -310,16 +315,57 @@ pub async fn serve(
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(MAX_DECODED_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut builder = Server::builder()
-        .concurrency_limit_per_connection(32)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)));
-    if let Some(tls) = &tls {
-        builder = builder.tls_config(tls.config()?).context("TLS configuration")?;
+    let builder = |config: Option<ServerTlsConfig>| -> anyhow::Result<Server> {
+        let builder = Server::builder()
+            .concurrency_limit_per_connection(32)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        Ok(match config {
+            Some(c) => builder.tls_config(c).context("TLS configuration")?,
+            None => builder,
+        })
+    };
+    let config = |tls: &Option<ServerTls>| tls.as_ref().map(ServerTls::config).transpose();
+    let mut server = builder(config(&tls)?)?;
+    // Each generation of the server accepts on its own descriptor of the one socket.
+    let socket = listener.into_std().context("listening socket")?;
+    tokio::pin!(shutdown);
+    loop {
+        let incoming = tokio::net::TcpListener::from_std(socket.try_clone().context("listening socket")?)?;
+        let (retire, retired) = tokio::sync::oneshot::channel::<()>();
+        let mut running = tokio::spawn(server.add_service(service.clone()).serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(incoming),
+            async {
+                let _ = retired.await;
+            },
+        ));
+        server = loop {
+            tokio::select! {
+                () = &mut shutdown => {
+                    let _ = retire.send(());
+                    return running.await.context("gRPC server task")?.context("gRPC server");
+                }
+                ended = &mut running => {
+                    ended.context("gRPC server task")?.context("gRPC server")?;
+                    anyhow::bail!("the gRPC server stopped by itself");
+                }
+                () = reload.notified() => {
+                    if tls.is_none() {
+                        continue;
+                    }
+                    match config(&tls).and_then(builder) {
+                        Ok(next) => {
+                            log::info!("ingest: certificates reloaded; new connections use them");
+                            break next;
+                        }
+                        Err(e) => log::error!("ingest: certificates not reloaded, keeping the current ones: {e:#}"),
+                    }
+                }
+            }
+        };
+        // The retired server stops accepting and finishes its connections on its own.
+        let _ = retire.send(());
     }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    builder.add_service(service).serve_with_incoming_shutdown(incoming, shutdown).await.context("gRPC server")?;
-    Ok(())
 }
 
 /// Binds the listen address with a clear error.
@@ -403,9 +449,15 @@ mod tests {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, None, Arc::clone(&store), async {
-            let _ = stopped.await;
-        }));
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            Arc::clone(&store),
+            async {
+                let _ = stopped.await;
+            },
+            Arc::default(),
+        ));
         const HEARTBEAT: &str = "/dctap.v1.Ingest/Heartbeat";
         const UPLOAD: &str = "/dctap.v1.Ingest/UploadExcerpt";
         let health = |s: &str| Health { sensor_id: s.into(), ..Default::default() };

@@ -40,7 +40,7 @@ struct DbArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run the ingest endpoint and the detections until SIGINT/SIGTERM; SIGHUP re-reads
-    /// the configuration.
+    /// the configuration and the TLS certificates, key and CA.
     Serve(ServeArgs),
     /// Manage the portal's users.
     #[command(subcommand)]
@@ -413,11 +413,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             web.local_addr()?,
             args.db.db.display()
         );
+        let reload_tls = Arc::new(tokio::sync::Notify::new());
+        let hup_tls = Arc::clone(&reload_tls);
         tokio::spawn(async move {
             use tokio::signal::unix::{signal, SignalKind};
             let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
             while hup.recv().await.is_some() {
                 reload.store(true, std::sync::atomic::Ordering::Relaxed);
+                hup_tls.notify_one();
             }
         });
         // One signal stops both servers.
@@ -437,7 +440,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         let web_store = Arc::clone(&store);
         let portal = tokio::spawn(portal::serve(web, web_store, stopped(stop_rx.clone())));
-        ingest::serve(listener, tls, store, stopped(stop_rx)).await?;
+        ingest::serve(listener, tls, store, stopped(stop_rx), reload_tls).await?;
         portal.await.map_err(|e| anyhow::anyhow!("portal task: {e}"))?
     })
 }

@@ -341,3 +341,60 @@ fn sighup_makes_the_sensor_reconnect_with_a_rotated_key() {
     cloud.wait().unwrap();
     assert_same(&got, &want);
 }
+
+/// Waits until the cloud's log holds `text` (a SIGHUP is handled asynchronously).
+fn wait_for_log(site: &Site, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(site.dir.join("cloud.log")).unwrap_or_default();
+        if log.contains(text) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the cloud never logged {text:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A new PKI (CA, server and sensor certificates) put in place of the old one is used after
+/// SIGHUP, without a restart; before it, a sensor with the new certificates is refused, and
+/// a damaged file on a later SIGHUP leaves the working certificates in force.
+#[test]
+fn sighup_makes_the_cloud_load_new_certificates() {
+    let Some(pcaps) = lab_or_skip("sighup_makes_the_cloud_load_new_certificates") else {
+        return;
+    };
+    let pcap = pcaps.iter().find(|p| p.to_string_lossy().contains("dns")).unwrap_or(&pcaps[0]);
+    let want = expected(std::slice::from_ref(pcap));
+    let site = Site::new("certreload");
+    let mut cloud = site.start_cloud();
+    let certs = site.dir.join("certs");
+    let next = site.dir.join("next-pki");
+    run_ok(cloud_cmd().args(["certs", "init", "--dir"]).arg(&next).args(["--sensor", SENSOR_ID]));
+    let sensor_files = [format!("sensor-{SENSOR_ID}.pem"), format!("sensor-{SENSOR_ID}.key")];
+    for f in ["ca.pem", "server.pem", "server.key"].iter().map(|s| s.to_string()).chain(sensor_files) {
+        std::fs::copy(next.join(&f), certs.join(&f)).unwrap();
+    }
+    let short = ["--drain-timeout", "3"];
+    let out = site.sensor(pcap, SENSOR_ID, &certs, &short).output().unwrap();
+    assert!(!out.status.success(), "the running cloud still has the old certificates");
+
+    let hup = |child: &std::process::Child| {
+        assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    };
+    hup(&cloud);
+    wait_for_log(&site, "certificates reloaded");
+    let out = site.sensor(pcap, SENSOR_ID, &certs, &["--drain-timeout", "60"]).output().unwrap();
+    assert!(out.status.success(), "after SIGHUP: {}", String::from_utf8_lossy(&out.stderr));
+    let (got, _) = site.stored();
+    assert_same(&got, &want);
+
+    // A damaged certificate: the reload is refused and the cloud keeps serving.
+    std::fs::write(certs.join("server.pem"), "not a certificate\n").unwrap();
+    hup(&cloud);
+    wait_for_log(&site, "certificates not reloaded");
+    let out = site.sensor(pcap, SENSOR_ID, &certs, &["--drain-timeout", "60"]).output().unwrap();
+    assert!(out.status.success(), "after a refused reload: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(cloud.try_wait().unwrap().is_none(), "the cloud is still running");
+    cloud.kill().unwrap();
+    cloud.wait().unwrap();
+}

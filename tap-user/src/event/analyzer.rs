@@ -889,6 +889,10 @@ impl StreamConsumer for Analyzer {
         matches!(flow.server.port(), 53 | 88)
     }
 
+    fn finish(&mut self) {
+        self.sink.flush();
+    }
+
     fn event(&mut self, flow: &FlowMeta, state: &mut FlowState, event: StreamEvent<'_>) {
         self.streams.event(
             flow,

@@ -248,6 +248,11 @@ fn bool_value(out: &mut Vec<u8>, v: bool) {
 }
 
 fn uint(out: &mut Vec<u8>, mut v: u64) {
+    if v < 10 {
+        // Most numbers of an event are 0 or a small code: no buffer to copy.
+        out.push(b'0' + v as u8);
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {

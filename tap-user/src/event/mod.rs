@@ -47,6 +47,9 @@ impl Stamper {
 /// Where events go (the uplink spool, JSON lines, a test's vector).
 pub trait EventSink: Send {
     fn emit(&mut self, event: ActivityEvent);
+
+    /// The input ended: pass on whatever is held back.
+    fn flush(&mut self) {}
 }
 
 /// Counts and drops: `--read` without `--json`.
@@ -60,25 +63,48 @@ impl EventSink for Discard {
 /// One JSON object per line on a shared writer (`--json`).
 pub struct JsonLines<W: Write + Send> {
     out: Arc<Mutex<W>>,
-    /// The line being serialised, reused: the writer sees one write per event.
-    line: Vec<u8>,
+    /// Whole lines not yet written: the shared writer is locked once per 64 KiB, not per
+    /// event (workers' lines never interleave within a line).
+    pending: Vec<u8>,
 }
+
+/// Lines held back before one write to the shared writer.
+const JSON_PENDING_BYTES: usize = 64 << 10;
 
 impl<W: Write + Send> JsonLines<W> {
     pub fn new(out: Arc<Mutex<W>>) -> Self {
-        Self { out, line: Vec::with_capacity(1024) }
+        Self { out, pending: Vec::with_capacity(JSON_PENDING_BYTES + 4096) }
+    }
+
+    fn write_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        if let Ok(mut out) = self.out.lock() {
+            // A closed stdout (a pager quit) is not the sensor's problem to report per event.
+            let _ = out.write_all(&self.pending);
+        }
+        self.pending.clear();
+    }
+}
+
+impl<W: Write + Send> Drop for JsonLines<W> {
+    fn drop(&mut self) {
+        self.write_pending();
     }
 }
 
 impl<W: Write + Send> EventSink for JsonLines<W> {
     fn emit(&mut self, event: ActivityEvent) {
-        self.line.clear();
-        json::write_event(&mut self.line, &event);
-        self.line.push(b'\n');
-        if let Ok(mut out) = self.out.lock() {
-            // A closed stdout (a pager quit) is not the sensor's problem to report per event.
-            let _ = out.write_all(&self.line);
+        json::write_event(&mut self.pending, &event);
+        self.pending.push(b'\n');
+        if self.pending.len() >= JSON_PENDING_BYTES {
+            self.write_pending();
         }
+    }
+
+    fn flush(&mut self) {
+        self.write_pending();
     }
 }
 

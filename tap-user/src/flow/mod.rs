@@ -26,11 +26,30 @@ pub enum Transport {
 }
 
 /// Both ends, smaller (address, port) first, so either direction finds the flow.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowKey {
     pub lo: SocketAddr,
     pub hi: SocketAddr,
     pub transport: Transport,
+}
+
+/// Three words instead of the derived field-by-field walk through the address enums: the
+/// flow table hashes a key for every packet (equal keys still hash equal, which is all a
+/// hash must do).
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let bits = |a: &SocketAddr| match a.ip() {
+            IpAddr::V4(v4) => u128::from(v4.to_bits()),
+            IpAddr::V6(v6) => v6.to_bits(),
+        };
+        h.write_u128(bits(&self.lo));
+        h.write_u128(bits(&self.hi));
+        h.write_u64(
+            u64::from(self.lo.port()) << 32
+                | u64::from(self.hi.port()) << 16
+                | (self.transport == Transport::Tcp) as u64,
+        );
+    }
 }
 
 impl FlowKey {
@@ -109,6 +128,9 @@ pub trait StreamConsumer {
     fn answer_ends_flow(&self, _flow: &FlowMeta) -> bool {
         false
     }
+
+    /// Every flow is closed and no packet follows (end of a capture file, or shutdown).
+    fn finish(&mut self) {}
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -362,6 +384,7 @@ impl<C: StreamConsumer> FlowTracker<C> {
             self.counters.closed_at_shutdown += 1;
             self.close(flow, CloseReason::Shutdown);
         }
+        self.consumer.finish();
     }
 
     /// Advances capture time without a packet (a quiet link still times flows out).

@@ -86,8 +86,9 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 struct ConfigArg {
-    /// TOML configuration; its [detect] table sets thresholds, exclusions, honeytokens and
-    /// DCs (deploy/cloud.toml documents every key). Defaults apply when absent.
+    /// TOML configuration: [detect] sets thresholds, exclusions, honeytokens and DCs,
+    /// [export] the SIEM outputs, [store] the retention (deploy/cloud.toml documents every
+    /// key). Defaults apply when absent.
     #[arg(long, value_name = "FILE", env = "DCTAP_CLOUD_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -98,6 +99,16 @@ impl ConfigArg {
         let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
         let cfg = ExportConfig::from_toml(&text).with_context(|| format!("{}", path.display()))?;
         Exporter::new(&cfg)
+    }
+
+    fn store(&self) -> anyhow::Result<tap_cloud::store::StoreConfig> {
+        match &self.config {
+            None => Ok(Default::default()),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+                tap_cloud::store::StoreConfig::from_toml(&text).with_context(|| format!("{}", path.display()))
+            }
+        }
     }
 
     fn detect(&self) -> anyhow::Result<DetectConfig> {
@@ -363,6 +374,9 @@ fn alert_pcap(store: &SqliteStore, alert_id: i64, out: &Path) -> anyhow::Result<
     Ok(())
 }
 
+/// How often the retention pass runs.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(open(&args.db.db)?);
     let tls = args.tls_dir.map(|d| ingest::ServerTls {
@@ -377,18 +391,39 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Detection follows the store on its own thread: ingest never waits for it.
     let mut runner = Runner::new(Engine::new(args.config.detect()?), Arc::clone(&store))?;
     runner.exporter = args.config.exporter()?;
+    let mut retention = args.config.store()?;
     let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (config, reload_flag) = (args.config.clone(), Arc::clone(&reload));
+    let prune_store = Arc::clone(&store);
+    let mut pruned_at: Option<std::time::Instant> = None;
     std::thread::Builder::new().name("detect".into()).spawn(move || loop {
         if reload_flag.swap(false, std::sync::atomic::Ordering::Relaxed) {
             // A bad file leaves the running configuration in force.
-            match config.detect().and_then(|cfg| Ok((cfg, config.exporter()?))) {
-                Ok((cfg, exporter)) => {
+            match config.detect().and_then(|cfg| Ok((cfg, config.exporter()?, config.store()?))) {
+                Ok((cfg, exporter, store_cfg)) => {
                     runner.engine.reconfigure(cfg);
                     runner.exporter = exporter;
-                    log::info!("detection and export configuration reloaded");
+                    retention = store_cfg;
+                    pruned_at = None;
+                    log::info!("detection, export and retention configuration reloaded");
                 }
                 Err(e) => log::error!("configuration not reloaded, keeping the current one: {e:#}"),
+            }
+        }
+        // Retention: at start, then hourly, on the detection thread (it only deletes what
+        // detection has gone through).
+        if let Some(keep) = retention.retention().filter(|_| pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY)) {
+            pruned_at = Some(std::time::Instant::now());
+            let before = tap_cloud::unix_ns().saturating_sub(keep.as_nanos() as i64);
+            match prune_store.prune(before) {
+                Ok(p) if p.events + p.excerpts > 0 => log::info!(
+                    "retention ({} days): {} events and {} pcap excerpts deleted",
+                    retention.retention_days,
+                    p.events,
+                    p.excerpts
+                ),
+                Ok(_) => {}
+                Err(e) => log::error!("retention: {e:#}"),
             }
         }
         match runner.step() {

@@ -10,6 +10,48 @@ use crate::{
 
 pub use sqlite::SqliteStore;
 
+/// What a retention pass removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub events: u64,
+    /// Excerpts whose pcap was deleted (their record stays, marked as expired).
+    pub excerpts: u64,
+}
+
+/// The `[store]` table of the cloud's TOML configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Days an event and an alert's pcap excerpt are kept after they arrived; 0 keeps them
+    /// for ever. Alerts and incidents are kept.
+    pub retention_days: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        // Microsoft Defender for Identity keeps its data 180 days.
+        Self { retention_days: 180 }
+    }
+}
+
+impl StoreConfig {
+    /// Reads the `[store]` table of a TOML file; a missing table is the defaults.
+    pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            store: Option<StoreConfig>,
+        }
+        let file: File = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(file.store.unwrap_or_default())
+    }
+
+    /// How long what arrives is kept; None: for ever.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        (self.retention_days > 0).then(|| std::time::Duration::from_secs(u64::from(self.retention_days) * 86_400))
+    }
+}
+
 /// Result of storing one batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InsertOutcome {
@@ -312,4 +354,29 @@ pub trait Store: Send + Sync {
     fn alert_excerpt(&self, alert_id: i64, with_pcap: bool) -> anyhow::Result<Option<ExcerptRecord>>;
     /// Every excerpt, without the bytes, by alert id.
     fn excerpts(&self) -> anyhow::Result<Vec<ExcerptRecord>>;
+
+    /// Deletes the events that arrived before `arrived_before_unix_ns` and that detection
+    /// has gone through, and the pcaps of excerpts answered before it (the excerpt then
+    /// says it expired; alerts and incidents stay). A sensor's newest event always stays:
+    /// ingest's duplicate check reads it.
+    fn prune(&self, arrived_before_unix_ns: i64) -> anyhow::Result<Pruned>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreConfig;
+
+    #[test]
+    fn retention_is_read_checked_and_documented() {
+        assert_eq!(StoreConfig::from_toml("").unwrap(), StoreConfig::default());
+        assert_eq!(StoreConfig::default().retention(), Some(std::time::Duration::from_secs(180 * 86_400)));
+        assert_eq!(StoreConfig::from_toml("[store]\nretention_days = 0\n").unwrap().retention(), None);
+        let err = StoreConfig::from_toml("[store]\nretention_day = 30\n").unwrap_err().to_string();
+        assert!(err.contains("retention_day"), "{err}");
+        let err = StoreConfig::from_toml("[store]\nretention_days = -1\n").unwrap_err().to_string();
+        assert!(err.contains("retention_days"), "{err}");
+        // The documented sample is valid and says the defaults.
+        let sample = include_str!("../../../deploy/cloud.toml");
+        assert_eq!(StoreConfig::from_toml(sample).unwrap(), StoreConfig::default());
+    }
 }

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection, OptionalExtension as _};
 
 use super::{
     check_pcap, excerpt_error, Comment, EventQuery, ExcerptRecord, ExcerptUpload, ExcerptWanted, Incident,
-    InsertOutcome, SensorRecord, Store, StoredEvent, User, EXCERPTS_PER_HEARTBEAT, EXCERPT_ASK_AGAIN_NS,
+    InsertOutcome, Pruned, SensorRecord, Store, StoredEvent, User, EXCERPTS_PER_HEARTBEAT, EXCERPT_ASK_AGAIN_NS,
     EXCERPT_MAX_ASKS,
 };
 use crate::detect::Alert;
@@ -752,9 +752,85 @@ impl Store for SqliteStore {
         let rows = stmt.query_map([], excerpt_from_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    fn prune(&self, before: i64) -> anyhow::Result<Pruned> {
+        let mut pruned = Pruned::default();
+        let sensors: Vec<String> = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare("SELECT id FROM sensors UNION SELECT sensor_id FROM detect_cursors")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for id in sensors {
+            let cursor = self.detect_cursor(&id)? as i64;
+            let end = self.first_arrived_since(&id, before)?.min(cursor + 1);
+            // Short transactions of at most PRUNE_CHUNK events: ingest never waits long.
+            let mut from = i64::MIN;
+            loop {
+                let conn = self.conn();
+                let Some(lo): Option<i64> = conn.query_row(
+                    "SELECT MIN(seq) FROM events WHERE sensor_id = ?1 AND seq > ?2",
+                    params![id, from],
+                    |r| r.get(0),
+                )?
+                else {
+                    break;
+                };
+                if lo >= end {
+                    break;
+                }
+                let to = end.min(lo.saturating_add(PRUNE_CHUNK));
+                pruned.events += conn.execute(
+                    "DELETE FROM events WHERE sensor_id = ?1 AND seq >= ?2 AND seq < ?3",
+                    params![id, lo, to],
+                )? as u64;
+                from = to - 1;
+            }
+        }
+        pruned.excerpts = self.conn().execute(
+            "UPDATE excerpts SET pcap = NULL, status = 'failed', error = 'older than the retention period' \
+             WHERE pcap IS NOT NULL AND answered_unix_ns < ?1",
+            [before],
+        )? as u64;
+        Ok(pruned)
+    }
 }
 
+/// Events deleted per transaction by a retention pass.
+const PRUNE_CHUNK: i64 = 10_000;
+
 impl SqliteStore {
+    /// The first sequence number of `sensor` that arrived at or after `at` (a sensor sends
+    /// in order, so arrival times grow with sequence numbers), found by bisection over the
+    /// primary key; the newest event's number when all arrived before. `i64::MIN` when the
+    /// sensor has no events.
+    fn first_arrived_since(&self, sensor: &str, at: i64) -> anyhow::Result<i64> {
+        let conn = self.conn();
+        let (lo, hi): (Option<i64>, Option<i64>) =
+            conn.query_row("SELECT MIN(seq), MAX(seq) FROM events WHERE sensor_id = ?1", [sensor], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let (Some(mut lo), Some(hi)) = (lo, hi) else { return Ok(i64::MIN) };
+        let mut arrived = conn.prepare_cached(
+            "SELECT stored_unix_ns FROM events WHERE sensor_id = ?1 AND seq >= ?2 ORDER BY seq LIMIT 1",
+        )?;
+        let mut arrived_at =
+            |seq: i64| -> rusqlite::Result<i64> { arrived.query_row(params![sensor, seq], |r| r.get(0)) };
+        if arrived_at(hi)? < at {
+            return Ok(hi);
+        }
+        // Invariant: the event at or after `hi` arrived at or after `at`.
+        let mut hi = hi;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if arrived_at(mid)? >= at {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
+    }
     fn decode_events(rows: Vec<(Vec<u8>, i64, i64)>) -> anyhow::Result<Vec<StoredEvent>> {
         rows.into_iter()
             .map(|(body, spooled_unix_ns, stored_unix_ns)| {
@@ -1100,6 +1176,53 @@ mod tests {
         store.add_sensor("s1", "h").unwrap();
         store.revoke_sensor("s1").unwrap();
         assert_eq!(store.alert_excerpt(1, false).unwrap().unwrap().status, "done");
+    }
+
+    /// Retention deletes what arrived before the cut and detection has gone through, in
+    /// order, never a sensor's newest event, and expires answered excerpts' pcaps.
+    #[test]
+    fn retention_deletes_old_processed_events_and_expired_pcaps() {
+        let store = with_alerts(SqliteStore::in_memory().unwrap(), 1);
+        let arrive = |seqs: std::ops::RangeInclusive<u64>| {
+            let batch: Vec<_> = seqs.map(|i| event(i, "alice")).collect();
+            store.insert_events("s1", &batch, &[]).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            crate::unix_ns()
+        };
+        let after_first = arrive(1..=40);
+        let after_second = arrive(41..=60);
+        store.insert_events("s2", &[event(1, "bob"), event(2, "bob")], &[]).unwrap();
+        let seqs = |s: &SqliteStore, sensor: &str| {
+            s.sensor_events_after(sensor, 0, 1000).unwrap().iter().map(|e| e.event.seq).collect::<Vec<_>>()
+        };
+
+        // Detection has not gone through anything yet: nothing goes.
+        assert_eq!(store.prune(after_second).unwrap(), Pruned::default());
+        // Through 25: the first 25 of the first batch go, not the rest of it.
+        store.set_detect_cursor("s1", 25).unwrap();
+        assert_eq!(store.prune(after_first).unwrap().events, 25);
+        assert_eq!(seqs(&store, "s1"), (26..=60).collect::<Vec<_>>());
+        // Through everything, cut between the batches: the first batch goes.
+        store.set_detect_cursor("s1", 60).unwrap();
+        assert_eq!(store.prune(after_first).unwrap().events, 15);
+        assert_eq!(seqs(&store, "s1"), (41..=60).collect::<Vec<_>>());
+        // All arrived before the cut: the newest stays, so a resend is still a duplicate.
+        store.set_detect_cursor("s2", 2).unwrap();
+        assert_eq!(store.prune(crate::unix_ns()).unwrap().events, 19 + 1);
+        assert_eq!((seqs(&store, "s1"), seqs(&store, "s2")), (vec![60], vec![2]));
+        assert_eq!(store.insert_events("s1", &[event(60, "alice")], &[]).unwrap().duplicates, 1);
+
+        // An answered excerpt's pcap expires; the alert and the excerpt record stay.
+        let ids = store.request_excerpts(&[wanted(1, "s1")]).unwrap();
+        store.pending_excerpts("s1", 5).unwrap();
+        let answer = Excerpt { id: ids[0], pcap: pcap(&[b"frame"]), frames: 1, ..Default::default() };
+        assert_eq!(store.save_excerpt("s1", &answer, 100).unwrap(), ExcerptUpload::Saved);
+        assert_eq!(store.prune(100).unwrap().excerpts, 0, "answered at the cut: kept");
+        assert_eq!(store.prune(101).unwrap().excerpts, 1);
+        let x = store.alert_excerpt(1, true).unwrap().unwrap();
+        assert_eq!((x.status.as_str(), x.pcap.as_deref()), ("failed", None));
+        assert!(x.label().contains("retention"), "{}", x.label());
+        assert_eq!(store.alerts().unwrap().len(), 1);
     }
 
     #[test]

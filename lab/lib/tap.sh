@@ -49,11 +49,12 @@ EOC
   echo $! > "$RUN/cloud.pid"
   wait_log "$LOGS/tap-cloud.log" "ingest listening" "$RUN/cloud.pid" 30 || die "tap-cloud did not start: $(tail -5 "$LOGS/tap-cloud.log")"
   log "tap-cloud serving on $CLOUD_ADDR in $NS_SEN (database $TAP_DIR/cloud.db)"
+  # --evidence-dir: the portal's alerts get their pcap excerpts, as on an appliance.
   nohup ip netns exec $NS_SEN "$bin/tap-sensor" capture --iface $SEN_IF --dc $DC_IP \
       --write "$TAP_DIR/kept.pcap" --sensor-id $SENSOR_ID --cloud https://$CLOUD_ADDR \
       --tls-ca "$TAP_DIR/pki/ca.pem" --tls-cert "$TAP_DIR/pki/sensor-$SENSOR_ID.pem" \
       --tls-key "$TAP_DIR/pki/sensor-$SENSOR_ID.key" --access-key-file "$TAP_DIR/sensor.key" \
-      --spool-dir "$TAP_DIR/spool" \
+      --spool-dir "$TAP_DIR/spool" --evidence-dir "$TAP_DIR/evidence" --evidence-max-mb 64 \
       > "$LOGS/tap-sensor.log" 2>&1 < /dev/null &
   echo $! > "$RUN/sensor.pid"
   wait_log "$LOGS/tap-sensor.log" "^ready:" "$RUN/sensor.pid" 30 || die "tap-sensor did not start: $(tail -5 "$LOGS/tap-sensor.log")"

@@ -85,6 +85,24 @@ fn add_analyst(cloud_bin: &Path, db: &Path, dir: &Path) -> anyhow::Result<(Strin
     Ok((password, pw_file))
 }
 
+/// Waits until no alert's pcap excerpt is still waiting for the sensor, or `longest`.
+fn wait_for_excerpts(cloud_bin: &Path, db: &Path, longest: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + longest;
+    loop {
+        let out = std::process::Command::new(cloud_bin).args(["alerts", "--db"]).arg(db).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let waiting = text.lines().filter(|l| l.contains("pcap waiting")).count();
+        if waiting == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            println!("    {waiting} excerpts still on their way; the portal shows them when they arrive");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 fn print_cloud_lists(cloud_bin: &Path, db: &Path) -> anyhow::Result<()> {
     for what in ["incidents", "alerts"] {
         let out = std::process::Command::new(cloud_bin).args([what, "--db"]).arg(db).output()?;
@@ -130,6 +148,10 @@ pub fn run(env: &Env, wait: bool) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let cloud_bin = lab.cloud();
     let db = lab.db();
+    step(
+        "the evidence: the sensor cuts each alert's conversation out of its evidence files (a few per 10 s heartbeat)",
+    );
+    wait_for_excerpts(&cloud_bin, &db, Duration::from_secs(45))?;
     step("what the cloud found");
     print_cloud_lists(&cloud_bin, &db)?;
     step("the sensor's counters (SIGTERM makes it detach and report)");

@@ -1,5 +1,12 @@
 //! Feeds stored events to the engine, per sensor in sequence order, from where the last
 //! run stopped (a cursor per sensor in the store), and saves the alerts it raises.
+//!
+//! Alerts are saved every step; the learned profiles and the cursors together at a
+//! checkpoint, every [`CHECKPOINT_EVERY`] and whenever detection has caught up. The
+//! profiles are one document of every account and host learned, so saving them per step
+//! would write all of them for every 5 000 events. After a crash the events since the
+//! last checkpoint are processed again: their alerts are resumed from the store and
+//! extended, and profiles learn them twice, which is harmless.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,6 +25,9 @@ pub const EXCERPT_MARGIN_NS: i64 = 30_000_000_000;
 /// Events read per sensor per step.
 const BATCH: usize = 5_000;
 
+/// Longest time between checkpoints while events keep coming.
+pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Runner {
     pub engine: Engine,
     /// Where new alerts also go (SIEM); None: nowhere else.
@@ -25,6 +35,9 @@ pub struct Runner {
     store: Arc<dyn Store>,
     /// Alerts on a shared entity this close in time join one incident.
     pub incident_gap_ns: i64,
+    /// Per sensor, the last event processed since the last checkpoint.
+    pending_cursors: HashMap<String, u64>,
+    checkpointed_at: std::time::Instant,
 }
 
 impl Runner {
@@ -42,7 +55,14 @@ impl Runner {
                 Err(e) => log::warn!("learned profiles unreadable, learning again: {e}"),
             }
         }
-        Ok(Self { engine, exporter: None, store, incident_gap_ns: 3_600_000_000_000 })
+        Ok(Self {
+            engine,
+            exporter: None,
+            store,
+            incident_gap_ns: 3_600_000_000_000,
+            pending_cursors: HashMap::new(),
+            checkpointed_at: std::time::Instant::now(),
+        })
     }
 
     /// One pass over what arrived since the last; returns the events processed.
@@ -58,7 +78,10 @@ impl Runner {
             .collect();
         for sensor in &sensors {
             self.engine.add_dcs(&sensor.monitored_dcs);
-            let cursor = self.store.detect_cursor(&sensor.id)?;
+            let cursor = match self.pending_cursors.get(&sensor.id) {
+                Some(&seq) => seq,
+                None => self.store.detect_cursor(&sensor.id)?,
+            };
             let events = self.store.sensor_events_after(&sensor.id, cursor, BATCH)?;
             let Some(last) = events.last().map(|e| e.event.seq) else { continue };
             // Each alert once per step, in its latest state, all in one transaction: saving
@@ -96,11 +119,24 @@ impl Runner {
                 }
                 self.engine.saved(a);
             }
-            self.save_profiles()?;
-            self.store.set_detect_cursor(&sensor.id, last)?;
+            self.pending_cursors.insert(sensor.id.clone(), last);
             processed += events.len();
         }
+        if processed == 0 || self.checkpointed_at.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint()?;
+        }
         Ok(processed)
+    }
+
+    /// Saves the learned profiles, then the cursors: a crash in between learns events
+    /// twice rather than never.
+    pub fn checkpoint(&mut self) -> anyhow::Result<()> {
+        self.save_profiles()?;
+        for (sensor, seq) in self.pending_cursors.drain() {
+            self.store.set_detect_cursor(&sensor, seq)?;
+        }
+        self.checkpointed_at = std::time::Instant::now();
+        Ok(())
     }
 
     /// The pcap excerpt to ask for a new alert: the conversation of its first evidence
@@ -128,8 +164,6 @@ impl Runner {
         }))
     }
 
-    /// Saved before the cursor moves, so a crash in between learns an event twice rather
-    /// than never.
     fn save_profiles(&mut self) -> anyhow::Result<()> {
         if self.engine.profiles_dirty {
             self.store.save_state(PROFILES, &serde_json::to_string(&self.engine.profiles)?)?;
@@ -159,6 +193,47 @@ mod tests {
         pb::{activity_event::Detail, ActivityEvent, Kerberos},
         store::SqliteStore,
     };
+
+    /// Cursors reach the store at a checkpoint (when detection has caught up, or after
+    /// CHECKPOINT_EVERY), not per step; a runner that dies before one starts again from
+    /// the last, and one after it from where that left off.
+    #[test]
+    fn cursors_are_saved_at_checkpoints() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.add_sensor("s1", "h").unwrap();
+        let logon = |seq: u64| ActivityEvent {
+            sensor_id: "s1".into(),
+            seq,
+            time_unix_ns: seq as i64 * 1_000_000,
+            src_ip: "10.1.1.1".into(),
+            dc_ip: "10.0.0.10".into(),
+            account: format!("user{}@LAB", seq % 50),
+            result: "success".into(),
+            detail: Some(Detail::Kerberos(Kerberos {
+                msg_type: 11,
+                cname: format!("user{}", seq % 50),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let events: Vec<_> = (1..=(BATCH as u64 + 1000)).map(logon).collect();
+        store.insert_events("s1", &events, &[]).unwrap();
+        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(runner.step().unwrap(), BATCH);
+        assert_eq!(store.detect_cursor("s1").unwrap(), 0, "no checkpoint while events keep coming");
+        // Dies here: a new runner goes through the same events again.
+        let mut again = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(again.catch_up().unwrap(), BATCH + 1000);
+        assert_eq!(store.detect_cursor("s1").unwrap(), BATCH as u64 + 1000, "caught up: a checkpoint");
+        assert!(store.load_state(PROFILES).unwrap().is_some(), "the profiles went with it");
+        let mut after = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(after.catch_up().unwrap(), 0);
+        // Events arriving for longer than CHECKPOINT_EVERY are checkpointed on the way.
+        runner.checkpointed_at -= CHECKPOINT_EVERY;
+        store.insert_events("s1", &[logon(BATCH as u64 + 1001)], &[]).unwrap();
+        assert_eq!(runner.step().unwrap(), 1000 + 1);
+        assert_eq!(store.detect_cursor("s1").unwrap(), BATCH as u64 + 1001);
+    }
 
     #[test]
     fn a_restarted_runner_resumes_its_cursor_profiles_and_open_alerts() {

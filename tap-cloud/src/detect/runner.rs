@@ -235,6 +235,42 @@ mod tests {
         assert_eq!(store.detect_cursor("s1").unwrap(), BATCH as u64 + 1001);
     }
 
+    /// Events processed again after a crash before a checkpoint extend the alerts they
+    /// raised the first time; they raise none twice.
+    #[test]
+    fn events_processed_again_after_a_crash_raise_no_alert_twice() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.add_sensor("s1", "h").unwrap();
+        let failure = |seq: u64| ActivityEvent {
+            sensor_id: "s1".into(),
+            seq,
+            time_unix_ns: seq as i64 * 1_000_000_000,
+            src_ip: "10.1.1.1".into(),
+            dc_ip: "10.0.0.10".into(),
+            account: format!("u{}@LAB", seq % 8),
+            result: "failure".into(),
+            detail: Some(Detail::Kerberos(Kerberos {
+                msg_type: 30,
+                cname: format!("u{}", seq % 8),
+                error_code: 24,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        store.insert_events("s1", &(1..=40).map(failure).collect::<Vec<_>>(), &[]).unwrap();
+        let mut first = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(first.step().unwrap(), 40);
+        let raised = store.alerts().unwrap();
+        assert!(!raised.is_empty());
+        assert_eq!(store.detect_cursor("s1").unwrap(), 0, "crashed before a checkpoint");
+        let mut second = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(second.catch_up().unwrap(), 40);
+        let after: Vec<_> =
+            store.alerts().unwrap().into_iter().map(|a| (a.id, a.detection, a.src_ip, a.account)).collect();
+        let before: Vec<_> = raised.into_iter().map(|a| (a.id, a.detection, a.src_ip, a.account)).collect();
+        assert_eq!(after, before);
+    }
+
     #[test]
     fn a_restarted_runner_resumes_its_cursor_profiles_and_open_alerts() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());

@@ -197,25 +197,32 @@ mod tests {
     /// Cursors reach the store at a checkpoint (when detection has caught up, or after
     /// CHECKPOINT_EVERY), not per step; a runner that dies before one starts again from
     /// the last, and one after it from where that left off.
+
+    /// A Kerberos message from 10.1.1.1 to the DC, as sensor s1 reports it: `error_code`
+    /// 24 on a KRB-ERROR (30) is a wrong password, an AS-REP (11) a logon.
+    fn kerberos(seq: u64, time_unix_ns: i64, user: &str, msg_type: u32, error_code: i32) -> ActivityEvent {
+        ActivityEvent {
+            sensor_id: "s1".into(),
+            seq,
+            time_unix_ns,
+            src_ip: "10.1.1.1".into(),
+            dc_ip: "10.0.0.10".into(),
+            account: format!("{user}@LAB"),
+            result: if error_code == 0 { "success" } else { "failure" }.into(),
+            detail: Some(Detail::Kerberos(Kerberos { msg_type, cname: user.into(), error_code, ..Default::default() })),
+            ..Default::default()
+        }
+    }
+
+    fn failure(seq: u64, time_unix_ns: i64, user: &str) -> ActivityEvent {
+        kerberos(seq, time_unix_ns, user, 30, 24)
+    }
+
     #[test]
     fn cursors_are_saved_at_checkpoints() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         store.add_sensor("s1", "h").unwrap();
-        let logon = |seq: u64| ActivityEvent {
-            sensor_id: "s1".into(),
-            seq,
-            time_unix_ns: seq as i64 * 1_000_000,
-            src_ip: "10.1.1.1".into(),
-            dc_ip: "10.0.0.10".into(),
-            account: format!("user{}@LAB", seq % 50),
-            result: "success".into(),
-            detail: Some(Detail::Kerberos(Kerberos {
-                msg_type: 11,
-                cname: format!("user{}", seq % 50),
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
+        let logon = |seq: u64| kerberos(seq, seq as i64 * 1_000_000, &format!("user{}", seq % 50), 11, 0);
         let events: Vec<_> = (1..=(BATCH as u64 + 1000)).map(logon).collect();
         store.insert_events("s1", &events, &[]).unwrap();
         let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
@@ -241,22 +248,7 @@ mod tests {
     fn events_processed_again_after_a_crash_raise_no_alert_twice() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         store.add_sensor("s1", "h").unwrap();
-        let failure = |seq: u64| ActivityEvent {
-            sensor_id: "s1".into(),
-            seq,
-            time_unix_ns: seq as i64 * 1_000_000_000,
-            src_ip: "10.1.1.1".into(),
-            dc_ip: "10.0.0.10".into(),
-            account: format!("u{}@LAB", seq % 8),
-            result: "failure".into(),
-            detail: Some(Detail::Kerberos(Kerberos {
-                msg_type: 30,
-                cname: format!("u{}", seq % 8),
-                error_code: 24,
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
+        let failure = |seq: u64| failure(seq, seq as i64 * 1_000_000_000, &format!("u{}", seq % 8));
         store.insert_events("s1", &(1..=40).map(failure).collect::<Vec<_>>(), &[]).unwrap();
         let mut first = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
         assert_eq!(first.step().unwrap(), 40);
@@ -275,22 +267,7 @@ mod tests {
     fn a_restarted_runner_resumes_its_cursor_profiles_and_open_alerts() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         store.add_sensor("s1", "h").unwrap();
-        let failure = |seq: u64, user: &str| ActivityEvent {
-            sensor_id: "s1".into(),
-            seq,
-            time_unix_ns: seq as i64 * 1_000_000_000,
-            src_ip: "10.1.1.1".into(),
-            dc_ip: "10.0.0.10".into(),
-            account: format!("{user}@LAB"),
-            result: "failure".into(),
-            detail: Some(Detail::Kerberos(Kerberos {
-                msg_type: 30,
-                cname: user.into(),
-                error_code: 24,
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
+        let failure = |seq: u64, user: &str| failure(seq, seq as i64 * 1_000_000_000, user);
         let first: Vec<_> = (1..=5).map(|i| failure(i, &format!("u{i}"))).collect();
         store.insert_events("s1", &first, &[]).unwrap();
         let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
@@ -326,21 +303,10 @@ mod tests {
         }
         let failure = |sensor: &str, seq: u64, src: &str, user: &str| ActivityEvent {
             sensor_id: sensor.into(),
-            seq,
-            time_unix_ns: 1_000_000_000_000 + seq as i64 * 1_000_000_000,
             src_ip: src.into(),
             src_port: 40_000 + seq as u32,
-            dc_ip: "10.0.0.10".into(),
             dc_port: 88,
-            account: format!("{user}@LAB"),
-            result: "failure".into(),
-            detail: Some(Detail::Kerberos(Kerberos {
-                msg_type: 30,
-                cname: user.into(),
-                error_code: 24,
-                ..Default::default()
-            })),
-            ..Default::default()
+            ..failure(seq, 1_000_000_000_000 + seq as i64 * 1_000_000_000, user)
         };
         // A spray seen by each sensor, from different hosts: two alerts.
         let live: Vec<_> = (1..=5).map(|i| failure("live", i, "10.1.1.1", &format!("u{i}"))).collect();
@@ -382,22 +348,7 @@ mod tests {
     fn one_step_saves_each_alert_once_and_keeps_an_alert_that_closed_and_opened_again_apart() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         store.add_sensor("s1", "h").unwrap();
-        let failure = |seq: u64, t: i64| ActivityEvent {
-            sensor_id: "s1".into(),
-            seq,
-            time_unix_ns: t * 1_000_000_000,
-            src_ip: "10.1.1.1".into(),
-            dc_ip: "10.0.0.10".into(),
-            account: "bob@LAB".into(),
-            result: "failure".into(),
-            detail: Some(Detail::Kerberos(Kerberos {
-                msg_type: 30,
-                cname: "bob".into(),
-                error_code: 24,
-                ..Default::default()
-            })),
-            ..Default::default()
-        };
+        let failure = |seq: u64, t: i64| failure(seq, t * 1_000_000_000, "bob");
         // Twenty guesses, then, hours later, twenty more: two brute-force alerts, each with
         // its own evidence, all in one step.
         let events: Vec<_> =

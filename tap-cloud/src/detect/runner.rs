@@ -194,10 +194,6 @@ mod tests {
         store::SqliteStore,
     };
 
-    /// Cursors reach the store at a checkpoint (when detection has caught up, or after
-    /// CHECKPOINT_EVERY), not per step; a runner that dies before one starts again from
-    /// the last, and one after it from where that left off.
-
     /// A Kerberos message from 10.1.1.1 to the DC, as sensor s1 reports it: `error_code`
     /// 24 on a KRB-ERROR (30) is a wrong password, an AS-REP (11) a logon.
     fn kerberos(seq: u64, time_unix_ns: i64, user: &str, msg_type: u32, error_code: i32) -> ActivityEvent {
@@ -218,6 +214,9 @@ mod tests {
         kerberos(seq, time_unix_ns, user, 30, 24)
     }
 
+    /// Cursors reach the store at a checkpoint (when detection has caught up, or after
+    /// CHECKPOINT_EVERY), not per step; a runner that dies before one starts again from
+    /// the last, and one after it from where that left off.
     #[test]
     fn cursors_are_saved_at_checkpoints() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());

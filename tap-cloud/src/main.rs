@@ -102,23 +102,18 @@ impl ConfigArg {
     }
 
     fn store(&self) -> anyhow::Result<tap_cloud::store::StoreConfig> {
-        match &self.config {
-            None => Ok(Default::default()),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-                tap_cloud::store::StoreConfig::from_toml(&text).with_context(|| format!("{}", path.display()))
-            }
-        }
+        self.table(tap_cloud::store::StoreConfig::from_toml)
     }
 
     fn detect(&self) -> anyhow::Result<DetectConfig> {
-        match &self.config {
-            None => Ok(DetectConfig::default()),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
-                DetectConfig::from_toml(&text).with_context(|| format!("{}", path.display()))
-            }
-        }
+        self.table(DetectConfig::from_toml)
+    }
+
+    /// One table of the file, read by `parse`; its defaults without a file.
+    fn table<T: Default>(&self, parse: fn(&str) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let Some(path) = &self.config else { return Ok(T::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        parse(&text).with_context(|| format!("{}", path.display()))
     }
 }
 

@@ -433,17 +433,7 @@ pub fn replay(env: &Env, pcap_arg: Option<PathBuf>, dc_arg: Option<String>) -> a
     // The cloud's detection thread follows the store every half second.
     std::thread::sleep(Duration::from_millis(1500));
     let db = cloud_dir.join("cloud.db");
-    for what in ["incidents", "alerts"] {
-        let out = std::process::Command::new(&cloud_bin).args([what, "--db"]).arg(&db).output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        println!("    {what}:");
-        if text.trim().is_empty() {
-            println!("      (none)");
-        }
-        for line in text.lines() {
-            println!("      {line}");
-        }
-    }
+    print_cloud_lists(&cloud_bin, &db)?;
     drop(cloud);
 
     step("the portal");

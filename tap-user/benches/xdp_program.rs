@@ -46,7 +46,10 @@ fn main() -> anyhow::Result<()> {
             for _ in 0..ROUNDS_KEPT {
                 total += xdp.test_run(&f, REPEAT_KEPT)?.1;
                 for ring in rings.iter_mut() {
-                    while ring.next().is_some() {}
+                    while ring.peek().is_some() {
+                        ring.advance();
+                    }
+                    ring.release();
                 }
             }
             total / ROUNDS_KEPT

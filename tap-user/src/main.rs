@@ -473,6 +473,9 @@ fn capture(
     let evidence =
         args.evidence_dir.map(|dir| tap_user::evidence::EvidenceOptions { dir, max_bytes: args.evidence_max_mb << 20 });
     let mut uplink = uplink.options(sensor_info(&sensor_id, dc_names, true))?;
+    if args.record_only && evidence.is_some() {
+        anyhow::bail!("--record-only already writes every kept frame to --write; --evidence-dir keeps frames for the cloud's alerts, which a recorder makes none of: leave out one of them");
+    }
     if args.record_only && uplink.is_some() {
         anyhow::bail!("--record-only makes no events, so there is nothing to send to the cloud: leave out --record-only or the cloud options");
     }

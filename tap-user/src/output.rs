@@ -4,7 +4,11 @@
 //! batch: a batch is already a large write, and copying it into a buffer first was a
 //! quarter of the recorder's CPU.
 
-use std::{fs::File, io::Write, path::Path};
+use std::{
+    fs::File,
+    io::{IoSlice, Write},
+    path::Path,
+};
 
 use anyhow::Context as _;
 use pcap_file::{pcap::PcapHeader, DataLink, Endianness, TsResolution};
@@ -31,6 +35,21 @@ impl PcapSink {
 
     pub fn write_batch(&mut self, batch: &FrameBatch) -> anyhow::Result<()> {
         self.out.write_all(batch.pcap_records()).context("write pcap records")
+    }
+
+    /// Writes `slices` (pcap record headers and frames, in file order) with as few
+    /// writev(2) calls as the kernel allows: the recorder writes frames straight from the
+    /// ring's memory this way, without copying them into a buffer first.
+    pub fn write_slices(&mut self, mut slices: &mut [IoSlice<'_>]) -> anyhow::Result<()> {
+        while !slices.is_empty() {
+            match self.out.write_vectored(slices) {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::WriteZero)).context("write pcap records"),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e).context("write pcap records"),
+            }
+        }
+        Ok(())
     }
 
     pub fn finish(mut self) -> anyhow::Result<()> {

@@ -115,6 +115,23 @@ fn bad_input_is_refused_with_the_reason() {
     let (ok, _, err) = sensor(&[]);
     assert!(!ok);
     assert!(err.contains("--read FILE or the capture command"), "{err}");
+    // A recorder keeps every frame already; evidence files beside it would double them.
+    // (No such interface: a check that let this through would fail to attach, not attach.)
+    let recording = temp("recording.pcap");
+    let (ok, _, err) = sensor(&[
+        "capture",
+        "--iface",
+        "dctap-none0",
+        "--dc",
+        "10.0.0.10",
+        "--record-only",
+        "--write",
+        recording.to_str().unwrap(),
+        "--evidence-dir",
+        temp("evidence").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("--record-only already writes every kept frame"), "{err}");
 }
 
 #[test]

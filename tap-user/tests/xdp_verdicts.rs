@@ -3,19 +3,22 @@
 //! frames arrive in the ring byte for byte, and filter changes take effect at once. Needs
 //! root (loading BPF); `cargo xtask test` makes a missing prerequisite a failure.
 
-use aya::maps::{MapData, RingBuf};
 use tap_common::{counters::Counter, record::RecordHeader};
 use tap_testkit::{
     frame::{self, Tags, L4},
     mix::{self, Verdict},
     netns::live_or_skip,
 };
-use tap_user::capture::{counters::XdpCounters, filter::RpcRange, DcSet, PortSet, XdpCapture};
+use tap_user::capture::{counters::XdpCounters, filter::RpcRange, ring::MappedRing, DcSet, PortSet, XdpCapture};
 
 const XDP_DROP: u32 = 1;
 
-fn loaded(dcs: &str) -> (XdpCapture, Vec<RingBuf<MapData>>) {
-    let (mut xdp, rings) = XdpCapture::load(1 << 20).expect("load the XDP program");
+fn loaded(dcs: &str) -> (XdpCapture, Vec<MappedRing>) {
+    loaded_with_rings(dcs, 1 << 20)
+}
+
+fn loaded_with_rings(dcs: &str, ring_bytes: u32) -> (XdpCapture, Vec<MappedRing>) {
+    let (mut xdp, rings) = XdpCapture::load(ring_bytes).expect("load the XDP program");
     xdp.filter.set_ports(&PortSet::default()).unwrap();
     xdp.filter.set_rpc_range(Some(RpcRange::default())).unwrap();
     xdp.filter.set_snaplen(tap_common::record::MAX_SNAPLEN as u32).unwrap();
@@ -24,7 +27,7 @@ fn loaded(dcs: &str) -> (XdpCapture, Vec<RingBuf<MapData>>) {
 }
 
 /// Which counter one run moved (besides `seen`), and everything the rings now hold.
-fn run_one(xdp: &XdpCapture, rings: &mut [RingBuf<MapData>], frame: &[u8]) -> (Verdict, Vec<(RecordHeader, Vec<u8>)>) {
+fn run_one(xdp: &XdpCapture, rings: &mut [MappedRing], frame: &[u8]) -> (Verdict, Vec<(RecordHeader, Vec<u8>)>) {
     let before = xdp.counters().unwrap();
     let (action, _) = xdp.test_run(frame, 1).unwrap();
     assert_eq!(action, XDP_DROP, "a mirror port forwards nothing");
@@ -41,15 +44,83 @@ fn run_one(xdp: &XdpCapture, rings: &mut [RingBuf<MapData>], frame: &[u8]) -> (V
     (verdict, drain(rings))
 }
 
-fn drain(rings: &mut [RingBuf<MapData>]) -> Vec<(RecordHeader, Vec<u8>)> {
+fn drain(rings: &mut [MappedRing]) -> Vec<(RecordHeader, Vec<u8>)> {
     let mut out = Vec::new();
     for ring in rings.iter_mut() {
-        while let Some(item) = ring.next() {
-            let (h, data) = RecordHeader::parse(&item).expect("well-formed record");
+        while let Some(item) = ring.peek() {
+            let (h, data) = RecordHeader::parse(item).expect("well-formed record");
             out.push((h, data.to_vec()));
+            ring.advance();
         }
+        ring.release();
     }
     out
+}
+
+/// The reader of our own over the ring's mapping, on a ring of four pages: records of
+/// every size class wrap around its end hundreds of times (a record across the end reads
+/// as one slice through the double mapping), space comes back only when released, and
+/// every frame arrives whole and in order.
+#[test]
+fn the_mapped_ring_reader_follows_the_ring_around_its_end() {
+    if !live_or_skip("the_mapped_ring_reader_follows_the_ring_around_its_end") {
+        return;
+    }
+    const RING: u32 = 16 << 10;
+    let (xdp, mut rings) = loaded_with_rings("10.0.0.10", RING);
+    let frames: Vec<Vec<u8>> = (0..600u32)
+        .map(|i| {
+            let payload = [6usize, 90, 300, 470, 1000, 1460][i as usize % 6] + (i as usize % 7);
+            frame::ipv4(
+                Tags::None,
+                mix::CLIENT4,
+                "10.0.0.10".parse().unwrap(),
+                L4::Tcp { src: 40000, dst: 88 },
+                payload,
+                i,
+            )
+        })
+        .collect();
+    let mut got = Vec::new();
+    for chunk in frames.chunks(5) {
+        for f in chunk {
+            assert_eq!(xdp.test_run(f, 1).unwrap().0, XDP_DROP);
+        }
+        got.extend(drain(&mut rings).into_iter().map(|(h, data)| {
+            assert_eq!(h.cap_len as usize, data.len());
+            data
+        }));
+    }
+    assert_eq!(xdp.counters().unwrap().get(Counter::RingFull), 0);
+    assert_eq!(got.len(), frames.len());
+    for (i, (got, sent)) in got.iter().zip(&frames).enumerate() {
+        assert_eq!(got, sent, "frame {i}");
+    }
+    let wrapped: usize = frames.iter().map(|f| f.len() + 24).sum::<usize>() / RING as usize;
+    assert!(wrapped > 20, "the ring went round only {wrapped} times");
+
+    // Taken but not released, records keep their space: the ring fills. Released, the
+    // space is back.
+    let big = &frames[5];
+    let fits = (0..20).take_while(|_| {
+        xdp.test_run(big, 1).unwrap();
+        xdp.counters().unwrap().get(Counter::RingFull) == 0
+    });
+    let held = fits.count();
+    assert!((5..20).contains(&held), "{held} full-size records fit in {RING} bytes");
+    for ring in rings.iter_mut() {
+        while ring.peek().is_some() {
+            ring.advance();
+        }
+    }
+    let full_before = xdp.counters().unwrap().get(Counter::RingFull);
+    xdp.test_run(big, 1).unwrap();
+    assert_eq!(xdp.counters().unwrap().get(Counter::RingFull), full_before + 1, "taken is not released");
+    for ring in rings.iter_mut() {
+        ring.release();
+    }
+    xdp.test_run(big, 1).unwrap();
+    assert_eq!(xdp.counters().unwrap().get(Counter::RingFull), full_before + 1, "released space is used again");
 }
 
 #[test]

@@ -66,12 +66,17 @@ impl DcWatch {
 
     /// Marks the entries whose address sent one of these frames.
     pub fn observe(&self, batch: &FrameBatch) {
+        self.observe_frames(batch.iter().map(|f| f.data));
+    }
+
+    /// Marks the entries whose address sent one of these frames (Ethernet, from byte 0).
+    pub fn observe_frames<'a>(&self, frames: impl IntoIterator<Item = &'a [u8]>) {
         if self.unseen.load(Ordering::Relaxed) == 0 {
             return;
         }
         let Ok(mut entries) = self.entries.lock() else { return };
-        for frame in batch.iter() {
-            if let Some(source) = source_address(frame.data) {
+        for frame in frames {
+            if let Some(source) = source_address(frame) {
                 self.mark(&mut entries, source);
             }
             if self.unseen.load(Ordering::Relaxed) == 0 {

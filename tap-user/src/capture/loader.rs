@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -16,7 +16,7 @@ use tap_common::{
     PROGRAM_NAME,
 };
 
-use super::{counters::XdpCounters, filter::FilterMaps};
+use super::{counters::XdpCounters, filter::FilterMaps, ring::MappedRing};
 
 /// The XDP object built by `build.rs` (aya-build) for bpfel-unknown-none.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tap-ebpf"));
@@ -44,12 +44,12 @@ pub struct XdpCapture {
 impl XdpCapture {
     /// Loads the program with `ring_bytes` per used ring (a power of two, at least one page).
     /// Rings beyond the CPU count get one page: the program only writes to `cpu % RING_COUNT`.
-    pub fn load(ring_bytes: u32) -> anyhow::Result<(Self, Vec<RingBuf<MapData>>)> {
+    pub fn load(ring_bytes: u32) -> anyhow::Result<(Self, Vec<MappedRing>)> {
         Self::load_program(ring_bytes, PROGRAM_NAME)
     }
 
     /// Loads `program_name` from the object (`PROGRAM_NAME` or `FLOOR_PROGRAM_NAME`).
-    pub fn load_program(ring_bytes: u32, program_name: &'static str) -> anyhow::Result<(Self, Vec<RingBuf<MapData>>)> {
+    pub fn load_program(ring_bytes: u32, program_name: &'static str) -> anyhow::Result<(Self, Vec<MappedRing>)> {
         raise_memlock_limit();
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow!("count CPUs: {e}"))?;
         let used = cpus.min(RING_COUNT);
@@ -78,7 +78,10 @@ impl XdpCapture {
         let counters = PerCpuArray::try_from(take(&mut ebpf, COUNTERS_MAP)?)?;
         let mut rings = Vec::with_capacity(used);
         for name in &RING_MAPS[..used] {
-            rings.push(RingBuf::try_from(take(&mut ebpf, name)?)?);
+            let aya::maps::Map::RingBuf(map) = take(&mut ebpf, name)? else {
+                bail!("map {name} of the XDP object is not a ring buffer");
+            };
+            rings.push(MappedRing::new(map, ring_bytes).with_context(|| format!("map the ring buffer {name}"))?);
         }
         let capture =
             Self { ebpf, program_name, link: None, iface: String::new(), attached_native: false, filter, counters };
@@ -167,7 +170,7 @@ fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
     ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the XDP object"))
 }
 
-fn page_size() -> u32 {
+pub(crate) fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if size > 0 {

@@ -6,6 +6,7 @@ pub mod dc_watch;
 pub mod filter;
 pub mod loader;
 pub mod reader;
+pub mod ring;
 pub mod run;
 
 pub use filter::{DcSet, PortSet};

@@ -10,18 +10,19 @@
 //! before each take, keeps a reply after a request that was committed before it.
 
 use std::{
+    io::IoSlice,
     os::fd::AsRawFd,
     sync::{atomic::AtomicBool, atomic::Ordering, Arc},
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
 use crossbeam_channel::{Sender, TrySendError};
-use tap_common::record::{RecordHeader, RECORD_HEADER_LEN};
+use tap_common::record::RecordHeader;
 
-use super::counters::UserCounters;
+use super::{counters::UserCounters, dc_watch::DcWatch, ring::MappedRing};
 use crate::{
-    frames::{BatchPool, FrameBatch, BATCH_BYTES, BATCH_FRAMES},
+    frames::{pcap_record_header, BatchPool, FrameBatch, BATCH_BYTES, BATCH_FRAMES, PCAP_RECORD_HEADER},
+    output::PcapSink,
     time::WallClock,
 };
 
@@ -29,62 +30,135 @@ use crate::{
 /// except once per MiB queued (TOOLCHAIN.md: per-frame wakeups cost more than the capture),
 /// so the wait, not a wakeup, is what brings a small batch to the reader.
 pub const POLL_MIN: Duration = Duration::from_millis(25);
-/// Longest wait: the latency bound for a lone frame on a quiet link. Waking every 2 ms on
-/// an idle link costs 2% of a core for nothing (measured: 1000 wakeups/s with two rings).
-pub const POLL_MAX: Duration = Duration::from_millis(100);
+/// Longest wait: the latency bound for a lone frame on a quiet link. Each wakeup of an
+/// idle reader costs about 75 µs of CPU in this VM (measured), so an idle sensor polling
+/// every 100 ms spent 0.8 ms a second, more than tcpdump's whole cost at 25k frames/s.
+pub const POLL_MAX: Duration = Duration::from_millis(250);
 /// A drain that takes fewer records than this lengthens the next wait, more shortens it:
-/// batches settle around this size while the latency stays within POLL_MAX.
-pub const TARGET_DRAIN: usize = 1024;
+/// batches settle around this size while the latency stays within POLL_MAX. Larger runs
+/// mean fewer wakeups (see POLL_MAX) and writes.
+pub const TARGET_DRAIN: usize = 4096;
+/// Records taken between two releases of ring space to the program: the recorder writes
+/// them in one writev(2) (two slices per frame; Linux takes at most 1024 slices a call).
+pub const RUN_RECORDS: usize = 512;
+
+/// What the reader does with the records.
+pub enum Consumer {
+    /// The sensor: frames are copied out of the ring into batches for the dispatch thread.
+    Batches {
+        tx: Sender<FrameBatch>,
+        /// Buffers of the batches the consumer is done with.
+        pool: BatchPool,
+    },
+    /// The recorder (`--record-only`): frames go to the pcap file straight from the ring's
+    /// memory, by this thread, and nowhere else. Copying each frame into a batch for a
+    /// writer thread was most of the recorder's CPU.
+    Recorder { sink: PcapSink, watch: Option<Arc<DcWatch>> },
+}
 
 pub struct RingReader {
-    pub rings: Vec<RingBuf<MapData>>,
-    pub tx: Sender<FrameBatch>,
+    pub rings: Vec<MappedRing>,
+    pub consumer: Consumer,
     pub counters: Arc<UserCounters>,
     pub clock: WallClock,
     /// Set when capture stops; the reader drains what is queued, then returns.
     pub stop: Arc<AtomicBool>,
-    /// Buffers of the batches the consumer is done with.
-    pub pool: BatchPool,
 }
 
 impl RingReader {
-    pub fn run(mut self) {
+    /// Runs until `stop`; fails only when the recorder cannot write its file.
+    pub fn run(mut self) -> anyhow::Result<()> {
         let mut wait = POLL_MIN;
         loop {
             // Read the flag before draining: what the program queued before detach is
             // then guaranteed to be taken on this last pass.
             let stopping = self.stop.load(Ordering::Acquire);
-            let drained = self.drain();
+            let drained = self.drain()?;
             if stopping {
                 if drained == 0 {
-                    return;
+                    break;
                 }
                 continue;
             }
             wait = next_wait(wait, drained);
             self.wait(wait);
         }
+        match self.consumer {
+            Consumer::Recorder { sink, .. } => sink.finish(),
+            Consumer::Batches { .. } => Ok(()),
+        }
     }
 
-    /// Moves every queued record into batches, oldest first across the rings; returns how
-    /// many records were taken.
-    fn drain(&mut self) -> usize {
-        let Self { rings, tx, counters, clock, pool, .. } = self;
-        let new_batch = || pool.batch(BATCH_FRAMES, BATCH_BYTES);
-        let mut batch = new_batch();
-        let (taken, invalid) = drain_merged(rings, &mut |header, data| {
-            UserCounters::add(&counters.bytes_read, data.len() as u64);
-            if !batch.has_room(data.len()) {
-                send(tx, counters, std::mem::replace(&mut batch, new_batch()));
+    /// Takes every queued record, oldest first across the rings, a run of at most
+    /// RUN_RECORDS at a time, each run given back to the program once consumed; returns
+    /// how many records were taken.
+    fn drain(&mut self) -> anyhow::Result<usize> {
+        let Self { rings, consumer, counters, clock, .. } = self;
+        let clock = *clock;
+        let (mut taken, mut invalid, mut bytes) = (0, 0, 0u64);
+        let mut unsent = None;
+        let mut unwritten: Vec<Unwritten> = Vec::new();
+        loop {
+            let (run_taken, run_invalid) = match consumer {
+                Consumer::Batches { tx, pool } => {
+                    let new_batch = || pool.batch(BATCH_FRAMES, BATCH_BYTES);
+                    let batch = unsent.get_or_insert_with(new_batch);
+                    drain_merged(rings, RUN_RECORDS, &mut |header, data| {
+                        bytes += data.len() as u64;
+                        if !batch.has_room(data.len()) {
+                            send(tx, counters, std::mem::replace(batch, new_batch()));
+                        }
+                        batch.push(header, data, clock);
+                    })
+                }
+                Consumer::Recorder { sink, watch } => {
+                    let run = drain_merged(rings, RUN_RECORDS, &mut |header, data| {
+                        bytes += data.len() as u64;
+                        unwritten.push(Unwritten {
+                            header: pcap_record_header(
+                                clock.to_unix(header.timestamp_ns),
+                                data.len() as u32,
+                                header.orig_len,
+                            ),
+                            frame: data.as_ptr(),
+                            len: data.len(),
+                        });
+                    });
+                    // SAFETY: every frame lies in ring records taken but not yet released,
+                    // which the kernel leaves alone until the release below.
+                    let frames = || unwritten.iter().map(|u| unsafe { u.frame() });
+                    if let Some(watch) = watch {
+                        watch.observe_frames(frames());
+                    }
+                    let mut slices: Vec<IoSlice<'_>> = unwritten
+                        .iter()
+                        .zip(frames())
+                        .flat_map(|(u, frame)| [IoSlice::new(&u.header), IoSlice::new(frame)])
+                        .collect();
+                    sink.write_slices(&mut slices)?;
+                    UserCounters::add(&counters.frames_consumed, unwritten.len() as u64);
+                    unwritten.clear();
+                    run
+                }
+            };
+            for ring in rings.iter_mut() {
+                ring.release();
             }
-            batch.push(header, data, *clock);
-        });
-        if !batch.is_empty() {
-            send(tx, counters, batch);
+            taken += run_taken;
+            invalid += run_invalid;
+            if run_taken + run_invalid < RUN_RECORDS {
+                break;
+            }
         }
+        if let (Consumer::Batches { tx, .. }, Some(batch)) = (consumer, unsent) {
+            if !batch.is_empty() {
+                send(tx, counters, batch);
+            }
+        }
+        UserCounters::add(&counters.bytes_read, bytes);
         UserCounters::add(&counters.records_invalid, invalid as u64);
         UserCounters::add(&counters.frames_read, taken as u64);
-        taken + invalid
+        Ok(taken + invalid)
     }
 
     fn wait(&self, wait: Duration) {
@@ -96,50 +170,72 @@ impl RingReader {
     }
 }
 
-/// Where records come from: a BPF ring buffer, or a plain queue in tests.
-pub trait RecordSource {
-    type Item<'a>: std::ops::Deref<Target = [u8]>
-    where
-        Self: 'a;
-    fn next_record(&mut self) -> Option<Self::Item<'_>>;
+/// A frame taken from a ring and not yet written: its pcap header, and where it lies in
+/// the ring's mapping.
+struct Unwritten {
+    header: [u8; PCAP_RECORD_HEADER],
+    frame: *const u8,
+    len: usize,
 }
 
-impl RecordSource for RingBuf<MapData> {
-    type Item<'a> = aya::maps::ring_buf::RingBufItem<'a>;
-    fn next_record(&mut self) -> Option<Self::Item<'_>> {
-        self.next()
+impl Unwritten {
+    /// # Safety
+    /// The ring record the frame lies in must not have been released yet.
+    unsafe fn frame<'a>(&self) -> &'a [u8] {
+        std::slice::from_raw_parts(self.frame, self.len)
     }
 }
 
-/// Takes every queued record of every source, in timestamp order across sources (each
+/// Where records come from: a BPF ring buffer, or a plain queue in tests.
+pub trait RecordSource {
+    /// The oldest record not yet taken, without taking it.
+    fn peek(&mut self) -> Option<&[u8]>;
+    /// Takes the record `peek` returned.
+    fn advance(&mut self);
+}
+
+impl RecordSource for MappedRing {
+    fn peek(&mut self) -> Option<&[u8]> {
+        MappedRing::peek(self)
+    }
+    fn advance(&mut self) {
+        MappedRing::advance(self)
+    }
+}
+
+/// Takes up to `max` records from the sources, in timestamp order across sources (each
 /// source is in order already), and passes each valid one to `emit`; returns (records
 /// taken, records invalid). A source found empty is looked at again before every take, so
 /// a record committed while the merge runs still goes out in order.
-pub fn drain_merged<S: RecordSource>(sources: &mut [S], emit: &mut dyn FnMut(&RecordHeader, &[u8])) -> (usize, usize) {
-    let base = sources.as_mut_ptr();
-    let mut heads: Vec<Option<(RecordHeader, S::Item<'_>)>> = (0..sources.len()).map(|_| None).collect();
+pub fn drain_merged<S: RecordSource>(
+    sources: &mut [S],
+    max: usize,
+    emit: &mut dyn FnMut(&RecordHeader, &[u8]),
+) -> (usize, usize) {
+    let mut heads: Vec<Option<u64>> = vec![None; sources.len()];
     let (mut taken, mut invalid) = (0, 0);
-    loop {
-        for (i, head) in heads.iter_mut().enumerate() {
+    while taken + invalid < max {
+        for (source, head) in sources.iter_mut().zip(heads.iter_mut()) {
             while head.is_none() {
-                // SAFETY: `i` is in bounds, and each source has at most one item alive at
-                // a time (its head slot is empty here), so this is the only borrow of it;
-                // the items live in `heads`, which this function drops before returning.
-                let Some(item) = (unsafe { &mut *base.add(i) }).next_record() else { break };
-                match RecordHeader::parse(&item) {
-                    Some((header, _)) => *head = Some((header, item)),
-                    None => invalid += 1,
+                let Some(record) = source.peek() else { break };
+                match RecordHeader::parse(record) {
+                    Some((header, _)) => *head = Some(header.timestamp_ns),
+                    None => {
+                        source.advance();
+                        invalid += 1;
+                    }
                 }
             }
         }
-        let oldest =
-            heads.iter().enumerate().filter_map(|(i, h)| h.as_ref().map(|(header, _)| (header.timestamp_ns, i))).min();
+        let oldest = heads.iter().enumerate().filter_map(|(i, h)| h.map(|ts| (ts, i))).min();
         let Some((_, i)) = oldest else { break };
-        if let Some((header, item)) = heads[i].take() {
-            let data = &item[RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.cap_len as usize];
+        let source = &mut sources[i];
+        if let Some((header, data)) = source.peek().and_then(RecordHeader::parse) {
             emit(&header, data);
-            taken += 1;
         }
+        source.advance();
+        heads[i] = None;
+        taken += 1;
     }
     (taken, invalid)
 }
@@ -171,9 +267,11 @@ mod tests {
     struct Queue(VecDeque<Vec<u8>>);
 
     impl RecordSource for Queue {
-        type Item<'a> = Vec<u8>;
-        fn next_record(&mut self) -> Option<Vec<u8>> {
-            self.0.pop_front()
+        fn peek(&mut self) -> Option<&[u8]> {
+            self.0.front().map(Vec::as_slice)
+        }
+        fn advance(&mut self) {
+            self.0.pop_front();
         }
     }
 
@@ -194,10 +292,29 @@ mod tests {
             Queue(VecDeque::new()),
         ];
         let mut got = Vec::new();
-        let (taken, invalid) = drain_merged(&mut rings, &mut |h, data| got.push((h.timestamp_ns, data[0])));
+        let (taken, invalid) = drain_merged(&mut rings, 100, &mut |h, data| got.push((h.timestamp_ns, data[0])));
         assert_eq!(got, [(10, b'a'), (20, b'b'), (30, b'c'), (40, b'd'), (50, b'e')]);
         assert_eq!((taken, invalid), (5, 1));
-        assert_eq!(drain_merged(&mut rings, &mut |_, _| panic!("nothing left")), (0, 0));
+        assert_eq!(drain_merged(&mut rings, 100, &mut |_, _| panic!("nothing left")), (0, 0));
+    }
+
+    #[test]
+    fn a_run_stops_at_its_limit_and_the_next_one_goes_on_in_order() {
+        let mut rings = vec![
+            Queue(VecDeque::from([record(10, b'a'), record(30, b'c'), record(50, b'e')])),
+            Queue(VecDeque::from([record(20, b'b'), record(40, b'd')])),
+        ];
+        let mut got = Vec::new();
+        let mut runs = Vec::new();
+        loop {
+            let run = drain_merged(&mut rings, 2, &mut |h, data| got.push((h.timestamp_ns, data[0])));
+            runs.push(run);
+            if run.0 < 2 {
+                break;
+            }
+        }
+        assert_eq!(runs, [(2, 0), (2, 0), (1, 0)]);
+        assert_eq!(got, [(10, b'a'), (20, b'b'), (30, b'c'), (40, b'd'), (50, b'e')]);
     }
 
     #[test]
@@ -207,10 +324,10 @@ mod tests {
             w = next_wait(w, 0);
         }
         assert_eq!(w, POLL_MAX, "an idle ring is polled at the longest interval");
-        w = next_wait(w, 10_000);
+        w = next_wait(w, 100_000);
         assert_eq!(w, POLL_MAX / 2);
         for _ in 0..10 {
-            w = next_wait(w, 10_000);
+            w = next_wait(w, 100_000);
         }
         assert_eq!(w, POLL_MIN, "a busy ring is polled at the shortest interval");
     }

@@ -11,14 +11,14 @@ use std::{
 use anyhow::{bail, Context as _};
 use crossbeam_channel::bounded;
 
-use log::{info, warn};
+use log::{error, info, warn};
 
 use super::{
     counters::{CaptureReport, UserCounters},
     dc_watch::DcWatch,
     filter::{DcSet, PortSet, RpcRange},
     loader::{AttachMode, XdpCapture},
-    reader::RingReader,
+    reader::{Consumer, RingReader},
 };
 use crate::{
     event::{analyzer::Analyzer, Discard, Stamper},
@@ -31,9 +31,9 @@ use crate::{
     uplink::{Uplink, UplinkOptions},
 };
 
-/// How often the control loop looks at signals and the deadline: the longest a SIGTERM
-/// waits before the program is detached.
-const CONTROL_TICK: Duration = Duration::from_millis(50);
+/// Longest sleep of the control loop. Signals, learned ports and a failed reader wake it
+/// at once; the tick is for what is periodic (health every second, the watchdog).
+const CONTROL_TICK: Duration = Duration::from_secs(1);
 
 /// What SIGHUP changes without a restart (and without touching a flow).
 #[derive(Clone, Debug)]
@@ -150,21 +150,35 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     let user = Arc::new(UserCounters::default());
     let stop_readers = Arc::new(AtomicBool::new(false));
     let (tx, rx) = bounded::<FrameBatch>(opts.channel_batches);
-    let reader = RingReader {
-        rings,
-        tx: tx.clone(),
-        counters: Arc::clone(&user),
-        clock,
-        stop: Arc::clone(&stop_readers),
-        // As many as can be queued, and as many again in the consumer's hands.
-        pool: crate::frames::BatchPool::new(2 * opts.channel_batches),
-    };
-    let readers = vec![thread::Builder::new().name("ring-reader".into()).spawn(move || reader.run())?];
-    drop(tx);
-    let mut sink = match &opts.write {
+    let sink = match &opts.write {
         Some(path) => Some(PcapSink::create(path)?),
         None => None,
     };
+    // The recorder writes from the reader thread, straight from the rings; the sensor
+    // copies frames into batches for the dispatch thread.
+    // Only the health report (to the cloud or the metrics endpoint) asks the DC watch;
+    // without one, looking at frames for it is work for nobody.
+    let watch = (opts.uplink.is_some() || opts.metrics.is_some()).then(|| Arc::clone(&dc_watch));
+    let (consumer, mut sink) = match (opts.record_only, sink) {
+        (true, Some(sink)) => (Consumer::Recorder { sink, watch: watch.clone() }, None),
+        (true, None) => bail!("--record-only needs --write FILE"),
+        (false, sink) => (
+            Consumer::Batches {
+                tx: tx.clone(),
+                // As many as can be queued, and as many again in the consumer's hands.
+                pool: crate::frames::BatchPool::new(2 * opts.channel_batches),
+            },
+            sink,
+        ),
+    };
+    let reader = RingReader { rings, consumer, counters: Arc::clone(&user), clock, stop: Arc::clone(&stop_readers) };
+    let waker = signals.waker();
+    let readers = vec![thread::Builder::new().name("ring-reader".into()).spawn(move || {
+        let result = reader.run();
+        waker.wake();
+        result
+    })?];
+    drop(tx);
     // Events go to the spool and the cloud when one is configured; else they are counted.
     let mut uplink = match &opts.uplink {
         Some(u) => Some(Uplink::start(u.clone(), None)?),
@@ -181,14 +195,20 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
             Some(u) => Box::new(u.sink(false)),
             None => Box::new(Discard),
         };
-        Analyzer::new(sink, stamper.clone()).with_port_sink(port_tx.clone())
+        let (ports, waker) = (port_tx.clone(), signals.waker());
+        Analyzer::new(sink, stamper.clone()).with_port_sink(move |port| {
+            // A full channel only delays learning until the port is seen again.
+            if ports.try_send(port).is_ok() {
+                waker.wake();
+            }
+        })
     })?);
     drop(port_tx);
     let consumer_counters = Arc::clone(&user);
     let dispatcher = Arc::clone(&pipeline);
-    let consumer_watch = Arc::clone(&dc_watch);
-    let record_only = opts.record_only;
+    let consumer_watch = watch;
     // The consumer writes the pcap (when asked) and dispatches to the pipeline workers.
+    // The recorder's reader sends it nothing.
     let consumer = thread::Builder::new().name("dispatch".into()).spawn(move || -> anyhow::Result<()> {
         for batch in rx {
             if let Some(sink) = sink.as_mut() {
@@ -199,10 +219,10 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
                 ring.append(&batch);
             }
             UserCounters::add(&consumer_counters.frames_consumed, batch.len() as u64);
-            consumer_watch.observe(&batch);
-            if !record_only {
-                dispatcher.dispatch(batch);
+            if let Some(watch) = &consumer_watch {
+                watch.observe(&batch);
             }
+            dispatcher.dispatch(batch);
         }
         drop(dispatcher);
         match sink {
@@ -246,8 +266,19 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     let mut health_state = HealthState { iface: opts.iface.clone(), seen: 0, seen_changed: Instant::now() };
     // Ports the endpoint mapper taught; a reload of the configured ports keeps them.
     let mut learned_ports = std::collections::BTreeSet::new();
-    while !signals.stopping() && opts.duration.is_none_or(|d| started.elapsed() < d) {
-        thread::sleep(CONTROL_TICK);
+    // A reader only ends early when the recorder cannot write its file: capture stops.
+    while !signals.stopping()
+        && opts.duration.is_none_or(|d| started.elapsed() < d)
+        && !readers.iter().any(|r| r.is_finished())
+    {
+        let mut tick = CONTROL_TICK;
+        if let Some(d) = opts.duration {
+            tick = tick.min(d.saturating_sub(started.elapsed()));
+        }
+        if let Some(every) = watchdog {
+            tick = tick.min(every.saturating_sub(fed.elapsed()));
+        }
+        signals.wait(tick);
         if watchdog.is_some_and(|every| fed.elapsed() >= every) {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             fed = Instant::now();
@@ -314,10 +345,16 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     // Detach first so no frame arrives after the readers' last drain.
     xdp.detach()?;
     stop_readers.store(true, Ordering::Release);
+    let mut written = Ok(());
     for r in readers {
-        let _ = r.join();
+        let result = r.join().map_err(|_| anyhow::anyhow!("ring reader panicked")).and_then(|r| r);
+        if let Err(e) = result {
+            error!("capture stopped: {e:#}");
+            written = Err(e);
+        }
     }
-    let written = consumer.join().map_err(|_| anyhow::anyhow!("dispatch thread panicked"))?;
+    let dispatched = consumer.join().map_err(|_| anyhow::anyhow!("dispatch thread panicked"))?;
+    let written = written.and(dispatched);
     let pipeline = Arc::into_inner(pipeline).ok_or_else(|| anyhow::anyhow!("pipeline still shared at exit"))?;
     let (counters, summaries) = pipeline.finish()?;
     print_report(&xdp, &user, opts.bpf_stats, &counters, evidence_counters.as_deref());

@@ -181,7 +181,7 @@ pub struct Analyzer {
     stamper: Stamper,
     /// Where newly learned dynamic RPC ports go (the capture stage adds them to the XDP
     /// port map); None in offline mode, where they are only counted.
-    port_sink: Option<crossbeam_channel::Sender<u16>>,
+    port_sink: Option<Box<dyn FnMut(u16) + Send>>,
     learned_ports: std::collections::BTreeSet<u16>,
     /// Reassemble and count the streams, parse nothing (benchmarks of the stages below).
     streams_only: bool,
@@ -395,9 +395,9 @@ impl Analyzer {
         self
     }
 
-    /// Sends ports learned from endpoint-mapper replies to `ports`.
-    pub fn with_port_sink(mut self, ports: crossbeam_channel::Sender<u16>) -> Self {
-        self.port_sink = Some(ports);
+    /// Hands each port learned from an endpoint-mapper reply to `learned`, once.
+    pub fn with_port_sink(mut self, learned: impl FnMut(u16) + Send + 'static) -> Self {
+        self.port_sink = Some(Box::new(learned));
         self
     }
 
@@ -406,9 +406,8 @@ impl Analyzer {
             return;
         }
         self.counters.epm_ports_learned += 1;
-        if let Some(tx) = &self.port_sink {
-            // A full channel only delays learning until the port is seen again.
-            let _ = tx.try_send(port);
+        if let Some(learned) = &mut self.port_sink {
+            learned(port);
         }
     }
 

@@ -1,7 +1,7 @@
 //! Maps, the entry point, the keep/drop decision and the copy into the ring buffers.
 
 use aya_ebpf::{
-    bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{xdp_action, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_smp_processor_id, bpf_ktime_get_ns,
         generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
@@ -14,7 +14,7 @@ use tap_common::{
     config::{ConfigSlot, FLAG_V4_NETS, FLAG_V6_NETS},
     counters::{Counter, CounterSet},
     filter::{MAX_DC_ENTRIES, PORT_DYNAMIC_RPC, PORT_SERVICE, PORT_SLOTS},
-    record::{Record, RecordHeader, MAX_SNAPLEN, SIZE_CLASSES, WAKEUP_THRESHOLD_BYTES},
+    record::{Record, RecordHeader, MAX_SNAPLEN, SIZE_CLASSES, WAKEUP_FRACTION},
 };
 
 use crate::parse::{parse, Parsed, Ports};
@@ -200,13 +200,14 @@ fn emit<const N: usize>(ctx: &XdpContext, ring: &RingBuf, wire_len: u64, cap_len
         entry.discard(BPF_RB_NO_WAKEUP as u64);
         return Counter::Malformed;
     }
-    // Wake the reader once per WAKEUP_THRESHOLD_BYTES queued: when this record made the
-    // queued total cross a multiple of it. Waking on every record above the threshold would
-    // send an interrupt per frame exactly when the reader is behind (measured: 4 µs per
-    // frame instead of 0.3).
+    // Wake the reader once per WAKEUP_FRACTION of the ring queued: when this record made
+    // the queued total cross a multiple of it. Waking on every record above the threshold
+    // would send an interrupt per frame exactly when the reader is behind (measured: 4 µs
+    // per frame instead of 0.3).
     let queued = ring.query(BPF_RB_AVAIL_DATA as u64);
+    let step = ring.query(BPF_RB_RING_SIZE as u64) / WAKEUP_FRACTION;
     let record_len = (core::mem::size_of::<Record<N>>() + RINGBUF_RECORD_HEADER) as u64;
-    let wakeup = if queued / WAKEUP_THRESHOLD_BYTES != queued.saturating_sub(record_len) / WAKEUP_THRESHOLD_BYTES {
+    let wakeup = if step != 0 && queued / step != queued.saturating_sub(record_len) / step {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

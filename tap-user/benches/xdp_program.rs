@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tap_testkit::frame::{self, Tags, L4};
-use tap_user::capture::{DcSet, PortSet, XdpCapture};
+use tap_user::capture::{ring::MappedRing, DcSet, PortSet, XdpCapture};
 
 /// Runs per syscall for dropped frames; kept frames use fewer so the ring never fills.
 const REPEAT_DROPPED: u32 = 200_000;
@@ -39,25 +39,57 @@ fn main() -> anyhow::Result<()> {
             true,
         ),
     ];
-    println!("{:<44}{:>12}", "frame", "ns/frame");
-    for (what, f, kept) in cases {
-        let mean = if kept {
-            let mut total = Duration::ZERO;
-            for _ in 0..ROUNDS_KEPT {
-                total += xdp.test_run(&f, REPEAT_KEPT)?.1;
-                for ring in rings.iter_mut() {
-                    while ring.peek().is_some() {
-                        ring.advance();
-                    }
-                    ring.release();
-                }
-            }
-            total / ROUNDS_KEPT
-        } else {
-            xdp.test_run(&f, REPEAT_DROPPED)?.1
-        };
-        println!("{what:<44}{:>12}", mean.as_nanos());
+    println!("{:<52}{:>12}", "frame", "ns/frame");
+    // `cargo bench --bench xdp_program -- WORD` runs only the cases named with WORD (to
+    // profile one of them).
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wanted = |what: &str| only.as_deref().is_none_or(|w| what.contains(w));
+    for (what, f, kept) in cases.into_iter().filter(|c| wanted(c.0)) {
+        let mean =
+            if kept { kept_mean(&xdp, &mut rings, &f, RING_BYTES)? } else { xdp.test_run(&f, REPEAT_DROPPED)?.1 };
+        println!("{what:<52}{:>12}", mean.as_nanos());
     }
+    check_ring_never_full(&xdp)?;
+    drop((xdp, rings));
+
+    // The same full-size frame into rings of other sizes, the same runs of REPEAT_KEPT
+    // frames: whether the ring's footprint (pages, TLB reach) is part of the cost.
+    let full = frame::ipv4(Tags::None, dc, client, L4::Tcp { src: 445, dst: 40000 }, 1460, 6);
+    for ring_bytes in [4u32 << 20, 16 << 20, 64 << 20] {
+        let (mut xdp, mut rings) = XdpCapture::load(ring_bytes)?;
+        xdp.filter.set_ports(&PortSet::default())?;
+        xdp.filter.set_snaplen(tap_common::record::MAX_SNAPLEN as u32)?;
+        xdp.filter.set_dcs(&DcSet::parse_list("10.0.0.10", "bench")?)?;
+        let mean = kept_mean(&xdp, &mut rings, &full, ring_bytes)?;
+        let what = format!("kept: 1514-byte frame, {} MiB ring", ring_bytes >> 20);
+        if !wanted(&what) {
+            continue;
+        }
+        println!("{what:<52}{:>12}", mean.as_nanos());
+        check_ring_never_full(&xdp)?;
+    }
+    Ok(())
+}
+
+/// Mean cost of keeping `frame`: runs of at most half a ring, the ring emptied after
+/// each, over as many bytes as ROUNDS_KEPT runs of REPEAT_KEPT full-size frames.
+fn kept_mean(xdp: &XdpCapture, rings: &mut [MappedRing], frame: &[u8], ring_bytes: u32) -> anyhow::Result<Duration> {
+    let repeat = REPEAT_KEPT.min(ring_bytes / 2 / 1544).max(1);
+    let rounds = ROUNDS_KEPT * REPEAT_KEPT / repeat;
+    let mut total = Duration::ZERO;
+    for _ in 0..rounds {
+        total += xdp.test_run(frame, repeat)?.1;
+        for ring in rings.iter_mut() {
+            while ring.peek().is_some() {
+                ring.advance();
+            }
+            ring.release();
+        }
+    }
+    Ok(total / rounds)
+}
+
+fn check_ring_never_full(xdp: &XdpCapture) -> anyhow::Result<()> {
     let ring_full = xdp.counters()?.get(tap_common::counters::Counter::RingFull);
     anyhow::ensure!(
         ring_full == 0,

@@ -58,7 +58,7 @@ fn drain(rings: &mut [MappedRing]) -> Vec<(RecordHeader, Vec<u8>)> {
 }
 
 /// The reader of our own over the ring's mapping, on a ring of four pages: records of
-/// every size class wrap around its end hundreds of times (a record across the end reads
+/// every size class wrap around its end more than twenty times (a record across the end reads
 /// as one slice through the double mapping), space comes back only when released, and
 /// every frame arrives whole and in order.
 #[test]

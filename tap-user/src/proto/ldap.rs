@@ -16,8 +16,8 @@ use super::{
 
 use ldap_parser::{
     asn1_rs::FromBer,
-    filter::{Filter, PartialAttribute, Substring},
-    ldap::{AuthenticationChoice, LdapMessage, ProtocolOp, SearchResultEntry},
+    filter::{Filter, Substring},
+    ldap::{AuthenticationChoice, LdapMessage, ProtocolOp},
 };
 
 /// Largest LDAP PDU decoded. Search result entries with large multi-valued attributes
@@ -145,33 +145,112 @@ fn is_privileged_group(dn: &str) -> bool {
     first_cn(dn).is_some_and(|cn| PRIVILEGED_GROUPS.iter().any(|g| cn.eq_ignore_ascii_case(g)))
 }
 
-fn values<'a, 'b>(attrs: &'a [PartialAttribute<'b>], name: &'a str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'b> {
-    attrs
-        .iter()
-        .filter(move |a| a.attr_type.0.eq_ignore_ascii_case(name))
-        .flat_map(|a| a.attr_vals.iter().map(|v| &*v.0))
+/// A search result entry read where it lies, without decoding it: its DN and the value
+/// sets of the attributes the privilege check looks at. Entries are most of an LDAP
+/// stream's bytes, and decoding every attribute and value of them with ldap-parser was a
+/// tenth of `bench parse` (a vector per attribute and per value); walking the BER in
+/// place allocates nothing.
+///
+/// ```text
+/// LDAPMessage ::= SEQUENCE { messageID INTEGER, [APPLICATION 4] SEQUENCE {
+///     objectName OCTET STRING, attributes SEQUENCE OF SEQUENCE {
+///         type OCTET STRING, vals SET OF OCTET STRING } } ... }
+/// ```
+#[derive(Debug, Default)]
+struct EntryView<'a> {
+    object_name: &'a str,
+    /// The SET OF content of each attribute looked at (the first of a name, if repeated).
+    object_class: &'a [u8],
+    member_of: &'a [u8],
+    admin_count: &'a [u8],
+    sam_account_name: &'a [u8],
+    member: &'a [u8],
+}
+
+impl<'a> EntryView<'a> {
+    /// The message id and the entry of an LDAPMessage carrying a searchResEntry; `None`
+    /// for any other message or a malformed one.
+    fn read(b: &'a [u8]) -> Option<(u32, Self)> {
+        let (tag, content_at, _) = tlv_at(b, 0)?;
+        if tag != 0x30 {
+            return None;
+        }
+        let (id_tag, id_at, id_end) = tlv_at(b, content_at)?;
+        if id_tag != 0x02 || id_end == id_at || id_end - id_at > 5 {
+            return None;
+        }
+        let id = b[id_at..id_end].iter().fold(0u64, |acc, &x| acc << 8 | x as u64);
+        let (op_tag, op_at, op_end) = tlv_at(b, id_end)?;
+        if op_tag != 0x64 || id > u32::MAX as u64 {
+            return None;
+        }
+        let op = &b[..op_end];
+        let (dn_tag, dn_at, dn_end) = tlv_at(op, op_at)?;
+        let (attrs_tag, attrs_at, attrs_end) = tlv_at(op, dn_end)?;
+        if dn_tag != 0x04 || attrs_tag != 0x30 {
+            return None;
+        }
+        let mut entry = Self { object_name: std::str::from_utf8(&op[dn_at..dn_end]).ok()?, ..Self::default() };
+        let attrs = &op[..attrs_end];
+        let mut at = attrs_at;
+        while at < attrs_end {
+            let (seq_tag, seq_at, seq_end) = tlv_at(attrs, at)?;
+            let (name_tag, name_at, name_end) = tlv_at(&attrs[..seq_end], seq_at)?;
+            let (set_tag, set_at, set_end) = tlv_at(&attrs[..seq_end], name_end)?;
+            if seq_tag != 0x30 || name_tag != 0x04 || set_tag != 0x31 {
+                return None;
+            }
+            let name = &attrs[name_at..name_end];
+            let set = &attrs[set_at..set_end];
+            let slot = match () {
+                _ if name.eq_ignore_ascii_case(b"objectClass") => &mut entry.object_class,
+                _ if name.eq_ignore_ascii_case(b"memberOf") => &mut entry.member_of,
+                _ if name.eq_ignore_ascii_case(b"adminCount") => &mut entry.admin_count,
+                _ if name.eq_ignore_ascii_case(b"sAMAccountName") => &mut entry.sam_account_name,
+                _ if name.eq_ignore_ascii_case(b"member") => &mut entry.member,
+                _ => {
+                    at = seq_end;
+                    continue;
+                }
+            };
+            if slot.is_empty() {
+                *slot = set;
+            }
+            at = seq_end;
+        }
+        Some((id as u32, entry))
+    }
+}
+
+/// The values (OCTET STRINGs) of a SET OF content; stops at anything else.
+fn set_values(set: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let (tag, start, end) = tlv_at(set, at)?;
+        at = end;
+        (tag == 0x04).then(|| &set[start..end])
+    })
 }
 
 /// Accounts a search result entry shows to be privileged: the entry's own account when it
 /// is a member of a privileged group (memberOf) or marked adminCount=1, and the members of
 /// a privileged group entry. Names are sAMAccountName when present, else the first CN.
-pub fn privileged_accounts(e: &SearchResultEntry<'_>) -> Vec<String> {
-    let attrs = &e.attributes;
+fn privileged_accounts(e: &EntryView<'_>) -> Vec<String> {
     let mut out = Vec::new();
     // Groups carry adminCount too; only accounts log on.
-    let is_group = values(attrs, "objectClass").any(|c| c.eq_ignore_ascii_case(b"group"));
+    let is_group = set_values(e.object_class).any(|c| c.eq_ignore_ascii_case(b"group"));
     let own = !is_group
-        && (values(attrs, "memberOf").any(|g| std::str::from_utf8(g).is_ok_and(is_privileged_group))
-            || values(attrs, "adminCount").any(|v| v == b"1"));
+        && (set_values(e.member_of).any(|g| std::str::from_utf8(g).is_ok_and(is_privileged_group))
+            || set_values(e.admin_count).any(|v| v == b"1"));
     if own {
-        let name = values(attrs, "sAMAccountName")
+        let name = set_values(e.sam_account_name)
             .find_map(|v| std::str::from_utf8(v).ok())
-            .or_else(|| first_cn(&e.object_name.0));
+            .or_else(|| first_cn(e.object_name));
         out.extend(name.map(str::to_string));
     }
-    if is_privileged_group(&e.object_name.0) {
+    if is_privileged_group(e.object_name) {
         // Nested administrative groups (Domain Admins in Administrators) are not accounts.
-        let members = values(attrs, "member")
+        let members = set_values(e.member)
             .filter_map(|m| std::str::from_utf8(m).ok())
             .filter(|m| !is_privileged_group(m))
             .filter_map(first_cn);
@@ -180,36 +259,6 @@ pub fn privileged_accounts(e: &SearchResultEntry<'_>) -> Vec<String> {
     out.retain(|n| !n.is_empty() && n.len() <= 256);
     out
 }
-
-/// The message id of a search result entry that cannot name a privileged account (no
-/// attribute called member, memberOf or adminCount): such entries are only counted, so
-/// they are not decoded. Entries are most of an LDAP stream's bytes, and decoding them
-/// (every attribute and value) was most of the LDAP parser's time (bench parse, perf).
-fn plain_search_entry(b: &[u8]) -> Option<u32> {
-    // LDAPMessage: SEQUENCE { messageID INTEGER, protocolOp [APPLICATION 4] ... }
-    let (tag, content_at, _) = tlv_at(b, 0)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let (id_tag, id_at, id_end) = tlv_at(b, content_at)?;
-    if id_tag != 0x02 || id_end == id_at || id_end - id_at > 5 {
-        return None;
-    }
-    let id = b[id_at..id_end].iter().fold(0u64, |acc, &x| acc << 8 | x as u64);
-    if *b.get(id_end)? != 0x64 || id > u32::MAX as u64 {
-        return None;
-    }
-    // Servers return attribute names as the schema spells them; the all-lower and
-    // all-upper spellings a client may have asked for are looked for too.
-    let names_privilege = PRIVILEGE_NAME_TAILS
-        .iter()
-        .any(|(first, tail)| memchr::memmem::find_iter(b, tail).any(|at| at > 0 && first.contains(&b[at - 1])));
-    (!names_privilege).then_some(id as u32)
-}
-
-/// "member"/"memberOf" and "adminCount" as (first letter, rest) in the spellings searched.
-const PRIVILEGE_NAME_TAILS: [(&[u8], &[u8]); 5] =
-    [(b"mM", b"ember"), (b"mM", b"EMBER"), (b"aA", b"dminCount"), (b"aA", b"dmincount"), (b"aA", b"DMINCOUNT")];
 
 /// Length of the BER element at the start of `b` (header + content), if complete enough to
 /// know: `Ok(None)` means more bytes are needed.
@@ -431,8 +480,8 @@ fn sicily_bind_response(bytes: &[u8]) -> Option<LdapPdu> {
 
 /// Decodes one whole LDAPMessage.
 pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
-    if let Some(message_id) = plain_search_entry(bytes) {
-        return Ok(LdapPdu { message_id, op: LdapOp::SearchEntry { privileged: Vec::new() } });
+    if let Some((message_id, entry)) = EntryView::read(bytes) {
+        return Ok(LdapPdu { message_id, op: LdapOp::SearchEntry { privileged: privileged_accounts(&entry) } });
     }
     if too_deep(bytes, MAX_DEPTH) {
         return Err(LdapError::TooDeep);
@@ -470,7 +519,8 @@ pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
                 attributes: s.attributes.iter().map(|a| a.0.to_string()).collect(),
             }
         }
-        ProtocolOp::SearchResultEntry(e) => LdapOp::SearchEntry { privileged: privileged_accounts(e) },
+        // An entry ldap-parser reads and the in-place reader did not: counted, not named.
+        ProtocolOp::SearchResultEntry(_) => LdapOp::SearchEntry { privileged: Vec::new() },
         ProtocolOp::SearchResultDone(r) => LdapOp::SearchDone { code: r.result_code.0 },
         ProtocolOp::ModifyRequest(r) => LdapOp::Modify {
             target: r.object.0.to_string(),
@@ -579,93 +629,103 @@ mod tests {
         msg
     }
 
-    #[test]
-    fn privileged_accounts_come_from_member_of_admin_count_and_admin_group_members() {
-        use ldap_parser::{
-            filter::AttributeValue,
-            ldap::{LdapDN, LdapString},
-        };
-        use std::borrow::Cow;
-        let attr = |name: &'static str, vals: &[&'static str]| PartialAttribute {
-            attr_type: LdapString(Cow::Borrowed(name)),
-            attr_vals: vals.iter().map(|v| AttributeValue(Cow::Borrowed(v.as_bytes()))).collect(),
-        };
-        let entry =
-            |dn: &'static str, attributes| SearchResultEntry { object_name: LdapDN(Cow::Borrowed(dn)), attributes };
-        let eve = entry(
-            "CN=Eve Admin,CN=Users,DC=lab,DC=example",
-            vec![
-                attr("sAMAccountName", &["eve.admin"]),
-                attr("memberOf", &["CN=Users,CN=Builtin,DC=lab", "CN=Domain Admins,CN=Users,DC=lab,DC=example"]),
-            ],
-        );
-        assert_eq!(privileged_accounts(&eve), ["eve.admin"]);
-        let svc = entry("CN=svc_backup,CN=Users,DC=lab", vec![attr("admincount", &["1"])]);
-        assert_eq!(privileged_accounts(&svc), ["svc_backup"], "adminCount=1, name from the CN");
-        let group = entry(
-            "CN=Enterprise Admins,CN=Users,DC=lab",
-            vec![attr(
-                "member",
-                &[
-                    "CN=Administrator,CN=Users,DC=lab",
-                    "CN=Domain Admins,CN=Users,DC=lab",
-                    "CN=eve.admin,CN=Users,DC=lab",
-                ],
-            )],
-        );
-        assert_eq!(privileged_accounts(&group), ["Administrator", "eve.admin"]);
-        let alice = entry(
-            "CN=alice,CN=Users,DC=lab",
-            vec![attr("memberOf", &["CN=Domain Users,CN=Users,DC=lab"]), attr("adminCount", &["0"])],
-        );
-        assert!(privileged_accounts(&alice).is_empty());
-        let admins_group = entry(
-            "CN=Backup Operators,CN=Builtin,DC=lab",
-            vec![attr("objectClass", &["top", "group"]), attr("adminCount", &["1"])],
-        );
-        assert!(privileged_accounts(&admins_group).is_empty(), "a group is not an account");
-        let users = entry("CN=Domain Users,CN=Users,DC=lab", vec![attr("member", &["CN=alice,CN=Users,DC=lab"])]);
-        assert!(privileged_accounts(&users).is_empty(), "not an administrative group");
+    /// A BER element, with a long-form length when the content needs one.
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(content);
+        out
     }
 
-    /// Entries that cannot name a privileged account are counted without being decoded;
-    /// the others are decoded. Both give the message id.
+    /// An LDAPMessage carrying a searchResEntry with these attributes and values.
+    fn search_entry(id: u8, dn: &str, attrs: &[(&str, &[&str])]) -> Vec<u8> {
+        let attributes: Vec<u8> = attrs
+            .iter()
+            .flat_map(|(name, vals)| {
+                let set: Vec<u8> = vals.iter().flat_map(|v| tlv(0x04, v.as_bytes())).collect();
+                tlv(0x30, &[tlv(0x04, name.as_bytes()), tlv(0x31, &set)].concat())
+            })
+            .collect();
+        let op = tlv(0x64, &[tlv(0x04, dn.as_bytes()), tlv(0x30, &attributes)].concat());
+        tlv(0x30, &[vec![0x02, 0x01, id], op].concat())
+    }
+
+    fn privileged(dn: &str, attrs: &[(&str, &[&str])]) -> Vec<String> {
+        match parse_pdu(&search_entry(7, dn, attrs)).unwrap() {
+            LdapPdu { message_id: 7, op: LdapOp::SearchEntry { privileged } } => privileged,
+            other => panic!("not an entry: {other:?}"),
+        }
+    }
+
     #[test]
-    fn plain_search_entries_are_counted_without_decoding() {
-        // SearchResultEntry id 7: "CN=alice" with cn: alice; and the same with memberOf.
-        let entry = |attr: &[u8], value: &[u8]| {
-            let mut attr_seq = vec![0x04, attr.len() as u8];
-            attr_seq.extend_from_slice(attr);
-            attr_seq.extend_from_slice(&[0x31, value.len() as u8 + 2, 0x04, value.len() as u8]);
-            attr_seq.extend_from_slice(value);
-            let mut partial = vec![0x30, attr_seq.len() as u8];
-            partial.extend(attr_seq);
-            let mut attrs = vec![0x30, partial.len() as u8];
-            attrs.extend(partial);
-            let dn = b"CN=alice,CN=Users,DC=lab";
-            let mut op = vec![0x04, dn.len() as u8];
-            op.extend_from_slice(dn);
-            op.extend(attrs);
-            let mut body = vec![0x02, 0x01, 0x07, 0x64, op.len() as u8];
-            body.extend(op);
-            let mut msg = vec![0x30, body.len() as u8];
-            msg.extend(body);
-            msg
-        };
-        let plain = entry(b"cn", b"alice");
-        assert_eq!(plain_search_entry(&plain), Some(7));
-        assert_eq!(
-            parse_pdu(&plain).unwrap(),
-            LdapPdu { message_id: 7, op: LdapOp::SearchEntry { privileged: vec![] } }
+    fn privileged_accounts_come_from_member_of_admin_count_and_admin_group_members() {
+        let eve = [
+            ("sAMAccountName", &["eve.admin"][..]),
+            ("memberOf", &["CN=Users,CN=Builtin,DC=lab", "CN=Domain Admins,CN=Users,DC=lab,DC=example"]),
+        ];
+        assert_eq!(privileged("CN=Eve Admin,CN=Users,DC=lab,DC=example", &eve), ["eve.admin"]);
+        let svc = [("admincount", &["1"][..])];
+        assert_eq!(privileged("CN=svc_backup,CN=Users,DC=lab", &svc), ["svc_backup"], "adminCount=1, name from the CN");
+        let members = [(
+            "member",
+            &["CN=Administrator,CN=Users,DC=lab", "CN=Domain Admins,CN=Users,DC=lab", "CN=eve.admin,CN=Users,DC=lab"][..],
+        )];
+        assert_eq!(privileged("CN=Enterprise Admins,CN=Users,DC=lab", &members), ["Administrator", "eve.admin"]);
+        let alice = [("memberOf", &["CN=Domain Users,CN=Users,DC=lab"][..]), ("adminCount", &["0"])];
+        assert!(privileged("CN=alice,CN=Users,DC=lab", &alice).is_empty());
+        let admins_group = [("objectClass", &["top", "group"][..]), ("adminCount", &["1"])];
+        assert!(
+            privileged("CN=Backup Operators,CN=Builtin,DC=lab", &admins_group).is_empty(),
+            "a group is not an account"
         );
-        let admin = entry(b"memberOf", b"CN=Domain Admins,CN=Users,DC=lab");
-        assert_eq!(plain_search_entry(&admin), None, "decoded");
-        assert_eq!(
-            parse_pdu(&admin).unwrap(),
-            LdapPdu { message_id: 7, op: LdapOp::SearchEntry { privileged: vec!["alice".into()] } }
-        );
-        assert_eq!(plain_search_entry(&entry(b"ADMINCOUNT", b"1")), None);
-        assert_eq!(plain_search_entry(&spn_search()), None, "not an entry");
+        let users = [("member", &["CN=alice,CN=Users,DC=lab"][..])];
+        assert!(privileged("CN=Domain Users,CN=Users,DC=lab", &users).is_empty(), "not an administrative group");
+    }
+
+    /// The in-place reader sees what ldap-parser decodes: the DN and every value of the
+    /// attributes it looks at, with short and long BER lengths, among attributes it skips.
+    #[test]
+    fn entries_read_in_place_agree_with_ldap_parser() {
+        let many: Vec<String> = (0..40).map(|i| format!("CN=user{i},OU=Staff,DC=lab,DC=example")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let attrs = [
+            ("cn", &["Domain Admins"][..]),
+            ("objectClass", &["top", "group"]),
+            ("description", &["x"; 60]),
+            ("member", &many),
+            ("memberOf", &["CN=Denied RODC Password Replication Group,CN=Users,DC=lab"]),
+        ];
+        let bytes = search_entry(9, "CN=Domain Admins,CN=Users,DC=lab,DC=example", &attrs);
+        assert!(bytes.len() > 0x100, "long-form lengths are exercised");
+        let (id, view) = EntryView::read(&bytes).expect("an entry");
+        let (_, m) = LdapMessage::from_ber(&bytes).unwrap();
+        let ProtocolOp::SearchResultEntry(e) = m.protocol_op else { panic!("not an entry") };
+        assert_eq!((id, view.object_name), (m.message_id.0, &*e.object_name.0));
+        for (name, set) in [("objectClass", view.object_class), ("member", view.member), ("memberOf", view.member_of)] {
+            let theirs: Vec<&[u8]> = e
+                .attributes
+                .iter()
+                .filter(|a| a.attr_type.0 == name)
+                .flat_map(|a| a.attr_vals.iter().map(|v| &*v.0))
+                .collect();
+            assert_eq!(set_values(set).collect::<Vec<_>>(), theirs, "{name}");
+        }
+        // A group's own adminCount does not make it an account; its members do.
+        assert_eq!(privileged_accounts(&view).len(), 40);
+
+        // Not entries, or broken ones: no view, and parse_pdu still answers.
+        assert!(EntryView::read(&spn_search()).is_none(), "a search request");
+        for cut in 1..bytes.len() {
+            assert!(EntryView::read(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut lying = bytes.clone();
+        let at = lying.windows(6).position(|w| w == b"member").unwrap() - 1;
+        lying[at] = 0x7f; // the name "member" claiming more bytes than its sequence holds
+        assert!(EntryView::read(&lying).is_none());
     }
 
     #[test]

@@ -139,6 +139,74 @@ fn decode_offloaded(frame: &[u8]) -> Option<Decoded<'_>> {
 
 /// Decodes one Ethernet frame.
 pub fn decode(frame: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+    match decode_plain_ipv4(frame) {
+        Some(d) => Ok(d),
+        None => decode_with_etherparse(frame),
+    }
+}
+
+/// The frame most of a DC's traffic is, read field by field: Ethernet, at most two VLAN
+/// tags, an unfragmented IPv4 datagram whose lengths agree with the frame, a TCP segment
+/// or a UDP datagram with a length of its own. `None` for anything else, which etherparse
+/// then decodes; where this answers, it answers what etherparse does (a test compares
+/// both on every frame of the labelled mix and on mutations of them). etherparse's
+/// general walk over link extensions was 6% of `bench parse`.
+fn decode_plain_ipv4(f: &[u8]) -> Option<Decoded<'_>> {
+    let word = |at: usize| -> Option<u16> { Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?])) };
+    let mut at = 12;
+    let mut ether_type = word(at)?;
+    let mut vlan = None;
+    for _ in 0..2 {
+        if !matches!(ether_type, 0x8100 | 0x88a8 | 0x9100) {
+            break;
+        }
+        vlan = vlan.or(Some(word(at + 2)? & 0x0fff));
+        at += 4;
+        ether_type = word(at)?;
+    }
+    if ether_type != 0x0800 {
+        return None;
+    }
+    let ip = f.get(at + 2..)?;
+    let header_len = usize::from(*ip.first()? & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    let fragmenting = u16::from_be_bytes([*ip.get(6)?, *ip.get(7)?]) & 0x3fff != 0;
+    if ip[0] >> 4 != 4 || header_len < 20 || total_len < header_len || total_len > ip.len() || fragmenting {
+        return None;
+    }
+    let addr = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&ip[at..at + 4]).unwrap_or_default());
+    let (src, dst) = (addr(12), addr(16));
+    let l4 = &ip[header_len..total_len];
+    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    let l4 = match ip[9] {
+        6 => {
+            let tcp_header_len = usize::from(*l4.get(12)? >> 4) * 4;
+            if l4.len() < 20 || tcp_header_len < 20 || tcp_header_len > l4.len() {
+                return None;
+            }
+            let word32 = |at: usize| u32::from_be_bytes([l4[at], l4[at + 1], l4[at + 2], l4[at + 3]]);
+            L4::Tcp(TcpSegment {
+                src_port: port(0),
+                dst_port: port(2),
+                seq: word32(4),
+                ack: word32(8),
+                flags: TcpFlags(l4[13]),
+                payload: &l4[tcp_header_len..],
+            })
+        }
+        17 => {
+            let udp_len = usize::from(u16::from_be_bytes([*l4.get(4)?, *l4.get(5)?]));
+            if udp_len < 8 || udp_len > l4.len() {
+                return None;
+            }
+            L4::Udp { src_port: port(0), dst_port: port(2), payload: &l4[8..udp_len] }
+        }
+        _ => return None,
+    };
+    Some(Decoded::Packet(Packet { src, dst, vlan, l4 }))
+}
+
+fn decode_with_etherparse(frame: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     let strict = SlicedPacket::from_ethernet(frame);
     if strict.is_err() {
         if let Some(d) = decode_offloaded(frame) {
@@ -320,6 +388,37 @@ mod tests {
         );
         let Decoded::Fragment(last) = decode(v6.last().unwrap()).unwrap() else { panic!() };
         assert_eq!((last.offset, last.more, last.id, last.protocol), (2464, false, 3, 17));
+    }
+
+    /// Where the field-by-field reading answers, it answers what etherparse does: on
+    /// every frame of the labelled mix (tags, QinQ, IPv6, fragments, options, runts,
+    /// malformed frames), every truncation of them, and every single-byte change to their
+    /// first 64 bytes. And it does answer for most of them.
+    #[test]
+    fn the_plain_ipv4_reading_agrees_with_etherparse() {
+        let mix = tap_testkit::mix::mix(2);
+        let check = |f: &[u8]| {
+            let answer = decode_plain_ipv4(f);
+            if let Some(d) = answer {
+                assert_eq!(Ok(d), decode_with_etherparse(f), "frame {f:02x?}");
+            }
+            answer.is_some()
+        };
+        let answered = mix.iter().filter(|l| check(&l.frame)).count();
+        assert!(answered * 3 > mix.len(), "the plain reading answered {answered} of {} frames", mix.len());
+        for l in &mix {
+            let f = &l.frame;
+            for cut in 0..f.len().min(80) {
+                check(&f[..cut]);
+            }
+            for at in 0..f.len().min(64) {
+                for v in [0x00, 0x01, 0x06, 0x11, 0x45, 0x4f, 0x50, 0x81, 0xff, f[at] ^ 0x20] {
+                    let mut g = f.clone();
+                    g[at] = v;
+                    check(&g);
+                }
+            }
+        }
     }
 
     #[test]

@@ -26,16 +26,8 @@ use crate::frames::FrameBatch;
 /// silent the watch looks at every frame, so this reads two fields instead of decoding the
 /// headers (a full decode was 15% of the recorder's CPU).
 fn source_address(f: &[u8]) -> Option<IpAddr> {
-    let word = |at: usize| Some(u16::from_be_bytes([*f.get(at)?, *f.get(at + 1)?]));
-    let mut at = 12;
-    let mut ethertype = word(at)?;
-    for _ in 0..2 {
-        if matches!(ethertype, 0x8100 | 0x88a8 | 0x9100) {
-            at += 4;
-            ethertype = word(at)?;
-        }
-    }
-    let ip = f.get(at + 2..)?;
+    let (ethertype, at, _) = crate::decode::link_layer(f)?;
+    let ip = f.get(at..)?;
     match (ethertype, ip.first()? >> 4) {
         (0x0800, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(ip.get(12..16)?).ok()?)),
         (0x86dd, 6) => Some(IpAddr::from(<[u8; 16]>::try_from(ip.get(8..24)?).ok()?)),

@@ -154,11 +154,11 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
         Some(path) => Some(PcapSink::create(path)?),
         None => None,
     };
-    // The recorder writes from the reader thread, straight from the rings; the sensor
-    // copies frames into batches for the dispatch thread.
     // Only the health report (to the cloud or the metrics endpoint) asks the DC watch;
     // without one, looking at frames for it is work for nobody.
     let watch = (opts.uplink.is_some() || opts.metrics.is_some()).then(|| Arc::clone(&dc_watch));
+    // The recorder writes from the reader thread, straight from the rings; the sensor
+    // copies frames into batches for the dispatch thread.
     let (consumer, mut sink) = match (opts.record_only, sink) {
         (true, Some(sink)) => (Consumer::Recorder { sink, watch: watch.clone() }, None),
         (true, None) => bail!("--record-only needs --write FILE"),

@@ -55,8 +55,8 @@ impl Signals {
         Ok(signals)
     }
 
-    /// Flags and a wake pipe, with no handler installed (tests set the flags themselves).
-    pub fn new() -> anyhow::Result<Self> {
+    /// Flags and a wake pipe, with no handler installed yet.
+    fn new() -> anyhow::Result<Self> {
         let (tx, rx) = UnixStream::pair().context("create the wake pipe")?;
         tx.set_nonblocking(true).context("wake pipe")?;
         rx.set_nonblocking(true).context("wake pipe")?;

@@ -148,11 +148,6 @@ impl MappedRing {
         self.consumer_pos().store(self.cursor, Ordering::Release);
     }
 
-    /// Bytes the cursor is ahead of the published consumer position.
-    pub fn unreleased(&self) -> u64 {
-        self.cursor - self.consumer_pos().load(Ordering::Relaxed)
-    }
-
     /// Asks for the cache lines of the next PREFETCH_AHEAD queued bytes. The program wrote
     /// them on another CPU, so each first touch misses, and a record's place is only known
     /// from the length of the one before: read one by one, the misses queue up behind each

@@ -171,16 +171,11 @@ impl<'a> EntryView<'a> {
     /// The message id and the entry of an LDAPMessage carrying a searchResEntry; `None`
     /// for any other message or a malformed one.
     fn read(b: &'a [u8]) -> Option<(u32, Self)> {
-        let (tag, content_at, _) = tlv_at(b, 0)?;
-        if tag != 0x30 {
+        let (id, (op_tag, op_at, op_end)) = message_envelope(b)?;
+        if id.is_empty() || id.len() > 5 {
             return None;
         }
-        let (id_tag, id_at, id_end) = tlv_at(b, content_at)?;
-        if id_tag != 0x02 || id_end == id_at || id_end - id_at > 5 {
-            return None;
-        }
-        let id = b[id_at..id_end].iter().fold(0u64, |acc, &x| acc << 8 | x as u64);
-        let (op_tag, op_at, op_end) = tlv_at(b, id_end)?;
+        let id = id.iter().fold(0u64, |acc, &x| acc << 8 | x as u64);
         if op_tag != 0x64 || id > u32::MAX as u64 {
             return None;
         }
@@ -419,25 +414,38 @@ pub fn render_filter(f: &Filter<'_>, out: &mut String) {
     }
 }
 
+/// A BER element's tag, content start and content end.
+type Tlv = (u8, usize, usize);
+
 /// A TLV at `at`: (tag, content start, content end), bounded by `b`.
-fn tlv_at(b: &[u8], at: usize) -> Option<(u8, usize, usize)> {
+fn tlv_at(b: &[u8], at: usize) -> Option<Tlv> {
     let rest = b.get(at..)?;
     let total = element_len(rest).ok()??;
     let header = if *rest.get(1)? < 0x80 { 2 } else { 2 + (rest[1] & 0x7f) as usize };
     (total <= rest.len()).then(|| (rest[0], at + header, at + total))
 }
 
+/// The envelope of an LDAPMessage read in place, `SEQUENCE { messageID INTEGER,
+/// protocolOp ... }`: the message id's content bytes (each caller bounds them) and the
+/// protocolOp's TLV, as `tlv_at` gives it.
+fn message_envelope(b: &[u8]) -> Option<(&[u8], Tlv)> {
+    let (tag, content_at, _) = tlv_at(b, 0)?;
+    let (id_tag, id_at, id_end) = tlv_at(b, content_at)?;
+    if tag != 0x30 || id_tag != 0x02 {
+        return None;
+    }
+    Some((&b[id_at..id_end], tlv_at(b, id_end)?))
+}
+
 /// Active Directory's "Sicily" NTLM bind (MS-ADTS 5.1.1.1.3), which RFC 4511 parsers
 /// refuse: a bindRequest whose authentication choice is [9] package discovery, [10]
 /// negotiate or [11] response (the latter two carry NTLM messages).
 fn sicily_bind(bytes: &[u8]) -> Option<LdapPdu> {
-    let (t, start, _) = tlv_at(bytes, 0)?;
-    let (id_tag, id_s, id_e) = tlv_at(bytes, start)?;
-    if t != 0x30 || id_tag != 0x02 || id_e - id_s > 4 {
+    let (id, (op, op_s, _)) = message_envelope(bytes)?;
+    if id.len() > 4 {
         return None;
     }
-    let message_id = bytes[id_s..id_e].iter().fold(0u32, |a, &x| (a << 8) | x as u32);
-    let (op, op_s, _) = tlv_at(bytes, id_e)?;
+    let message_id = id.iter().fold(0u32, |a, &x| (a << 8) | x as u32);
     let (_, _, ver_e) = tlv_at(bytes, op_s).filter(|(t, _, _)| *t == 0x02)?;
     let (name_tag, name_s, name_e) = tlv_at(bytes, ver_e)?;
     let (auth, auth_s, auth_e) = tlv_at(bytes, name_e)?;
@@ -461,13 +469,11 @@ fn sicily_bind(bytes: &[u8]) -> Option<LdapPdu> {
 /// The server's answer to a Sicily negotiate (MS-ADTS 5.1.1.1.3), which RFC 4511 parsers
 /// refuse: a bindResponse whose matchedDN carries the binary NTLM CHALLENGE.
 fn sicily_bind_response(bytes: &[u8]) -> Option<LdapPdu> {
-    let (t, start, _) = tlv_at(bytes, 0)?;
-    let (id_tag, id_s, id_e) = tlv_at(bytes, start)?;
-    if t != 0x30 || id_tag != 0x02 || id_e - id_s > 4 {
+    let (id, (op, op_s, _)) = message_envelope(bytes)?;
+    if id.len() > 4 {
         return None;
     }
-    let message_id = bytes[id_s..id_e].iter().fold(0u32, |a, &x| (a << 8) | x as u32);
-    let (op, op_s, _) = tlv_at(bytes, id_e)?;
+    let message_id = id.iter().fold(0u32, |a, &x| (a << 8) | x as u32);
     let (code_tag, code_s, code_e) = tlv_at(bytes, op_s)?;
     let (dn_tag, dn_s, dn_e) = tlv_at(bytes, code_e)?;
     if op != 0x61 || code_tag != 0x0a || code_e - code_s > 4 || dn_tag != 0x04 {

@@ -56,15 +56,15 @@ fn main() -> anyhow::Result<()> {
     // frames: whether the ring's footprint (pages, TLB reach) is part of the cost.
     let full = frame::ipv4(Tags::None, dc, client, L4::Tcp { src: 445, dst: 40000 }, 1460, 6);
     for ring_bytes in [4u32 << 20, 16 << 20, 64 << 20] {
+        let what = format!("kept: 1514-byte frame, {} MiB ring", ring_bytes >> 20);
+        if !wanted(&what) {
+            continue;
+        }
         let (mut xdp, mut rings) = XdpCapture::load(ring_bytes)?;
         xdp.filter.set_ports(&PortSet::default())?;
         xdp.filter.set_snaplen(tap_common::record::MAX_SNAPLEN as u32)?;
         xdp.filter.set_dcs(&DcSet::parse_list("10.0.0.10", "bench")?)?;
         let mean = kept_mean(&xdp, &mut rings, &full, ring_bytes)?;
-        let what = format!("kept: 1514-byte frame, {} MiB ring", ring_bytes >> 20);
-        if !wanted(&what) {
-            continue;
-        }
         println!("{what:<52}{:>12}", mean.as_nanos());
         check_ring_never_full(&xdp)?;
     }

@@ -52,6 +52,7 @@ pub struct Record<const N: usize> {
 impl RecordHeader {
     /// Reads a header from the start of a ring-buffer item; `None` when the item is shorter
     /// than a header or claims more bytes than it holds.
+    #[inline]
     pub fn parse(item: &[u8]) -> Option<(RecordHeader, &[u8])> {
         let head = item.get(..RECORD_HEADER_LEN)?;
         let mut ts = [0u8; 8];
@@ -65,8 +66,14 @@ impl RecordHeader {
             orig_len: u32::from_ne_bytes(orig),
             cap_len: u32::from_ne_bytes(cap),
         };
-        let data = item.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.cap_len as usize)?;
+        let data = Self::data(item, &header)?;
         Some((header, data))
+    }
+
+    /// The frame bytes of `item`, whose header `parse` read as `header`.
+    #[inline]
+    pub fn data<'a>(item: &'a [u8], header: &RecordHeader) -> Option<&'a [u8]> {
+        item.get(RECORD_HEADER_LEN..RECORD_HEADER_LEN + header.cap_len as usize)
     }
 }
 

@@ -17,7 +17,7 @@ use std::{
 };
 
 use crossbeam_channel::{Sender, TrySendError};
-use tap_common::record::RecordHeader;
+use tap_common::record::{RecordHeader, RING_COUNT};
 
 use super::{counters::UserCounters, dc_watch::DcWatch, ring::MappedRing};
 use crate::{
@@ -41,6 +41,8 @@ pub const TARGET_DRAIN: usize = 4096;
 /// Records taken between two releases of ring space to the program: the recorder writes
 /// them in one writev(2) (two slices per frame; Linux takes at most 1024 slices a call).
 pub const RUN_RECORDS: usize = 512;
+/// Sources `drain_merged` takes: the program's rings.
+const MAX_SOURCES: usize = RING_COUNT;
 
 /// What the reader does with the records.
 pub enum Consumer {
@@ -103,7 +105,7 @@ impl RingReader {
                 Consumer::Batches { tx, pool } => {
                     let new_batch = || pool.batch(BATCH_FRAMES, BATCH_BYTES);
                     let batch = unsent.get_or_insert_with(new_batch);
-                    drain_merged(rings, RUN_RECORDS, &mut |header, data| {
+                    drain_merged(rings, RUN_RECORDS, |header, data| {
                         bytes += data.len() as u64;
                         if !batch.has_room(data.len()) {
                             send(tx, counters, std::mem::replace(batch, new_batch()));
@@ -112,7 +114,7 @@ impl RingReader {
                     })
                 }
                 Consumer::Recorder { sink, watch } => {
-                    let run = drain_merged(rings, RUN_RECORDS, &mut |header, data| {
+                    let run = drain_merged(rings, RUN_RECORDS, |header, data| {
                         bytes += data.len() as u64;
                         unwritten.push(Unwritten {
                             header: pcap_record_header(
@@ -206,35 +208,44 @@ impl RecordSource for MappedRing {
 /// Takes up to `max` records from the sources, in timestamp order across sources (each
 /// source is in order already), and passes each valid one to `emit`; returns (records
 /// taken, records invalid). A source found empty is looked at again before every take, so
-/// a record committed while the merge runs still goes out in order.
+/// a record committed while the merge runs still goes out in order. Each record's header
+/// is read once: it is the first touch of memory another CPU wrote, the reader's dearest
+/// load (see `MappedRing::prefetch`).
 pub fn drain_merged<S: RecordSource>(
     sources: &mut [S],
     max: usize,
-    emit: &mut dyn FnMut(&RecordHeader, &[u8]),
+    mut emit: impl FnMut(&RecordHeader, &[u8]),
 ) -> (usize, usize) {
-    let mut heads: Vec<Option<u64>> = vec![None; sources.len()];
+    assert!(sources.len() <= MAX_SOURCES, "at most {MAX_SOURCES} rings are merged");
+    let mut heads: [Option<RecordHeader>; MAX_SOURCES] = [None; MAX_SOURCES];
     let (mut taken, mut invalid) = (0, 0);
     while taken + invalid < max {
-        for (source, head) in sources.iter_mut().zip(heads.iter_mut()) {
+        let mut oldest: Option<(u64, usize)> = None;
+        for (i, (source, head)) in sources.iter_mut().zip(heads.iter_mut()).enumerate() {
             while head.is_none() {
                 let Some(record) = source.peek() else { break };
                 match RecordHeader::parse(record) {
-                    Some((header, _)) => *head = Some(header.timestamp_ns),
+                    Some((header, _)) => *head = Some(header),
                     None => {
                         source.advance();
                         invalid += 1;
                     }
                 }
             }
+            if let Some(header) = head {
+                if oldest.is_none_or(|(ts, _)| header.timestamp_ns < ts) {
+                    oldest = Some((header.timestamp_ns, i));
+                }
+            }
         }
-        let oldest = heads.iter().enumerate().filter_map(|(i, h)| h.map(|ts| (ts, i))).min();
         let Some((_, i)) = oldest else { break };
+        let header = heads[i].take().expect("the oldest head is a parsed record");
         let source = &mut sources[i];
-        if let Some((header, data)) = source.peek().and_then(RecordHeader::parse) {
+        let data = source.peek().and_then(|record| RecordHeader::data(record, &header));
+        if let Some(data) = data {
             emit(&header, data);
         }
         source.advance();
-        heads[i] = None;
         taken += 1;
     }
     (taken, invalid)
@@ -292,10 +303,10 @@ mod tests {
             Queue(VecDeque::new()),
         ];
         let mut got = Vec::new();
-        let (taken, invalid) = drain_merged(&mut rings, 100, &mut |h, data| got.push((h.timestamp_ns, data[0])));
+        let (taken, invalid) = drain_merged(&mut rings, 100, |h, data| got.push((h.timestamp_ns, data[0])));
         assert_eq!(got, [(10, b'a'), (20, b'b'), (30, b'c'), (40, b'd'), (50, b'e')]);
         assert_eq!((taken, invalid), (5, 1));
-        assert_eq!(drain_merged(&mut rings, 100, &mut |_, _| panic!("nothing left")), (0, 0));
+        assert_eq!(drain_merged(&mut rings, 100, |_, _| panic!("nothing left")), (0, 0));
     }
 
     #[test]
@@ -307,7 +318,7 @@ mod tests {
         let mut got = Vec::new();
         let mut runs = Vec::new();
         loop {
-            let run = drain_merged(&mut rings, 2, &mut |h, data| got.push((h.timestamp_ns, data[0])));
+            let run = drain_merged(&mut rings, 2, |h, data| got.push((h.timestamp_ns, data[0])));
             runs.push(run);
             if run.0 < 2 {
                 break;

@@ -8,10 +8,16 @@ pub enum ConfigSlot {
     Snaplen = 0,
     /// Bit set of `FLAG_*`: which optional lookups are needed.
     Flags = 1,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC in nanoseconds, low and high 32 bits: what the
+    /// program adds to `bpf_ktime_get_ns()` to stamp records with wall-clock time. Set
+    /// once, before the program is attached, so every frame of a run shares one time base
+    /// (a wall-clock step mid-run does not reorder them) and the two halves never tear.
+    ClockOffsetLow = 2,
+    ClockOffsetHigh = 3,
 }
 
 impl ConfigSlot {
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 4;
 }
 
 /// The IPv4 subnet trie has entries (otherwise its lookup is skipped: a trie walk costs

@@ -115,6 +115,12 @@ fn config(slot: ConfigSlot) -> u32 {
     CONFIG.get(slot as u32).copied().unwrap_or(0)
 }
 
+/// What turns `bpf_ktime_get_ns()` into wall-clock time (see `ConfigSlot::ClockOffsetLow`).
+#[inline(always)]
+fn clock_offset() -> u64 {
+    (u64::from(config(ConfigSlot::ClockOffsetHigh)) << 32) | u64::from(config(ConfigSlot::ClockOffsetLow))
+}
+
 #[inline(always)]
 fn is_dc_v4(addr: &[u8; 4]) -> bool {
     // SAFETY: the value is only tested for presence, never held across a map update.
@@ -170,7 +176,7 @@ fn emit<const N: usize>(ctx: &XdpContext, ring: &RingBuf, wire_len: u64, cap_len
     // SAFETY: `record` points at a reserved, exclusively owned Record<N>.
     unsafe {
         (*record).header =
-            RecordHeader { timestamp_ns: bpf_ktime_get_ns(), orig_len: wire_len as u32, cap_len: cap_len as u32 };
+            RecordHeader::new(bpf_ktime_get_ns().wrapping_add(clock_offset()), cap_len as u32, wire_len as u32);
     }
     // The verifier must see `1 <= len <= N` on the register handed to bpf_xdp_load_bytes
     // (a zero length is refused), and 6.1's (Debian 12) learns a lower bound only from an

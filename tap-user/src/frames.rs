@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use tap_common::record::RecordHeader;
 
-use crate::time::WallClock;
-
 /// Frames per batch: large enough to amortise the channel, small enough to keep latency.
 pub const BATCH_FRAMES: usize = 256;
 /// Bytes per batch (records and headers). A batch is sent when full rather than grown:
@@ -134,10 +132,13 @@ impl FrameBatch {
         self.slots.len() < self.slots.capacity() && self.bytes.len() + PCAP_RECORD_HEADER + len <= self.bytes.capacity()
     }
 
-    /// Appends a frame from a ring record; `clock` turns the program's monotonic
-    /// timestamp into wall-clock time.
-    pub fn push(&mut self, header: &RecordHeader, data: &[u8], clock: WallClock) {
-        self.push_frame(clock.to_unix(header.timestamp_ns), header.orig_len, data);
+    /// Appends a ring record: `record` is its pcap record (`header`'s bytes, then the
+    /// frame), copied as it is.
+    pub fn push_record(&mut self, header: &RecordHeader, record: &[u8]) {
+        let start = (self.bytes.len() + PCAP_RECORD_HEADER) as u32;
+        self.bytes.extend_from_slice(record);
+        let len = (record.len() - PCAP_RECORD_HEADER) as u32;
+        self.slots.push(RawRecord { timestamp_ns: header.timestamp_ns(), orig_len: header.orig_len, start, len });
     }
 
     /// Appends a frame captured at `ts` (since the Unix epoch) that was `orig_len` bytes
@@ -183,20 +184,22 @@ mod tests {
 
     #[test]
     fn batch_keeps_frames_apart_in_order_and_as_pcap_records() {
-        let clock = WallClock::sample();
         let mut batch = FrameBatch::with_capacity(2, 64);
         assert!(batch.has_room(3));
-        batch.push(&RecordHeader { timestamp_ns: 1_000_000_007, orig_len: 60, cap_len: 3 }, b"abc", clock);
-        batch.push(&RecordHeader { timestamp_ns: 2, orig_len: 1514, cap_len: 2 }, b"de", clock);
+        let first = RecordHeader::new(1_795_000_001_000_000_007, 3, 60);
+        let second = RecordHeader::new(1_795_000_002_000_000_002, 2, 1514);
+        batch.push_record(&first, &[&first.to_bytes()[..], b"abc"].concat());
+        batch.push_record(&second, &[&second.to_bytes()[..], b"de"].concat());
         let frames: Vec<_> = batch.iter().map(|f| (f.timestamp_ns, f.orig_len, f.data.to_vec())).collect();
-        let wall = |mono| clock.to_unix(mono).as_nanos() as u64;
-        assert_eq!(frames, vec![(wall(1_000_000_007), 60, b"abc".to_vec()), (wall(2), 1514, b"de".to_vec())]);
+        assert_eq!(
+            frames,
+            vec![(1_795_000_001_000_000_007, 60, b"abc".to_vec()), (1_795_000_002_000_000_002, 1514, b"de".to_vec())]
+        );
 
         let rec = batch.pcap_records();
         assert_eq!(rec.len(), 2 * PCAP_RECORD_HEADER + 5);
         let word = |at: usize| u32::from_ne_bytes(rec[at..at + 4].try_into().unwrap());
-        let ts = clock.to_unix(1_000_000_007);
-        assert_eq!((word(0), word(4)), (ts.as_secs() as u32, ts.subsec_nanos()));
+        assert_eq!((word(0), word(4)), (1_795_000_001, 7));
         assert_eq!((word(8), word(12)), (3, 60));
         assert_eq!(&rec[16..19], b"abc");
         assert_eq!((word(27), word(31)), (2, 1514));

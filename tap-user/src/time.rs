@@ -1,4 +1,5 @@
-//! Conversion of the XDP program's CLOCK_MONOTONIC timestamps to wall-clock time.
+//! The time base of the XDP program's timestamps: what turns its CLOCK_MONOTONIC clock
+//! into wall-clock time.
 
 use std::time::Duration;
 
@@ -13,8 +14,6 @@ fn read_clock(clock: libc::clockid_t) -> Duration {
 /// frames of a run share one time base (a wall-clock step mid-run does not reorder them).
 #[derive(Clone, Copy, Debug)]
 pub struct WallClock {
-    /// Nanoseconds: one integer add per frame rather than a Duration add, which carries and
-    /// checks the nanoseconds.
     realtime_minus_monotonic_ns: u64,
 }
 
@@ -25,9 +24,9 @@ impl WallClock {
         Self { realtime_minus_monotonic_ns: real.saturating_sub(mono).as_nanos() as u64 }
     }
 
-    /// Time since the Unix epoch of a `bpf_ktime_get_ns()` value.
-    pub fn to_unix(self, monotonic_ns: u64) -> Duration {
-        Duration::from_nanos(monotonic_ns.saturating_add(self.realtime_minus_monotonic_ns))
+    /// What the XDP program adds to `bpf_ktime_get_ns()` (see `ConfigSlot::ClockOffsetLow`).
+    pub fn realtime_minus_monotonic_ns(self) -> u64 {
+        self.realtime_minus_monotonic_ns
     }
 }
 
@@ -45,7 +44,7 @@ mod tests {
     fn monotonic_now_maps_to_wall_clock_now() {
         let clock = WallClock::sample();
         let now_mono = read_clock(libc::CLOCK_MONOTONIC).as_nanos() as u64;
-        let wall = SystemTime::UNIX_EPOCH + clock.to_unix(now_mono);
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_nanos(now_mono + clock.realtime_minus_monotonic_ns());
         let skew = SystemTime::now().duration_since(wall).unwrap_or_else(|e| e.duration());
         assert!(skew < Duration::from_millis(100), "skew {skew:?}");
     }

@@ -7,7 +7,7 @@
 use std::{
     path::{Path, PathBuf},
     thread,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tap_testkit::{
@@ -82,8 +82,10 @@ fn check_mix(mode: &str, snaplen: Option<usize>, record_only: bool) {
         args.push("--record-only");
     }
     let sensor = start_sensor(&pair, &args);
+    let replay_started = SystemTime::now();
     let sent = pair.replay(&input, Some(EXACT_PPS), 1).unwrap();
     assert_eq!(sent, mix.len() as u64, "tcpreplay sent every frame");
+    let replay_ended = SystemTime::now();
     thread::sleep(Duration::from_millis(300));
     let c = sensor.stop().unwrap();
 
@@ -103,8 +105,14 @@ fn check_mix(mode: &str, snaplen: Option<usize>, record_only: bool) {
     assert_eq!(c.get("decode_frames"), if record_only { 0 } else { kept }, "frames through the pipeline");
 
     let written = pcap::read(&output).unwrap();
+    // The program stamps frames with wall-clock time (bpf_ktime_get_ns plus the offset the
+    // sensor set): every frame falls within the replay, give or take the clocks' sampling.
+    let since_epoch = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap();
+    let window = since_epoch(replay_started) - Duration::from_millis(100)
+        ..=since_epoch(replay_ended) + Duration::from_millis(100);
     for w in &written {
         assert!(w.data.len() <= snaplen.unwrap_or(usize::MAX));
+        assert!(window.contains(&w.timestamp), "frame stamped {:?}, outside the replay {window:?}", w.timestamp);
     }
     let mut orig: Vec<(u32, Vec<u8>)> = written.iter().map(|w| (w.orig_len, w.data.clone())).collect();
     let mut want: Vec<(u32, Vec<u8>)> =

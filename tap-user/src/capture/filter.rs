@@ -9,6 +9,8 @@ use std::{
 };
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError};
+
+use crate::time::WallClock;
 use tap_common::{
     config::{ConfigSlot, FLAG_V4_NETS, FLAG_V6_NETS},
     filter::{DEFAULT_RPC_RANGE, DEFAULT_SERVICE_PORTS, MAX_DC_ENTRIES, PORT_DYNAMIC_RPC, PORT_SERVICE},
@@ -393,6 +395,14 @@ impl FilterMaps {
 
     pub fn set_snaplen(&mut self, snaplen: u32) -> Result<(), MapError> {
         self.config.set(ConfigSlot::Snaplen as u32, snaplen, 0)
+    }
+
+    /// The time base of the records' timestamps; before attaching (see
+    /// `ConfigSlot::ClockOffsetLow`).
+    pub fn set_clock(&mut self, clock: WallClock) -> Result<(), MapError> {
+        let offset = clock.realtime_minus_monotonic_ns();
+        self.config.set(ConfigSlot::ClockOffsetLow as u32, offset as u32, 0)?;
+        self.config.set(ConfigSlot::ClockOffsetHigh as u32, (offset >> 32) as u32, 0)
     }
 
     pub fn dcs(&self) -> &DcSet {

@@ -17,6 +17,7 @@ use tap_common::{
 };
 
 use super::{counters::XdpCounters, filter::FilterMaps, ring::MappedRing};
+use crate::time::WallClock;
 
 /// The XDP object built by `build.rs` (aya-build) for bpfel-unknown-none.
 static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tap-ebpf"));
@@ -67,7 +68,7 @@ impl XdpCapture {
         let program: &mut Xdp = program_mut(&mut ebpf, program_name)?;
         program.load().with_context(|| format!("verify and load the XDP program {program_name}"))?;
 
-        let filter = FilterMaps::new(
+        let mut filter = FilterMaps::new(
             HashMap::try_from(take(&mut ebpf, DC_V4_HOSTS_MAP)?)?,
             HashMap::try_from(take(&mut ebpf, DC_V6_HOSTS_MAP)?)?,
             LpmTrie::try_from(take(&mut ebpf, DC_V4_NETS_MAP)?)?,
@@ -75,6 +76,7 @@ impl XdpCapture {
             Array::try_from(take(&mut ebpf, PORTS_MAP)?)?,
             Array::try_from(take(&mut ebpf, CONFIG_MAP)?)?,
         );
+        filter.set_clock(WallClock::sample()).context("set the program's clock offset")?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, COUNTERS_MAP)?)?;
         let mut rings = Vec::with_capacity(used);
         for name in &RING_MAPS[..used] {

@@ -17,13 +17,12 @@ use std::{
 };
 
 use crossbeam_channel::{Sender, TrySendError};
-use tap_common::record::{RecordHeader, RING_COUNT};
+use tap_common::record::{RecordHeader, RECORD_HEADER_LEN, RING_COUNT};
 
 use super::{counters::UserCounters, dc_watch::DcWatch, ring::MappedRing};
 use crate::{
-    frames::{pcap_record_header, BatchPool, FrameBatch, BATCH_BYTES, BATCH_FRAMES, PCAP_RECORD_HEADER},
+    frames::{BatchPool, FrameBatch, BATCH_BYTES, BATCH_FRAMES},
     output::PcapSink,
-    time::WallClock,
 };
 
 /// Shortest wait in poll(2) between drains. The program submits without waking the reader
@@ -62,7 +61,6 @@ pub struct RingReader {
     pub rings: Vec<MappedRing>,
     pub consumer: Consumer,
     pub counters: Arc<UserCounters>,
-    pub clock: WallClock,
     /// Set when capture stops; the reader drains what is queued, then returns.
     pub stop: Arc<AtomicBool>,
 }
@@ -95,51 +93,38 @@ impl RingReader {
     /// RUN_RECORDS at a time, each run given back to the program once consumed; returns
     /// how many records were taken.
     fn drain(&mut self) -> anyhow::Result<usize> {
-        let Self { rings, consumer, counters, clock, .. } = self;
-        let clock = *clock;
+        let Self { rings, consumer, counters, .. } = self;
         let (mut taken, mut invalid, mut bytes) = (0, 0, 0u64);
         let mut unsent = None;
-        let mut unwritten: Vec<Unwritten> = Vec::new();
         loop {
             let (run_taken, run_invalid) = match consumer {
                 Consumer::Batches { tx, pool } => {
                     let new_batch = || pool.batch(BATCH_FRAMES, BATCH_BYTES);
                     let batch = unsent.get_or_insert_with(new_batch);
-                    drain_merged(rings, RUN_RECORDS, |header, data| {
-                        bytes += data.len() as u64;
-                        if !batch.has_room(data.len()) {
+                    drain_merged(rings, RUN_RECORDS, |header, record| {
+                        bytes += u64::from(header.cap_len);
+                        if !batch.has_room(header.cap_len as usize) {
                             send(tx, counters, std::mem::replace(batch, new_batch()));
                         }
-                        batch.push(header, data, clock);
+                        batch.push_record(header, record);
                     })
                 }
                 Consumer::Recorder { sink, watch } => {
-                    let run = drain_merged(rings, RUN_RECORDS, |header, data| {
-                        bytes += data.len() as u64;
-                        unwritten.push(Unwritten {
-                            header: pcap_record_header(
-                                clock.to_unix(header.timestamp_ns),
-                                data.len() as u32,
-                                header.orig_len,
-                            ),
-                            frame: data.as_ptr(),
-                            len: data.len(),
-                        });
+                    // The records are pcap records as they lie in the ring: one slice each.
+                    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(RUN_RECORDS);
+                    let run = drain_merged(rings, RUN_RECORDS, |header, record| {
+                        bytes += u64::from(header.cap_len);
+                        // SAFETY: the record lies in ring memory taken but not yet
+                        // released, which the kernel leaves alone until the release below;
+                        // the slices are written and dropped before it.
+                        slices.push(IoSlice::new(unsafe { std::slice::from_raw_parts(record.as_ptr(), record.len()) }));
                     });
-                    // SAFETY: every frame lies in ring records taken but not yet released,
-                    // which the kernel leaves alone until the release below.
-                    let frames = || unwritten.iter().map(|u| unsafe { u.frame() });
                     if let Some(watch) = watch {
-                        watch.observe_frames(frames());
+                        watch.observe_frames(slices.iter().map(|s| RecordHeader::frame(s)));
                     }
-                    let mut slices: Vec<IoSlice<'_>> = unwritten
-                        .iter()
-                        .zip(frames())
-                        .flat_map(|(u, frame)| [IoSlice::new(&u.header), IoSlice::new(frame)])
-                        .collect();
+                    let written = slices.len() as u64;
                     sink.write_slices(&mut slices)?;
-                    UserCounters::add(&counters.frames_consumed, unwritten.len() as u64);
-                    unwritten.clear();
+                    UserCounters::add(&counters.frames_consumed, written);
                     run
                 }
             };
@@ -172,22 +157,6 @@ impl RingReader {
     }
 }
 
-/// A frame taken from a ring and not yet written: its pcap header, and where it lies in
-/// the ring's mapping.
-struct Unwritten {
-    header: [u8; PCAP_RECORD_HEADER],
-    frame: *const u8,
-    len: usize,
-}
-
-impl Unwritten {
-    /// # Safety
-    /// The ring record the frame lies in must not have been released yet.
-    unsafe fn frame<'a>(&self) -> &'a [u8] {
-        std::slice::from_raw_parts(self.frame, self.len)
-    }
-}
-
 /// Where records come from: a BPF ring buffer, or a plain queue in tests.
 pub trait RecordSource {
     /// The oldest record not yet taken, without taking it.
@@ -206,11 +175,12 @@ impl RecordSource for MappedRing {
 }
 
 /// Takes up to `max` records from the sources, in timestamp order across sources (each
-/// source is in order already), and passes each valid one to `emit`; returns (records
-/// taken, records invalid). A source found empty is looked at again before every take, so
-/// a record committed while the merge runs still goes out in order. Each record's header
-/// is read once: it is the first touch of memory another CPU wrote, the reader's dearest
-/// load (see `MappedRing::prefetch`).
+/// source is in order already), and passes each valid one to `emit` with its pcap record
+/// (the header's bytes, then the frame's); returns (records taken, records invalid). A
+/// source found empty is looked at again before every take, so a record committed while
+/// the merge runs still goes out in order. Each record's header is read once: it is the
+/// first touch of memory another CPU wrote, the reader's dearest load (see
+/// `MappedRing::prefetch`).
 pub fn drain_merged<S: RecordSource>(
     sources: &mut [S],
     max: usize,
@@ -233,17 +203,17 @@ pub fn drain_merged<S: RecordSource>(
                 }
             }
             if let Some(header) = head {
-                if oldest.is_none_or(|(ts, _)| header.timestamp_ns < ts) {
-                    oldest = Some((header.timestamp_ns, i));
+                let ts = header.timestamp_ns();
+                if oldest.is_none_or(|(oldest_ts, _)| ts < oldest_ts) {
+                    oldest = Some((ts, i));
                 }
             }
         }
         let Some((_, i)) = oldest else { break };
         let header = heads[i].take().expect("the oldest head is a parsed record");
         let source = &mut sources[i];
-        let data = source.peek().and_then(|record| RecordHeader::data(record, &header));
-        if let Some(data) = data {
-            emit(&header, data);
+        if let Some(record) = source.peek().and_then(|item| item.get(..RECORD_HEADER_LEN + header.cap_len as usize)) {
+            emit(&header, record);
         }
         source.advance();
         taken += 1;
@@ -287,11 +257,20 @@ mod tests {
     }
 
     fn record(ts: u64, tag: u8) -> Vec<u8> {
-        let mut r = ts.to_ne_bytes().to_vec();
-        r.extend_from_slice(&1u32.to_ne_bytes());
-        r.extend_from_slice(&1u32.to_ne_bytes());
+        let mut r = RecordHeader::new(ts, 1, 1).to_bytes().to_vec();
         r.push(tag);
         r
+    }
+
+    /// What a test keeps of each emitted record: its time and its one frame byte, after
+    /// checking that the record is the header's bytes and the frame.
+    fn seen(header: &RecordHeader, record: &[u8]) -> (u64, u8) {
+        assert_eq!(record, record_of(header, RecordHeader::frame(record)));
+        (header.timestamp_ns(), RecordHeader::frame(record)[0])
+    }
+
+    fn record_of(header: &RecordHeader, frame: &[u8]) -> Vec<u8> {
+        [&header.to_bytes()[..], frame].concat()
     }
 
     #[test]
@@ -303,7 +282,7 @@ mod tests {
             Queue(VecDeque::new()),
         ];
         let mut got = Vec::new();
-        let (taken, invalid) = drain_merged(&mut rings, 100, |h, data| got.push((h.timestamp_ns, data[0])));
+        let (taken, invalid) = drain_merged(&mut rings, 100, |h, record| got.push(seen(h, record)));
         assert_eq!(got, [(10, b'a'), (20, b'b'), (30, b'c'), (40, b'd'), (50, b'e')]);
         assert_eq!((taken, invalid), (5, 1));
         assert_eq!(drain_merged(&mut rings, 100, |_, _| panic!("nothing left")), (0, 0));
@@ -318,7 +297,7 @@ mod tests {
         let mut got = Vec::new();
         let mut runs = Vec::new();
         loop {
-            let run = drain_merged(&mut rings, 2, |h, data| got.push((h.timestamp_ns, data[0])));
+            let run = drain_merged(&mut rings, 2, |h, record| got.push(seen(h, record)));
             runs.push(run);
             if run.0 < 2 {
                 break;

@@ -27,7 +27,6 @@ use crate::{
     output::PcapSink,
     pipeline::{Pipeline, PipelineOptions},
     signals::Signals,
-    time::WallClock,
     uplink::{Uplink, UplinkOptions},
 };
 
@@ -119,7 +118,6 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     if let Some(level) = settings.log_level {
         log::set_max_level(level);
     }
-    let clock = WallClock::sample();
     // The statistics stay on while this descriptor is open.
     let _stats = if opts.bpf_stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF run-time statistics")?)
@@ -171,7 +169,7 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
             sink,
         ),
     };
-    let reader = RingReader { rings, consumer, counters: Arc::clone(&user), clock, stop: Arc::clone(&stop_readers) };
+    let reader = RingReader { rings, consumer, counters: Arc::clone(&user), stop: Arc::clone(&stop_readers) };
     let waker = signals.waker();
     let readers = vec![thread::Builder::new().name("ring-reader".into()).spawn(move || {
         let result = reader.run();

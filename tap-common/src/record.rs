@@ -22,11 +22,12 @@ pub const RING_MAPS: [&str; RING_COUNT] = ["RING_0", "RING_1", "RING_2", "RING_3
 
 /// The program forces a wakeup of the reader each time another 1/WAKEUP_FRACTION of the
 /// ring is queued; other records are submitted without one and the reader polls
-/// (TOOLCHAIN.md: a wakeup per record costs more than the capture). A quarter leaves the
-/// reader three quarters of the ring to answer in, and wakes it 4 times per ring's worth
-/// instead of 16 with the 1 MiB fixed step it replaced (measured: a fifth of the
-/// recorder's CPU at top rate was switching to and from the reader).
-pub const WAKEUP_FRACTION: u64 = 4;
+/// (TOOLCHAIN.md: a wakeup per record costs more than the capture). Half a ring leaves
+/// the reader the other half to answer in (8 MiB with the default ring: 64 ms at a full
+/// gigabit of kept traffic) and wakes it twice per ring's worth. Each wakeup costs tens of
+/// microseconds of CPU in this VM: waking at each quarter instead cost the recorder 13%
+/// more at top rate, and the 1 MiB fixed step before that a fifth.
+pub const WAKEUP_FRACTION: u64 = 2;
 
 /// Header in front of the frame bytes of every record: the classic pcap record header
 /// (nanosecond resolution, native byte order). A record's header and frame are then a pcap

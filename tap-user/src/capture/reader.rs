@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Shortest wait in poll(2) between drains. The program submits without waking the reader
-/// except once per quarter of the ring queued (TOOLCHAIN.md: per-frame wakeups cost more
+/// except once per half of the ring queued (TOOLCHAIN.md: per-frame wakeups cost more
 /// than the capture), so the wait, not a wakeup, is what brings a small batch to the reader.
 pub const POLL_MIN: Duration = Duration::from_millis(25);
 /// Longest wait: the latency bound for a lone frame on a quiet link. Each wakeup of an
@@ -35,8 +35,9 @@ pub const POLL_MIN: Duration = Duration::from_millis(25);
 pub const POLL_MAX: Duration = Duration::from_millis(250);
 /// A drain that takes fewer records than this lengthens the next wait, more shortens it:
 /// batches settle around this size while the latency stays within POLL_MAX. Larger runs
-/// mean fewer wakeups (see POLL_MAX) and writes.
-pub const TARGET_DRAIN: usize = 4096;
+/// mean fewer wakeups (see POLL_MAX) and writes: at 4096 the timer, not the program,
+/// woke the reader at top rate, every 25 ms (measured: 6% of the recorder's CPU).
+pub const TARGET_DRAIN: usize = 16384;
 /// Records taken between two releases of ring space to the program: the recorder writes
 /// them in one writev(2) (two slices per frame; Linux takes at most 1024 slices a call).
 pub const RUN_RECORDS: usize = 512;

@@ -39,8 +39,8 @@ pub const POLL_MAX: Duration = Duration::from_millis(250);
 /// woke the reader at top rate, every 25 ms (measured: 6% of the recorder's CPU).
 pub const TARGET_DRAIN: usize = 16384;
 /// Records taken between two releases of ring space to the program: the recorder writes
-/// them in one writev(2) (two slices per frame; Linux takes at most 1024 slices a call).
-pub const RUN_RECORDS: usize = 512;
+/// them in one writev(2) (a slice per frame; Linux takes at most 1024 slices a call).
+pub const RUN_RECORDS: usize = 1024;
 /// Sources `drain_merged` takes: the program's rings.
 const MAX_SOURCES: usize = RING_COUNT;
 

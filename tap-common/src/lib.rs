@@ -15,6 +15,10 @@ pub const PROGRAM_NAME: &str = "dctap_xdp";
 /// A program that drops every frame and does nothing else: the benchmark's floor, so the
 /// cost that bpf_stats itself and the driver add can be told from the filter's own.
 pub const FLOOR_PROGRAM_NAME: &str = "dctap_xdp_floor";
+/// A program that copies every frame into a ring and does nothing else: the floor of a
+/// kept frame's cost, what the ring buffer and the copy cost by themselves in this kernel
+/// and machine.
+pub const COPY_FLOOR_PROGRAM_NAME: &str = "dctap_xdp_copy_floor";
 
 #[cfg(feature = "user")]
 mod user {

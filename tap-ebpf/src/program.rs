@@ -87,6 +87,30 @@ pub fn dctap_xdp_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// The benchmark's floor for kept frames (see `tap_common::COPY_FLOOR_PROGRAM_NAME`): the
+/// least any capture through a ring buffer does per frame, which is to reserve a record,
+/// copy the frame into it and submit it. No parsing, lookup, clock or wakeup decision.
+#[xdp]
+pub fn dctap_xdp_copy_floor(ctx: XdpContext) -> u32 {
+    // SAFETY: helper called with the program's own context.
+    let wire_len: u64 = unsafe { bpf_xdp_get_buff_len(ctx.ctx) };
+    let cap_len = if wire_len < MAX_SNAPLEN as u64 { wire_len } else { MAX_SNAPLEN as u64 };
+    if let Some(mut entry) = RING_0.reserve::<Record<MAX_SNAPLEN>>(0) {
+        let record = entry.as_mut_ptr();
+        // SAFETY: `record` points at a reserved, exclusively owned record.
+        unsafe {
+            (*record).header =
+                RecordHeader { ts_sec: 0, ts_nsec: 0, cap_len: cap_len as u32, orig_len: wire_len as u32 }
+        };
+        if copy_frame(&ctx, record, cap_len) {
+            entry.submit(BPF_RB_NO_WAKEUP as u64);
+        } else {
+            entry.discard(BPF_RB_NO_WAKEUP as u64);
+        }
+    }
+    xdp_action::XDP_DROP
+}
+
 /// The filter: the DC end of the conversation is on a kept port. The port is checked
 /// first because it is one array load, and only the address on that side is looked up.
 /// A non-first fragment (no ports) is kept when either end is a DC.
@@ -178,31 +202,7 @@ fn emit<const N: usize>(ctx: &XdpContext, ring: &RingBuf, wire_len: u64, cap_len
         (*record).header =
             RecordHeader::new(bpf_ktime_get_ns().wrapping_add(clock_offset()), cap_len as u32, wire_len as u32);
     }
-    // The verifier must see `1 <= len <= N` on the register handed to bpf_xdp_load_bytes
-    // (a zero length is refused), and 6.1's (Debian 12) learns a lower bound only from an
-    // ordering comparison: `len != 0` teaches it nothing (later verifiers raise the minimum
-    // when the constant is at the edge of the known range), and LLVM rewrites an unsigned
-    // `len < 1` into exactly that, or folds both checks into one `len - 1 > N - 1` on a
-    // copy that 6.1 does not link back to `len` (6.18 does, which is why only old kernels
-    // refused the program: "invalid access to memory, mem_size=144 off=16 size=0"). So:
-    // a signed `< 1`, which LLVM cannot turn into an equality and from which the verifier
-    // derives `umin = 1`, then the upper bound, each behind a barrier so that LLVM neither
-    // merges them nor drops them as already known (copy_to_ring chose N so that they
-    // hold), on the very register passed, after the last helper call. In u64, the type the
-    // helper returned: a u32 clamp loses the bounds (TOOLCHAIN.md).
-    let len = opaque(cap_len);
-    if (len as i64) < 1 {
-        entry.discard(BPF_RB_NO_WAKEUP as u64);
-        return Counter::Malformed;
-    }
-    let len = opaque(len);
-    if len > N as u64 {
-        entry.discard(BPF_RB_NO_WAKEUP as u64);
-        return Counter::Malformed;
-    }
-    // SAFETY: `record` as above; the copy length is within 1..=N, the data array's size.
-    let copied = unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32) };
-    if copied != 0 {
+    if !copy_frame(ctx, record, cap_len) {
         entry.discard(BPF_RB_NO_WAKEUP as u64);
         return Counter::Malformed;
     }
@@ -220,6 +220,35 @@ fn emit<const N: usize>(ctx: &XdpContext, ring: &RingBuf, wire_len: u64, cap_len
     };
     entry.submit(wakeup as u64);
     Counter::Kept
+}
+
+/// Copies the frame's first `cap_len` bytes into the reserved `record`; false when the
+/// length is out of range or the helper fails.
+#[inline(always)]
+fn copy_frame<const N: usize>(ctx: &XdpContext, record: *mut Record<N>, cap_len: u64) -> bool {
+    // The verifier must see `1 <= len <= N` on the register handed to bpf_xdp_load_bytes
+    // (a zero length is refused), and 6.1's (Debian 12) learns a lower bound only from an
+    // ordering comparison: `len != 0` teaches it nothing (later verifiers raise the minimum
+    // when the constant is at the edge of the known range), and LLVM rewrites an unsigned
+    // `len < 1` into exactly that, or folds both checks into one `len - 1 > N - 1` on a
+    // copy that 6.1 does not link back to `len` (6.18 does, which is why only old kernels
+    // refused the program: "invalid access to memory, mem_size=144 off=16 size=0"). So:
+    // a signed `< 1`, which LLVM cannot turn into an equality and from which the verifier
+    // derives `umin = 1`, then the upper bound, each behind a barrier so that LLVM neither
+    // merges them nor drops them as already known (the callers chose N so that they
+    // hold), on the very register passed, after the last helper call. In u64, the type the
+    // helper returned: a u32 clamp loses the bounds (TOOLCHAIN.md).
+    let len = opaque(cap_len);
+    if (len as i64) < 1 {
+        return false;
+    }
+    let len = opaque(len);
+    if len > N as u64 {
+        return false;
+    }
+    // SAFETY: `record` points at a reserved, exclusively owned Record<N>; the copy length
+    // is within 1..=N, the data array's size.
+    unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, (*record).data.as_mut_ptr().cast(), len as u32) == 0 }
 }
 
 /// `value`, unknown to LLVM from here on: an asm that claims to change the register

@@ -52,9 +52,18 @@ fn main() -> anyhow::Result<()> {
     check_ring_never_full(&xdp)?;
     drop((xdp, rings));
 
+    // The least a kept full-size frame can cost through a ring buffer here: the program
+    // that only reserves, copies and submits, on the same frame and the same runs.
+    let full = frame::ipv4(Tags::None, dc, client, L4::Tcp { src: 445, dst: 40000 }, 1460, 6);
+    let what = "floor: reserve, copy 1514 bytes, submit (nothing else)";
+    if wanted(what) {
+        let (xdp, mut rings) = XdpCapture::load_program(RING_BYTES, tap_common::COPY_FLOOR_PROGRAM_NAME)?;
+        let mean = kept_mean(&xdp, &mut rings, &full, RING_BYTES)?;
+        println!("{what:<52}{:>12}", mean.as_nanos());
+    }
+
     // The same full-size frame into rings of other sizes, the same runs of REPEAT_KEPT
     // frames: whether the ring's footprint (pages, TLB reach) is part of the cost.
-    let full = frame::ipv4(Tags::None, dc, client, L4::Tcp { src: 445, dst: 40000 }, 1460, 6);
     for ring_bytes in [4u32 << 20, 16 << 20, 64 << 20] {
         let what = format!("kept: 1514-byte frame, {} MiB ring", ring_bytes >> 20);
         if !wanted(&what) {

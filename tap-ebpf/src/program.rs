@@ -184,8 +184,12 @@ fn copy_to_ring(ctx: &XdpContext) -> (Counter, bool) {
         emit::<{ SIZE_CLASSES[0] }>(ctx, ring, wire_len, cap_len)
     } else if cap_len <= SIZE_CLASSES[1] as u64 {
         emit::<{ SIZE_CLASSES[1] }>(ctx, ring, wire_len, cap_len)
-    } else {
+    } else if cap_len <= SIZE_CLASSES[2] as u64 {
         emit::<{ SIZE_CLASSES[2] }>(ctx, ring, wire_len, cap_len)
+    } else if cap_len <= SIZE_CLASSES[3] as u64 {
+        emit::<{ SIZE_CLASSES[3] }>(ctx, ring, wire_len, cap_len)
+    } else {
+        emit::<{ SIZE_CLASSES[4] }>(ctx, ring, wire_len, cap_len)
     };
     let truncated = matches!(outcome, Counter::Kept) && cap_len < wire_len;
     (outcome, truncated)

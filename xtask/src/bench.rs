@@ -371,7 +371,7 @@ fn capture(env: &Env) -> anyhow::Result<()> {
         let t = run_tcpdump(&pair, &mix_path, per_loop, pps, senders)?;
         for m in [r, x, t] {
             note(&format!(
-                "{:<12} asked {:>8}  sent {:>8} at {:>7.0} fps  expected {:>7}  captured {:>7}  loss {:>5.2}%  cpu {:.2}s",
+                "{:<12} asked {:>8}  sent {:>8} at {:>7.0} fps  expected {:>7}  captured {:>7}  loss {:>5.2}%  cpu {:.3}s",
                 m.consumer,
                 m.asked_pps.map_or("top x2".into(), |p| p.to_string()),
                 m.sent,
@@ -471,7 +471,7 @@ fn render(results: &[Measured], cost: &ProgramCost, mix: &[Vec<u8>], kept: usize
     let (cr, cx, ct) = (cpu(RECORDER), cpu(SENSOR), cpu(TCPDUMP));
     let _ = writeln!(
         s,
-        "| consumer CPU per million kept frames (s), all runs | {cr:.3} | {cx:.3} | {ct:.3} | {:.2} | {:.2} |",
+        "| consumer CPU per million kept frames (s), all runs | {cr:.4} | {cx:.3} | {ct:.4} | {:.3} | {:.2} |",
         cr / ct.max(1e-9),
         cx / ct.max(1e-9)
     );
@@ -501,7 +501,7 @@ fn render(results: &[Measured], cost: &ProgramCost, mix: &[Vec<u8>], kept: usize
     for m in results {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.0} | {} | {} | {:.2}% | {:.2} |",
+            "| {} | {} | {:.0} | {} | {} | {:.2}% | {:.3} |",
             m.consumer,
             m.asked_pps.map_or("top, 2 senders".into(), |p| p.to_string()),
             m.rate(),

@@ -188,7 +188,8 @@ pub fn drain_merged<S: RecordSource>(
     mut emit: impl FnMut(&RecordHeader, &[u8]),
 ) -> (usize, usize) {
     assert!(sources.len() <= MAX_SOURCES, "at most {MAX_SOURCES} rings are merged");
-    let mut heads: [Option<RecordHeader>; MAX_SOURCES] = [None; MAX_SOURCES];
+    // Each source's next record: its time, and its header.
+    let mut heads: [Option<(u64, RecordHeader)>; MAX_SOURCES] = [None; MAX_SOURCES];
     let (mut taken, mut invalid) = (0, 0);
     while taken + invalid < max {
         let mut oldest: Option<(u64, usize)> = None;
@@ -196,22 +197,21 @@ pub fn drain_merged<S: RecordSource>(
             while head.is_none() {
                 let Some(record) = source.peek() else { break };
                 match RecordHeader::parse(record) {
-                    Some((header, _)) => *head = Some(header),
+                    Some((header, _)) => *head = Some((header.timestamp_ns(), header)),
                     None => {
                         source.advance();
                         invalid += 1;
                     }
                 }
             }
-            if let Some(header) = head {
-                let ts = header.timestamp_ns();
+            if let Some((ts, _)) = *head {
                 if oldest.is_none_or(|(oldest_ts, _)| ts < oldest_ts) {
                     oldest = Some((ts, i));
                 }
             }
         }
         let Some((_, i)) = oldest else { break };
-        let header = heads[i].take().expect("the oldest head is a parsed record");
+        let (_, header) = heads[i].take().expect("the oldest head is a parsed record");
         let source = &mut sources[i];
         if let Some(record) = source.peek().and_then(|item| item.get(..RECORD_HEADER_LEN + header.cap_len as usize)) {
             emit(&header, record);

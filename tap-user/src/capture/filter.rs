@@ -9,12 +9,12 @@ use std::{
 };
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, MapError};
-
-use crate::time::WallClock;
 use tap_common::{
     config::{ConfigSlot, FLAG_V4_NETS, FLAG_V6_NETS},
     filter::{DEFAULT_RPC_RANGE, DEFAULT_SERVICE_PORTS, MAX_DC_ENTRIES, PORT_DYNAMIC_RPC, PORT_SERVICE},
 };
+
+use crate::time::WallClock;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterParseError {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tap_common::record::RecordHeader;
+use tap_common::record::{RecordHeader, RECORD_HEADER_LEN};
 
 /// Frames per batch: large enough to amortise the channel, small enough to keep latency.
 pub const BATCH_FRAMES: usize = 256;
@@ -13,20 +13,8 @@ pub const BATCH_BYTES: usize = 128 << 10;
 
 /// Length of the classic pcap record header (RFC draft-ietf-opsawg-pcap, section 5):
 /// seconds, nanoseconds (the file says nanosecond resolution), captured length, wire length.
-pub const PCAP_RECORD_HEADER: usize = 16;
-
-/// The pcap record header of a frame captured at `ts` (since the Unix epoch), `cap_len`
-/// bytes kept of `orig_len`: native byte order, nanoseconds, as the files this sensor
-/// writes say in their header.
-pub fn pcap_record_header(ts: Duration, cap_len: u32, orig_len: u32) -> [u8; PCAP_RECORD_HEADER] {
-    let mut h = [0u8; PCAP_RECORD_HEADER];
-    // pcap's 32-bit seconds field runs out in 2106.
-    h[0..4].copy_from_slice(&(ts.as_secs() as u32).to_ne_bytes());
-    h[4..8].copy_from_slice(&ts.subsec_nanos().to_ne_bytes());
-    h[8..12].copy_from_slice(&cap_len.to_ne_bytes());
-    h[12..16].copy_from_slice(&orig_len.to_ne_bytes());
-    h
-}
+/// The ring records carry the same header (`RecordHeader`).
+pub const PCAP_RECORD_HEADER: usize = RECORD_HEADER_LEN;
 
 /// Frames copied out of a ring, stored back to back in one buffer, each behind a pcap
 /// record header in native byte order. Writing a batch to a pcap file is then one
@@ -144,10 +132,13 @@ impl FrameBatch {
     /// Appends a frame captured at `ts` (since the Unix epoch) that was `orig_len` bytes
     /// long on the wire.
     pub fn push_frame(&mut self, ts: Duration, orig_len: u32, data: &[u8]) {
-        self.bytes.extend_from_slice(&pcap_record_header(ts, data.len() as u32, orig_len));
+        let timestamp_ns = ts.as_nanos() as u64;
+        // Native byte order and nanoseconds, as the files this sensor writes say in their
+        // header.
+        self.bytes.extend_from_slice(&RecordHeader::new(timestamp_ns, data.len() as u32, orig_len).to_bytes());
         let start = self.bytes.len() as u32;
         self.bytes.extend_from_slice(data);
-        self.slots.push(RawRecord { timestamp_ns: ts.as_nanos() as u64, orig_len, start, len: data.len() as u32 });
+        self.slots.push(RawRecord { timestamp_ns, orig_len, start, len: data.len() as u32 });
     }
 
     /// The frame at `index`.

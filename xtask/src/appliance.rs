@@ -29,6 +29,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _};
 
 use crate::{
+    install::Need,
     setup::Env,
     util::{note, step, Cmd},
 };
@@ -190,36 +191,25 @@ pub fn run(env: &Env, opts: &Options) -> anyhow::Result<()> {
 }
 
 /// Tools the build and the boot test run, and the Debian package of each.
-const TOOLS: &[(&str, &str)] = &[
-    ("debootstrap", "debootstrap"),
-    ("qemu-img", "qemu-utils"),
-    ("qemu-system-x86_64", "qemu-system-x86"),
-    ("syslinux", "syslinux"),
-    ("mcopy", "mtools"),
-    ("mkfs.fat", "dosfstools"),
-    ("sfdisk", "fdisk"),
-    ("mke2fs", "e2fsprogs"),
+const TOOLS: &[Need] = &[
+    Need::program("debootstrap", &["--version"], "debootstrap"),
+    Need::program("qemu-img", &["--version"], "qemu-utils"),
+    Need::program("qemu-system-x86_64", &["--version"], "qemu-system-x86"),
+    Need::program("syslinux", &["--version"], "syslinux"),
+    Need::file(MBR_CODE, "syslinux-common"),
+    Need::program("mcopy", &["--version"], "mtools"),
+    Need::program("mkfs.fat", &[], "dosfstools"),
+    Need::program("sfdisk", &["--version"], "fdisk"),
+    Need::program("mke2fs", &["-V"], "e2fsprogs"),
 ];
+/// qemu's packages come from one source package and must share its version: installing
+/// bookworm's `qemu-system-x86` beside a newer `qemu-utils` from backports removed the
+/// latter (and `qemu-img`).
+const TOOL_SETS: &[&[&str]] = &[&["qemu-system-x86", "qemu-utils"]];
 const MBR_CODE: &str = "/usr/lib/syslinux/mbr/mbr.bin";
 
-fn have(program: &str) -> bool {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .chain(["/usr/sbin".into(), "/sbin".into()])
-        .any(|dir| dir.join(program).is_file())
-}
-
 fn ensure_tools() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = TOOLS.iter().filter(|(tool, _)| !have(tool)).map(|(_, package)| *package).collect();
-    if !Path::new(MBR_CODE).is_file() {
-        missing.push("syslinux-common");
-    }
-    if missing.is_empty() {
-        note("appliance tools: present (debootstrap, qemu-img, qemu-system-x86_64, syslinux, mtools, dosfstools, sfdisk, mke2fs)");
-        return Ok(());
-    }
-    missing.dedup();
-    note(&format!("appliance tools: installing {}", missing.join(", ")));
-    crate::setup::apt_install(&missing)
+    crate::install::ensure("appliance tools", TOOLS, TOOL_SETS)
 }
 
 fn recipe_key() -> String {

@@ -100,7 +100,15 @@ fn ensure_cargo_fuzz(env: &Env) -> anyhow::Result<()> {
         return Ok(());
     }
     note(&format!("cargo-fuzz: installing {CARGO_FUZZ_VERSION} from crates.io"));
-    env.cargo().args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]).run()
+    env.cargo().args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION]).run()?;
+    if !env.cargo().args(["fuzz", "--version"]).succeeds() {
+        bail!(
+            "cargo-fuzz: installed but `cargo fuzz --version` fails (is ~/.cargo/bin on PATH?); \
+             fix: cargo install --force cargo-fuzz --version {CARGO_FUZZ_VERSION}"
+        );
+    }
+    note("cargo-fuzz: checked after installing");
+    Ok(())
 }
 
 /// libFuzzer's closing line: "Done 123456 runs in 60 second(s)".

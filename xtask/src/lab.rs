@@ -15,32 +15,48 @@ use std::{
 use anyhow::{bail, Context as _};
 
 use crate::{
-    setup::{apt_install, deb_installed, Env},
+    install::Need,
+    setup::Env,
     util::{note, step, Cmd},
 };
 
-/// Debian packages the lab runs: Samba as an AD DC (with its DNS, KDC and DRSUAPI), the
+/// What the lab runs, from Debian: Samba as an AD DC (with its DNS, KDC and DRSUAPI), the
 /// workstation tools (MIT Kerberos, smbclient/rpcclient, ldapsearch, dig), and what the
 /// scripts use around them. tcpdump, tcpreplay and iproute2 come from the global set-up.
-const LAB_APT_PACKAGES: &[&str] = &[
+const LAB_NEEDS: &[Need] = &[
+    Need::program("samba", &["--version"], "samba-ad-dc"),
+    Need::program("samba-tool", &["--version"], "samba"),
+    Need::program("smbd", &["--version"], "samba"),
+    Need::package("samba-ad-provision"),
+    Need::package("samba-dsdb-modules"),
+    Need::package("samba-vfs-modules"),
+    Need::program("winbindd", &["--version"], "winbind"),
+    Need::program("kinit", &[], "krb5-user"),
+    Need::program("kvno", &[], "krb5-user"),
+    Need::program("ldapsearch", &[], "ldap-utils"),
+    Need::program("ldbsearch", &["--version"], "ldb-tools"),
+    Need::program("smbclient", &["--version"], "smbclient"),
+    Need::program("rpcclient", &["--version"], "smbclient"),
+    Need::program("dig", &["-v"], "bind9-dnsutils"),
+    Need::program("ethtool", &["--version"], "ethtool"),
+    Need::program("ping", &["-V"], "iputils-ping"),
+    Need::package("python3-venv"),
+    Need::package("libsasl2-modules-gssapi-mit"),
+    Need::program("setfacl", &["--version"], "acl"),
+    Need::program("setfattr", &["--version"], "attr"),
+];
+/// Samba's packages are built from one source package and must share its version.
+const LAB_SETS: &[&[&str]] = &[&[
     "samba",
     "samba-ad-dc",
     "samba-ad-provision",
     "samba-dsdb-modules",
     "samba-vfs-modules",
-    "winbind",
-    "krb5-user",
-    "ldap-utils",
-    "ldb-tools",
+    "samba-common",
+    "samba-common-bin",
     "smbclient",
-    "bind9-dnsutils",
-    "ethtool",
-    "iputils-ping",
-    "python3-venv",
-    "libsasl2-modules-gssapi-mit",
-    "acl",
-    "attr",
-];
+    "winbind",
+]];
 /// impacket from PyPI, the version the lab's shim (lab/tools/impacket_samba.py) was written for.
 const IMPACKET: &str = "impacket==0.13.1";
 
@@ -81,24 +97,7 @@ fn venv_dir() -> PathBuf {
 /// Idempotent, printed: the Debian packages (without letting their scripts start Samba's
 /// daemons on the host) and impacket in a venv outside the source tree.
 pub fn ensure_installed() -> anyhow::Result<()> {
-    let missing: Vec<&str> = LAB_APT_PACKAGES.iter().copied().filter(|p| !deb_installed(p)).collect();
-    if missing.is_empty() {
-        note(&format!("lab Debian packages: present ({})", LAB_APT_PACKAGES.join(", ")));
-    } else {
-        note(&format!("lab Debian packages: installing {}", missing.join(", ")));
-        // policy-rc.d exit 101: package scripts must not start smbd/nmbd/samba on the host.
-        let policy = Path::new("/usr/sbin/policy-rc.d");
-        let made_policy = !policy.exists();
-        if made_policy {
-            std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
-            std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        }
-        let result = apt_install(&missing);
-        if made_policy {
-            let _ = std::fs::remove_file(policy);
-        }
-        result.context("apt-get install of the lab's packages failed")?;
-    }
+    crate::install::ensure_with("lab Debian packages", LAB_NEEDS, LAB_SETS, PolicyRcD::install)?;
     let venv = venv_dir();
     if venv.join("bin/GetUserSPNs.py").exists() {
         note(&format!("impacket: present in {}", venv.display()));
@@ -106,8 +105,39 @@ pub fn ensure_installed() -> anyhow::Result<()> {
         note(&format!("impacket: installing {IMPACKET} from PyPI into {}", venv.display()));
         Cmd::new("python3").arg("-m").arg("venv").arg(&venv).run()?;
         Cmd::new(venv.join("bin/pip")).args(["install", "-q", IMPACKET]).run()?;
+        if !venv.join("bin/GetUserSPNs.py").exists() {
+            bail!(
+                "impacket: pip reported success but {} has no GetUserSPNs.py; fix: rm -rf {} and re-run",
+                venv.display(),
+                venv.display()
+            );
+        }
     }
     Ok(())
+}
+
+/// `/usr/sbin/policy-rc.d` answering 101 while packages install, so their scripts do not
+/// start smbd, nmbd or samba on the host; removed on drop when it made it.
+struct PolicyRcD(Option<PathBuf>);
+
+impl PolicyRcD {
+    fn install() -> anyhow::Result<Self> {
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        if policy.exists() {
+            return Ok(Self(None));
+        }
+        std::fs::write(policy, "#!/bin/sh\nexit 101\n")?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        Ok(Self(Some(policy.to_path_buf())))
+    }
+}
+
+impl Drop for PolicyRcD {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// The lab's state folder and the environment its scripts run with.
@@ -434,25 +464,12 @@ fn settle(lab: &Lab) -> anyhow::Result<BTreeMap<i64, Alert>> {
     Ok(last.1)
 }
 
-/// Why the live lab cannot run here, if it cannot.
-fn cannot_run() -> Option<String> {
-    if !Path::new("/usr/sbin/ip").exists() && !Path::new("/sbin/ip").exists() && !Path::new("/bin/ip").exists() {
-        return Some("iproute2's ip is missing".into());
-    }
-    if let Err(e) = ensure_installed() {
-        return Some(format!("Samba or impacket cannot be installed: {e:#}"));
-    }
-    None
-}
-
 /// The end-to-end lab suite of `cargo xtask test`: lab up, the sensor with XDP on the SPAN
 /// port and the cloud on loopback, every scenario, and per scenario the alerts the cloud
 /// raised against `EXPECTATIONS`; lab down whatever happens.
 pub fn e2e(env: &Env) -> anyhow::Result<()> {
-    if let Some(why) = cannot_run() {
-        note(&format!("SKIPPED lab end-to-end suite: {why}"));
-        return Ok(());
-    }
+    // Never skipped: a machine where the set-up succeeded can run the lab.
+    ensure_installed().context("the lab end-to-end suite needs Samba and impacket")?;
     // Debug builds: `cargo test` has just built them under `cargo xtask test`.
     let bin = env.root.join("target/debug");
     env.cargo().args(["build", "-p", "tap-user", "-p", "tap-cloud"]).run()?;

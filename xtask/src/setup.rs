@@ -10,16 +10,32 @@ use std::{
 
 use anyhow::{bail, Context as _};
 
-use crate::util::{note, step, Cmd};
+use crate::{
+    install::{self, Need},
+    util::{note, step, Cmd},
+};
 
 /// bpf-linker release known to work with aya 0.14 and the nightly's LLVM 22 (TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages the tests, demo and benchmarks run: tcpreplay/trafgen generate traffic,
-/// tcpdump is the benchmark's peer, bpftool inspects programs, iproute2 builds the veth lab,
-/// tshark is the reference the reassembly is checked against, GNU time measures peak RSS,
-/// chromium is the headless browser the portal's browser test drives.
-const APT_PACKAGES: &[&str] =
-    &["tcpreplay", "tcpdump", "netsniff-ng", "bpftool", "iproute2", "tshark", "time", "systemd", "chromium"];
+/// What the tests, demo and benchmarks run, from Debian: tcpreplay/trafgen generate
+/// traffic, tcpdump is the benchmark's peer, bpftool inspects programs, iproute2 builds the
+/// veth lab, tshark is the reference the reassembly is checked against, editcap writes the
+/// pcapng files the reader is tested on and capinfos reads their resolution, GNU time measures peak RSS, systemd-analyze
+/// checks the units, chromium is the headless browser the portal's browser test drives.
+const DEBIAN_NEEDS: &[Need] = &[
+    Need::program("tcpreplay", &["-V"], "tcpreplay"),
+    Need::program("tcpdump", &["--version"], "tcpdump"),
+    Need::program("trafgen", &[], "netsniff-ng"),
+    Need::program("bpftool", &["version"], "bpftool"),
+    Need::program("ip", &["-V"], "iproute2"),
+    Need::program("tshark", &["--version"], "tshark"),
+    Need::program("editcap", &["--version"], "wireshark-common"),
+    Need::program("capinfos", &["--version"], "wireshark-common"),
+    Need::file("/usr/bin/time", "time"),
+    Need::program("systemd-analyze", &["--version"], "systemd"),
+    Need::program("systemd-run", &["--version"], "systemd"),
+    Need::program("chromium", &["--version"], "chromium"),
+];
 /// playwright-core (npm) drives Debian's chromium in `tap-cloud/tests/browser.rs`; it
 /// downloads no browser of its own. Installed outside the source tree (`playwright_dir`).
 const PLAYWRIGHT_CORE_VERSION: &str = "1.65.1";
@@ -109,33 +125,7 @@ fn ensure_bpffs() -> anyhow::Result<()> {
 }
 
 fn ensure_apt_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !deb_installed(p)).collect();
-    if missing.is_empty() {
-        note(&format!("Debian packages: present ({})", APT_PACKAGES.join(", ")));
-        return Ok(());
-    }
-    note(&format!("Debian packages: installing {}", missing.join(", ")));
-    apt_install(&missing)
-}
-
-/// Whether a Debian package is installed (dpkg's status).
-pub(crate) fn deb_installed(package: &str) -> bool {
-    Cmd::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-/// `apt-get update`, then installs `packages` without recommends and without questions;
-/// the one way every set-up step installs Debian packages.
-pub(crate) fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
-    Cmd::new("apt-get").args(["update", "-qq"]).run()?;
-    Cmd::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(packages)
-        .run()
-        .context("apt-get install failed; install the packages above by hand and re-run")
+    install::ensure("Debian packages", DEBIAN_NEEDS, &[])
 }
 
 /// Node.js 20 or later (playwright-core's minimum) and playwright-core in `playwright_dir()`.
@@ -145,8 +135,12 @@ fn ensure_playwright() -> anyhow::Result<()> {
         String::from_utf8_lossy(&out.stdout).trim().trim_start_matches('v').split('.').next()?.parse::<u32>().ok()
     };
     if node_major().is_none() || !Cmd::new("npm").arg("--version").succeeds() {
-        note("Node.js: installing nodejs and npm");
-        apt_install(&["nodejs", "npm"])?;
+        // nodejs and npm as one set: a machine's nodejs may come from elsewhere than Debian.
+        install::ensure(
+            "Node.js",
+            &[Need::program("node", &["--version"], "nodejs"), Need::program("npm", &["--version"], "npm")],
+            &[&["nodejs", "npm"]],
+        )?;
     }
     match node_major() {
         Some(major) if major >= 20 => note(&format!("Node.js: present (major version {major})")),
@@ -169,7 +163,15 @@ fn ensure_playwright() -> anyhow::Result<()> {
         .arg(&dir)
         .arg(format!("playwright-core@{PLAYWRIGHT_CORE_VERSION}"))
         .run()
-        .context("npm install playwright-core failed")
+        .context("npm install playwright-core failed")?;
+    if !manifest.is_file() {
+        bail!(
+            "playwright-core: npm reported success but {} is missing; fix: npm install --prefix {} playwright-core@{PLAYWRIGHT_CORE_VERSION}",
+            manifest.display(),
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn nightly_sysroot() -> anyhow::Result<PathBuf> {
@@ -191,7 +193,14 @@ fn ensure_rust_src() -> anyhow::Result<()> {
         return Ok(());
     }
     note("nightly rust-src: installing");
-    Cmd::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]).run()
+    Cmd::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]).run()?;
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        bail!(
+            "nightly rust-src: rustup reported success but {} has no library/core; fix: rustup component add rust-src --toolchain nightly",
+            sysroot.display()
+        );
+    }
+    Ok(())
 }
 
 /// The nightly's LLVM shared library (`libLLVM.so.<major>.<minor>-rust-…`) and its major

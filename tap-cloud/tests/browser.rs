@@ -8,8 +8,8 @@
 //! capture is replayed, the host, account, activity and sensors pages, sign out. A PNG
 //! screenshot of each main page lands in `target/test-output/browser/`.
 //!
-//! Needs `../shared/adlab/pcaps` (skipped without it), and node, chromium and
-//! playwright-core, which `cargo xtask setup` installs: without them the test says why
+//! Runs on the project's own lab captures (`lab/pcaps`). Needs node, chromium and
+//! playwright-core, which `cargo xtask setup` installs: without them the test reports why
 //! it skips, and fails instead under `cargo xtask test` (`DCTAP_REQUIRE_LIVE=1`).
 
 use std::{
@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tap_testkit::shared::lab_pcaps;
+use tap_testkit::shared::project_lab_capture;
 
 const TEST: &str = "an_analyst_triages_the_kerberoasting_incident_in_chromium";
 /// The screenshots the script saves, in order; each must be a real picture of a page.
@@ -136,23 +136,14 @@ fn random_password() -> String {
 
 #[test]
 fn an_analyst_triages_the_kerberoasting_incident_in_chromium() {
-    let pcaps = lab_pcaps();
-    let capture = |name: &str| pcaps.iter().find(|p| p.file_stem().is_some_and(|s| s == name)).cloned();
-    let (Some(benign), Some(kerberoasting), Some(recon)) =
-        (capture("01_normal_logons"), capture("03_kerberoasting"), capture("05_ldap_recon"))
-    else {
-        eprintln!(
-            "SKIPPED {TEST}: ../shared/adlab/pcaps (01_normal_logons, 03_kerberoasting, 05_ldap_recon) not found"
-        );
-        return;
-    };
+    let attack = project_lab_capture("03_kerberoasting");
+    let (benign, kerberoasting, recon) =
+        (project_lab_capture("01_normal_logons").path, attack.path.clone(), project_lab_capture("05_ldap_recon").path);
+    let (since, until) = scenario_seconds(&attack.path, "03_kerberoasting");
     let browser = match browser_prerequisites() {
         Ok(b) => b,
-        Err(why) if std::env::var("DCTAP_REQUIRE_LIVE").as_deref() == Ok("1") => {
-            panic!("{TEST}: required under cargo xtask test but cannot run: {why}")
-        }
         Err(why) => {
-            eprintln!("SKIPPED {TEST}: {why} (cargo xtask setup installs it)");
+            assert!(!tap_testkit::skip::unless_missing(TEST, Some(why)));
             return;
         }
     };
@@ -210,6 +201,9 @@ fn an_analyst_triages_the_kerberoasting_incident_in_chromium() {
         .env("DCTAP_USER", "ana")
         .env("DCTAP_PASSWORD", &password)
         .env("DCTAP_OUT", &out)
+        .env("DCTAP_ATTACKER", &attack.client_ip)
+        .env("DCTAP_ATTACK_SINCE", &since)
+        .env("DCTAP_ATTACK_UNTIL", &until)
         .env("DCTAP_PLAYWRIGHT_DIR", &browser.playwright)
         .env("DCTAP_CHROMIUM", &browser.chromium)
         .stdout(Stdio::piped())
@@ -267,4 +261,26 @@ fn an_analyst_triages_the_kerberoasting_incident_in_chromium() {
         loaded.as_secs_f64(),
         out.display()
     );
+}
+
+/// A lab scenario's first and last second (UTC, as the portal writes times), from the
+/// labels beside its capture.
+fn scenario_seconds(pcap: &Path, key: &str) -> (String, String) {
+    let labels: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(pcap.with_file_name("labels.json")).unwrap()).unwrap();
+    let scenario = labels["scenarios"].as_array().unwrap().iter().find(|s| s["key"] == key).unwrap();
+    let utc = |secs: f64| {
+        let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    };
+    let (start, end) = (scenario["start_epoch"].as_f64().unwrap(), scenario["end_epoch"].as_f64().unwrap());
+    (utc(start.floor()), utc(end.ceil()))
 }

@@ -57,7 +57,10 @@ fn every_detection_fires_on_the_project_lab_captures_and_nothing_else_does() {
 #[test]
 fn the_reference_lab_and_public_attack_captures_raise_their_alerts() {
     if !tap_testkit::shared::shared_dir().exists() {
-        eprintln!("SKIPPED the_reference_lab_and_public_attack_captures_raise_their_alerts: ../shared not found");
+        tap_testkit::skip::skipped(
+            "the_reference_lab_and_public_attack_captures_raise_their_alerts",
+            &tap_testkit::skip::no_shared("../shared"),
+        );
         return;
     }
     let (ran, failures) = failures(|l| !l.path.starts_with("lab/"));

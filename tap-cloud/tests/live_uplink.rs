@@ -12,7 +12,7 @@ use std::{
 use tap_testkit::{
     netns::{live_or_skip, SpanPair},
     sensor::SensorProcess,
-    shared::lab_pcaps,
+    shared::project_lab_capture,
 };
 
 fn ok(cmd: &mut Command) -> std::process::Output {
@@ -119,15 +119,10 @@ fn a_live_capture_streams_every_event_and_the_spray_is_detected() {
     if !live_or_skip("a_live_capture_streams_every_event_and_the_spray_is_detected") {
         return;
     }
-    let Some(pcap) = lab_pcaps().into_iter().find(|p| p.to_string_lossy().contains("password_spray")) else {
-        eprintln!(
-            "SKIPPED a_live_capture_streams_every_event_and_the_spray_is_detected: ../shared/adlab/pcaps not found"
-        );
-        return;
-    };
+    let spray = project_lab_capture("02_password_spray");
     let mut site = LiveSite::start("uplink", "live");
-    let sensor = site.start_sensor("10.77.0.10", &[]);
-    let sent = site.pair.replay(&pcap, Some(5_000), 1).unwrap();
+    let sensor = site.start_sensor(&spray.dc_ip, &[]);
+    let sent = site.pair.replay(&spray.path, Some(5_000), 1).unwrap();
     assert!(sent > 500);
     std::thread::sleep(Duration::from_millis(500));
     let counters = sensor.stop().unwrap();
@@ -151,14 +146,17 @@ fn a_live_capture_streams_every_event_and_the_spray_is_detected() {
     assert_eq!(stats["events"].as_u64(), Some(events), "the cloud holds each event once");
     for detection in ["password_spray", "brute_force"] {
         assert!(
-            alerts.lines().any(|l| l.contains(&format!("\"detection\":\"{detection}\"")) && l.contains("10.77.0.20")),
-            "no {detection} alert from 10.77.0.20: {alerts}"
+            alerts
+                .lines()
+                .any(|l| l.contains(&format!("\"detection\":\"{detection}\"")) && l.contains(&spray.client_ip)),
+            "no {detection} alert from {}: {alerts}",
+            spray.client_ip
         );
     }
     // Registration and the heartbeat (sent as the session opens) reached the registry.
     let list = site.cloud_cli(&["sensors", "list", "--json"]);
     let sensor: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
-    assert_eq!(sensor["monitored_dcs"], serde_json::json!(["10.77.0.10"]));
+    assert_eq!(sensor["monitored_dcs"], serde_json::json!([spray.dc_ip]));
     assert!(sensor["capabilities"].as_array().unwrap().iter().any(|c| c == "capture"), "{sensor}");
     assert_eq!(sensor["version"], env!("CARGO_PKG_VERSION"));
     assert!(sensor["last_heartbeat_unix_ns"].as_i64().is_some(), "{sensor}");

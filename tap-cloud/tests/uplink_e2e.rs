@@ -5,8 +5,8 @@
 //! for the whole replay gets everything when it starts; a wrong certificate, an unknown
 //! sensor and a revoked key are refused.
 //!
-//! Needs `../shared/adlab/pcaps` (skipped with a message when absent) and the tap-sensor
-//! binary beside tap-cloud's (`cargo test --workspace` builds both).
+//! Runs on the project's own lab captures (`lab/pcaps`) and needs the tap-sensor binary
+//! beside tap-cloud's (`cargo test --workspace` builds both).
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tap_testkit::shared::lab_pcaps;
+use tap_testkit::shared::project_lab_pcaps;
 
 const SENSOR_ID: &str = "lab-sensor";
 
@@ -172,20 +172,9 @@ fn assert_same(got: &BTreeMap<String, usize>, want: &BTreeMap<String, usize>) {
     );
 }
 
-fn lab_or_skip(test: &str) -> Option<Vec<PathBuf>> {
-    let pcaps = lab_pcaps();
-    if pcaps.is_empty() {
-        eprintln!("SKIPPED {test}: ../shared/adlab/pcaps not found");
-        return None;
-    }
-    Some(pcaps)
-}
-
 #[test]
 fn every_event_arrives_once_through_cloud_restarts_and_a_killed_sensor() {
-    let Some(pcaps) = lab_or_skip("every_event_arrives_once_through_cloud_restarts_and_a_killed_sensor") else {
-        return;
-    };
+    let pcaps = project_lab_pcaps();
     let want = expected(&pcaps);
     assert!(total(&want) > 500, "the lab captures give {} events", total(&want));
     let site = Site::new("restarts");
@@ -236,9 +225,7 @@ fn every_event_arrives_once_through_cloud_restarts_and_a_killed_sensor() {
 
 #[test]
 fn a_cloud_away_for_the_whole_replay_gets_everything_when_it_starts() {
-    let Some(pcaps) = lab_or_skip("a_cloud_away_for_the_whole_replay_gets_everything_when_it_starts") else {
-        return;
-    };
+    let pcaps = project_lab_pcaps();
     let pcap = pcaps.iter().find(|p| p.to_string_lossy().contains("password_spray")).unwrap_or(&pcaps[0]);
     let want = expected(std::slice::from_ref(pcap));
     let site = Site::new("away");
@@ -258,13 +245,34 @@ fn a_cloud_away_for_the_whole_replay_gets_everything_when_it_starts() {
     assert_same(&got, &want);
 }
 
+/// `tap-sensor --read - --cloud`: a capture from a pipe (as `tcpdump -r -` reads) arrives
+/// whole; only the guard against re-sending a re-read file is off, and the run says so.
+#[test]
+fn a_capture_read_from_a_pipe_reaches_the_cloud() {
+    let pcap = tap_testkit::shared::project_lab_capture("04_asrep_roasting").path;
+    let want = expected(std::slice::from_ref(&pcap));
+    assert!(total(&want) > 10);
+    let site = Site::new("pipe");
+    let mut cloud = site.start_cloud();
+    let mut sensor = site.sensor(Path::new("-"), SENSOR_ID, &site.dir.join("certs"), &[]);
+    let mut child = sensor.stdin(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let bytes = std::fs::read(&pcap).unwrap();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &bytes));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sensor: {stderr}");
+    assert!(stderr.contains("is not a regular file"), "the run says the re-read guard is off: {stderr}");
+    let (got, _) = site.stored();
+    cloud.kill().unwrap();
+    cloud.wait().unwrap();
+    assert_same(&got, &want);
+}
+
 #[test]
 fn a_wrong_certificate_an_unknown_sensor_a_borrowed_certificate_and_a_revoked_key_are_refused() {
-    let Some(pcaps) =
-        lab_or_skip("a_wrong_certificate_an_unknown_sensor_a_borrowed_certificate_and_a_revoked_key_are_refused")
-    else {
-        return;
-    };
+    let pcaps = project_lab_pcaps();
     let pcap = pcaps.iter().find(|p| p.to_string_lossy().contains("dns")).unwrap_or(&pcaps[0]);
     let site = Site::new("refused");
     let mut cloud = site.start_cloud();
@@ -316,9 +324,7 @@ fn a_wrong_certificate_an_unknown_sensor_a_borrowed_certificate_and_a_revoked_ke
 
 #[test]
 fn sighup_makes_the_sensor_reconnect_with_a_rotated_key() {
-    let Some(pcaps) = lab_or_skip("sighup_makes_the_sensor_reconnect_with_a_rotated_key") else {
-        return;
-    };
+    let pcaps = project_lab_pcaps();
     let pcap = pcaps.iter().find(|p| p.to_string_lossy().contains("password_spray")).unwrap_or(&pcaps[0]);
     let want = expected(std::slice::from_ref(pcap));
     let site = Site::new("rotate");
@@ -360,9 +366,7 @@ fn wait_for_log(site: &Site, text: &str) {
 /// a damaged file on a later SIGHUP leaves the working certificates in force.
 #[test]
 fn sighup_makes_the_cloud_load_new_certificates() {
-    let Some(pcaps) = lab_or_skip("sighup_makes_the_cloud_load_new_certificates") else {
-        return;
-    };
+    let pcaps = project_lab_pcaps();
     let pcap = pcaps.iter().find(|p| p.to_string_lossy().contains("dns")).unwrap_or(&pcaps[0]);
     let want = expected(std::slice::from_ref(pcap));
     let site = Site::new("certreload");

@@ -11,3 +11,4 @@ pub mod pcap;
 pub mod replay;
 pub mod sensor;
 pub mod shared;
+pub mod skip;

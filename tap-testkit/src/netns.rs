@@ -188,19 +188,10 @@ pub fn live_prerequisites() -> Result<(), String> {
     Ok(())
 }
 
-/// For a live test: returns false (and says why) when it must be skipped; panics instead
-/// when `DCTAP_REQUIRE_LIVE=1` (set by `cargo xtask test`), so CI never skips silently.
+/// For a live test: returns false (and reports the skip) when it cannot run here; panics
+/// instead under `cargo xtask test` (`DCTAP_REQUIRE_LIVE=1`), so CI never skips.
 pub fn live_or_skip(test: &str) -> bool {
-    match live_prerequisites() {
-        Ok(()) => true,
-        Err(why) if std::env::var("DCTAP_REQUIRE_LIVE").as_deref() == Ok("1") => {
-            panic!("{test}: live test required but cannot run: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
+    crate::skip::unless_missing(test, live_prerequisites().err())
 }
 
 #[cfg(test)]

@@ -13,7 +13,10 @@ fn ntlm_auths_match_arkimes_expected_sessions() {
     let dir = tap_testkit::shared::shared_dir().join("corpus/arkime/ntlm_synthetic");
     let (pcap, expected) = (dir.join("ntlm_synthetic.pcap"), dir.join("expected/ntlm_synthetic.test.json"));
     if !pcap.exists() || !expected.exists() {
-        eprintln!("SKIPPED ntlm_auths_match_arkimes_expected_sessions: {} not found", dir.display());
+        tap_testkit::skip::skipped(
+            "ntlm_auths_match_arkimes_expected_sessions",
+            &tap_testkit::skip::no_shared(&dir.display().to_string()),
+        );
         return;
     }
     let out = Command::new(env!("CARGO_BIN_EXE_tap-sensor")).arg("--read").arg(&pcap).arg("--json").output().unwrap();

@@ -266,7 +266,7 @@ fn take_match(ours: &mut HashMap<(String, String), usize>, proto: &str, key: &st
 fn corpus_truth_agreement() {
     let dirs = truth_dirs();
     if dirs.is_empty() {
-        eprintln!("SKIPPED corpus_truth_agreement: ../shared/corpus with truth.tsv files not found");
+        tap_testkit::skip::skipped("corpus_truth_agreement", &tap_testkit::skip::no_shared("../shared/corpus"));
         return;
     }
     let verbose = std::env::var("DCTAP_CONFORMANCE_VERBOSE").is_ok();
@@ -313,14 +313,18 @@ fn corpus_truth_agreement() {
 fn epm_replies_teach_the_dynamic_ports() {
     let dirs = truth_dirs();
     if dirs.is_empty() {
-        eprintln!("SKIPPED epm_replies_teach_the_dynamic_ports: ../shared/corpus not found");
+        tap_testkit::skip::skipped(
+            "epm_replies_teach_the_dynamic_ports",
+            &tap_testkit::skip::no_shared("../shared/corpus"),
+        );
         return;
     }
     let tshark =
         std::process::Command::new("tshark").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
-    if !tshark {
-        assert!(std::env::var("DCTAP_REQUIRE_LIVE").as_deref() != Ok("1"), "tshark is required under cargo xtask test");
-        eprintln!("SKIPPED epm_replies_teach_the_dynamic_ports: tshark is not installed");
+    if !tap_testkit::skip::unless_missing(
+        "epm_replies_teach_the_dynamic_ports",
+        (!tshark).then(|| "tshark is not installed".into()),
+    ) {
         return;
     }
     let mut learned_total = 0;

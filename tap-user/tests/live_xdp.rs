@@ -234,7 +234,10 @@ fn replies_captured_on_another_cpu_stay_after_their_requests() {
         return;
     }
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        eprintln!("SKIPPED replies_captured_on_another_cpu_stay_after_their_requests: one CPU, one ring");
+        tap_testkit::skip::skipped(
+            "replies_captured_on_another_cpu_stay_after_their_requests",
+            "this machine has one CPU, so one ring",
+        );
         return;
     }
     let dir = TempDir::new("order");

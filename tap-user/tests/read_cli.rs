@@ -2,9 +2,18 @@
 //! fragments, SPAN duplicates tagged with another VLAN and reordered segments comes out as
 //! the right byte counts; more workers give the same totals; bad input gets a clear error.
 
-use std::{collections::HashMap, net::Ipv4Addr, path::PathBuf, process::Command, time::Duration};
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
-use tap_testkit::frame::{self, Tags, L4};
+use tap_testkit::{
+    frame::{self, Tags, L4},
+    shared::LabCapture,
+};
 
 fn sensor(args: &[&str]) -> (bool, HashMap<String, u64>, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tap-sensor")).args(args).output().unwrap();
@@ -77,15 +86,7 @@ fn offline_mode_reassembles_fragments_duplicates_and_reordering() {
 
 #[test]
 fn more_workers_give_the_same_totals_on_the_lab_captures() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/adlab/pcaps");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        eprintln!("SKIPPED more_workers_give_the_same_totals: ../shared/adlab/pcaps not found");
-        return;
-    };
-    let mut files: Vec<PathBuf> =
-        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "pcap")).collect();
-    files.sort();
-    for f in files {
+    for f in tap_testkit::shared::lab_pcaps() {
         let (ok1, one, e1) = sensor(&["--read", f.to_str().unwrap(), "--workers", "1"]);
         let (ok4, four, e4) = sensor(&["--read", f.to_str().unwrap(), "--workers", "4"]);
         assert!(ok1 && ok4, "{e1}{e4}");
@@ -136,11 +137,13 @@ fn bad_input_is_refused_with_the_reason() {
 
 #[test]
 fn json_lines_are_the_events_and_the_report_moves_to_stderr() {
-    let pcap = tap_testkit::shared::shared_dir().join("adlab/pcaps/04_asrep_roasting.pcap");
-    if !pcap.exists() {
-        eprintln!("SKIPPED json_lines_are_the_events: {} not found", pcap.display());
-        return;
+    for capture in lab_captures_named("04_asrep_roasting") {
+        json_lines_of_asrep_roasting(&capture);
     }
+}
+
+fn json_lines_of_asrep_roasting(capture: &LabCapture) {
+    let pcap = &capture.path;
     let out = Command::new(env!("CARGO_BIN_EXE_tap-sensor"))
         .args(["--read", pcap.to_str().unwrap(), "--json", "--sensor-id", "lab-sensor-1"])
         .output()
@@ -160,7 +163,7 @@ fn json_lines_are_the_events_and_the_report_moves_to_stderr() {
         assert_eq!(e["sensor_id"], "lab-sensor-1");
         assert_eq!(e["seq"], i as u64 + 1);
         assert!(["kerberos", "ldap", "dns", "ntlm"].contains(&e["protocol"].as_str().unwrap()), "{e}");
-        assert_eq!(e["dc_ip"], "10.77.0.10");
+        assert_eq!(e["dc_ip"], capture.dc_ip.as_str());
     }
     // AS-REP roasting: AS-REQs without PA-ENC-TIMESTAMP answered with an AS-REP whose
     // encrypted part the requester can attack offline.
@@ -176,14 +179,13 @@ fn json_lines_are_the_events_and_the_report_moves_to_stderr() {
 /// over readable LDAP), the search results name the domain's administrators, and only them.
 #[test]
 fn ldap_results_name_the_privileged_accounts_of_a_real_directory() {
-    let Some(pcap) = tap_testkit::shared::lab_pcaps().into_iter().find(|p| p.ends_with("05_ldap_recon.pcap")) else {
-        eprintln!(
-            "SKIPPED ldap_results_name_the_privileged_accounts_of_a_real_directory: ../shared/adlab/pcaps not found"
-        );
-        return;
-    };
-    let out =
-        Command::new(env!("CARGO_BIN_EXE_tap-sensor")).arg("--read").arg(&pcap).args(["--json"]).output().unwrap();
+    for capture in lab_captures_named("05_ldap_recon") {
+        privileged_accounts_of(&capture.path);
+    }
+}
+
+fn privileged_accounts_of(pcap: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tap-sensor")).arg("--read").arg(pcap).args(["--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut named = std::collections::BTreeSet::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -205,12 +207,6 @@ fn ldap_results_name_the_privileged_accounts_of_a_real_directory() {
 /// logons "pre-authentication required" is "continue"; wrong passwords are "failure".
 #[test]
 fn kerberos_steps_are_not_failures_but_wrong_passwords_are() {
-    let pcaps = tap_testkit::shared::lab_pcaps();
-    let find = |name: &str| pcaps.iter().find(|p| p.ends_with(name)).cloned();
-    let (Some(normal), Some(spray)) = (find("01_normal_logons.pcap"), find("02_password_spray.pcap")) else {
-        eprintln!("SKIPPED kerberos_steps_are_not_failures_but_wrong_passwords_are: ../shared/adlab/pcaps not found");
-        return;
-    };
     let results = |pcap: &PathBuf| -> HashMap<(i64, String), usize> {
         let out =
             Command::new(env!("CARGO_BIN_EXE_tap-sensor")).arg("--read").arg(pcap).arg("--json").output().unwrap();
@@ -224,9 +220,24 @@ fn kerberos_steps_are_not_failures_but_wrong_passwords_are() {
         }
         by
     };
-    let normal = results(&normal);
-    assert!(normal.get(&(25, "continue".into())).is_some_and(|&n| n > 0), "{normal:?}");
-    assert!(!normal.keys().any(|(code, r)| *code == 25 && r != "continue"), "{normal:?}");
-    let spray = results(&spray);
-    assert!(spray.get(&(24, "failure".into())).is_some_and(|&n| n >= 10), "{spray:?}");
+    for normal in lab_captures_named("01_normal_logons") {
+        let normal = results(&normal.path);
+        assert!(normal.get(&(25, "continue".into())).is_some_and(|&n| n > 0), "{normal:?}");
+        assert!(!normal.keys().any(|(code, r)| *code == 25 && r != "continue"), "{normal:?}");
+    }
+    for spray in lab_captures_named("02_password_spray") {
+        let spray = results(&spray.path);
+        assert!(spray.get(&(24, "failure".into())).is_some_and(|&n| n >= 10), "{spray:?}");
+    }
+}
+
+/// The lab captures of this name: the project's (always) and the reference lab's (with
+/// ../shared).
+fn lab_captures_named(stem: &str) -> Vec<LabCapture> {
+    let found: Vec<LabCapture> = tap_testkit::shared::lab_captures()
+        .into_iter()
+        .filter(|c| c.path.file_stem().is_some_and(|s| s == stem))
+        .collect();
+    assert!(!found.is_empty(), "no lab capture {stem}.pcap");
+    found
 }

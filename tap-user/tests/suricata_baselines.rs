@@ -656,7 +656,10 @@ fn judge(filter: &Yaml, recs: &[Rec], left_out: &mut BTreeMap<String, &'static s
 fn suricata_baselines_agreement() {
     let corpus = shared_dir().join("corpus");
     let Some(manifest) = corpus_manifest() else {
-        eprintln!("SKIPPED suricata_baselines_agreement: {} not found", corpus.display());
+        tap_testkit::skip::skipped(
+            "suricata_baselines_agreement",
+            &tap_testkit::skip::no_shared(&corpus.display().to_string()),
+        );
         return;
     };
     let verbose = std::env::var("DCTAP_CONFORMANCE_VERBOSE").is_ok();
@@ -728,7 +731,10 @@ fn suricata_baselines_agreement() {
         }
     }
     if captures == 0 {
-        eprintln!("SKIPPED suricata_baselines_agreement: no suricata-verify tests in {}", corpus.display());
+        tap_testkit::skip::skipped(
+            "suricata_baselines_agreement",
+            &format!("no suricata-verify tests in {}", corpus.display()),
+        );
         return;
     }
     if verbose {

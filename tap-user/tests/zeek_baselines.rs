@@ -491,7 +491,10 @@ struct Tally {
 fn zeek_baselines_agreement() {
     let corpus = shared_dir().join("corpus");
     let Some(manifest) = corpus_manifest() else {
-        eprintln!("SKIPPED zeek_baselines_agreement: {} not found", corpus.display());
+        tap_testkit::skip::skipped(
+            "zeek_baselines_agreement",
+            &tap_testkit::skip::no_shared(&corpus.display().to_string()),
+        );
         return;
     };
     let verbose = std::env::var("DCTAP_CONFORMANCE_VERBOSE").is_ok();
@@ -554,7 +557,7 @@ fn zeek_baselines_agreement() {
         }
     }
     if captures == 0 {
-        eprintln!("SKIPPED zeek_baselines_agreement: no Zeek baselines in {}", corpus.display());
+        tap_testkit::skip::skipped("zeek_baselines_agreement", &format!("no Zeek baselines in {}", corpus.display()));
         return;
     }
     eprintln!("\nZeek baselines of {captures} captures: rows and fields compared / matched");

@@ -23,6 +23,8 @@ const base = env('DCTAP_URL');
 const user = env('DCTAP_USER');
 const password = env('DCTAP_PASSWORD');
 const out = env('DCTAP_OUT');
+// The workstation the lab's attacks come from.
+const attacker = env('DCTAP_ATTACKER');
 const require = createRequire(path.join(env('DCTAP_PLAYWRIGHT_DIR'), 'package.json'));
 const { chromium } = require('playwright-core');
 
@@ -58,7 +60,7 @@ try {
   page.on('pageerror', (e) => pageErrors.push(String(e)));
 
   // 1. Nothing without a session: pages go to the sign-in form, the API answers 401.
-  for (const p of ['/incidents', '/incidents/1', '/sensors', '/activity', '/accounts/alice', '/hosts/10.77.0.20']) {
+  for (const p of ['/incidents', '/incidents/1', '/sensors', '/activity', '/accounts/alice', `/hosts/${attacker}`]) {
     await page.goto(base + p);
     check(pathOf(page) === '/login', `without a session ${p} redirects to the sign-in form`, page.url());
   }
@@ -91,7 +93,7 @@ try {
   // 4. The incident for the Kerberoasting capture is in the list.
   const row = page.locator('table tr', { hasText: 'Kerberoasting' }).first();
   await row.waitFor();
-  check((await row.textContent()).includes('10.77.0.20'), 'the Kerberoasting incident is listed with the attacking host');
+  check((await row.textContent()).includes(attacker), 'the Kerberoasting incident is listed with the attacking host');
   const alertsBefore = Number(await row.locator('td.alerts').textContent());
 
   // 5. New alerts are announced without a reload: the test replays another capture of the
@@ -125,7 +127,7 @@ try {
   check((await form.locator('input[name=csrf]').inputValue()).length >= 32, 'the change form carries a CSRF token');
   await form.locator('select[name=status]').selectOption('in_progress');
   await form.locator('input[name=assignee]').fill(user);
-  await form.locator('textarea[name=comment]').fill('SPN tickets requested with RC4 from 10.77.0.20; checking the host.');
+  await form.locator('textarea[name=comment]').fill(`SPN tickets requested with RC4 from ${attacker}; checking the host.`);
   await Promise.all([
     page.waitForResponse((r) => r.url() === incidentUrl && r.request().method() === 'GET'),
     form.locator('button').click(),
@@ -147,7 +149,7 @@ try {
   check((await list.json()).incidents.some((i) => i.id === incidentId), 'the incident is listed under in_progress');
 
   // 8. The other main pages, reached through the links an analyst follows.
-  await Promise.all([page.waitForURL('**/hosts/10.77.0.20'), page.locator('.timeline a[href="/hosts/10.77.0.20"]').first().click()]);
+  await Promise.all([page.waitForURL(`**/hosts/${attacker}`), page.locator(`.timeline a[href="/hosts/${attacker}"]`).first().click()]);
   check((await page.textContent('main')).includes('Kerberoasting'), 'the host page lists the host\'s alerts');
   await shot(page, 'host');
   await Promise.all([page.waitForURL('**/accounts/alice'), page.locator('main a[href="/accounts/alice"]').first().click()]);
@@ -160,14 +162,16 @@ try {
   await Promise.all([page.waitForURL('**/activity?**'), page.click('main button:has-text("Search")')]);
   const found = await page.locator('.activity .event').count();
   check(found > 0, `the activity search finds alice's Kerberos events (${found})`);
-  // The Kerberoasting capture is from 03:24 UTC, the benign logons from 03:25.
-  await page.fill('input[name=since]', '2026-11-27 03:24');
-  await page.fill('input[name=until]', '2026-11-27 03:24:59');
+  // The Kerberoasting scenario's seconds (UTC), after the benign logons'.
+  const since = env('DCTAP_ATTACK_SINCE');
+  const until = env('DCTAP_ATTACK_UNTIL');
+  await page.fill('input[name=since]', since);
+  await page.fill('input[name=until]', until);
   await Promise.all([page.waitForURL('**/activity?**until=**'), page.click('main button:has-text("Search")')]);
   const times = await page.locator('.activity .event td:first-child').allTextContents();
   check(
-    times.length > 0 && times.length < found && times.every((t) => t.startsWith('2026-11-27 03:24:')),
-    `a time range narrows the search to the Kerberoasting minute (${times.length} events)`,
+    times.length > 0 && times.length < found && times.every((t) => t.slice(0, 19) >= since && t.slice(0, 19) <= until),
+    `a time range narrows the search to the Kerberoasting scenario, ${since} to ${until} (${times.length} events)`,
     times.join(', ')
   );
   await shot(page, 'activity');

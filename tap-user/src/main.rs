@@ -44,7 +44,8 @@ struct Cli {
     #[arg(long, global = true, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
     /// Read frames from a pcap or pcapng file instead of capturing (offline mode): the same
-    /// pipeline, then a report, then exit.
+    /// pipeline, then a report, then exit. `-` (or /dev/stdin) reads a pipe. pcapng
+    /// timestamps follow each interface's if_tsresol and if_tsoffset.
     #[arg(long, value_name = "FILE")]
     read: Option<PathBuf>,
     /// With --read: print the activity events as JSON lines on stdout (the counters then go
@@ -347,8 +348,20 @@ fn read(path: &std::path::Path, opts: PipelineOptions, output: ReadOutput, senso
     let signals = Signals::install()?;
     let stamper = Stamper::new(sensor_id);
     let json_out = json.then(|| Arc::new(Mutex::new(std::io::BufWriter::new(std::io::stdout()))));
+    // `-` is standard input, as for tcpdump -r and zeek -r.
+    let path = if path == std::path::Path::new("-") { std::path::Path::new("/dev/stdin") } else { path };
+    // A pipe has no identity to remember: reading it again cannot be recognised, so the
+    // guard against sending a re-read file's events twice does not apply.
+    let guarded = std::fs::metadata(path).is_ok_and(|m| m.is_file());
     let mut uplink = match uplink {
-        Some(u) => Some(Uplink::start(u, Some(path))?),
+        Some(u) if guarded => Some(Uplink::start(u, Some(path))?),
+        Some(u) => {
+            log::warn!(
+                "{} is not a regular file (a pipe?): every event is sent, without the check that skips events an earlier read of the same file already sent",
+                path.display()
+            );
+            Some(Uplink::start(u, None)?)
+        }
         None => None,
     };
     if let Some(u) = &uplink {
@@ -405,6 +418,7 @@ fn read(path: &std::path::Path, opts: PipelineOptions, output: ReadOutput, senso
             ("frames", counters.decode.frames),
             ("bytes", counters.decode.bytes),
             ("skipped_link_type", stats.skipped_link_type),
+            ("skipped_bad_time", stats.skipped_bad_time),
             ("elapsed_us", elapsed.as_micros() as u64),
         ];
         tap_user::telemetry::write_rows(out, "read", &rows)?;

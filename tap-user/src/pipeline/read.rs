@@ -26,6 +26,9 @@ pub struct ReadStats {
     pub last: Option<Duration>,
     /// Frames skipped because their interface is not Ethernet (pcapng may mix link types).
     pub skipped_link_type: u64,
+    /// Frames skipped because their timestamp, with the interface's resolution and offset,
+    /// is not a time after 1970 that the sensor can represent.
+    pub skipped_bad_time: u64,
 }
 
 impl ReadStats {
@@ -256,32 +259,92 @@ fn read_classic(
 
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
-/// Interface link types of a pcapng section, and what a block means for the frames.
+/// What a pcapng interface description says about the packets of that interface: their
+/// link type, and how to read their timestamps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Interface {
+    link: DataLink,
+    /// `if_tsresol`: bit 7 clear, a tick is 10^-n s; set, 2^-n s. Absent means 10^-6 (the
+    /// pcapng spec, section 4.2): microseconds, what Wireshark, dumpcap and editcap write
+    /// unless the capture had nanoseconds.
+    tsresol: u8,
+    /// `if_tsoffset`: seconds added to every timestamp of the interface.
+    tsoffset: i64,
+}
+
+const DEFAULT_TSRESOL: u8 = 6;
+
+impl Interface {
+    fn of(block: &pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock<'_>) -> Self {
+        use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption as Opt;
+        let mut me = Self { link: block.linktype, tsresol: DEFAULT_TSRESOL, tsoffset: 0 };
+        for option in &block.options {
+            match option {
+                Opt::IfTsResol(r) => me.tsresol = *r,
+                // A signed number of seconds in the spec; pcap-file reads it unsigned.
+                Opt::IfTsOffset(o) => me.tsoffset = *o as i64,
+                _ => {}
+            }
+        }
+        me
+    }
+
+    /// The time of a packet whose timestamp field holds `ticks` of this interface's
+    /// resolution, or None when it falls outside what a Duration since 1970 can hold.
+    fn time(&self, ticks: u64) -> Option<Duration> {
+        let ticks = u128::from(ticks);
+        let nanos = if self.tsresol & 0x80 == 0 {
+            let exp = u32::from(self.tsresol);
+            if exp <= 9 {
+                ticks * 10u128.pow(9 - exp)
+            } else {
+                // 10^38 is the largest power of ten a u128 holds; finer ticks round to zero.
+                ticks / 10u128.checked_pow(exp - 9)?
+            }
+        } else {
+            // 2^-n s: ticks * 10^9 fits in 94 bits, so the product cannot overflow.
+            let exp = u32::from(self.tsresol & 0x7f);
+            (ticks * 1_000_000_000).checked_shr(exp).unwrap_or(0)
+        };
+        let secs = u64::try_from(nanos / 1_000_000_000).ok()?;
+        let sub = (nanos % 1_000_000_000) as u32;
+        let secs = secs.checked_add_signed(self.tsoffset)?;
+        Some(Duration::new(secs, sub))
+    }
+}
+
+/// Interfaces of a pcapng section, and what a block means for the frames.
 fn pcapng_block(
     block: &Block<'_>,
-    links: &mut Vec<DataLink>,
+    interfaces: &mut Vec<Interface>,
     stats: &mut ReadStats,
     out: &mut Batcher<'_>,
 ) -> anyhow::Result<()> {
-    let (ts, orig_len, data, iface) = match block {
+    let (ticks, orig_len, data, iface) = match block {
         Block::SectionHeader(_) => {
-            links.clear();
+            interfaces.clear();
             return Ok(());
         }
         Block::InterfaceDescription(i) => {
-            links.push(i.linktype);
+            interfaces.push(Interface::of(i));
             return Ok(());
         }
-        Block::EnhancedPacket(p) => (p.timestamp, p.original_len, &p.data, p.interface_id),
-        Block::SimplePacket(p) => (Duration::ZERO, p.original_len, &p.data, 0),
+        // pcap-file hands the raw 64-bit timestamp over as if it were nanoseconds; it is in
+        // ticks of the interface's resolution, converted below.
+        Block::EnhancedPacket(p) => (p.timestamp.as_nanos() as u64, p.original_len, &p.data, p.interface_id),
+        Block::SimplePacket(p) => (0, p.original_len, &p.data, 0),
         _ => return Ok(()),
     };
-    let Some(link) = links.get(iface as usize).copied().filter(|l| readable(*l)) else {
+    let Some(interface) = interfaces.get(iface as usize).copied().filter(|i| readable(i.link)) else {
         stats.skipped_link_type += 1;
         return Ok(());
     };
+    let Some(ts) = interface.time(ticks) else {
+        stats.skipped_bad_time += 1;
+        return Ok(());
+    };
     stats.add(ts, data.len());
-    out.push_link(link, ts, orig_len, data)
+    out.push_link(interface.link, ts, orig_len, data)
 }
 
 fn check_pcap_link(name: &str, link: DataLink) -> anyhow::Result<()> {
@@ -308,12 +371,12 @@ fn read_records(
     let mut n = 0u64;
     if magic == PCAPNG_MAGIC {
         let mut r = PcapNgReader::new(file).with_context(|| format!("{name}: not a valid pcapng file"))?;
-        // Link types of the interfaces so far, by interface id (pcapng section order).
-        let mut links: Vec<DataLink> = Vec::new();
+        // The interfaces so far, by interface id (pcapng section order).
+        let mut interfaces: Vec<Interface> = Vec::new();
         while let Some(block) = r.next_block() {
             n += 1;
             let block = block.with_context(|| format!("{name}: pcapng block {n} is damaged"))?;
-            pcapng_block(&block, &mut links, stats, out)?;
+            pcapng_block(&block, &mut interfaces, stats, out)?;
         }
     } else {
         let mut r = PcapReader::new(file).with_context(|| format!("{name}: neither a pcap nor a pcapng file"))?;
@@ -521,5 +584,104 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(got, frames);
         assert_eq!(stats.frames, frames.len() as u64);
+    }
+
+    /// A pcapng block: type, total length, body padded to 32 bits, total length.
+    fn pcapng_block_bytes(kind: u32, body: &[u8]) -> Vec<u8> {
+        let padded = body.len().div_ceil(4) * 4;
+        let total = (12 + padded) as u32;
+        let mut b = kind.to_le_bytes().to_vec();
+        b.extend(total.to_le_bytes());
+        b.extend(body);
+        b.resize(8 + padded, 0);
+        b.extend(total.to_le_bytes());
+        b
+    }
+
+    /// An interface description (Ethernet) with optional if_tsresol (code 9) and
+    /// if_tsoffset (code 14).
+    fn idb(tsresol: Option<u8>, tsoffset: Option<i64>) -> Vec<u8> {
+        let mut body = 1u16.to_le_bytes().to_vec();
+        body.extend([0, 0]);
+        body.extend(65535u32.to_le_bytes());
+        if let Some(r) = tsresol {
+            body.extend(9u16.to_le_bytes());
+            body.extend(1u16.to_le_bytes());
+            body.extend([r, 0, 0, 0]);
+        }
+        if let Some(o) = tsoffset {
+            body.extend(14u16.to_le_bytes());
+            body.extend(8u16.to_le_bytes());
+            body.extend(o.to_le_bytes());
+        }
+        body.extend([0, 0, 0, 0]);
+        pcapng_block_bytes(1, &body)
+    }
+
+    fn epb(interface: u32, ticks: u64, data: &[u8]) -> Vec<u8> {
+        let mut body = interface.to_le_bytes().to_vec();
+        body.extend(((ticks >> 32) as u32).to_le_bytes());
+        body.extend((ticks as u32).to_le_bytes());
+        body.extend((data.len() as u32).to_le_bytes());
+        body.extend((data.len() as u32).to_le_bytes());
+        body.extend(data);
+        pcapng_block_bytes(6, &body)
+    }
+
+    /// Each interface's if_tsresol (absent: microseconds; powers of ten and of two) and
+    /// if_tsoffset date its packets; a time that cannot be represented is counted, not
+    /// read as 1970 or wrapped.
+    #[test]
+    fn pcapng_times_follow_each_interfaces_resolution_and_offset() {
+        let frame = mix::mix(1).remove(0).frame;
+        let mut shb = 0x1a2b_3c4du32.to_le_bytes().to_vec();
+        shb.extend(1u16.to_le_bytes());
+        shb.extend(0u16.to_le_bytes());
+        shb.extend((-1i64).to_le_bytes());
+        let mut file = pcapng_block_bytes(0x0a0d_0d0a, &shb);
+        file.extend(idb(None, None));
+        file.extend(idb(Some(9), None));
+        file.extend(idb(Some(0x80 | 20), None));
+        file.extend(idb(Some(6), Some(1_000_000_000)));
+        file.extend(idb(Some(0), Some(i64::MIN)));
+        file.extend(epb(0, 1_700_000_000_123_456, &frame));
+        file.extend(epb(1, 1_700_000_000_123_456_789, &frame));
+        file.extend(epb(2, (1_700_000_000u64 << 20) | (1 << 19), &frame));
+        file.extend(epb(3, 700_000_000_000_001, &frame));
+        file.extend(epb(4, 5, &frame));
+        let path = temp("times.pcapng");
+        std::fs::write(&path, &file).unwrap();
+        let mut times = Vec::new();
+        let stats = read_file(&path, &mut |b| {
+            times.extend(b.iter().map(|f| f.timestamp_ns));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            times,
+            vec![
+                1_700_000_000_123_456_000,
+                1_700_000_000_123_456_789,
+                1_700_000_000_500_000_000,
+                1_700_000_000_000_001_000
+            ]
+        );
+        assert_eq!(stats.skipped_bad_time, 1);
+        assert_eq!(stats.frames, 4);
+    }
+
+    #[test]
+    fn tick_conversion_cannot_overflow() {
+        for tsresol in [0u8, 1, 6, 9, 10, 19, 38, 39, 127, 0x80, 0x80 | 30, 0x80 | 64, 0xff] {
+            for tsoffset in [0, i64::MIN, i64::MAX, -1] {
+                let i = Interface { link: DataLink::ETHERNET, tsresol, tsoffset };
+                for ticks in [0, 1, u64::MAX] {
+                    let _ = i.time(ticks);
+                }
+            }
+        }
+        let seconds = Interface { link: DataLink::ETHERNET, tsresol: 0, tsoffset: 0 };
+        assert_eq!(seconds.time(u64::MAX), Some(Duration::from_secs(u64::MAX)));
+        assert_eq!(Interface { tsoffset: -1, ..seconds }.time(0), None);
     }
 }

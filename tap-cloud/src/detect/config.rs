@@ -24,6 +24,13 @@ pub struct DetectConfig {
     pub rpc_recon_ops: usize,
     /// ZeroLogon: this many NETLOGON authentication attempts from one source.
     pub zerologon_attempts: usize,
+    /// Kerberoasting: raise on a service-ticket request for a user account's service that
+    /// offers RC4 and no AES (what roasting tools send; Windows since 2008 offers AES).
+    pub roast_rc4_requests: bool,
+    /// Kerberoasting, whatever the encryption: one account asking for tickets to this many
+    /// distinct services of user accounts within `roast_burst_secs`. 0 turns it off.
+    pub roast_burst_services: usize,
+    pub roast_burst_secs: u64,
     /// Longest ticket lifetime in the domain: after watching this long, a TGT the sensor
     /// never saw issued is forged (golden ticket).
     pub max_ticket_lifetime_hours: u64,
@@ -58,6 +65,9 @@ impl Default for DetectConfig {
             ldap_recon_kinds: 3,
             rpc_recon_ops: 2,
             zerologon_attempts: 10,
+            roast_rc4_requests: true,
+            roast_burst_services: 8,
+            roast_burst_secs: 60,
             max_ticket_lifetime_hours: 10,
             learning_days: 7,
             learning_seconds: None,

@@ -18,16 +18,47 @@ const KDC_ERR_PREAUTH_FAILED: i32 = 24;
 /// NTSTATUS of a failed NTLM logon for a name that does not exist.
 const STATUS_NO_SUCH_USER: i64 = 0xC000_0064;
 const RC4_HMAC: i32 = 23;
-/// How long a roasting request waits for its reply before it is reported without one.
-const ROAST_REPLY_WAIT_NS: i64 = 5_000_000_000;
-
-fn request_sname(ev: &ActivityEvent) -> String {
-    match &ev.detail {
-        Some(Detail::Kerberos(k)) => k.sname.clone(),
-        _ => String::new(),
-    }
-}
 const AES: [i32; 2] = [17, 18];
+/// How long a TGS-REQ waits for its reply (which names the account) before what it
+/// showed is reported without one.
+const TGS_REPLY_WAIT_NS: i64 = 5_000_000_000;
+/// PA-DATA of S4U2self (MS-SFU 2.2.1 PA-FOR-USER, 2.2.2 PA-S4U-X509-USER): a service asks
+/// for a ticket to itself on behalf of a user, and the reply names that user.
+const PA_FOR_USER: i32 = 129;
+const PA_S4U_X509_USER: i32 = 130;
+/// KDC option cname-in-addl-tkt (bit 14, MS-SFU 2.2.3): an S4U2proxy request.
+const KDC_OPT_CNAME_IN_ADDL_TKT: u32 = 1 << (31 - 14);
+/// Service classes of the SPNs every computer account registers (MS-ADTS 6.1.1.2.7.8,
+/// and the DRS replication GUID): tickets for them are encrypted with a machine
+/// password of 120 random characters, which nobody cracks.
+const COMPUTER_SERVICE_CLASSES: [&str; 14] = [
+    "host",
+    "cifs",
+    "ldap",
+    "gc",
+    "rpcss",
+    "dns",
+    "wsman",
+    "termsrv",
+    "restrictedkrbhost",
+    "nfs",
+    "ipp",
+    "kadmin",
+    "e3514235-4b06-11d1-ab04-00c04fc2dcd2",
+    "dfsr-12f9a27c-bf97-4787-9364-d31b6c55eb04",
+];
+
+/// A TGS-REQ waiting for its reply: the reply (not the request) names the account.
+struct TgsRequest {
+    event: ActivityEvent,
+    /// The account of the TGT it presented, when that TGT's AS-REP was seen.
+    owner: String,
+    sname: String,
+    /// Offers RC4 and no AES for a service of a user account: the ticket roasting tools want.
+    roast: bool,
+    /// Presents a TGT no watched DC issued, after watching longer than a ticket lives.
+    forged: bool,
+}
 
 pub struct Rules {
     failed_accounts_by_src: Windows<String>,
@@ -37,11 +68,16 @@ pub struct Rules {
     rpc_ops_by_src: Windows<String>,
     netlogon_by_src: Windows<String>,
     roast_spns_by_src: Windows<String>,
+    /// Distinct user services each account asked tickets for (the burst rule).
+    user_spns_by_account: Windows<String>,
     /// AS-REQs without pre-authentication waiting for their reply: (client, port) → name.
     asreq_without_preauth: HashMap<(String, u32), String>,
-    /// RC4-only TGS-REQs for a user's service waiting for their reply, which names the
+    /// TGS-REQs that would raise something, waiting for the reply that names the
     /// requesting account (the request does not): (client, port) → the request.
-    roast_requests: HashMap<(String, u32), (ActivityEvent, String)>,
+    tgs_requests: HashMap<(String, u32), TgsRequest>,
+    /// Host names (first label, lower case) of computer accounts seen authenticating
+    /// (`NAME$`), and of the DCs: their SPNs belong to machine accounts.
+    computers: HashSet<String>,
     /// TGT fingerprint → the host it was issued to (or first used from) and the account it
     /// was issued for (from the AS-REP; TGS-REQs do not name their client in the clear).
     tgt_host: HashMap<String, (String, String)>,
@@ -56,10 +92,34 @@ fn lower(s: &str) -> String {
     s.to_lowercase()
 }
 
-/// "user@REALM", "DOMAIN\user" and "user" name the same account.
-pub(crate) fn account_key(account: &str) -> String {
-    let a = account.rsplit('\\').next().unwrap_or(account);
+/// "user@REALM", "DOMAIN\user", a UPN, an LDAP DN ("CN=user,CN=Users,DC=...") and "user",
+/// in any case, name the same account.
+pub fn account_key(account: &str) -> String {
+    let a = account.trim();
+    // A DN names the object by its first RDN; for accounts that is the CN (or uid).
+    if let Some((attr, value)) = a.split(',').next().and_then(|rdn| rdn.split_once('=')) {
+        if matches!(attr.trim().to_ascii_lowercase().as_str(), "cn" | "uid") {
+            return lower(value.trim());
+        }
+    }
+    let a = a.rsplit('\\').next().unwrap_or(a);
     lower(a.split('@').next().unwrap_or(a))
+}
+
+/// Whether a service principal name belongs to a user account (a service account whose
+/// password a person chose), as far as the name tells: not krbtgt, not a `NAME$` account
+/// or a computer seen authenticating as one, and not a service class every computer
+/// registers (a DC's `cifs/`, `ldap/`, `host/`).
+fn user_service(sname: &str, computers: &HashSet<String>) -> bool {
+    let s = lower(sname);
+    if s.is_empty() || s.starts_with("krbtgt") || s.starts_with("kadmin/") || s.ends_with('$') {
+        return false;
+    }
+    match s.split_once('/') {
+        Some((class, _)) => !COMPUTER_SERVICE_CLASSES.contains(&class),
+        // A bare name is an account name (a ticket to an account by name or UPN).
+        None => !computers.contains(s.split('@').next().unwrap_or(&s)),
+    }
 }
 
 fn finding(
@@ -127,8 +187,10 @@ impl Rules {
             rpc_ops_by_src: w(),
             netlogon_by_src: w(),
             roast_spns_by_src: w(),
+            user_spns_by_account: w(),
             asreq_without_preauth: HashMap::new(),
-            roast_requests: HashMap::new(),
+            tgs_requests: HashMap::new(),
+            computers: HashSet::new(),
             tgt_host: HashMap::new(),
             dcs: cfg.dcs.iter().cloned().collect(),
             watching_since: None,
@@ -151,8 +213,13 @@ impl Rules {
     pub fn observe(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, out: &mut Vec<Finding>) {
         let t = ev.time_unix_ns;
         self.watching_since = Some(self.watching_since.map_or(t, |s| s.min(t)));
-        self.flush_roast_requests(cfg, t, out);
+        self.flush_tgs_requests(cfg, t, out);
         let account = account_key(&ev.account);
+        if let Some(computer) = account.strip_suffix('$').filter(|c| !c.is_empty()) {
+            if self.computers.len() < MAX_KEYS {
+                self.computers.insert(computer.to_string());
+            }
+        }
         if !account.is_empty() && self.honeytokens.contains(&account) {
             out.push(finding(ev, "honeytoken", "Honeytoken account used", "high", "T1078", &account, format!(
                 "The honeytoken account {} was used from {} ({} {}). Nobody has a reason to use it: treat {} as compromised, find who runs what there, and reset the credentials it may have taken.",
@@ -260,55 +327,56 @@ impl Rules {
                     )));
                 }
             }
-            // TGS-REQ: an RC4-only request for a user's service is roasting; the finding
-            // waits for the reply, which names the account that asked.
+            // TGS-REQ: what it shows waits for the reply, which names the account (the
+            // request does not: the client name is in the encrypted authenticator).
             12 => {
-                let service = lower(&k.sname);
-                let is_user_service = !service.starts_with("krbtgt") && !service.ends_with('$');
-                if is_user_service
-                    && !k.requested_etypes.is_empty()
-                    && !k.requested_etypes.iter().any(|e| AES.contains(e))
-                {
-                    if self.roast_requests.len() >= MAX_KEYS {
-                        self.roast_requests.clear();
+                let s4u = k.padata_types.iter().any(|p| matches!(*p, PA_FOR_USER | PA_S4U_X509_USER))
+                    || k.kdc_options & KDC_OPT_CNAME_IN_ADDL_TKT != 0;
+                let rc4_only =
+                    k.requested_etypes.contains(&RC4_HMAC) && !k.requested_etypes.iter().any(|e| AES.contains(e));
+                // S4U2self asks for a ticket to the service itself on behalf of a user: the
+                // reply names that user, who roasted nothing.
+                let roast = cfg.roast_rc4_requests && rc4_only && !s4u && user_service(&k.sname, &self.computers);
+                let forged = self.ticket_use(cfg, ev, k, out);
+                let burst = !s4u && user_service(&k.sname, &self.computers);
+                if roast || forged || burst {
+                    if self.tgs_requests.len() >= MAX_KEYS {
+                        self.tgs_requests.clear();
                     }
                     let owner = self.ticket_owner(&k.ticket_fingerprint);
-                    self.roast_requests.insert((ev.src_ip.clone(), ev.src_port), (ev.clone(), owner));
+                    let request = TgsRequest { event: ev.clone(), owner, sname: k.sname.clone(), roast, forged };
+                    self.tgs_requests.insert((ev.src_ip.clone(), ev.src_port), request);
                 }
-                self.ticket_use(cfg, ev, k, out);
             }
-            // TGS-REP: an RC4 ticket for a user's service is what roasting tools want, even
-            // when the request also offered AES (the account has no AES keys).
+            // TGS-REP: the reply to a waiting request names its account. An RC4 ticket
+            // issued to a client that offered AES is the service account's configuration
+            // (no AES keys), not an attack: nothing is raised for it.
             13 => {
                 self.dcs.insert(ev.dc_ip.clone());
-                let service = lower(&k.sname);
-                let request = self.roast_requests.remove(&(ev.src_ip.clone(), ev.src_port));
-                let rc4_ticket =
-                    k.ticket_etype == RC4_HMAC && !service.starts_with("krbtgt") && !service.ends_with('$');
-                if rc4_ticket || request.is_some() {
-                    let how = if request.is_some() { "asked, offering only RC4, for" } else { "received" };
-                    self.roasting(
+                if let Some(request) = self.tgs_requests.remove(&(ev.src_ip.clone(), ev.src_port)) {
+                    let account = if client.is_empty() { request.owner.clone() } else { client.clone() };
+                    self.tgs_outcome(
                         cfg,
-                        ev,
-                        &client,
-                        &k.sname,
-                        format!(
-                            "{} {how} a service ticket for {} as {} and got one encrypted with etype {}",
-                            ev.src_ip, k.sname, k.cname, k.ticket_etype
-                        ),
+                        &request,
+                        &account,
+                        &format!("got a ticket encrypted with etype {}", k.ticket_etype),
                         out,
                     );
+                    self.user_service_burst(cfg, ev, &account, &request.sname, out);
                 }
             }
             // KRB-ERROR
             30 => {
                 self.dcs.insert(ev.dc_ip.clone());
-                if let Some((request, owner)) = self.roast_requests.remove(&(ev.src_ip.clone(), ev.src_port)) {
-                    let sname = request_sname(&request);
-                    self.roasting(cfg, &request, &owner, &sname, format!(
-                        "{} asked, offering only RC4, for a service ticket for {sname}; the DC refused it (error {}), but the attempt is the tool's",
-                        ev.src_ip, k.error_code
-                    ), out);
+                if let Some(request) = self.tgs_requests.remove(&(ev.src_ip.clone(), ev.src_port)) {
+                    let owner = request.owner.clone();
+                    self.tgs_outcome(
+                        cfg,
+                        &request,
+                        &owner,
+                        &format!("the DC refused it (error {})", k.error_code),
+                        out,
+                    );
                 }
                 let name = if client.is_empty() { account_key(&ev.account) } else { client };
                 match k.error_code {
@@ -321,48 +389,74 @@ impl Rules {
         }
     }
 
-    fn roasting(
+    /// What a TGS-REQ showed, once its reply (or its absence) says who asked: `account`
+    /// from the reply's client name, else the owner of the TGT it presented.
+    fn tgs_outcome(
+        &mut self,
+        cfg: &DetectConfig,
+        request: &TgsRequest,
+        account: &str,
+        outcome: &str,
+        out: &mut Vec<Finding>,
+    ) {
+        let ev = &request.event;
+        let sname = &request.sname;
+        let who = if account.is_empty() { String::new() } else { format!(" as {account}") };
+        if request.roast {
+            let (spns, _) =
+                self.roast_spns_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, &lower(sname), cfg.window_ns());
+            out.push(finding(ev, "kerberoasting", "Kerberoasting", if spns >= 3 { "high" } else { "medium" }, "T1558.003", account, format!(
+                "{}{who} asked, offering only RC4, for a service ticket for {sname}; {outcome} ({spns} such service(s) within {} minutes). Modern clients offer AES; tools that roast ask for RC4 because its tickets crack fastest, offline, for the service account's password. Give the service account a long random password (or a managed service account) and AES keys, and find the tool on {}.",
+                ev.src_ip, cfg.window_secs / 60, ev.src_ip
+            )));
+        }
+        if request.forged {
+            out.push(finding(ev, "golden_ticket", "Forged TGT (golden ticket)", "high", "T1558.001", account, format!(
+                "{}{who} presented a TGT that no watched DC issued, although the sensor has watched longer than the longest ticket lifetime, asking for {sname}; {outcome}. The ticket was forged with the krbtgt key. Reset the krbtgt password twice and investigate how it leaked.",
+                ev.src_ip
+            )));
+        }
+    }
+
+    /// One account asking for tickets to many distinct user services in a short time is
+    /// mapping what it can roast, whatever encryption it asks for.
+    fn user_service_burst(
         &mut self,
         cfg: &DetectConfig,
         ev: &ActivityEvent,
         account: &str,
         sname: &str,
-        what: String,
         out: &mut Vec<Finding>,
     ) {
-        let (spns, _) = self.roast_spns_by_src.add(ev.src_ip.clone(), ev.time_unix_ns, &lower(sname), cfg.window_ns());
-        out.push(finding(ev, "kerberoasting", "Kerberoasting", if spns >= 3 { "high" } else { "medium" }, "T1558.003", account, format!(
-            "{what} ({spns} such service(s) within {} minutes): RC4 tickets for user accounts are cracked offline for the service account's password. Give the service account a long random password (or a managed service account) and AES keys, and find the tool on {}.",
-            cfg.window_secs / 60, ev.src_ip
-        )));
+        if account.is_empty() || cfg.roast_burst_services == 0 || !user_service(sname, &self.computers) {
+            return;
+        }
+        let window = (cfg.roast_burst_secs as i64).saturating_mul(1_000_000_000);
+        let (services, _) = self.user_spns_by_account.add(account.to_string(), ev.time_unix_ns, &lower(sname), window);
+        if services >= cfg.roast_burst_services {
+            out.push(finding(ev, "kerberoasting", "Kerberoasting", "high", "T1558.003", account, format!(
+                "{account} on {} asked for tickets to {services} different services of user accounts within {} seconds (last {sname}). Nobody needs that many services at once: it is collecting service tickets to crack offline. Find the tool on {} and check the passwords of those service accounts.",
+                ev.src_ip, cfg.roast_burst_secs, ev.src_ip
+            )));
+        }
     }
 
-    /// Roasting requests whose reply never came (lost on the mirror, or the tool gave up)
-    /// are reported without the account once they are this old.
-    fn flush_roast_requests(&mut self, cfg: &DetectConfig, now: i64, out: &mut Vec<Finding>) {
-        if self.roast_requests.is_empty() {
+    /// TGS-REQs whose reply never came (lost on the mirror, or the tool gave up) are
+    /// reported without the account once they are this old.
+    fn flush_tgs_requests(&mut self, cfg: &DetectConfig, now: i64, out: &mut Vec<Finding>) {
+        if self.tgs_requests.is_empty() {
             return;
         }
         let stale: Vec<(String, u32)> = self
-            .roast_requests
+            .tgs_requests
             .iter()
-            .filter(|(_, (r, _))| now - r.time_unix_ns > ROAST_REPLY_WAIT_NS)
+            .filter(|(_, r)| now.saturating_sub(r.event.time_unix_ns) > TGS_REPLY_WAIT_NS)
             .map(|(k, _)| k.clone())
             .collect();
         for key in stale {
-            if let Some((request, owner)) = self.roast_requests.remove(&key) {
-                let sname = request_sname(&request);
-                self.roasting(
-                    cfg,
-                    &request,
-                    &owner,
-                    &sname,
-                    format!(
-                        "{} asked, offering only RC4, for a service ticket for {sname} (no reply seen)",
-                        request.src_ip
-                    ),
-                    out,
-                );
+            if let Some(request) = self.tgs_requests.remove(&key) {
+                let owner = request.owner.clone();
+                self.tgs_outcome(cfg, &request, &owner, "no reply was seen", out);
             }
         }
     }
@@ -382,12 +476,13 @@ impl Rules {
         self.tgt_host.entry(fingerprint.to_string()).or_insert_with(|| (host.to_string(), account.to_string()));
     }
 
-    /// A TGS-REQ presents a TGT: from another host than it was issued to (pass-the-ticket),
-    /// or one no watched KDC issued although the sensor has watched longer than any
-    /// ticket lives (golden ticket).
-    fn ticket_use(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, k: &Kerberos, out: &mut Vec<Finding>) {
+    /// A TGS-REQ presents a TGT: from another host than it was issued to (pass-the-ticket,
+    /// raised at once), or one no watched KDC issued although the sensor has watched
+    /// longer than any ticket lives (golden ticket: true, raised once the reply names the
+    /// account).
+    fn ticket_use(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, k: &Kerberos, out: &mut Vec<Finding>) -> bool {
         if k.ticket_fingerprint.is_empty() {
-            return;
+            return false;
         }
         match self.tgt_host.get(&k.ticket_fingerprint) {
             Some((first, owner)) if *first != ev.src_ip => {
@@ -396,17 +491,14 @@ impl Rules {
                     "The same TGT was used from {first} and from {}: a ticket was stolen from one host and replayed on the other. Isolate both hosts, and reset the account's password (twice for krbtgt-level compromise).",
                     ev.src_ip
                 )));
+                false
             }
-            Some(_) => {}
+            Some(_) => false,
             None => {
                 let lifetime = (cfg.max_ticket_lifetime_hours as i64).saturating_mul(3_600_000_000_000);
-                if self.watching_since.is_some_and(|s| ev.time_unix_ns - s > lifetime) {
-                    out.push(finding(ev, "golden_ticket", "Forged TGT (golden ticket)", "high", "T1558.001", &account_key(&k.cname), format!(
-                        "{} presented a TGT that no watched DC issued, although the sensor has watched longer than the longest ticket lifetime: the ticket was forged with the krbtgt key. Reset the krbtgt password twice and investigate how it leaked.",
-                        ev.src_ip
-                    )));
-                }
+                let forged = self.watching_since.is_some_and(|s| ev.time_unix_ns.saturating_sub(s) > lifetime);
                 self.remember_ticket(&k.ticket_fingerprint, &ev.src_ip, "");
+                forged
             }
         }
     }
@@ -687,6 +779,93 @@ mod tests {
         assert!(run(DetectConfig::default(), &[asreq(0)]).is_empty(), "refused (KDC_ERR_PREAUTH_REQUIRED) is normal");
     }
 
+    /// Roasting is a client's request, not a service's configuration: a client that offers
+    /// AES and gets an RC4 ticket (a service account without AES keys, common in real
+    /// domains), tickets to the services every computer has, and S4U2self (whose reply
+    /// names the impersonated user) raise nothing.
+    #[test]
+    fn kerberoasting_ignores_service_configuration_computer_services_and_s4u() {
+        let d = DetectConfig::default;
+        let exchange = |port: u32, etypes: Vec<i32>, sname: &str, padata: Vec<i32>, cname: &str, ticket: i32| {
+            let mut req = ev(
+                1,
+                "10.1.1.1",
+                Detail::Kerberos(Kerberos {
+                    requested_etypes: etypes,
+                    sname: sname.into(),
+                    padata_types: padata,
+                    ..krb(12)
+                }),
+            );
+            req.src_port = port;
+            let mut rep = ev(
+                1,
+                "10.1.1.1",
+                Detail::Kerberos(Kerberos {
+                    cname: cname.into(),
+                    sname: sname.into(),
+                    ticket_etype: ticket,
+                    ..krb(13)
+                }),
+            );
+            rep.src_port = port;
+            [req, rep]
+        };
+        // Four ordinary users offering AES, an RC4-only service account answers with RC4.
+        let benign: Vec<_> = ["alice", "bob", "carol", "dave"]
+            .iter()
+            .enumerate()
+            .flat_map(|(i, u)| exchange(50_000 + i as u32, vec![18, 17, 23], "MSSQLSvc/sql01:1433", vec![], u, 23))
+            .collect();
+        assert!(run(d(), &benign).is_empty(), "an RC4 ticket to a client that offered AES");
+        // RC4-only requests (after an RC4 logon) to the DC's own services.
+        for service in ["cifs/dc1.lab.example", "ldap/dc1.lab.example/lab.example", "HOST/dc1", "DC1$", "krbtgt/LAB"] {
+            assert!(run(d(), &exchange(1, vec![23], service, vec![], "alice", 23)).is_empty(), "{service}");
+        }
+        // S4U2self by a service for a user, even offering RC4 only.
+        let s4u = exchange(1, vec![23], "svc_web", vec![1, 129], "alice", 23);
+        assert!(run(d(), &s4u).is_empty(), "S4U2self names the impersonated user, who roasted nothing");
+        // The real thing: RC4 only for a user's service, named by the reply.
+        let mut engine = Engine::new(d());
+        let alerts: Vec<_> = exchange(1, vec![23], "MSSQLSvc/sql01:1433", vec![], "mallory", 23)
+            .iter()
+            .flat_map(|e| engine.process(e))
+            .collect();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!((alerts[0].detection.as_str(), alerts[0].account.as_str()), ("kerberoasting", "mallory"));
+        // A burst of AES requests for many user services by one account is roasting too,
+        // at the configured threshold and not below.
+        let burst: Vec<_> = (0..8u32)
+            .flat_map(|i| exchange(100 + i, vec![18, 17], &format!("http/app{i}"), vec![], "mallory", 18))
+            .collect();
+        let mut engine = Engine::new(d());
+        let alerts: Vec<_> = burst.iter().flat_map(|e| engine.process(e)).collect();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].account, "mallory");
+        assert!(run(d(), &burst[..14]).is_empty(), "seven services are below the threshold of eight");
+        let off = DetectConfig { roast_burst_services: 0, ..d() };
+        assert!(run(off, &burst).is_empty());
+        let no_rc4 = DetectConfig { roast_rc4_requests: false, ..d() };
+        assert!(run(no_rc4, &exchange(1, vec![23], "MSSQLSvc/sql01:1433", vec![], "mallory", 23)).is_empty());
+    }
+
+    #[test]
+    fn account_names_in_every_form_are_one_account() {
+        for name in [
+            "carol",
+            "CAROL",
+            "LAB\\carol",
+            "carol@LAB.EXAMPLE",
+            "Carol@lab.example",
+            "cn=carol,cn=users,dc=lab,dc=example",
+            "CN=Carol,CN=Users,DC=lab,DC=example",
+        ] {
+            assert_eq!(super::account_key(name), "carol", "{name}");
+        }
+        assert_eq!(super::account_key(""), "");
+        assert_eq!(super::account_key("WS01$"), "ws01$");
+    }
+
     #[test]
     fn tickets_used_from_a_second_host_or_never_issued_are_flagged() {
         let tgt = |t: i64, src: &str, msg: u32| {
@@ -705,7 +884,20 @@ mod tests {
         let early = [ev(0, "10.1.1.5", Detail::Kerberos(krb(13))), tgt(3600, "10.1.1.1", 12)];
         assert!(run(DetectConfig::default(), &early).is_empty());
         let late = [ev(0, "10.1.1.5", Detail::Kerberos(krb(13))), tgt(11 * 3600, "10.1.1.1", 12)];
-        assert_eq!(run(DetectConfig::default(), &late), vec!["golden_ticket"]);
+        assert!(run(DetectConfig::default(), &late).is_empty(), "waits for the reply that names the account");
+        // The reply names the account the forged ticket claims.
+        let reply = ev(
+            11 * 3600,
+            "10.1.1.1",
+            Detail::Kerberos(Kerberos { cname: "Administrator".into(), sname: "cifs/dc1".into(), ..krb(13) }),
+        );
+        let mut engine = Engine::new(DetectConfig::default());
+        let alerts: Vec<_> = [late[0].clone(), late[1].clone(), reply].iter().flat_map(|e| engine.process(e)).collect();
+        assert_eq!(alerts.len(), 1);
+        assert_eq!((alerts[0].detection.as_str(), alerts[0].account.as_str()), ("golden_ticket", "administrator"));
+        // With no reply at all, it is reported without an account after a few seconds.
+        let later = ev(11 * 3600 + 30, "10.9.9.9", Detail::Kerberos(krb(10)));
+        assert_eq!(run(DetectConfig::default(), &[late[0].clone(), late[1].clone(), later]), vec!["golden_ticket"]);
     }
 
     #[test]
@@ -850,8 +1042,13 @@ mod tests {
     #[test]
     fn accounts_directory_results_show_as_admins_are_learned_as_sensitive() {
         let mut engine = Engine::new(DetectConfig::default());
-        // An RC4 service ticket for a user's service: a medium alert for an ordinary account.
+        // An RC4-only request for a user's service: a medium alert for an ordinary account.
         let roast = |engine: &mut Engine, account: &str| -> Vec<super::super::Alert> {
+            let request = ev(
+                1,
+                "10.1.1.1",
+                Detail::Kerberos(Kerberos { requested_etypes: vec![23], sname: "http/web".into(), ..krb(12) }),
+            );
             let mut e = ev(
                 1,
                 "10.1.1.1",
@@ -863,6 +1060,7 @@ mod tests {
                 }),
             );
             e.account = account.into();
+            engine.process(&request);
             engine.process(&e)
         };
         let first = roast(&mut engine, "eve.admin");
@@ -894,9 +1092,15 @@ mod tests {
         let alerts: Vec<_> = brute.iter().flat_map(|e| engine.process(e)).collect();
         assert!(alerts.iter().all(|a| a.severity == "high" && a.description.ends_with("marked sensitive.")));
         let mut plain = Engine::new(DetectConfig::default());
-        let tgs =
+        let tgs = ev(
+            1,
+            "10.1.1.1",
+            Detail::Kerberos(Kerberos { requested_etypes: vec![23], sname: "http/web".into(), ..krb(12) }),
+        );
+        let reply =
             ev(1, "10.1.1.1", Detail::Kerberos(Kerberos { ticket_etype: 23, sname: "http/web".into(), ..krb(13) }));
-        assert_eq!(plain.process(&tgs)[0].severity, "medium", "others keep their severity");
+        assert!(plain.process(&tgs).is_empty());
+        assert_eq!(plain.process(&reply)[0].severity, "medium", "others keep their severity");
     }
 
     #[test]

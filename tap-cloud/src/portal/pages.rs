@@ -321,7 +321,10 @@ fn account_link(a: &str) -> String {
     if a.is_empty() {
         return "-".into();
     }
-    format!("<a href=\"/accounts/{}\">{}</a>", url_segment(a), esc(a))
+    // One account however the wire wrote its name (DOMAIN\\user, user@REALM, a DN): the
+    // link and the text are its one name, the form seen is in the title.
+    let key = crate::detect::rules::account_key(a);
+    format!("<a href=\"/accounts/{}\" title=\"{}\">{}</a>", url_segment(&key), esc(a), esc(&key))
 }
 
 fn host_link(h: &str) -> String {

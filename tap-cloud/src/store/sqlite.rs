@@ -564,10 +564,12 @@ impl Store for SqliteStore {
 
     fn search_events(&self, q: &EventQuery) -> anyhow::Result<Vec<StoredEvent>> {
         let conn = self.conn();
-        let account = q.account.as_deref().map(str::to_lowercase).filter(|a| !a.is_empty());
+        // However the search names the account, it matches every form of its name.
+        let account = q.account.as_deref().map(crate::detect::rules::account_key).filter(|a| !a.is_empty());
         let mut stmt = conn.prepare_cached(
             "SELECT body, spooled_unix_ns, stored_unix_ns FROM events WHERE \
-             (?1 IS NULL OR lower(account) = ?1 OR lower(account) LIKE ?1 || '@%' OR lower(account) LIKE '%\\' || ?1) \
+             (?1 IS NULL OR lower(account) = ?1 OR lower(account) LIKE ?1 || '@%' OR lower(account) LIKE '%\\' || ?1 \
+             OR lower(account) LIKE 'cn=' || ?1 || ',%') \
              AND (?2 IS NULL OR src_ip = ?2) AND (?3 IS NULL OR protocol = ?3) \
              AND (?4 IS NULL OR time_unix_ns >= ?4) AND (?5 IS NULL OR time_unix_ns <= ?5) \
              ORDER BY time_unix_ns DESC LIMIT ?6",
@@ -1315,10 +1317,12 @@ mod tests {
             ev(2, "LAB\\Alice", "10.1.1.2", "ntlm"),
             ev(3, "malice@LAB.EXAMPLE", "10.1.1.1", "kerberos"),
             ev(4, "bob@LAB.EXAMPLE", "10.1.1.1", "ldap"),
+            ev(5, "CN=alice,CN=Users,DC=lab,DC=example", "10.1.1.3", "ldap"),
         ];
         store.insert_events("s1", &events, &[]).unwrap();
         let seqs = |q: EventQuery| store.search_events(&q).unwrap().iter().map(|e| e.event.seq).collect::<Vec<_>>();
-        assert_eq!(seqs(EventQuery { account: Some("alice".into()), ..Default::default() }), vec![2, 1]);
+        assert_eq!(seqs(EventQuery { account: Some("alice".into()), ..Default::default() }), vec![5, 2, 1]);
+        assert_eq!(seqs(EventQuery { account: Some("LAB\\ALICE".into()), ..Default::default() }), vec![5, 2, 1]);
         assert_eq!(seqs(EventQuery { host: Some("10.1.1.1".into()), ..Default::default() }), vec![4, 3, 1]);
         assert_eq!(
             seqs(EventQuery {
@@ -1329,6 +1333,6 @@ mod tests {
             }),
             vec![3]
         );
-        assert_eq!(seqs(EventQuery { limit: Some(1), ..Default::default() }), vec![4]);
+        assert_eq!(seqs(EventQuery { limit: Some(1), ..Default::default() }), vec![5]);
     }
 }

@@ -107,7 +107,34 @@ pub struct DceRpcConn {
     transport: String,
     /// The last auth verifier's (type, level): calls at privacy level are sealed.
     auth: Option<(u8, u8)>,
+    /// Who the association acts for: from its auth verifier, or from the SMB session of
+    /// the pipe it runs on; with where that came from (`account_source`).
+    identity: Option<Identity>,
 }
+
+/// An account a connection authenticated as, and how the sensor learned it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub account: String,
+    pub source: &'static str,
+}
+
+impl Identity {
+    fn new(account: String, source: &'static str) -> Option<Self> {
+        (!account.is_empty()).then_some(Self { account, source })
+    }
+
+    /// Names the account on an event that does not name one itself.
+    fn apply(identity: Option<&Self>, e: &mut ActivityEvent) {
+        if let Some(id) = identity.filter(|_| e.account.is_empty()) {
+            e.account = id.account.clone();
+            e.account_source = id.source.into();
+        }
+    }
+}
+
+/// SMB sessions remembered per connection (one per user on a multi-user client).
+const MAX_SMB_SESSIONS: usize = 16;
 
 /// Trees and outstanding requests remembered per SMB connection; clients use a few of
 /// each, so these small bounds only ever bite on abuse.
@@ -131,6 +158,18 @@ pub struct Smb2Flow {
     pipes: Vec<([u8; 16], DceRpcConn)>,
     /// Read requests on pipes waiting for their data: (message id, file id).
     pending_reads: Vec<(u64, [u8; 16])>,
+    /// Session id to the account its setup authenticated (NTLM, or Kerberos through the
+    /// ticket's TGS-REP), from the setup's successful reply, which carries the session id
+    /// (a one-leg Kerberos setup asks with session id 0).
+    sessions: Vec<(u64, Identity)>,
+    /// Session setups waiting for their reply: (message id, identity).
+    setups: Vec<(u64, Identity)>,
+}
+
+impl Smb2Flow {
+    fn session(&self, id: u64) -> Option<&Identity> {
+        self.sessions.iter().find(|(s, _)| *s == id).map(|(_, i)| i)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -142,6 +181,11 @@ pub struct LdapFlow {
     pending: Vec<(u32, ActivityEvent)>,
     /// Target name of the last NTLM CHALLENGE the server sent on this flow.
     ntlm_target: String,
+    /// Who the last successful bind authenticated: later searches and changes act for it.
+    bound: Option<Identity>,
+    /// The identity an unfinished multi-leg SASL bind carried in an earlier leg (GSSAPI
+    /// sends its AP-REQ first and finishes with a leg that names nobody).
+    binding: Option<Identity>,
 }
 
 /// Requests waiting for their response per HTTP connection (responses come in request
@@ -176,6 +220,39 @@ fn classify(flow: &FlowMeta) -> FlowState {
 /// Most dynamic RPC ports remembered per worker (a DC exposes a few dozen).
 const MAX_LEARNED_PORTS: usize = 1024;
 
+/// Tickets remembered per worker with the account they were issued to: a day of a large
+/// site's TGS-REPs is far more, but a ticket is presented within seconds of its issue.
+const MAX_TICKET_NAMES: usize = 65_536;
+
+/// Ticket fingerprint -> the client name of the AS-REP or TGS-REP that issued it. A ticket
+/// presented later (AP-REQ in SMB, LDAP, RPC or HTTP; a TGT in a TGS-REQ) hides its client
+/// name in encrypted parts, but its cipher is the one the reply carried in the clear.
+/// Client and DC share an address pair, so both land on this worker.
+#[derive(Default)]
+struct TicketNames {
+    names: std::collections::HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl TicketNames {
+    fn learn(&mut self, fingerprint: &str, account: &str) {
+        if fingerprint.is_empty() || account.is_empty() || self.names.contains_key(fingerprint) {
+            return;
+        }
+        if self.order.len() >= MAX_TICKET_NAMES {
+            if let Some(old) = self.order.pop_front() {
+                self.names.remove(&old);
+            }
+        }
+        self.order.push_back(fingerprint.to_string());
+        self.names.insert(fingerprint.to_string(), account.to_string());
+    }
+
+    fn name(&self, fingerprint: &str) -> Option<&str> {
+        self.names.get(fingerprint).map(String::as_str)
+    }
+}
+
 pub struct Analyzer {
     sink: Box<dyn EventSink>,
     stamper: Stamper,
@@ -183,6 +260,7 @@ pub struct Analyzer {
     /// port map); None in offline mode, where they are only counted.
     port_sink: Option<Box<dyn FnMut(u16) + Send>>,
     learned_ports: std::collections::BTreeSet<u16>,
+    tickets: TicketNames,
     /// Reassemble and count the streams, parse nothing (benchmarks of the stages below).
     streams_only: bool,
     pub counters: ParseCounters,
@@ -368,6 +446,27 @@ fn ldap_request_event(flow: &FlowMeta, message_id: u32, op: ldap::LdapOp) -> Opt
     Some(e)
 }
 
+/// Who a successful LDAP bind authenticated, from the events of its last leg: the NTLM
+/// AUTHENTICATE or the Kerberos ticket it carried, else the bind name (a simple bind, or a
+/// SASL bind naming an identity).
+fn bind_identity(events: &[ActivityEvent]) -> Option<Identity> {
+    let carried = events.iter().find_map(|e| match &e.detail {
+        Some(Detail::Ntlm(_)) => Identity::new(e.account.clone(), "ldap_ntlm"),
+        Some(Detail::Kerberos(_)) => Identity::new(e.account.clone(), "ldap_kerberos"),
+        _ => None,
+    });
+    carried.or_else(|| {
+        events.iter().find_map(|e| match &e.detail {
+            // A simple bind without a password is anonymous (RFC 4513 5.1.2), whatever name.
+            Some(Detail::Ldap(l)) if l.operation == "bind" && l.bind_method == "simple" => {
+                l.cleartext_password_sent.then(|| Identity::new(l.bind_name.clone(), "ldap_simple")).flatten()
+            }
+            Some(Detail::Ldap(l)) if l.operation == "bind" => Identity::new(l.bind_name.clone(), "ldap_sasl"),
+            _ => None,
+        })
+    })
+}
+
 fn ldap_detail(e: &mut ActivityEvent) -> Option<&mut pb::Ldap> {
     match e.detail.as_mut() {
         Some(Detail::Ldap(l)) => Some(l),
@@ -383,6 +482,7 @@ impl Analyzer {
             port_sink: None,
             streams_only: false,
             learned_ports: Default::default(),
+            tickets: TicketNames::default(),
             counters: ParseCounters::default(),
             streams: StreamSummary::default(),
         }
@@ -421,10 +521,36 @@ impl Analyzer {
         match kerberos::parse_message(bytes) {
             Ok(m) => {
                 self.counters.kerberos_messages += 1;
-                self.emit(kerberos_event(flow, m));
+                let mut e = kerberos_event(flow, m);
+                self.name_ticket(&mut e);
+                self.emit(e);
             }
             Err(_) => self.counters.kerberos_malformed += 1,
         }
+    }
+
+    /// Remembers who an AS-REP or TGS-REP issued its ticket to, and names the account of
+    /// a TGS-REQ or AP-REQ that presents a ticket whose issue was seen.
+    fn name_ticket(&mut self, e: &mut ActivityEvent) {
+        let Some(Detail::Kerberos(k)) = e.detail.as_ref() else { return };
+        match k.msg_type {
+            kerberos::msg::AS_REP | kerberos::msg::TGS_REP => self.tickets.learn(&k.ticket_fingerprint, &e.account),
+            _ if e.account.is_empty() => {
+                if let Some(name) = self.tickets.name(&k.ticket_fingerprint) {
+                    e.account = name.to_string();
+                    e.account_source = "kerberos_ticket".into();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// An AP-REQ found in another protocol's authentication, named through its ticket.
+    fn ap_req(&mut self, flow: &FlowMeta, k: kerberos::KerberosMessage, carrier: &str) -> ActivityEvent {
+        self.counters.kerberos_ap_reqs += 1;
+        let mut e = ap_req_event(flow, k, carrier);
+        self.name_ticket(&mut e);
+        e
     }
 
     fn dns(&mut self, flow: &FlowMeta, bytes: &[u8]) {
@@ -448,8 +574,8 @@ impl Analyzer {
         self.counters.ldap_messages += 1;
         if dir == Direction::ToServer {
             if let ldap::LdapOp::Bind { ap_req: Some(k), .. } = &pdu.op {
-                self.counters.kerberos_ap_reqs += 1;
-                st.pending.push((pdu.message_id, ap_req_event(flow, k.as_ref().clone(), "ldap")));
+                let e = self.ap_req(flow, k.as_ref().clone(), "ldap");
+                st.pending.push((pdu.message_id, e));
             }
             if let ldap::LdapOp::Bind { ntlm: Some(m), .. } = &pdu.op {
                 self.counters.ntlm_messages += 1;
@@ -458,7 +584,10 @@ impl Analyzer {
                     st.pending.push((pdu.message_id, e));
                 }
             }
-            if let Some(e) = ldap_request_event(flow, pdu.message_id, pdu.op) {
+            if let Some(mut e) = ldap_request_event(flow, pdu.message_id, pdu.op) {
+                if ldap_detail(&mut e).is_some_and(|l| l.operation != "bind") {
+                    Identity::apply(st.bound.as_ref(), &mut e);
+                }
                 if st.pending.len() >= MAX_PENDING_LDAP {
                     let (_, oldest) = st.pending.remove(0);
                     self.emit(oldest);
@@ -495,6 +624,7 @@ impl Analyzer {
             ldap::LdapOp::SearchDone { code } | ldap::LdapOp::Result { code } => code,
             _ => return,
         };
+        let mut answered = Vec::new();
         while let Some(i) = st.pending.iter().position(|(id, _)| *id == pdu.message_id) {
             let (_, mut e) = st.pending.remove(i);
             // 14 is saslBindInProgress: a step of a multi-leg SASL bind, not a failure.
@@ -507,6 +637,23 @@ impl Analyzer {
             if let Some(l) = ldap_detail(&mut e) {
                 l.result_code = code;
             }
+            answered.push(e);
+        }
+        let is_bind = |e: &ActivityEvent| matches!(&e.detail, Some(Detail::Ldap(l)) if l.operation == "bind");
+        if answered.iter().any(is_bind) {
+            let carried = bind_identity(&answered);
+            match code {
+                14 => st.binding = carried.or(st.binding.take()),
+                0 => st.bound = carried.or(st.binding.take()),
+                _ => (st.bound, st.binding) = (None, None),
+            }
+            if code == 0 {
+                for e in answered.iter_mut().filter(|e| is_bind(e)) {
+                    Identity::apply(st.bound.as_ref(), e);
+                }
+            }
+        }
+        for e in answered {
             self.emit(e);
         }
     }
@@ -531,6 +678,7 @@ impl Analyzer {
 
 fn dcerpc_event(flow: &FlowMeta, conn: &DceRpcConn, detail: pb::DceRpc, category: &str) -> ActivityEvent {
     let mut e = base(flow, "dcerpc", category);
+    Identity::apply(conn.identity.as_ref(), &mut e);
     let mut detail = detail;
     detail.transport = conn.transport.clone();
     if let Some((t, l)) = conn.auth {
@@ -565,14 +713,21 @@ impl Analyzer {
         if let Some(a) = &m.auth {
             conn.auth = Some((a.auth_type, a.level));
             if let (Some(k), Direction::ToServer) = (&a.ap_req, dir) {
-                self.counters.kerberos_ap_reqs += 1;
-                let e = ap_req_event(flow, k.clone(), "dcerpc");
+                let e = self.ap_req(flow, k.clone(), "dcerpc");
+                // The association acts for whom its own authentication names, over the SMB
+                // session's identity when it runs on a pipe.
+                if let Some(id) = Identity::new(e.account.clone(), "dcerpc_kerberos") {
+                    conn.identity = Some(id);
+                }
                 self.emit(e);
             }
             if let Some(n) = &a.ntlm {
                 self.counters.ntlm_messages += 1;
                 if n.message_type == 3 && dir == Direction::ToServer {
                     let e = ntlm_event(flow, n, "dcerpc", "");
+                    if let Some(id) = Identity::new(e.account.clone(), "dcerpc_ntlm").filter(|_| !n.user.is_empty()) {
+                        conn.identity = Some(id);
+                    }
                     self.emit(e);
                 }
             }
@@ -681,6 +836,16 @@ fn smb2_event(
     e
 }
 
+/// An RPC association on a pipe acts for the SMB session's account, learned as the session
+/// learned it.
+fn smb_source(session_source: &str) -> &'static str {
+    if session_source == "smb_kerberos" {
+        "smb_kerberos"
+    } else {
+        "smb_ntlm"
+    }
+}
+
 impl Analyzer {
     fn smb2_unit(&mut self, flow: &FlowMeta, st: &mut Smb2Flow, dir: Direction, unit: &[u8]) {
         let messages = match smb2::parse_unit(unit) {
@@ -700,21 +865,29 @@ impl Analyzer {
                 let pending = match &m.body {
                     smb2::Smb2Body::SessionSetup { security_blob } => {
                         let carrier = if m.smb1 { "smb1" } else { "smb2" };
-                        match ntlm::find_message(security_blob) {
+                        let auth = match ntlm::find_message(security_blob) {
                             Some(n) => {
                                 self.counters.ntlm_messages += 1;
-                                (n.message_type == 3).then(|| (None, ntlm_event(flow, &n, carrier, &st.ntlm_target)))
+                                (n.message_type == 3 && !n.user.is_empty())
+                                    .then(|| (ntlm_event(flow, &n, carrier, &st.ntlm_target), "smb_ntlm"))
                             }
-                            None => kerberos::find_ap_req(security_blob).map(|k| {
-                                self.counters.kerberos_ap_reqs += 1;
-                                (None, ap_req_event(flow, k, carrier))
-                            }),
+                            None => kerberos::find_ap_req(security_blob)
+                                .map(|k| (self.ap_req(flow, k, carrier), "smb_kerberos")),
+                        };
+                        // The session acts for this account once the setup succeeds.
+                        if let Some(id) = auth.as_ref().and_then(|(e, how)| Identity::new(e.account.clone(), how)) {
+                            if st.setups.len() >= MAX_SMB_SESSIONS {
+                                st.setups.remove(0);
+                            }
+                            st.setups.push((m.message_id, id));
                         }
+                        auth.map(|(e, _)| (None, e))
                     }
-                    smb2::Smb2Body::TreeConnect { path } => Some((
-                        Some(path.clone()),
-                        smb2_event(flow, st, "tree_connect", path.clone(), String::new(), m.session_id),
-                    )),
+                    smb2::Smb2Body::TreeConnect { path } => {
+                        let mut e = smb2_event(flow, st, "tree_connect", path.clone(), String::new(), m.session_id);
+                        Identity::apply(st.session(m.session_id), &mut e);
+                        Some((Some(path.clone()), e))
+                    }
                     smb2::Smb2Body::Create { name } => {
                         let tree = st
                             .trees
@@ -722,7 +895,9 @@ impl Analyzer {
                             .find(|(id, _)| *id == m.tree_id)
                             .map(|(_, p)| p.clone())
                             .unwrap_or_default();
-                        Some((None, smb2_event(flow, st, "create", tree, name.clone(), m.session_id)))
+                        let mut e = smb2_event(flow, st, "create", tree, name.clone(), m.session_id);
+                        Identity::apply(st.session(m.session_id), &mut e);
+                        Some((None, e))
                     }
                     _ => None,
                 };
@@ -744,6 +919,16 @@ impl Analyzer {
                             st.ntlm_target = n.target_name;
                         }
                     }
+                    if let Some(i) = st.setups.iter().position(|(id, _)| *id == m.message_id) {
+                        let (_, identity) = st.setups.remove(i);
+                        if m.status == smb2::status::SUCCESS {
+                            st.sessions.retain(|(s, _)| *s != m.session_id);
+                            if st.sessions.len() >= MAX_SMB_SESSIONS {
+                                st.sessions.remove(0);
+                            }
+                            st.sessions.push((m.session_id, identity));
+                        }
+                    }
                 }
                 _ => {}
             }
@@ -762,7 +947,8 @@ impl Analyzer {
                             let (_, mut old) = st.pipes.remove(0);
                             self.dcerpc_close(&mut old);
                         }
-                        let conn = DceRpcConn { transport: d.file.to_lowercase(), ..DceRpcConn::default() };
+                        let identity = Identity::new(e.account.clone(), smb_source(&e.account_source));
+                        let conn = DceRpcConn { transport: d.file.to_lowercase(), identity, ..DceRpcConn::default() };
                         st.pipes.push((*file_id, conn));
                     }
                 }
@@ -838,10 +1024,7 @@ impl Analyzer {
                         self.counters.ntlm_messages += 1;
                         (n.message_type == 3).then(|| ntlm_event(flow, &n, "http", &st.ntlm_target))
                     }
-                    None => kerberos::find_ap_req(&token).map(|k| {
-                        self.counters.kerberos_ap_reqs += 1;
-                        ap_req_event(flow, k, "http")
-                    }),
+                    None => kerberos::find_ap_req(&token).map(|k| self.ap_req(flow, k, "http")),
                 });
                 if st.pending.len() >= MAX_PENDING_HTTP {
                     if let Some(Some(oldest)) = st.pending.pop_front() {

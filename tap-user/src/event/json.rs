@@ -30,6 +30,7 @@ pub fn write_event(out: &mut Vec<u8>, e: &ActivityEvent) {
     o.str(k!("account"), &e.account);
     o.str(k!("result"), &e.result);
     o.int(k!("status_code"), e.status_code);
+    o.str(k!("account_source"), &e.account_source);
     o.key(k!("detail"));
     match &e.detail {
         None => o.out.extend_from_slice(b"null"),
@@ -415,6 +416,7 @@ mod tests {
             account: "DOM\\user".into(),
             result: String::new(),
             status_code: -3,
+            account_source: "smb_ntlm".into(),
             detail: None,
         }
     }

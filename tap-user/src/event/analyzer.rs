@@ -29,7 +29,8 @@ crate::counter_set! {
         kerberos_oversized,
         dns_messages,
         dns_malformed,
-        /// TCP DNS streams abandoned after a gap (framing lost).
+        /// TCP DNS directions that lost their place in a gap (framing resumes at the next
+        /// plausible message).
         dns_framing_lost,
         ldap_messages,
         ldap_malformed,
@@ -39,7 +40,8 @@ crate::counter_set! {
         ldap_too_deep,
         /// LDAP PDUs over ldap::MAX_PDU, skipped.
         ldap_oversized,
-        /// LDAP directions abandoned after a gap (no PDU boundary to resynchronise on).
+        /// LDAP directions that lost their place in a gap (framing resumes at the next
+        /// LDAPMessage).
         ldap_framing_lost,
         /// LDAP sessions that turned SASL-sealed.
         ldap_sealed_sessions,
@@ -48,13 +50,15 @@ crate::counter_set! {
         smb2_encrypted_messages,
         /// NetBIOS messages over smb2::MAX_MESSAGE, skipped.
         smb2_oversized,
-        /// SMB directions abandoned after a gap or a broken NetBIOS header.
+        /// SMB directions that lost their place in a gap (framing resumes at the next SMB
+        /// message) or gave up on a broken NetBIOS header.
         smb2_framing_lost,
         dcerpc_pdus,
         dcerpc_malformed,
         /// Dynamic RPC ports learned from endpoint-mapper replies (new ones only).
         epm_ports_learned,
-        /// DCE/RPC streams (TCP or pipe) abandoned after a gap or a broken header.
+        /// DCE/RPC streams (TCP or pipe) that lost their place in a gap or a broken header
+        /// (framing resumes at the next PDU header).
         dcerpc_framing_lost,
         /// HTTP message heads seen (requests and responses).
         http_messages,
@@ -868,14 +872,18 @@ impl Analyzer {
                         let auth = match ntlm::find_message(security_blob) {
                             Some(n) => {
                                 self.counters.ntlm_messages += 1;
-                                (n.message_type == 3 && !n.user.is_empty())
+                                (n.message_type == 3)
                                     .then(|| (ntlm_event(flow, &n, carrier, &st.ntlm_target), "smb_ntlm"))
                             }
                             None => kerberos::find_ap_req(security_blob)
                                 .map(|k| (self.ap_req(flow, k, carrier), "smb_kerberos")),
                         };
                         // The session acts for this account once the setup succeeds.
-                        if let Some(id) = auth.as_ref().and_then(|(e, how)| Identity::new(e.account.clone(), how)) {
+                        // An anonymous NTLM logon (no user) names nobody.
+                        let named = auth
+                            .as_ref()
+                            .filter(|(e, _)| !matches!(&e.detail, Some(Detail::Ntlm(n)) if n.user.is_empty()));
+                        if let Some(id) = named.and_then(|(e, how)| Identity::new(e.account.clone(), how)) {
                             if st.setups.len() >= MAX_SMB_SESSIONS {
                                 st.setups.remove(0);
                             }

@@ -315,15 +315,25 @@ impl<C: StreamConsumer> FlowTracker<C> {
             }
             L4::Tcp(seg) => {
                 let Flow { meta, to_server, to_client, state, reset, .. } = flow;
-                let half = if dir == Direction::ToServer { &mut *to_server } else { &mut *to_client };
-                let before = half.ooo_bytes();
+                let (half, other, other_dir) = if dir == Direction::ToServer {
+                    (&mut *to_server, &mut *to_client, Direction::ToClient)
+                } else {
+                    (&mut *to_client, &mut *to_server, Direction::ToServer)
+                };
+                let before = half.ooo_bytes() + other.ooo_bytes();
                 half.segment(seg, &limits.tcp, *ooo_total >= limits.max_ooo_bytes_total, tcp_counters, &mut |chunk| {
                     match chunk {
                         Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir, data }),
                         Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir, len }),
                     }
                 });
-                *ooo_total = *ooo_total + half.ooo_bytes() - before;
+                if seg.flags.ack() {
+                    other.acked(seg.ack, tcp_counters, &mut |chunk| match chunk {
+                        Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir: other_dir, data }),
+                        Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir: other_dir, len }),
+                    });
+                }
+                *ooo_total = *ooo_total + half.ooo_bytes() + other.ooo_bytes() - before;
                 if seg.flags.rst() {
                     *reset = true;
                 }

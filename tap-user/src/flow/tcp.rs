@@ -58,6 +58,8 @@ crate::counter_set! {
         gaps,
         /// Bytes missing in those gaps.
         gap_bytes,
+        /// Gaps given up because the receiver acknowledged bytes past them.
+        gaps_acked,
         /// Gaps forced by a full out-of-order buffer.
         ooo_overflows,
         /// Segments dropped as too far ahead.
@@ -284,6 +286,23 @@ impl HalfStream {
                 self.delivered = start;
             }
             self.drain(c, emit);
+        }
+    }
+
+    /// The other direction acknowledged up to `ack`: bytes of this direction the receiver
+    /// has, so a hole before them will never be filled (the mirror lost that segment, the
+    /// receiver did not). Holes up to there are given up at once, rather than held until
+    /// the out-of-order limits or the end of the connection, which left the parser blind.
+    pub fn acked(&mut self, ack: u32, c: &mut TcpCounters, emit: &mut dyn FnMut(Chunk<'_>)) {
+        let Some(next) = self.next_seq else { return };
+        let ahead = ack.wrapping_sub(next) as i32;
+        if ahead <= 0 {
+            return;
+        }
+        let acked_to = self.delivered + ahead as u64;
+        while self.ooo.first_key_value().is_some_and(|(&start, _)| start > self.delivered && start <= acked_to) {
+            c.gaps_acked += 1;
+            self.skip_to_held(c, emit);
         }
     }
 

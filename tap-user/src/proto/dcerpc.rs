@@ -13,7 +13,7 @@
 
 use super::wire::{u16_at, u32_at};
 use super::{
-    framing::{Framed, Framer, Header},
+    framing::{Framed, Framer, Header, Start},
     kerberos, ntlm,
 };
 
@@ -214,12 +214,31 @@ fn header(b: &[u8]) -> Header {
 
 impl StreamFramer {
     pub fn push(&mut self, data: &[u8], pdu: &mut dyn FnMut(&[u8])) {
+        if self.0.seeking() {
+            // After a gap: the next PDU header (`looks_like_pdu`).
+            let starts = |b: &[u8]| match b {
+                _ if b.len() < 16 => {
+                    if b.first().is_none_or(|v| *v == 5) {
+                        Start::NeedMore
+                    } else {
+                        Start::No
+                    }
+                }
+                _ if looks_like_pdu(b) => Start::Yes,
+                _ => Start::No,
+            };
+            if let Some(from) = self.0.seek(data, starts) {
+                self.push(&from, pdu);
+            }
+            return;
+        }
         let mut oversized = false;
         self.0.push(data, MAX_FRAGMENT, header, &mut |f| match f {
             Framed::Record { whole, .. } => pdu(whole),
             _ => oversized = true,
         });
-        // A fragment over the limit is not DCE/RPC as any endpoint sends it.
+        // A fragment over the limit is not DCE/RPC as any endpoint sends it: its end is
+        // not trusted, and framing resumes at the next PDU header.
         if oversized {
             self.0.gap();
         }

@@ -8,7 +8,7 @@
 //! ```
 //! Over TCP each message follows a 2-byte big-endian length (section 4.2.2).
 
-use super::framing::{Framed, Framer, Header};
+use super::framing::{Framed, Framer, Header, Start};
 
 /// Questions decoded per message; a real query has one.
 pub const MAX_QUESTIONS: usize = 8;
@@ -117,9 +117,8 @@ pub fn parse_message(msg: &[u8]) -> Result<DnsMessage, DnsError> {
     })
 }
 
-/// Splits a TCP byte stream into DNS messages (2-byte length prefix). After a gap the
-/// framing is lost for good: the stream is ignored until it closes (zone transfers and
-/// long TCP DNS sessions are rare; the counters say when this happens).
+/// Splits a TCP byte stream into DNS messages (2-byte length prefix). After a gap framing
+/// resumes at the next plausible message (see `starts`).
 #[derive(Debug, Default)]
 pub struct TcpFramer(Framer);
 
@@ -130,8 +129,40 @@ fn header(b: &[u8]) -> Header {
     }
 }
 
+/// After a gap: a length prefix that holds at least a DNS header, then a header (RFC 1035
+/// 4.1.1) with the Z bit clear, a standard, notify or update opcode, at most one question
+/// and section counts a message of that length can hold (each record takes 11 bytes or
+/// more), and, when there is a question, a first label of 1 to 63 bytes.
+fn starts(b: &[u8]) -> Start {
+    let Some(h) = b.get(..16) else { return Start::NeedMore };
+    let len = u16::from_be_bytes([h[0], h[1]]) as usize;
+    let count = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]) as usize;
+    let (opcode, z) = ((h[4] >> 3) & 0x0f, h[5] & 0x40);
+    let records = count(8) + count(10) + count(12);
+    let plausible = len >= 12
+        && z == 0
+        && matches!(opcode, 0 | 4 | 5)
+        && count(6) <= 1
+        && records.saturating_mul(11) <= len
+        && count(6) + records > 0;
+    if !plausible {
+        return Start::No;
+    }
+    match (count(6), b.get(14)) {
+        (1, Some(label)) if (1..=63).contains(label) => Start::Yes,
+        (1, _) => Start::No,
+        _ => Start::Yes,
+    }
+}
+
 impl TcpFramer {
     pub fn push(&mut self, data: &[u8], record: &mut dyn FnMut(&[u8])) {
+        if self.0.seeking() {
+            if let Some(from) = self.0.seek(data, starts) {
+                self.push(&from, record);
+            }
+            return;
+        }
         self.0.push(data, usize::MAX, header, &mut |f| {
             if let Framed::Record { payload, .. } = f {
                 record(payload);
@@ -205,5 +236,29 @@ mod tests {
             });
         }
         assert_eq!(n, 2);
+    }
+
+    /// A zone transfer's messages over one TCP connection, the middle one cut by a gap:
+    /// framing resumes at the third, and a gap in the middle of a header is no start.
+    #[test]
+    fn tcp_framing_resumes_after_a_gap() {
+        let q = srv_query();
+        let mut record = (q.len() as u16).to_be_bytes().to_vec();
+        record.extend(&q);
+        let mut f = TcpFramer::default();
+        let mut n = 0;
+        f.push(&record, &mut |_| n += 1);
+        f.push(&record[..7], &mut |_| n += 1);
+        f.gap();
+        // What follows the hole: the rest of the second message minus some bytes, then
+        // the third in two pieces.
+        f.push(&record[11..], &mut |_| n += 1);
+        f.push(&record[..9], &mut |_| n += 1);
+        f.push(&record[9..], &mut |m| {
+            assert_eq!(m, &q[..]);
+            n += 1;
+        });
+        assert_eq!(n, 2, "the first and the third message");
+        assert!(!f.0.seeking());
     }
 }

@@ -1,7 +1,9 @@
 //! Splitting one direction of a TCP stream (or a named pipe) into the records of a
 //! protocol: a partial record waits for the rest, a record longer than a limit is skipped
 //! without being buffered, and a header that cannot be right gives the direction up.
-//! Each protocol supplies only how to read its header.
+//! After a gap the framer seeks: it drops bytes until the protocol recognises the start of
+//! a record, and frames again from there. Each protocol supplies how to read its header
+//! and what a record start looks like.
 
 /// What a protocol's header says about the bytes at the start of a slice.
 pub enum Header {
@@ -35,7 +37,23 @@ pub struct Framer {
     /// Bytes of an oversized record still to skip.
     skip: usize,
     lost: bool,
+    /// After a gap: the bytes since, held only while too few to tell whether a record
+    /// starts in them.
+    seeking: Option<Vec<u8>>,
 }
+
+/// What a protocol says about the bytes at some offset after a gap.
+pub enum Start {
+    /// A record starts here.
+    Yes,
+    No,
+    /// Too few bytes to tell.
+    NeedMore,
+}
+
+/// Most bytes held while seeking a record start: a start is recognised within its first
+/// few dozen bytes, so only a tail that short is ever waiting.
+const MAX_SEEK_HOLD: usize = 256;
 
 /// How much of an oversized record is handed on (enough for any header).
 const OVERSIZED_HEAD: usize = 64;
@@ -114,16 +132,49 @@ impl Framer {
     }
 
     /// Bytes went missing: nothing buffered can be trusted, and the direction is given up
-    /// until `resume`.
+    /// until `resume`, or until `seek` finds a record start in what follows.
     pub fn gap(&mut self) {
         self.buf = Vec::new();
         self.skip = 0;
         self.lost = true;
+        self.seeking = Some(Vec::new());
     }
 
     /// Starts again from a point the caller knows to be a record start.
     pub fn resume(&mut self) {
         self.lost = false;
+        self.seeking = None;
+    }
+
+    /// Whether the framer lost its place in a gap and is looking for a record start.
+    pub fn seeking(&self) -> bool {
+        self.seeking.is_some()
+    }
+
+    /// After a gap: the bytes from the first record start that `starts` recognises in what
+    /// has come since (the framer then resumes, and the caller pushes them), or None while
+    /// none is found yet. A direction given up for another reason (a broken header,
+    /// SASL-sealed LDAP) does not seek.
+    pub fn seek(&mut self, data: &[u8], starts: impl Fn(&[u8]) -> Start) -> Option<Vec<u8>> {
+        let held = self.seeking.as_mut()?;
+        held.extend_from_slice(data);
+        let mut keep_from = held.len();
+        for i in 0..held.len() {
+            match starts(&held[i..]) {
+                Start::Yes => {
+                    let from = held.split_off(i);
+                    self.resume();
+                    return Some(from);
+                }
+                Start::No => {}
+                Start::NeedMore => {
+                    keep_from = i;
+                    break;
+                }
+            }
+        }
+        held.drain(..keep_from.max(held.len().saturating_sub(MAX_SEEK_HOLD)));
+        None
     }
 
     pub fn lost(&self) -> bool {
@@ -165,6 +216,46 @@ mod tests {
         let (out, lost) = run(&[&[2, 7], &[8, 1], &[9], &[10, 0, 0, 0, 0], &[0, 0, 0, 0, 0, 0, 1, 6]]);
         assert_eq!(out, vec!["rec [7, 8]", "rec [9]", "over 11", "rec [6]"]);
         assert!(!lost);
+    }
+
+    /// After a gap, bytes are dropped up to the first record start the protocol
+    /// recognises (here: a length byte of 1 or 2 followed by 0xaa), held only while too
+    /// few to tell, and framing resumes there.
+    #[test]
+    fn after_a_gap_framing_resumes_at_the_next_record_start() {
+        let starts = |b: &[u8]| match b {
+            [] | [1 | 2] => Start::NeedMore,
+            [1 | 2, 0xaa, ..] => Start::Yes,
+            _ => Start::No,
+        };
+        let mut f = Framer::default();
+        let mut out = Vec::new();
+        let push = |f: &mut Framer, data: &[u8], out: &mut Vec<Vec<u8>>| {
+            let from = if f.seeking() { f.seek(data, starts) } else { Some(data.to_vec()) };
+            if let Some(bytes) = from {
+                f.push(&bytes, 9, header, &mut |fr| {
+                    if let Framed::Record { payload, .. } = fr {
+                        out.push(payload.to_vec());
+                    }
+                });
+            }
+        };
+        push(&mut f, &[1, 0xaa, 2, 0xaa], &mut out);
+        f.gap();
+        assert!(f.lost() && f.seeking());
+        // The tail of a record cut by the gap, then a start split over two pushes.
+        push(&mut f, &[7, 7, 9, 2], &mut out);
+        assert!(f.seeking(), "a lone length byte cannot be told yet");
+        push(&mut f, &[0xaa, 5, 1, 0xaa], &mut out);
+        assert!(!f.lost() && !f.seeking());
+        assert_eq!(out, vec![vec![0xaa], vec![0xaa, 5], vec![0xaa]]);
+        // Held bytes stay bounded however long nothing starts.
+        let mut g = Framer::default();
+        g.gap();
+        for _ in 0..1000 {
+            assert!(g.seek(&[9; 1000], starts).is_none());
+        }
+        assert!(g.seeking.as_ref().unwrap().len() <= MAX_SEEK_HOLD);
     }
 
     #[test]

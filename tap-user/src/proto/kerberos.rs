@@ -15,7 +15,7 @@ use kerberos_parser::{
 };
 use sha2::{Digest, Sha256};
 
-use super::framing::{Framed, Framer, Header};
+use super::framing::{Framed, Framer, Header, Start};
 
 /// Largest Kerberos message accepted over TCP. Tickets with large PACs reach tens of KB;
 /// the length prefix could claim 2 GB.
@@ -310,8 +310,6 @@ fn parse_strict(bytes: &[u8]) -> Result<KerberosMessage, KerberosError> {
 #[derive(Debug, Default)]
 pub struct TcpFramer {
     framer: Framer,
-    /// After a gap: bytes searched for a record start before framing resumes.
-    resync: Option<Vec<u8>>,
 }
 
 /// Whether `b` starts with a length prefix followed by a KDC message tag whose own DER
@@ -340,26 +338,17 @@ fn header(b: &[u8]) -> Header {
 impl TcpFramer {
     /// Feeds stream bytes; calls `record` with each complete message.
     pub fn push(&mut self, data: &[u8], oversized: &mut u64, record: &mut dyn FnMut(&[u8])) {
-        let data = match self.resync.as_mut() {
-            None => data,
-            Some(held) => {
-                held.extend_from_slice(data);
-                match (0..held.len()).find(|&i| looks_like_record(&held[i..])) {
-                    Some(i) => {
-                        let from_start = held.split_off(i);
-                        self.resync = None;
-                        self.framer = Framer::default();
-                        return self.push(&from_start, oversized, record);
-                    }
-                    None => {
-                        // Keep the tail that could begin a record.
-                        let keep = held.len().min(5);
-                        held.drain(..held.len() - keep);
-                        return;
-                    }
-                }
+        if self.framer.seeking() {
+            let starts = |b: &[u8]| match b.len() {
+                0..6 => Start::NeedMore,
+                _ if looks_like_record(b) => Start::Yes,
+                _ => Start::No,
+            };
+            if let Some(from) = self.framer.seek(data, starts) {
+                self.push(&from, oversized, record);
             }
-        };
+            return;
+        }
         let mut over = 0;
         self.framer.push(data, MAX_TCP_MESSAGE + 4, header, &mut |f| match f {
             Framed::Record { payload, .. } => record(payload),
@@ -369,10 +358,10 @@ impl TcpFramer {
         *oversized += over;
     }
 
-    /// Bytes went missing: what is buffered is no longer trustworthy.
+    /// Bytes went missing: what is buffered is no longer trustworthy, and framing resumes
+    /// at the next record start (see `looks_like_record`).
     pub fn gap(&mut self) {
         self.framer.gap();
-        self.resync = Some(Vec::new());
     }
 }
 

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    framing::{Framed, Framer, Header},
+    framing::{Framed, Framer, Header, Start},
     kerberos, ntlm,
 };
 
@@ -576,8 +576,50 @@ fn header(b: &[u8]) -> Header {
     }
 }
 
+/// After a gap: an LDAPMessage (RFC 4511 4.1.1) whose SEQUENCE length fits, then a
+/// messageID INTEGER of one to four bytes, then the tag of a protocolOp (APPLICATION 0 to
+/// 25, or an unbind/abandon/delete primitive).
+fn starts(b: &[u8]) -> Start {
+    if b.first() != Some(&0x30) {
+        return Start::No;
+    }
+    let Ok(Some(total)) = element_len(b) else {
+        return if element_len(b).is_err() { Start::No } else { Start::NeedMore };
+    };
+    if total > MAX_PDU {
+        return Start::No;
+    }
+    let Some(at) = header_len(b) else { return Start::NeedMore };
+    match b.get(at..at + 2) {
+        None => Start::NeedMore,
+        Some([0x02, n @ 1..=4]) => match b.get(at + 2 + *n as usize) {
+            None => Start::NeedMore,
+            Some(op) if (0x60..=0x79).contains(op) || matches!(op, 0x42 | 0x4a | 0x50) => Start::Yes,
+            Some(_) => Start::No,
+        },
+        Some(_) => Start::No,
+    }
+}
+
+/// Bytes of a BER header (tag and length) at the start of `b`, when complete.
+fn header_len(b: &[u8]) -> Option<usize> {
+    let first = *b.get(1)? as usize;
+    if first < 0x80 {
+        Some(2)
+    } else {
+        let n = first & 0x7f;
+        (b.len() >= 2 + n).then_some(2 + n)
+    }
+}
+
 impl TcpFramer {
     pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(Frame<'_>)) {
+        if self.framer.seeking() {
+            if let Some(from) = self.framer.seek(data, starts) {
+                self.push(&from, out);
+            }
+            return;
+        }
         let mut sealed = 0;
         self.framer.push(data, MAX_PDU, header, &mut |f| match f {
             Framed::Record { whole, .. } => out(Frame::Pdu(whole)),
@@ -597,10 +639,12 @@ impl TcpFramer {
         self.sealed_bytes += n as u64;
     }
 
-    /// After a gap LDAP framing cannot be trusted until the next PDU start is certain;
-    /// LDAP gives no marker for that, so the direction is given up (and counted).
+    /// Bytes went missing: framing resumes at the next LDAPMessage (see `starts`). A
+    /// sealed stream stays sealed.
     pub fn gap(&mut self) {
-        self.framer.gap();
+        if !self.sealed() {
+            self.framer.gap();
+        }
     }
 
     pub fn lost(&self) -> bool {

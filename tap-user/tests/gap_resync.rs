@@ -1,0 +1,106 @@
+//! After a gap, each framed protocol finds its next record and goes on: one TCP segment in
+//! the middle of a real lab conversation is removed (as a mirror port under load loses
+//! one), and the events after it must still come out (all but the one or two the lost
+//! bytes carried). Without resynchronisation the direction stayed blind until the
+//! connection closed. (Kerberos and DNS over TCP carry one request per connection in the
+//! lab; their resynchronisation is tested on crafted streams in `proto/kerberos.rs` and
+//! `proto/dns.rs`.)
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use serde_json::Value;
+
+/// (client port, server port, payload length, towards the DC) of a TCP frame of the lab.
+fn tcp(frame: &[u8]) -> Option<(u16, u16, usize, bool)> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { return None };
+    let Some(TransportSlice::Tcp(t)) = &p.transport else { return None };
+    let dc = std::net::Ipv4Addr::new(10, 78, 0, 10);
+    let to_server = ip.header().destination_addr() == dc;
+    let (client, server) =
+        if to_server { (t.source_port(), t.destination_port()) } else { (t.destination_port(), t.source_port()) };
+    Some((client, server, t.payload().len(), to_server))
+}
+
+fn events(pcap: &Path) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tap-sensor")).arg("--read").arg(pcap).arg("--json").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Removes the middle client-to-server data segment of the busiest connection to a server
+/// port `server` accepts, and compares the events of that connection after it.
+fn resumes_after_a_gap(stem: &str, server: impl Fn(u16) -> bool) {
+    let source = tap_testkit::shared::project_lab_capture(stem).path;
+    let frames = tap_testkit::pcap::read(&source).unwrap();
+    let mut segments: BTreeMap<(u16, u16), Vec<usize>> = BTreeMap::new();
+    for (i, f) in frames.iter().enumerate() {
+        if let Some((client, srv, len, true)) = tcp(&f.data) {
+            if len > 0 && server(srv) {
+                segments.entry((client, srv)).or_default().push(i);
+            }
+        }
+    }
+    // The connection with the most events (an encrypted SMB3 session has many segments
+    // and no events).
+    let reference = events(&source);
+    let on = |e: &Value, (client, srv): (u16, u16)| e["src_port"] == client && e["dc_port"] == srv;
+    let ((client, srv), data) = segments
+        .into_iter()
+        .filter(|(_, v)| v.len() >= 5)
+        .max_by_key(|(c, _)| reference.iter().filter(|e| on(e, *c)).count())
+        .expect("a connection");
+    let after = |events: &[Value], t: Duration| -> usize {
+        events
+            .iter()
+            .filter(|e| on(e, (client, srv)))
+            .filter(|e| e["time_unix_ns"].as_u64().unwrap() as u128 > t.as_nanos())
+            .count()
+    };
+    // The latest segment past the connection's set-up with at least three events after it.
+    let dropped = (2..=data.len() / 2)
+        .rev()
+        .map(|k| data[k])
+        .find(|&i| after(&reference, frames[i].timestamp) >= 3)
+        .unwrap_or_else(|| panic!("{stem}: no segment with three events after it ({} segments)", data.len()));
+    let t_drop = frames[dropped].timestamp;
+    let cut: Vec<_> = frames.iter().enumerate().filter(|(i, _)| *i != dropped).map(|(_, f)| f.clone()).collect();
+    let gapped = std::env::temp_dir().join(format!("dctap-gap-{stem}-{}.pcap", std::process::id()));
+    write(&gapped, &cut);
+    let (want, got) = (after(&reference, t_drop), after(&events(&gapped), t_drop));
+    let _ = std::fs::remove_file(&gapped);
+    assert!(
+        got + 2 >= want,
+        "{stem} port {srv}: {got} events after the gap, {want} without it: framing did not resume"
+    );
+}
+
+fn write(path: &PathBuf, frames: &[tap_testkit::pcap::PcapFrame]) {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = PcapWriter::with_header(file, PcapHeader { snaplen: 65535, ..PcapHeader::default() }).unwrap();
+    for f in frames {
+        w.write_packet(&PcapPacket::new(f.timestamp, f.orig_len, &f.data)).unwrap();
+    }
+}
+
+#[test]
+fn smb_resumes_at_the_next_message() {
+    resumes_after_a_gap("06_samr_lsarpc_recon", |p| p == 445);
+}
+
+#[test]
+fn ldap_resumes_at_the_next_message() {
+    resumes_after_a_gap("05_ldap_recon", |p| p == 389);
+}
+
+#[test]
+fn dcerpc_over_tcp_resumes_at_the_next_pdu() {
+    resumes_after_a_gap("17_zerologon", |p| p >= 49152);
+}

@@ -367,13 +367,14 @@ fn read(path: &std::path::Path, opts: PipelineOptions, output: ReadOutput, senso
     if let Some(u) = &uplink {
         signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&u.reload))?;
     }
+    let endpoints = Arc::new(tap_user::event::analyzer::Endpoints::default());
     let pipeline = Pipeline::start(&opts, |_| {
         let sink: Box<dyn EventSink> = match (&json_out, &uplink) {
             (Some(out), _) => Box::new(JsonLines::new(Arc::clone(out))),
             (None, Some(u)) => Box::new(u.sink(true)),
             (None, None) => Box::new(Discard),
         };
-        let analyzer = Analyzer::new(sink, stamper.clone());
+        let analyzer = Analyzer::new(sink, stamper.clone()).with_endpoints(Arc::clone(&endpoints));
         if no_parsers {
             analyzer.streams_only()
         } else {

@@ -186,6 +186,7 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
     // Dynamic RPC ports the parsers learn from endpoint-mapper replies come back here and
     // join the XDP port map, so the RPC connections that follow are captured.
     let (port_tx, port_rx) = bounded::<u16>(1024);
+    let endpoints = Arc::new(crate::event::analyzer::Endpoints::default());
     let pipeline = Arc::new(Pipeline::start(&opts.pipeline, |_| {
         let sink: Box<dyn crate::event::EventSink> = match &uplink {
             // Live capture never waits for the disk: a writer that falls behind costs
@@ -194,7 +195,7 @@ pub fn run(opts: &CaptureOptions, load_settings: LoadSettings, signals: &Signals
             None => Box::new(Discard),
         };
         let (ports, waker) = (port_tx.clone(), signals.waker());
-        Analyzer::new(sink, stamper.clone()).with_port_sink(move |port| {
+        Analyzer::new(sink, stamper.clone()).with_endpoints(Arc::clone(&endpoints)).with_port_sink(move |port| {
             // A full channel only delays learning until the port is seen again.
             if ports.try_send(port).is_ok() {
                 waker.wake();

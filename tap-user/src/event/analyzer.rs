@@ -224,6 +224,31 @@ fn classify(flow: &FlowMeta) -> FlowState {
 /// Most dynamic RPC ports remembered per worker (a DC exposes a few dozen).
 const MAX_LEARNED_PORTS: usize = 1024;
 
+/// RPC endpoints remembered (a DC exposes a few dozen; many DCs, a few thousand).
+const MAX_ENDPOINTS: usize = 4096;
+
+/// The interface behind each dynamic RPC endpoint (server address, TCP port), learned
+/// from endpoint-mapper replies and from binds seen on any connection to it. A connection
+/// whose bind the sensor missed (opened before the capture started, or lost in a gap) is
+/// named from it: a DCSync on it is still a DCSync. Shared by the workers, since the
+/// connection that taught it may belong to another client.
+#[derive(Default)]
+pub struct Endpoints(std::sync::Mutex<std::collections::HashMap<(IpAddr, u16), String>>);
+
+impl Endpoints {
+    fn learn(&self, server: IpAddr, port: u16, uuid: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() < MAX_ENDPOINTS || m.contains_key(&(server, port)) {
+                m.insert((server, port), uuid.to_string());
+            }
+        }
+    }
+
+    fn interface(&self, server: IpAddr, port: u16) -> Option<String> {
+        self.0.lock().ok()?.get(&(server, port)).cloned()
+    }
+}
+
 /// Tickets remembered per worker with the account they were issued to: a day of a large
 /// site's TGS-REPs is far more, but a ticket is presented within seconds of its issue.
 const MAX_TICKET_NAMES: usize = 65_536;
@@ -265,6 +290,7 @@ pub struct Analyzer {
     port_sink: Option<Box<dyn FnMut(u16) + Send>>,
     learned_ports: std::collections::BTreeSet<u16>,
     tickets: TicketNames,
+    endpoints: std::sync::Arc<Endpoints>,
     /// Reassemble and count the streams, parse nothing (benchmarks of the stages below).
     streams_only: bool,
     pub counters: ParseCounters,
@@ -487,6 +513,7 @@ impl Analyzer {
             streams_only: false,
             learned_ports: Default::default(),
             tickets: TicketNames::default(),
+            endpoints: Default::default(),
             counters: ParseCounters::default(),
             streams: StreamSummary::default(),
         }
@@ -496,6 +523,12 @@ impl Analyzer {
     /// and reassembly alone).
     pub fn streams_only(mut self) -> Self {
         self.streams_only = true;
+        self
+    }
+
+    /// Shares what RPC endpoints serve with the other workers' analyzers.
+    pub fn with_endpoints(mut self, endpoints: std::sync::Arc<Endpoints>) -> Self {
+        self.endpoints = endpoints;
         self
     }
 
@@ -746,6 +779,9 @@ impl Analyzer {
                         conn.contexts.remove(0);
                     }
                     conn.contexts.push((id, uuid.clone()));
+                    if conn.transport == "tcp" && flow.server.port() != 135 {
+                        self.endpoints.learn(flow.server.ip(), flow.server.port(), &uuid);
+                    }
                     let detail = pb::DceRpc {
                         operation: "bind".into(),
                         interface: if name.is_empty() { uuid.clone() } else { name },
@@ -769,8 +805,17 @@ impl Analyzer {
                     let (_, unanswered) = conn.pending.remove(i);
                     self.emit(unanswered);
                 }
-                let uuid =
+                let mut uuid =
                     conn.contexts.iter().find(|(c, _)| *c == context_id).map(|(_, u)| u.clone()).unwrap_or_default();
+                // The bind was not seen: the endpoint says which interface it serves.
+                if uuid.is_empty() && conn.transport == "tcp" {
+                    if let Some(known) = self.endpoints.interface(flow.server.ip(), flow.server.port()) {
+                        uuid = known;
+                        if conn.contexts.len() < MAX_DCE_CONTEXTS {
+                            conn.contexts.push((context_id, uuid.clone()));
+                        }
+                    }
+                }
                 let name = dcerpc::interface_name(&uuid).unwrap_or("");
                 let detail = pb::DceRpc {
                     operation: "call".into(),
@@ -794,9 +839,12 @@ impl Analyzer {
                     let is_ept_map =
                         matches!(&e.detail, Some(Detail::Dcerpc(d)) if d.interface == "epm" && d.opnum == 3);
                     if is_ept_map {
-                        for (_, port) in dcerpc::response_stub(bytes).map(dcerpc::epm_tcp_endpoints).unwrap_or_default()
-                        {
+                        let stub = dcerpc::response_stub(bytes).unwrap_or_default();
+                        for (_, port) in dcerpc::epm_tcp_endpoints(stub) {
                             self.learn_port(port);
+                        }
+                        for (uuid, port) in dcerpc::epm_tcp_interfaces(stub) {
+                            self.endpoints.learn(flow.server.ip(), port, &uuid);
                         }
                     }
                     match pdu {

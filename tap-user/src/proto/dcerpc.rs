@@ -197,6 +197,42 @@ pub fn epm_tcp_endpoints(stub: &[u8]) -> Vec<(std::net::Ipv4Addr, u16)> {
     out
 }
 
+/// The NDR transfer syntaxes, which fill a tower's second floor (C706 appendix I).
+const TRANSFER_SYNTAXES: [&str; 2] = ["8a885d04-1ceb-11c9-9fe8-08002b104860", "71710533-beba-4937-8319-b5dbef9ccc36"];
+
+/// The (interface UUID, TCP port) pairs of the towers in an endpoint-mapper reply: each
+/// tower's first floor names its interface (protocol id 0x0d, then the UUID), its fourth
+/// the port. Pairs with no UUID floor before their port are left out.
+pub fn epm_tcp_interfaces(stub: &[u8]) -> Vec<(String, u16)> {
+    let mut out = Vec::new();
+    let mut interface: Option<String> = None;
+    let mut i = 0;
+    while i + 16 <= stub.len() {
+        // A UUID floor: LHS length 19, protocol id 0x0d, UUID, major version.
+        if stub[i..].starts_with(&[0x13, 0x00, 0x0d]) {
+            if let Some(uuid) = stub.get(i + 3..i + 19).and_then(uuid_string) {
+                if !TRANSFER_SYNTAXES.contains(&uuid.as_str()) {
+                    interface = Some(uuid);
+                }
+                i += 19;
+                continue;
+            }
+        }
+        if let [0x01, 0x00, 0x07, 0x02, 0x00, p1, p2, ..] = stub[i..] {
+            let port = u16::from_be_bytes([p1, p2]);
+            if let Some(uuid) = interface.take().filter(|_| port != 0) {
+                if !out.iter().any(|(u, p)| *u == uuid && *p == port) {
+                    out.push((uuid, port));
+                }
+            }
+            i += 7;
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Splits a byte stream (TCP, or the data of one named pipe) into PDUs by `frag_len`.
 #[derive(Debug, Default)]
 pub struct StreamFramer(Framer);
@@ -413,6 +449,33 @@ mod tests {
             assert_eq!(category("svcctl", opnum), "remote_execution", "{name}");
         }
         assert_eq!(category("svcctl", 0), "other");
+    }
+
+    /// A tower as Windows and Samba send it in an ept_map reply: interface floor (DRSUAPI
+    /// 4.0), NDR floor, connection-oriented RPC, TCP port 49667, IP.
+    #[test]
+    fn epm_reply_names_the_interface_of_its_port() {
+        let drsuapi =
+            [0x35u8, 0x42, 0x51, 0xe3, 0x06, 0x4b, 0xd1, 0x11, 0xab, 0x04, 0x00, 0xc0, 0x4f, 0xc2, 0xdc, 0xd2];
+        let ndr = [0x04u8, 0x5d, 0x88, 0x8a, 0xeb, 0x1c, 0xc9, 0x11, 0x9f, 0xe8, 0x08, 0x00, 0x2b, 0x10, 0x48, 0x60];
+        let mut stub = vec![0u8; 28];
+        stub.extend([0x05, 0x00]);
+        for (uuid, major) in [(drsuapi, 4u16), (ndr, 2)] {
+            stub.extend([0x13, 0x00, 0x0d]);
+            stub.extend(uuid);
+            stub.extend(major.to_le_bytes());
+            stub.extend([0x02, 0x00, 0x00, 0x00]);
+        }
+        stub.extend([0x01, 0x00, 0x0b, 0x02, 0x00, 0x00, 0x00]);
+        stub.extend([0x01, 0x00, 0x07, 0x02, 0x00, 0xc2, 0x03, 0x01, 0x00, 0x09, 0x04, 0x00, 10, 0, 0, 10]);
+        stub.extend([0u8; 8]);
+        let got = epm_tcp_interfaces(&stub);
+        assert_eq!(got, vec![("e3514235-4b06-11d1-ab04-00c04fc2dcd2".to_string(), 49667)]);
+        assert_eq!(interface_name(&got[0].0), Some("drsuapi"));
+        assert!(epm_tcp_interfaces(&stub[40..]).is_empty(), "a port without its interface floor");
+        for cut in 0..stub.len() {
+            let _ = epm_tcp_interfaces(&stub[..cut]);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Detections on real traffic. Each labelled capture of `eval/labels.toml` that this
 //! machine has goes through the real sensor and the real cloud, and must raise the alerts
-//! its label names (from the attacking host) and nothing its label does not allow:
+//! its label names (from the attacking host, naming the account the wire shows) and
+//! nothing its label does not allow:
 //! - the project's own lab fixtures (`lab/pcaps`: a Samba AD DC attacked with impacket,
 //!   MIT Kerberos and Samba's tools, one capture per attack of the detections issue), which
 //!   are always here;
@@ -42,6 +43,13 @@ fn failures(pick: impl Fn(&Label) -> bool) -> (usize, Vec<String>) {
         failures.extend(verdict.missed.iter().map(|d| format!("{}: no {d} alert from {:?}", label.path, label.src)));
         failures
             .extend(verdict.false_positives.iter().map(|d| format!("{}: {d} raised, not in its label", label.path)));
+        failures.extend(
+            verdict
+                .account_named
+                .iter()
+                .filter(|(_, named)| !named)
+                .map(|(d, _)| format!("{}: no {d} alert names {}", label.path, label.accounts[d])),
+        );
         ran += 1;
     }
     (ran, failures)

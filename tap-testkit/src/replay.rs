@@ -109,6 +109,9 @@ pub struct Label {
     /// More `[detect]` settings for this capture's cloud (e.g. honeytokens), TOML lines.
     #[serde(default)]
     pub config: String,
+    /// Per expected detection, the account its alert must name, where the wire shows it.
+    #[serde(default)]
+    pub accounts: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub note: String,
 }
@@ -126,6 +129,15 @@ pub struct Verdict {
     pub detected: Vec<String>,
     pub missed: Vec<String>,
     pub false_positives: Vec<String>,
+    /// Per detected detection whose label names its account: whether an alert named it.
+    pub account_named: Vec<(String, bool)>,
+}
+
+/// The one name of an account however it is written: `DOMAIN\user`, `user@REALM`, and
+/// case (the cloud's alerts already carry this form).
+pub fn account_name(account: &str) -> String {
+    let a = account.rsplit('\\').next().unwrap_or(account);
+    a.split('@').next().unwrap_or(a).to_lowercase()
 }
 
 impl Label {
@@ -150,6 +162,14 @@ impl Label {
             let hit = raised.iter().any(|r| &r.detection == d && self.src.as_ref().is_none_or(|s| s == &r.src_ip));
             if hit {
                 v.detected.push(d.clone());
+                if let Some(want) = self.accounts.get(d) {
+                    let named = raised.iter().any(|r| {
+                        &r.detection == d
+                            && self.src.as_ref().is_none_or(|s| s == &r.src_ip)
+                            && account_name(&r.account) == account_name(want)
+                    });
+                    v.account_named.push((d.clone(), named));
+                }
             } else {
                 v.missed.push(d.clone());
             }
@@ -181,5 +201,13 @@ mod tests {
         assert_eq!(v.missed, ["kerberoasting"], "from the wrong host");
         assert_eq!(v.false_positives, ["dcsync"]);
         assert_eq!(label.pcap(Path::new("/w"), Path::new("/s")), Path::new("/w/lab/pcaps/x.pcap"));
+        let named: Label =
+            toml::from_str("path = \"x\"\nexpect = [\"dcsync\"]\naccounts = { dcsync = \"LAB\\\\Eve.Admin\" }\n")
+                .unwrap();
+        let a =
+            |account: &str| Raised { detection: "dcsync".into(), src_ip: "10.0.0.20".into(), account: account.into() };
+        assert_eq!(named.judge(&[a("eve.admin")]).account_named, [("dcsync".to_string(), true)]);
+        assert_eq!(named.judge(&[a("")]).account_named, [("dcsync".to_string(), false)]);
+        assert_eq!(named.judge(&[a(""), a("eve.admin@LAB.EXAMPLE")]).account_named, [("dcsync".to_string(), true)]);
     }
 }

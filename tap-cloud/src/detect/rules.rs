@@ -369,11 +369,12 @@ impl Rules {
             30 => {
                 self.dcs.insert(ev.dc_ip.clone());
                 if let Some(request) = self.tgs_requests.remove(&(ev.src_ip.clone(), ev.src_port)) {
-                    let owner = request.owner.clone();
+                    // A KRB-ERROR may name the client (RFC 4120 5.9.1 cname), as Samba's do.
+                    let account = if client.is_empty() { request.owner.clone() } else { client.clone() };
                     self.tgs_outcome(
                         cfg,
                         &request,
-                        &owner,
+                        &account,
                         &format!("the DC refused it (error {})", k.error_code),
                         out,
                     );

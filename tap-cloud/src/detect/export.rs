@@ -66,7 +66,8 @@ fn severity_number(s: &str) -> u8 {
     match s {
         "high" => 8,
         "medium" => 5,
-        _ => 3,
+        "low" => 3,
+        _ => 1,
     }
 }
 
@@ -118,7 +119,12 @@ impl Exporter {
     pub fn send(&mut self, alert: &Alert) {
         if let Some(s) = self.syslog.as_mut() {
             // RFC 5424 framing, facility security/authorization (10), severity by alert.
-            let pri = 10 * 8 + if alert.severity == "high" { 2 } else { 4 };
+            let level = match alert.severity.as_str() {
+                "high" => 2,
+                "info" => 6,
+                _ => 4,
+            };
+            let pri = 10 * 8 + level;
             let line = format!("<{pri}>1 - {} tap-cloud - - - {}", self.host, cef(alert));
             let result = match s {
                 Syslog::Udp(sock, addr) => sock.send_to(line.as_bytes(), addr.as_str()).map(|_| ()),

@@ -24,7 +24,7 @@ pub struct Alert {
     pub id: i64,
     pub detection: String,
     pub title: String,
-    /// "low", "medium", "high".
+    /// "info" (a notice, e.g. a new DC), "low", "medium", "high".
     pub severity: String,
     pub mitre: String,
     pub account: String,

@@ -48,6 +48,14 @@ const COMPUTER_SERVICE_CLASSES: [&str; 14] = [
     "dfsr-12f9a27c-bf97-4787-9364-d31b6c55eb04",
 ];
 
+/// How long a host that registered a DC object (DRSAddEntry) has to start replicating
+/// the directory from a DC, as a promotion does at once, before the registration is taken
+/// for a rogue DC's (DCShadow).
+const PROMOTION_WAIT_NS: i64 = 60_000_000_000;
+/// DNS names under which domain controllers register (MS-ADTS 6.3.2.3): an SRV record for
+/// one of these services under `dc._msdcs.` (the domain's or a site's) names a DC.
+const DC_LOCATOR_SERVICES: [&str; 2] = ["_ldap._tcp.", "_kerberos._tcp."];
+
 /// A TGS-REQ waiting for its reply: the reply (not the request) names the account.
 struct TgsRequest {
     event: ActivityEvent,
@@ -81,8 +89,14 @@ pub struct Rules {
     /// TGT fingerprint → the host it was issued to (or first used from) and the account it
     /// was issued for (from the AS-REP; TGS-REQs do not name their client in the clear).
     tgt_host: HashMap<String, (String, String)>,
-    /// Domain controllers: configured, and learned from who answers Kerberos and LDAP.
+    /// Domain controllers: configured, and learned from who answers Kerberos and LDAP, the
+    /// DC locator's DNS records, and promotions.
     dcs: HashSet<String>,
+    /// Host names the DC locator's SRV records name (lower case).
+    dc_names: HashSet<String>,
+    /// Hosts that registered a DC object (a successful DRSAddEntry) and are not yet known
+    /// as DCs: a promotion if they replicate next, DCShadow if not.
+    registrations: HashMap<String, ActivityEvent>,
     /// Time of the first event seen: the sensor's watch started then.
     watching_since: Option<i64>,
     honeytokens: HashSet<String>,
@@ -120,6 +134,13 @@ fn user_service(sname: &str, computers: &HashSet<String>) -> bool {
         // A bare name is an account name (a ticket to an account by name or UPN).
         None => !computers.contains(s.split('@').next().unwrap_or(&s)),
     }
+}
+
+fn dcshadow(ev: &ActivityEvent, op: &str, how: &str) -> Finding {
+    finding(ev, "dcshadow", "DCShadow: a non-DC registering or pushing replication", "high", "T1207", &account_key(&ev.account), format!(
+        "{} called {op} on {}, {how}: a rogue DC may be registering to push changes (DCShadow). Check for new nTDSDSA objects and recent changes to sensitive attributes.",
+        ev.src_ip, ev.dc_ip
+    ))
 }
 
 fn finding(
@@ -193,6 +214,8 @@ impl Rules {
             computers: HashSet::new(),
             tgt_host: HashMap::new(),
             dcs: cfg.dcs.iter().cloned().collect(),
+            dc_names: HashSet::new(),
+            registrations: HashMap::new(),
             watching_since: None,
             honeytokens: cfg.honeytokens.iter().map(|a| account_key(a)).collect(),
         }
@@ -214,6 +237,7 @@ impl Rules {
         let t = ev.time_unix_ns;
         self.watching_since = Some(self.watching_since.map_or(t, |s| s.min(t)));
         self.flush_tgs_requests(cfg, t, out);
+        self.flush_registrations(t, out);
         let account = account_key(&ev.account);
         if let Some(computer) = account.strip_suffix('$').filter(|c| !c.is_empty()) {
             if self.computers.len() < MAX_KEYS {
@@ -244,6 +268,7 @@ impl Rules {
             }
             Some(Detail::Ldap(l)) => self.ldap(cfg, ev, l, out),
             Some(Detail::Dcerpc(d)) => self.dcerpc(cfg, ev, d, out),
+            Some(Detail::Dns(d)) if !d.records.is_empty() => self.learn_dcs_from_dns(ev, d, out),
             Some(Detail::Dns(d)) if !d.response => {
                 if let Some(q) = d.questions.iter().find(|q| q.qtype == 252 || q.qtype == 251) {
                     out.push(finding(ev, "dns_zone_transfer", "DNS zone transfer attempt", "medium", "T1590.002", "", format!(
@@ -534,6 +559,57 @@ impl Rules {
         }
     }
 
+    /// The DC locator's SRV records name the DCs, and their address records give their
+    /// addresses; a dynamic update that registers a DC not known yet is a new DC.
+    fn learn_dcs_from_dns(&mut self, ev: &ActivityEvent, d: &crate::pb::Dns, out: &mut Vec<Finding>) {
+        const A: u32 = 1;
+        const AAAA: u32 = 28;
+        const SRV: u32 = 33;
+        for r in d.records.iter().filter(|r| r.rtype == SRV) {
+            let owner = lower(&r.name);
+            let locator = DC_LOCATOR_SERVICES.iter().any(|s| owner.starts_with(s)) && owner.contains("dc._msdcs.");
+            if locator && self.dc_names.len() < MAX_KEYS {
+                self.dc_names.insert(lower(r.data.trim_end_matches('.')));
+            }
+        }
+        let update = !d.response && d.opcode == 5;
+        for r in d.records.iter().filter(|r| matches!(r.rtype, A | AAAA)) {
+            if !self.dc_names.contains(&lower(r.name.trim_end_matches('.'))) || self.dcs.contains(&r.data) {
+                continue;
+            }
+            self.dcs.insert(r.data.clone());
+            if update {
+                out.push(finding(ev, "new_domain_controller", "New domain controller registered", "info", "T1207", &account_key(&ev.account), format!(
+                    "{} registered itself in DNS as a domain controller ({}, {}), through {}. Domain controllers are added rarely and on purpose: check that this promotion was planned; if not, treat it as a rogue DC.",
+                    r.data, r.name, r.data, ev.dc_ip
+                )));
+            }
+        }
+    }
+
+    /// Registrations (DRSAddEntry) not followed by replication within the wait were a
+    /// rogue DC's.
+    fn flush_registrations(&mut self, now: i64, out: &mut Vec<Finding>) {
+        if self.registrations.is_empty() {
+            return;
+        }
+        let stale: Vec<String> = self
+            .registrations
+            .iter()
+            .filter(|(_, e)| now.saturating_sub(e.time_unix_ns) > PROMOTION_WAIT_NS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for host in stale {
+            if let Some(e) = self.registrations.remove(&host) {
+                out.push(dcshadow(
+                    &e,
+                    "DRSAddEntry",
+                    "and did not replicate the directory afterwards, as a promotion would",
+                ));
+            }
+        }
+    }
+
     fn dcerpc(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, d: &DceRpc, out: &mut Vec<Finding>) {
         if d.operation != "call" {
             return;
@@ -545,17 +621,37 @@ impl Rules {
         }
         let from_dc = self.dcs.contains(&ev.src_ip);
         match (d.interface.as_str(), op) {
+            // A host that just registered its DC object (DRSAddEntry) and now replicates
+            // the directory is being promoted, as `samba-tool domain join DC` and dcpromo do.
+            ("drsuapi", "DRSGetNCChanges") if !from_dc && self.registrations.contains_key(&ev.src_ip) => {
+                let registered = self.registrations.remove(&ev.src_ip);
+                self.dcs.insert(ev.src_ip.clone());
+                let by =
+                    registered.map(|r| account_key(&r.account)).filter(|a| !a.is_empty()).unwrap_or(account.clone());
+                out.push(finding(ev, "new_domain_controller", "New domain controller promoted", "info", "T1207", &by, format!(
+                    "{} registered a domain controller object (DRSAddEntry) and then replicated the directory from {}, as a DC being promoted does{}. Domain controllers are added rarely and on purpose: check that this promotion was planned; if not, treat {} as a rogue DC holding every password hash.",
+                    ev.src_ip, ev.dc_ip, if by.is_empty() { String::new() } else { format!(" (as {by})") }, ev.src_ip
+                )));
+            }
             ("drsuapi", "DRSGetNCChanges") if !from_dc => {
                 out.push(finding(ev, "dcsync", "DCSync: directory replication from a non-DC", "high", "T1003.006", &account, format!(
                     "{} asked {} to replicate directory data (DRSGetNCChanges) but is not a domain controller: this is how DCSync pulls password hashes, the krbtgt key included. Find the account that did it, remove its replication rights, and consider every domain credential exposed.",
                     ev.src_ip, ev.dc_ip
                 )));
             }
+            // A successful registration waits for what follows (a promotion replicates at
+            // once); a refused one was an attempt.
+            ("drsuapi", "DRSAddEntry") if !from_dc && ev.result == "success" && self.registrations.len() < MAX_KEYS => {
+                self.registrations.entry(ev.src_ip.clone()).or_insert_with(|| ev.clone());
+            }
             ("drsuapi", "DRSAddEntry" | "DRSReplicaAdd") if !from_dc => {
-                out.push(finding(ev, "dcshadow", "DCShadow: a non-DC registering or pushing replication", "high", "T1207", &account, format!(
-                    "{} called {op} on {}, which only domain controllers do: a rogue DC may be registering to push changes (DCShadow). Check for new nTDSDSA objects and recent changes to sensitive attributes.",
-                    ev.src_ip, ev.dc_ip
-                )));
+                let how = if let Some(r) = self.registrations.remove(&ev.src_ip) {
+                    out.push(dcshadow(&r, "DRSAddEntry", "then asked the DC to replicate from it"));
+                    "after registering a DC object"
+                } else {
+                    "which only domain controllers do"
+                };
+                out.push(dcshadow(ev, op, how));
             }
             ("efsrpc" | "lsarpc", o) if o.starts_with("EfsRpc") => {
                 out.push(finding(ev, "forced_authentication", "Forced authentication (EFSRPC, PetitPotam)", "high", "T1187", &account, format!(
@@ -621,7 +717,7 @@ impl Rules {
 #[cfg(test)]
 mod tests {
     use super::super::{DetectConfig, Engine};
-    use crate::pb::{activity_event::Detail, ActivityEvent, DceRpc, Dns, DnsQuestion, Kerberos, Ldap, Ntlm};
+    use crate::pb::{activity_event::Detail, ActivityEvent, DceRpc, Dns, DnsQuestion, DnsRecord, Kerberos, Ldap, Ntlm};
 
     const S: i64 = 1_000_000_000;
 
@@ -914,6 +1010,95 @@ mod tests {
         let mut learned = answers.clone();
         learned.dc_ip = "10.1.1.3".into();
         assert!(run(cfg, &[learned, rpc(3, "10.1.1.3", "drsuapi", "DRSGetNCChanges")]).is_empty());
+    }
+
+    /// A DC being promoted registers its DC object (DRSAddEntry) and replicates at once:
+    /// a notice, not DCSync or DCShadow, and it replicates as a DC from then on. A DCSync
+    /// from a workstation still alerts at once, one alert per account; a registration that
+    /// is not followed by replication, or that asks the DC to replicate from it, is DCShadow.
+    #[test]
+    fn a_promotion_is_a_notice_and_dcsync_and_dcshadow_still_alert() {
+        let mut cfg = DetectConfig::default();
+        cfg.dcs.push("10.0.0.10".into());
+        let call = |t: i64, src: &str, op: &str, account: &str, result: &str| {
+            let mut e = rpc(t, src, "drsuapi", op);
+            e.account = account.into();
+            e.result = result.into();
+            e
+        };
+        let join = [
+            call(1, "10.0.0.11", "DRSAddEntry", "LAB\\Administrator", "success"),
+            call(2, "10.0.0.11", "DRSGetNCChanges", "LAB\\Administrator", "success"),
+            call(3, "10.0.0.11", "DRSGetNCChanges", "LAB\\Administrator", "success"),
+            call(4, "10.0.0.11", "DRSReplicaUpdateRefs", "LAB\\Administrator", "success"),
+            call(200, "10.0.0.11", "DRSGetNCChanges", "DC2$", "success"),
+        ];
+        let mut engine = Engine::new(cfg.clone());
+        let alerts: Vec<_> = join.iter().flat_map(|e| engine.process(e)).collect();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(
+            (alerts[0].detection.as_str(), alerts[0].severity.as_str(), alerts[0].account.as_str()),
+            ("new_domain_controller", "info", "administrator")
+        );
+        // DCSync from a workstation, by two accounts: two alerts, each naming its account.
+        let dcsync = [
+            call(1, "10.1.1.5", "DRSGetNCChanges", "LAB\\bob", "failure"),
+            call(2, "10.1.1.5", "DRSGetNCChanges", "LAB\\eve.admin", "success"),
+        ];
+        let mut engine = Engine::new(cfg.clone());
+        let alerts: Vec<_> = dcsync.iter().flat_map(|e| engine.process(e)).collect();
+        let named: Vec<_> = alerts.iter().map(|a| (a.detection.as_str(), a.account.as_str())).collect();
+        assert_eq!(named, [("dcsync", "bob"), ("dcsync", "eve.admin")]);
+        // A registration with no replication after it: DCShadow, once the wait is over.
+        let rogue = [
+            call(1, "10.1.1.6", "DRSAddEntry", "LAB\\eve.admin", "success"),
+            ev(30, "10.9.9.9", Detail::Kerberos(krb(10))),
+        ];
+        assert!(run(cfg.clone(), &rogue).is_empty(), "a promotion replicates within the wait");
+        let later = ev(120, "10.9.9.9", Detail::Kerberos(krb(10)));
+        assert_eq!(run(cfg.clone(), &[rogue[0].clone(), later]), vec!["dcshadow"]);
+        // A registration followed by asking the DC to replicate from it: DCShadow at once.
+        let push = [
+            call(1, "10.1.1.6", "DRSAddEntry", "LAB\\eve.admin", "success"),
+            call(2, "10.1.1.6", "DRSReplicaAdd", "LAB\\eve.admin", "success"),
+        ];
+        assert_eq!(run(cfg.clone(), &push), vec!["dcshadow"]);
+        // A refused registration is the attempt itself.
+        assert_eq!(run(cfg, &[call(1, "10.1.1.6", "DRSAddEntry", "", "failure")]), vec!["dcshadow"]);
+    }
+
+    /// The DC locator's records name the DCs: a locator answer teaches them silently, a
+    /// dynamic update registering an unknown DC is a notice; either way its replication is
+    /// then a DC's.
+    #[test]
+    fn dcs_are_learned_from_the_dc_locator_records() {
+        let record = |name: &str, rtype: u32, data: &str| DnsRecord { name: name.into(), rtype, data: data.into() };
+        let dns = |response: bool, opcode: u32| {
+            ev(
+                1,
+                "10.0.0.12",
+                Detail::Dns(Dns {
+                    response,
+                    opcode,
+                    records: vec![
+                        record("_ldap._tcp.dc._msdcs.lab.example", 33, "dc2.lab.example"),
+                        record("dc2.lab.example", 1, "10.0.0.12"),
+                        record("www.lab.example", 1, "10.0.0.99"),
+                    ],
+                    ..Default::default()
+                }),
+            )
+        };
+        let pull = |src: &str| rpc(5, src, "drsuapi", "DRSGetNCChanges");
+        assert!(run(DetectConfig::default(), &[dns(true, 0), pull("10.0.0.12")]).is_empty());
+        assert_eq!(run(DetectConfig::default(), &[dns(true, 0), pull("10.0.0.99")]), vec!["dcsync"]);
+        assert_eq!(run(DetectConfig::default(), &[dns(false, 5), pull("10.0.0.12")]), vec!["new_domain_controller"]);
+        // A site's locator record counts too.
+        let mut site = dns(true, 0);
+        if let Some(Detail::Dns(d)) = site.detail.as_mut() {
+            d.records[0].name = "_kerberos._tcp.Default-First-Site-Name._sites.dc._msdcs.lab.example".into();
+        }
+        assert!(run(DetectConfig::default(), &[site, pull("10.0.0.12")]).is_empty());
     }
 
     #[test]

@@ -570,7 +570,7 @@ pub fn metrics_router(store: Arc<dyn Store>) -> Router {
                     };
                     gauge("events_stored", "", store.event_count()?);
                     let alerts = store.alerts()?;
-                    for sev in ["high", "medium", "low"] {
+                    for sev in ["high", "medium", "low", "info"] {
                         gauge(
                             "alerts",
                             &format!("{{severity=\"{sev}\"}}"),

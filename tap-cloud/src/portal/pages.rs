@@ -130,7 +130,7 @@ th{font-size:.75em;text-transform:uppercase;letter-spacing:.05em;color:var(--mut
 td,th{padding:.55em .75em;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 tr:last-child td{border-bottom:0}
 .sev,.badge{display:inline-block;border-radius:10px;padding:.1em .65em;font-size:.8em;font-weight:600;white-space:nowrap;line-height:1.5}
-.sev.high{background:#fde4e3;color:#a11a1e}.sev.medium{background:#ffeed6;color:#8f4700}.sev.low{background:#e4ecf6;color:#2c4a6e}
+.sev.high{background:#fde4e3;color:#a11a1e}.sev.medium{background:#ffeed6;color:#8f4700}.sev.low{background:#e4ecf6;color:#2c4a6e}.sev.info{background:#eef0f2;color:#4a5560}
 .st-new{background:#e4ecfd;color:#1d4cb0}.st-in_progress{background:#fff3cf;color:#725300}
 .st-resolved{background:#def3e5;color:#1b6633}.st-false_positive{background:#eaecef;color:#474f5c}
 .ok{background:#def3e5;color:#1b6633}.bad{background:#fde4e3;color:#a11a1e}.quiet{background:#eaecef;color:#474f5c}
@@ -147,6 +147,7 @@ tr:last-child td{border-bottom:0}
 .timeline .alert::before{content:"";position:absolute;left:calc(-1.5em - 8px);top:1.25em;width:10px;height:10px;border-radius:50%;background:#fff;border:2px solid #8793ab}
 .timeline .alert.high::before{border-color:#a11a1e;background:#fde4e3}.timeline .alert.medium::before{border-color:#b15d00;background:#ffeed6}
 .timeline .alert.low::before{border-color:#2c4a6e;background:#e4ecf6}
+.timeline .alert.info::before{border-color:#4a5560;background:#eef0f2}
 .alert .desc{font-size:1.02em;margin:.3em 0 .7em;max-width:75em}
 .mitre{font-weight:600;color:var(--ink)}
 details summary{cursor:pointer;color:var(--accent);margin:.4em 0}

@@ -152,7 +152,9 @@ fn severity_rank(s: &str) -> u8 {
     match s {
         "high" => 3,
         "medium" => 2,
-        _ => 1,
+        "low" => 1,
+        // "info": a notice (a new DC), below every alert.
+        _ => 0,
     }
 }
 

@@ -399,6 +399,11 @@ fn dns_event(flow: &FlowMeta, m: dns::DnsMessage) -> ActivityEvent {
         questions: m.questions.into_iter().map(|(name, qtype)| pb::DnsQuestion { name, qtype: qtype as u32 }).collect(),
         answers: m.answers as u32,
         over_tcp: flow.transport == Transport::Tcp,
+        records: m
+            .records
+            .into_iter()
+            .map(|(name, rtype, data)| pb::DnsRecord { name, rtype: rtype as u32, data })
+            .collect(),
     }));
     e
 }

@@ -115,6 +115,19 @@ fn dns(out: &mut Vec<u8>, d: &pb::Dns) {
     o.out.push(b']');
     o.uint(k!("answers"), d.answers.into());
     o.bool(k!("over_tcp"), d.over_tcp);
+    o.key(k!("records"));
+    o.out.push(b'[');
+    for (i, r) in d.records.iter().enumerate() {
+        if i > 0 {
+            o.out.push(b',');
+        }
+        let mut ro = Obj::new(o.out);
+        ro.str(k!("name"), &r.name);
+        ro.uint(k!("rtype"), r.rtype.into());
+        ro.str(k!("data"), &r.data);
+        ro.end();
+    }
+    o.out.push(b']');
     o.end();
 }
 
@@ -465,6 +478,10 @@ mod tests {
             ],
             answers: 7,
             over_tcp: true,
+            records: vec![
+                pb::DnsRecord { name: s(), rtype: 33, data: "dc1.lab.example".into() },
+                pb::DnsRecord { name: "dc1".into(), rtype: 1, data: s() },
+            ],
         })));
         details.push(Some(Detail::Ldap(pb::Ldap {
             message_id: 9,

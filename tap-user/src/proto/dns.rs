@@ -1,6 +1,8 @@
-//! DNS messages (RFC 1035 section 4.1): the header and the question section, which is
-//! what the detections use (zone transfers, SRV sweeps, response codes). Written here
-//! because it is forty lines and the crates that fit decode whole messages.
+//! DNS messages (RFC 1035 section 4.1): the header, the question section, which is what
+//! the detections use (zone transfers, SRV sweeps, response codes), and the address and
+//! service records of answers and dynamic updates, from which the domain controllers are
+//! learned. Written here because it is a hundred lines and the crates that fit decode
+//! whole messages into owned trees.
 //!
 //! ```text
 //! header: ID(16) | QR(1) OPCODE(4) AA TC RD RA Z(3) RCODE(4) | QDCOUNT | ANCOUNT | NSCOUNT | ARCOUNT
@@ -16,7 +18,12 @@ pub const MAX_QUESTIONS: usize = 8;
 pub const MAX_NAME: usize = 255;
 const MAX_POINTERS: usize = 16;
 
+/// Address and service records kept per message: a DC locator answer lists every DC.
+pub const MAX_RECORDS: usize = 32;
+
 pub mod qtype {
+    pub const A: u16 = 1;
+    pub const AAAA: u16 = 28;
     pub const SRV: u16 = 33;
     pub const IXFR: u16 = 251;
     pub const AXFR: u16 = 252;
@@ -31,7 +38,14 @@ pub struct DnsMessage {
     pub rcode: u8,
     pub questions: Vec<(String, u16)>,
     pub answers: u16,
+    /// A, AAAA and SRV records of the answer section (or a dynamic update's update
+    /// section): (owner name, type, address or SRV target).
+    pub records: Vec<(String, u16, String)>,
 }
+
+/// OPCODE of a dynamic update (RFC 2136 2.3), whose third section adds and deletes records.
+const OPCODE_UPDATE: u8 = 5;
+const CLASS_IN: u16 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
@@ -107,14 +121,59 @@ pub fn parse_message(msg: &[u8]) -> Result<DnsMessage, DnsError> {
         questions.push((name, qtype));
         at = next + 4;
     }
-    Ok(DnsMessage {
-        id,
-        response: flags & 0x8000 != 0,
-        opcode: ((flags >> 11) & 0xf) as u8,
-        rcode: (flags & 0xf) as u8,
-        questions,
-        answers,
-    })
+    let opcode = ((flags >> 11) & 0xf) as u8;
+    let response = flags & 0x8000 != 0;
+    // A response's records (the DC locator puts the SRV answers' addresses in the
+    // additional section); an update request's update section (after its prerequisites,
+    // which sit where answers do). Records that do not decode end the walk, not the message.
+    let mut records = Vec::new();
+    if qdcount <= MAX_QUESTIONS {
+        let (ns, ar) = (u16_at(msg, 8)? as usize, u16_at(msg, 10)? as usize);
+        let (skip, take) = match (opcode, response) {
+            (OPCODE_UPDATE, false) => (answers as usize, ns),
+            (0, true) => (0, answers as usize + ns + ar),
+            _ => (0, 0),
+        };
+        let _ = walk_records(msg, at, skip, take, &mut records);
+    }
+    Ok(DnsMessage { id, response, opcode, rcode: (flags & 0xf) as u8, questions, answers, records })
+}
+
+/// Skips `skip` resource records from `at`, then keeps the A, AAAA and SRV additions (class
+/// IN) among the next `take` (RFC 1035 4.1.3; SRV RDATA: priority, weight, port, target,
+/// RFC 2782).
+fn walk_records(
+    msg: &[u8],
+    mut at: usize,
+    skip: usize,
+    take: usize,
+    out: &mut Vec<(String, u16, String)>,
+) -> Result<(), DnsError> {
+    for i in 0..skip.saturating_add(take) {
+        if out.len() >= MAX_RECORDS {
+            break;
+        }
+        let (name, next) = read_name(msg, at)?;
+        let (rtype, class) = (u16_at(msg, next)?, u16_at(msg, next + 2)?);
+        let rdlength = u16_at(msg, next + 8)? as usize;
+        let rdata_at = next + 10;
+        let rdata = msg.get(rdata_at..rdata_at + rdlength).ok_or(DnsError::Truncated)?;
+        at = rdata_at + rdlength;
+        if i < skip || class != CLASS_IN {
+            continue;
+        }
+        let data = match (rtype, rdata.len()) {
+            (qtype::A, 4) => std::net::Ipv4Addr::new(rdata[0], rdata[1], rdata[2], rdata[3]).to_string(),
+            (qtype::AAAA, 16) => {
+                let octets: [u8; 16] = rdata.try_into().map_err(|_| DnsError::Truncated)?;
+                std::net::Ipv6Addr::from(octets).to_string()
+            }
+            (qtype::SRV, 7..) => read_name(msg, rdata_at + 6)?.0,
+            _ => continue,
+        };
+        out.push((name, rtype, data));
+    }
+    Ok(())
 }
 
 /// Splits a TCP byte stream into DNS messages (2-byte length prefix). After a gap framing
@@ -188,6 +247,63 @@ mod tests {
         }
         m.extend_from_slice(&[0, 0, 33, 0, 1]);
         m
+    }
+
+    /// A DC locator answer (two SRV records, compressed, their addresses in the additional
+    /// section) and a dynamic update that registers a new DC's SRV and A records.
+    #[test]
+    fn dc_locator_answers_and_dynamic_updates_give_their_records() {
+        let rr = |name: &[u8], rtype: u16, rdata: &[u8]| {
+            let mut r = name.to_vec();
+            r.extend(rtype.to_be_bytes());
+            r.extend(1u16.to_be_bytes());
+            r.extend(600u32.to_be_bytes());
+            r.extend((rdata.len() as u16).to_be_bytes());
+            r.extend(rdata);
+            r
+        };
+        let label = |host: &str| {
+            let mut n = Vec::new();
+            for l in host.split('.') {
+                n.push(l.len() as u8);
+                n.extend(l.as_bytes());
+            }
+            n.push(0);
+            n
+        };
+        let srv = |host: &str| [&[0u8, 0, 0, 100, 1, 133][..], &label(host)].concat();
+        let mut m = srv_query();
+        m[2] = 0x85;
+        m[7] = 2; // answers
+        m[11] = 2; // additional
+        m.extend(rr(&[0xc0, 12], qtype::SRV, &srv("dc1.lab.example")));
+        m.extend(rr(&[0xc0, 12], qtype::SRV, &srv("dc2.lab.example")));
+        m.extend(rr(&label("dc1.lab.example"), qtype::A, &[10, 0, 0, 10]));
+        m.extend(rr(&label("dc2.lab.example"), qtype::A, &[10, 0, 0, 11]));
+        let r = parse_message(&m).unwrap();
+        let name = "_ldap._tcp.dc._msdcs.lab.example".to_string();
+        assert_eq!(
+            r.records,
+            vec![
+                (name.clone(), qtype::SRV, "dc1.lab.example".to_string()),
+                (name.clone(), qtype::SRV, "dc2.lab.example".to_string()),
+                ("dc1.lab.example".to_string(), qtype::A, "10.0.0.10".to_string()),
+                ("dc2.lab.example".to_string(), qtype::A, "10.0.0.11".to_string()),
+            ]
+        );
+        for cut in 0..m.len() {
+            let _ = parse_message(&m[..cut]);
+        }
+        // RFC 2136: zone in the question slot, no prerequisites, two additions.
+        let mut u = vec![0x00, 0x07, 0x28, 0x00, 0, 1, 0, 0, 0, 2, 0, 0];
+        u.extend(label("lab.example"));
+        u.extend([0, 6, 0, 1]);
+        u.extend(rr(&label("_ldap._tcp.dc._msdcs.lab.example"), qtype::SRV, &srv("dc2.lab.example")));
+        u.extend(rr(&label("dc2.lab.example"), qtype::A, &[10, 0, 0, 11]));
+        let r = parse_message(&u).unwrap();
+        assert_eq!((r.opcode, r.response), (5, false));
+        assert_eq!(r.records.len(), 2);
+        assert_eq!(r.records[0], (name, qtype::SRV, "dc2.lab.example".to_string()));
     }
 
     #[test]

@@ -24,6 +24,7 @@ export LAB
 . "$LAB/lib/common.sh"
 . "$LAB/lib/net.sh"
 . "$LAB/lib/dc.sh"
+. "$LAB/lib/dc2.sh"
 . "$LAB/lib/client.sh"
 . "$LAB/lib/tap.sh"
 . "$LAB/lib/scenarios.sh"
@@ -77,6 +78,7 @@ do_status() {
 do_down() {
   cap_stop 2>/dev/null
   tap_down
+  dc2_stop
   dc_stop
   net_down
   if [ "${1:-}" = "--purge" ]; then rm -rf "$STATE"; log "purged $STATE"; fi

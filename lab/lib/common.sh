@@ -20,18 +20,21 @@ TAP_DIR=$STATE/tap                # tap-cloud database, certificates, sensor spo
 #   dt-dc   [dt-dc0 10.78.0.10] ---- [dt-swp-dc] \
 #   dt-cl1  [dt-cl0 10.78.0.20] ---- [dt-swp-cl1] - dt-br0 (bridge in netns dt-sw)
 #   dt-cl2  [dt-cl0 10.78.0.21] ---- [dt-swp-cl2] /
-#   dt-sw: tc clsact on dt-swp-dc, ingress+egress "match all", two mirred actions:
+#   dt-dc2  [dt-dc0 10.78.0.11] ---- [dt-swp-dc2] (a second DC, joined by the promotion
+#           scenario; its port is mirrored like the first DC's)
+#   dt-sw: tc clsact on dt-swp-dc and dt-swp-dc2, ingress+egress "match all", two mirred actions:
 #          -> dt-swp-span ==veth==> dt-sen0 (netns dt-sensor): tap-sensor capture (XDP)
 #          -> dt-swp-rec  ==veth==> dt-rec0 (netns dt-sensor): tcpdump, one pcap per scenario
 #   tap-cloud serve runs in dt-sensor on its loopback (127.0.0.1:7443).
-NS_DC=dt-dc; NS_CL=dt-cl1; NS_CL2=dt-cl2; NS_SEN=dt-sensor; NS_SW=dt-sw
+NS_DC=dt-dc; NS_CL=dt-cl1; NS_CL2=dt-cl2; NS_SEN=dt-sensor; NS_SW=dt-sw; NS_DC2=dt-dc2
 BR=dt-br0
-DC_IF=dt-dc0; DC_SWP=dt-swp-dc
+DC_IF=dt-dc0; DC_SWP=dt-swp-dc; DC2_SWP=dt-swp-dc2
 CL_IF=dt-cl0; CL_SWP=dt-swp-cl1; CL2_SWP=dt-swp-cl2
 SEN_IF=dt-sen0; SPAN_IF=dt-swp-span
 REC_IF=dt-rec0; RECSPAN_IF=dt-swp-rec
 NET=10.78.0.0/24
 DC_IP=10.78.0.10
+DC2_IP=10.78.0.11
 CL_IP=10.78.0.20
 CL2_IP=10.78.0.21
 CLOUD_ADDR=127.0.0.1:7443
@@ -44,6 +47,9 @@ DNSDOMAIN=dctap.test
 BASEDN=DC=dctap,DC=test
 DC_NAME=dc1
 DC_FQDN=dc1.dctap.test
+DC2_NAME=dc2
+DC2_FQDN=dc2.dctap.test
+DC2DIR=$STATE/dc2                 # the second DC's samba-tool domain join --targetdir
 # The lab's fixed test passwords (documented, only ever used inside the lab).
 ADMINPASS='Adm1nistrat0r!Lab'
 
@@ -66,6 +72,7 @@ HONEYTOKEN=hr.backup
 log()  { printf '[lab %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die()  { log "ERROR: $*"; exit 1; }
 in_dc()  { ip netns exec "$NS_DC"  "$@"; }
+in_dc2() { ip netns exec "$NS_DC2" "$@"; }
 in_cl()  { ip netns exec "$NS_CL"  "$@"; }
 in_cl2() { ip netns exec "$NS_CL2" "$@"; }
 in_sen() { ip netns exec "$NS_SEN" "$@"; }

@@ -17,6 +17,7 @@ ns_basics() {
 
 net_is_up() {
   ns_exists $NS_SW && ns_exists $NS_DC && ns_exists $NS_CL && ns_exists $NS_CL2 && ns_exists $NS_SEN &&
+  ns_exists $NS_DC2 &&
   in_sw tc filter show dev $DC_SWP ingress 2>/dev/null | grep -q mirred &&
   in_sw tc filter show dev $DC_SWP egress  2>/dev/null | grep -q mirred
 }
@@ -24,9 +25,9 @@ net_is_up() {
 net_up() {
   if net_is_up; then log "network already up"; return 0; fi
   net_down   # clear half-built state from an earlier failed run
-  log "creating namespaces $NS_SW $NS_DC $NS_CL $NS_CL2 $NS_SEN"
+  log "creating namespaces $NS_SW $NS_DC $NS_DC2 $NS_CL $NS_CL2 $NS_SEN"
   local ns
-  for ns in $NS_SW $NS_DC $NS_CL $NS_CL2 $NS_SEN; do
+  for ns in $NS_SW $NS_DC $NS_DC2 $NS_CL $NS_CL2 $NS_SEN; do
     ip netns add $ns || die "ip netns add $ns"
     ns_basics $ns
   done
@@ -34,6 +35,7 @@ net_up() {
   in_sw ip link set $BR up
 
   ip link add $DC_IF netns $NS_DC type veth peer name $DC_SWP netns $NS_SW
+  ip link add $DC_IF netns $NS_DC2 type veth peer name $DC2_SWP netns $NS_SW
   ip link add $CL_IF netns $NS_CL type veth peer name $CL_SWP netns $NS_SW
   ip link add $CL_IF netns $NS_CL2 type veth peer name $CL2_SWP netns $NS_SW
   # SPAN destinations (not bridge members): the sensor's port and the recorder's port
@@ -41,7 +43,7 @@ net_up() {
   ip link add $RECSPAN_IF netns $NS_SW type veth peer name $REC_IF netns $NS_SEN
 
   local p
-  for p in $DC_SWP $CL_SWP $CL2_SWP; do
+  for p in $DC_SWP $DC2_SWP $CL_SWP $CL2_SWP; do
     in_sw ip link set $p master $BR
     nic_like $NS_SW $p
     in_sw ip link set $p up
@@ -51,6 +53,9 @@ net_up() {
   nic_like $NS_DC $DC_IF
   in_dc ip addr add $DC_IP/24 dev $DC_IF
   in_dc ip link set $DC_IF up
+  nic_like $NS_DC2 $DC_IF
+  in_dc2 ip addr add $DC2_IP/24 dev $DC_IF
+  in_dc2 ip link set $DC_IF up
   nic_like $NS_CL $CL_IF
   in_cl ip addr add $CL_IP/24 dev $CL_IF
   in_cl ip link set $CL_IF up
@@ -61,19 +66,22 @@ net_up() {
   # sensor side: no addresses, promiscuous, receive only
   for p in $SEN_IF $REC_IF; do nic_like $NS_SEN $p; in_sen ip link set $p promisc on up; done
 
-  # SPAN: everything entering (from the DC) or leaving (to the DC) the DC's switch port is
-  # copied to both sensor-side ports ("monitor session 1 source interface Gi0/10 both").
+  # SPAN: everything entering (from a DC) or leaving (to a DC) the DCs' switch ports is
+  # copied to both sensor-side ports ("monitor session 1 source interface Gi0/10 - 11
+  # both"); what goes from one DC to the other is copied twice, as a real SPAN does.
   # u32 "match anything" with protocol all (also ARP); cls_matchall may be absent.
-  in_sw tc qdisc add dev $DC_SWP clsact
-  local dir
-  for dir in ingress egress; do
-    in_sw tc filter add dev $DC_SWP $dir protocol all prio 1 u32 match u32 0 0 \
-        action mirred egress mirror dev $SPAN_IF \
-        action mirred egress mirror dev $RECSPAN_IF || die "tc mirred on $DC_SWP $dir"
+  local dir swp
+  for swp in $DC_SWP $DC2_SWP; do
+    in_sw tc qdisc add dev $swp clsact
+    for dir in ingress egress; do
+      in_sw tc filter add dev $swp $dir protocol all prio 1 u32 match u32 0 0 \
+          action mirred egress mirror dev $SPAN_IF \
+          action mirred egress mirror dev $RECSPAN_IF || die "tc mirred on $swp $dir"
+    done
   done
 
   # per-namespace resolv.conf (ip netns exec bind-mounts /etc/netns/<ns>/*)
-  for ns in $NS_CL $NS_CL2 $NS_DC; do
+  for ns in $NS_CL $NS_CL2 $NS_DC $NS_DC2; do
     mkdir -p /etc/netns/$ns
     printf 'search %s\nnameserver %s\n' $DNSDOMAIN $DC_IP > /etc/netns/$ns/resolv.conf
   done
@@ -84,10 +92,10 @@ net_up() {
 
 net_down() {
   local ns
-  for ns in $NS_SEN $NS_CL2 $NS_CL $NS_DC $NS_SW; do
+  for ns in $NS_SEN $NS_CL2 $NS_CL $NS_DC2 $NS_DC $NS_SW; do
     ns_kill_all $ns
     ns_exists $ns && ip netns del $ns
   done
-  rm -rf /etc/netns/$NS_CL /etc/netns/$NS_CL2 /etc/netns/$NS_DC
+  rm -rf /etc/netns/$NS_CL /etc/netns/$NS_CL2 /etc/netns/$NS_DC /etc/netns/$NS_DC2
   return 0
 }

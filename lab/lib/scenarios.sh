@@ -334,6 +334,52 @@ sc_dcshadow() {
        imptool dcshadow.py "$DNSDOMAIN/eve.admin:$(pw eve.admin)" $DC_IP
 }
 
+# benign busy hours: many users at once, service tickets for a service account without AES
+# keys (msDS-SupportedEncryptionTypes unset: the KDC answers clients that offer AES with
+# RC4 tickets), the DC's own services, SMB with Kerberos and NTLM, LDAP, DNS, an RPC
+# application over NTLM, and a few password typos (each user on their own workstation).
+sc_busy() {
+  local u
+  for u in alice bob; do
+    step "kinit_$u" $u "logon with one typo first" - "Default principal: $u" "benign: a typo, then the password" -- \
+         bash -c "export KRB5CCNAME=$CLDIR/ccache.$u; kinit_wrong $u 'Typo#$u'; printf '%s\n' '$(pw $u)' | client kinit $u@$REALM && client klist"
+    step "tgs_$u" $u "service tickets: the DC's services and the SQL service (RC4-only account)" - "kvno = " \
+         "benign: AES offered, RC4 ticket for MSSQLSvc" -- \
+         bash -c "export KRB5CCNAME=$CLDIR/ccache.$u; client kvno cifs/$DC_FQDN ldap/$DC_FQDN host/$DC_FQDN '$SPN_SVC'"
+  done
+  for u in carol eve.admin; do
+    SRC=$CL2_IP step "kinit_$u" $u "logon from WS02" - "kvno = " "benign" -- \
+         bash -c "export KRB5CCNAME=$CLDIR/ccache.$u; printf '%s\n' '$(pw $u)' | client2 kinit $u@$REALM && client2 kvno '$SPN_SVC' cifs/$DC_FQDN"
+  done
+  SRC=$CL2_IP step typo_carol carol "a mistyped password on WS02" - "Password incorrect" "benign typo" -- \
+       bash -c "CL_NS=$NS_CL2 kinit_wrong carol 'Carol#Typo'"
+  step smb_krb_alice alice "SMB2 Kerberos: share list and netlogon" - "netlogon" "benign" -- \
+       bash -c "export KRB5CCNAME=$CLDIR/ccache.alice; smbc smbclient -L //$DC_FQDN --use-kerberos=required; smbc smbclient //$DC_FQDN/netlogon --use-kerberos=required -c ls"
+  SRC=$CL2_IP step smb_krb_eve eve.admin "SMB2 Kerberos: sysvol from WS02" - "$DNSDOMAIN" "benign admin" -- \
+       bash -c "KRB5CCNAME=$CLDIR/ccache.eve.admin smbc2 smbclient //$DC_FQDN/sysvol --use-kerberos=required -c ls"
+  step smb_ntlm_bob bob "an application logging on with NTLM (SMB2)" - "$DNSDOMAIN" "benign NTLM" -- \
+       smbc smbclient //$DC_FQDN/sysvol -U "$DOMAIN/bob%$(pw bob)" --use-kerberos=disabled -c ls
+  SRC=$CL2_IP step rpc_ntlm_carol carol "an RPC application over NTLM (srvsvc server info)" - "platform_id" "benign" -- \
+       smbc2 rpcclient -U "$DOMAIN/carol%$(pw carol)" --use-kerberos=disabled -c srvinfo $DC_FQDN
+  step ldap_gssapi_alice alice "LDAP GSSAPI lookups of one's own account and groups" - "numEntries" "benign" -- \
+       bash -c "export KRB5CCNAME=$CLDIR/ccache.alice; client ldapsearch -Q -Y GSSAPI -H ldap://$DC_FQDN -b '$BASEDN' '(sAMAccountName=alice)' memberOf"
+  step ldaps_bob bob "LDAPS simple bind (TLS)" - "numEntries" "benign" -- \
+       client ldapsearch -x -H ldaps://$DC_FQDN -D "bob@$DNSDOMAIN" -w "$(pw bob)" -b "$BASEDN" "(sAMAccountName=bob)" cn
+  step dns_busy - "DC locator and host lookups" - "$DC_FQDN" "benign" -- \
+       bash -c "for q in '_ldap._tcp.dc._msdcs.$DNSDOMAIN SRV' '_kerberos._tcp.$DNSDOMAIN SRV' '$DC_FQDN A' 'sql01.$DNSDOMAIN A'; do client dig +noall +answer @$DC_IP \$q; done"
+}
+
+# a second domain controller joins the domain and starts (legitimate: must raise no
+# DCSync or DCShadow, at most a new-DC notice)
+sc_promotion() {
+  SRC=$DC2_IP step join_dc2 Administrator "samba-tool domain join DC: DRSAddEntry, full replication, DsReplicaUpdateRefs" - \
+       "Joined domain" "legitimate promotion of $DC2_FQDN" -- dc2_join
+  SRC=$DC2_IP step start_dc2 "DC2\$" "the new DC starts: DNS registration, replication both ways" - "samba started" \
+       "legitimate" -- bash -c "dc2_start && sleep 25"
+  step locator_two_dcs - "DC locator after the promotion" - "$DC2_FQDN|$DC_FQDN" "benign" -- \
+       client dig +noall +answer @$DC_IP _ldap._tcp.dc._msdcs.$DNSDOMAIN SRV
+}
+
 SCENARIOS=(
   "01_normal_logons|normal logons, service tickets, SMB, LDAP, DNS from two workstations (benign)|sc_normal"
   "02_password_spray|password spraying and brute force (Kerberos + NTLM)|sc_spray"
@@ -353,6 +399,9 @@ SCENARIOS=(
   "16_remote_execution|remote execution on the DC (SVCCTL, task scheduler, ATSVC)|sc_remote_exec"
   "17_zerologon|ZeroLogon attempt|sc_zerologon"
   "18_dcshadow|DCShadow (the rogue DC's DRSUAPI calls)|sc_dcshadow"
+  "19_busy_hours|benign busy hours: many users, an RC4-only service account, typos, NTLM applications|sc_busy"
+  "20_dc_promotion|a second DC joins the domain and replicates (legitimate)|sc_promotion"
+  "21_busy_hours_two_dcs|benign busy hours with the second DC up|sc_busy"
 )
 
 scenarios_list() { local s; for s in "${SCENARIOS[@]}"; do IFS='|' read -r key title _ <<<"$s"; printf '%-28s %s\n' "$key" "$title"; done; }
@@ -360,7 +409,9 @@ scenarios_list() { local s; for s in "${SCENARIOS[@]}"; do IFS='|' read -r key t
 scenarios_run() {  # scenarios_run [key-substring...]
   mkdir -p "$OUT"
   export LAB STATE OUT RUN LOGS CLDIR VENV NS_CL NS_CL2 DC_IP CL_IP CL2_IP DC_FQDN DNSDOMAIN DOMAIN REALM BASEDN SPN_SVC
+  export NS_DC DC_IF NS_DC2 DC2_IP DC2_NAME DC2_FQDN DC2DIR DC2CONF SMBCONF SAMLDB ADMINPASS RUN LOGS
   export -f client client2 imp imp2 impfix impfix2 imptool smbc smbc2 kinit_wrong smb_wrong imp_wrong imp_smb_wrong
+  export -f dc2_join dc2_start dc2_stop dc2_forget dc2_running in_dc in_dc2 kill_pidfile descendants ns_kill_all ns_exists log
   [ $# -eq 0 ] && rm -rf "$PCAPS" "$OUT/scenarios.jsonl" "$OUT/steps.jsonl"
   local s key title fn prep
   for s in "${SCENARIOS[@]}"; do

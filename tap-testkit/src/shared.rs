@@ -51,6 +51,9 @@ pub struct LabCapture {
     pub dc_ip: String,
     /// The first workstation, where the attacks come from.
     pub client_ip: String,
+    /// Segments were removed to keep the fixture small (lab/tools/thin_bulk.py): its
+    /// streams have gaps on purpose.
+    pub thinned: bool,
 }
 
 impl LabCapture {
@@ -63,7 +66,12 @@ impl LabCapture {
         // The project's lab has two workstations, the reference lab one.
         let client = lab["clients"][0]["ip"].as_str().or_else(|| lab["client"]["ip"].as_str());
         let client_ip = client.unwrap_or_else(|| panic!("{}: no client address", labels.display()));
-        Self { path, dc_ip: dc_ip.into(), client_ip: client_ip.into() }
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let thinned = v["scenarios"].as_array().into_iter().flatten().any(|s| {
+            s["pcap"].as_str().is_some_and(|p| p.ends_with(&file))
+                && s["note"].as_str().is_some_and(|n| n.contains("thin_bulk.py"))
+        });
+        Self { path, dc_ip: dc_ip.into(), client_ip: client_ip.into(), thinned }
     }
 }
 

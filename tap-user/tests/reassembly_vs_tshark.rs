@@ -99,6 +99,8 @@ fn tshark_streams(pcap: &Path) -> Vec<FollowedStream> {
 #[test]
 fn every_lab_tcp_stream_matches_tshark_follow() {
     let Some(pcaps) = lab_pcaps_and_tshark_or_skip("every_lab_tcp_stream_matches_tshark_follow") else { return };
+    // A fixture thinned to stay small has gaps on purpose; the others must have none.
+    let pcaps: Vec<_> = pcaps.into_iter().filter(|p| !tap_testkit::shared::LabCapture::of(p.clone()).thinned).collect();
     let mut compared = 0;
     let mut bytes = 0;
     for pcap in &pcaps {

@@ -324,7 +324,9 @@ impl Rules {
     }
 
     fn kerberos(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, k: &Kerberos, out: &mut Vec<Finding>) {
-        let client = account_key(&k.cname);
+        // A reply to a FAST-armoured request names the anonymous armour in the clear (RFC
+        // 6113 5.4.3), not the client.
+        let client = if k.cname.starts_with("WELLKNOWN/ANONYMOUS") { String::new() } else { account_key(&k.cname) };
         match k.msg_type {
             // AS-REQ
             10 => {

@@ -265,7 +265,10 @@ struct TicketNames {
 
 impl TicketNames {
     fn learn(&mut self, fingerprint: &str, account: &str) {
-        if fingerprint.is_empty() || account.is_empty() || self.names.contains_key(fingerprint) {
+        // A reply to a FAST-armoured request names the anonymous armour in the clear (RFC
+        // 6113 5.4.3); the real client is in the encrypted FAST response.
+        let anonymous = account.starts_with("WELLKNOWN/ANONYMOUS");
+        if fingerprint.is_empty() || account.is_empty() || anonymous || self.names.contains_key(fingerprint) {
             return;
         }
         if self.order.len() >= MAX_TICKET_NAMES {
@@ -599,7 +602,15 @@ impl Analyzer {
         match dns::parse_message(bytes) {
             Ok(m) => {
                 self.counters.dns_messages += 1;
+                // GSS-TSIG (RFC 3645): a TKEY query carries the client's GSS-API token, a
+                // Kerberos AP-REQ when a DC or a client signs its dynamic updates.
+                let tkey = !m.response && m.questions.iter().any(|(_, t)| *t == dns::qtype::TKEY);
+                let ap_req = if tkey { kerberos::find_ap_req(bytes) } else { None };
                 self.emit(dns_event(flow, m));
+                if let Some(k) = ap_req {
+                    let e = self.ap_req(flow, k, "dns");
+                    self.emit(e);
+                }
             }
             Err(_) => self.counters.dns_malformed += 1,
         }

@@ -294,6 +294,8 @@ impl StreamFramer {
 pub fn interface_name(uuid: &str) -> Option<&'static str> {
     Some(match uuid {
         "e3514235-4b06-11d1-ab04-00c04fc2dcd2" => "drsuapi",
+        // MS-DNSP: DNS server management (records added by a DC joining, by admins).
+        "50abc2a4-574d-40b3-9d66-ee4fd5fba076" => "dnsserver",
         "12345778-1234-abcd-ef00-0123456789ac" => "samr",
         "12345778-1234-abcd-ef00-0123456789ab" => "lsarpc",
         "12345678-1234-abcd-ef00-01234567cffb" => "netlogon",
@@ -315,8 +317,12 @@ pub fn operation_name(interface: &str, opnum: u16) -> Option<&'static str> {
     Some(match (interface, opnum) {
         ("drsuapi", 0) => "DRSBind",
         ("drsuapi", 1) => "DRSUnbind",
+        ("drsuapi", 2) => "DRSReplicaSync",
         ("drsuapi", 3) => "DRSGetNCChanges",
+        ("drsuapi", 4) => "DRSUpdateRefs",
         ("drsuapi", 5) => "DRSReplicaAdd",
+        ("drsuapi", 6) => "DRSReplicaDel",
+        ("drsuapi", 14) => "DRSRemoveDsServer",
         ("drsuapi", 12) => "DRSCrackNames",
         ("drsuapi", 16) => "DRSDomainControllerInfo",
         ("drsuapi", 17) => "DRSAddEntry",

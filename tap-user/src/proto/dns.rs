@@ -25,6 +25,8 @@ pub mod qtype {
     pub const A: u16 = 1;
     pub const AAAA: u16 = 28;
     pub const SRV: u16 = 33;
+    /// Transaction key negotiation (RFC 2930), how GSS-TSIG starts.
+    pub const TKEY: u16 = 249;
     pub const IXFR: u16 = 251;
     pub const AXFR: u16 = 252;
     pub const ANY: u16 = 255;

@@ -64,6 +64,7 @@ LAB_USERS=(
   "dave:Dave#Pass2024:asrep"
   "eve.admin:EveAdm1n#2024:admin"
   "hr.backup:HrBackup#2024:honeytoken"
+  "frank:Winter2024!:user"
 )
 SPN_SVC="MSSQLSvc/sql01.dctap.test:1433"
 HONEYTOKEN=hr.backup

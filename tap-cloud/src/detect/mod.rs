@@ -83,6 +83,21 @@ impl<K: std::hash::Hash + Eq + Clone> Windows<K> {
         (distinct.len(), q.len())
     }
 
+    /// The distinct items of `key` in the window ending at `t` (nothing is added).
+    pub fn items(&self, key: &K, t: i64, window_ns: i64) -> Vec<&str> {
+        let mut items: Vec<&str> = self
+            .entries
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter(|(it, _)| *it >= t.saturating_sub(window_ns))
+            .map(|(_, i)| i.as_str())
+            .collect();
+        items.sort_unstable();
+        items.dedup();
+        items
+    }
+
     fn sweep(&mut self, now: i64, window_ns: i64) {
         self.entries.retain(|_, q| q.back().is_some_and(|(t, _)| *t >= now - window_ns));
     }

@@ -94,6 +94,12 @@ pub struct Rules {
     dcs: HashSet<String>,
     /// Host names the DC locator's SRV records name (lower case).
     dc_names: HashSet<String>,
+    /// The DCs' machine account names without `$` (lower case): the first labels of the
+    /// DC locator's names, and `NAME$` accounts that log on from a DC's address.
+    dc_accounts: HashSet<String>,
+    /// (account, service) pairs seen in S4U2proxy requests: constrained delegation an
+    /// account already does.
+    delegations: HashSet<(String, String)>,
     /// Hosts that registered a DC object (a successful DRSAddEntry) and are not yet known
     /// as DCs: a promotion if they replicate next, DCShadow if not.
     registrations: HashMap<String, ActivityEvent>,
@@ -215,6 +221,8 @@ impl Rules {
             tgt_host: HashMap::new(),
             dcs: cfg.dcs.iter().cloned().collect(),
             dc_names: HashSet::new(),
+            dc_accounts: HashSet::new(),
+            delegations: HashSet::new(),
             registrations: HashMap::new(),
             watching_since: None,
             honeytokens: cfg.honeytokens.iter().map(|a| account_key(a)).collect(),
@@ -243,6 +251,9 @@ impl Rules {
             if self.computers.len() < MAX_KEYS {
                 self.computers.insert(computer.to_string());
             }
+            if self.dcs.contains(&ev.src_ip) && self.dc_accounts.len() < MAX_KEYS {
+                self.dc_accounts.insert(computer.to_string());
+            }
         }
         if !account.is_empty() && self.honeytokens.contains(&account) {
             out.push(finding(ev, "honeytoken", "Honeytoken account used", "high", "T1078", &account, format!(
@@ -252,6 +263,9 @@ impl Rules {
         }
         match &ev.detail {
             Some(Detail::Kerberos(k)) => self.kerberos(cfg, ev, k, out),
+            Some(Detail::Ntlm(n)) if n.message_type == 3 && ev.result == "success" => {
+                self.successful_logon(cfg, ev, &account, "NTLM", out);
+            }
             Some(Detail::Ntlm(n)) if n.message_type == 3 => {
                 // A DC authenticating with its own machine account to a host that is not a
                 // DC: it was made to (PetitPotam, printer bug), and the NTLM is being relayed.
@@ -278,6 +292,29 @@ impl Rules {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A logon that succeeded from a source that has just sprayed: the spray found a
+    /// password. (The account that works never fails first: the failures are the other
+    /// accounts of the spray.)
+    fn successful_logon(
+        &mut self,
+        cfg: &DetectConfig,
+        ev: &ActivityEvent,
+        account: &str,
+        protocol: &str,
+        out: &mut Vec<Finding>,
+    ) {
+        if account.is_empty() {
+            return;
+        }
+        let failed = self.failed_accounts_by_src.items(&ev.src_ip, ev.time_unix_ns, cfg.window_ns());
+        if failed.len() >= cfg.spray_accounts {
+            out.push(finding(ev, "spray_success", "Password spray succeeded", "high", "T1110.003", account, format!(
+                "{} failed to log on as {} accounts within {} minutes and then logged on successfully as {account} ({protocol}): the spray found a password. Reset {account}'s password now, check what it did since, and isolate {}.",
+                ev.src_ip, failed.len(), cfg.window_secs / 60, ev.src_ip
+            )));
         }
     }
 
@@ -330,11 +367,22 @@ impl Rules {
         match k.msg_type {
             // AS-REQ
             10 => {
+                // sAMAccountName spoofing (noPac, CVE-2021-42278/42287): a TGT asked for a
+                // DC's name without the `$`, after a computer account was renamed to it.
+                if !client.is_empty() && !client.ends_with('$') && self.dc_accounts.contains(&client) {
+                    out.push(finding(ev, "nopac", "sAMAccountName spoofing (noPac)", "high", "T1068", &client, format!(
+                        "{} asked for a TGT for {}, which is the name of the domain controller {}$ without its '$': a computer account was renamed to it so that the KDC issues a ticket it will then mistake for the DC's (noPac, CVE-2021-42278 and CVE-2021-42287). Check the DC is patched (KB5008380, KB5008602), find the renamed computer account and who created it, and look for S4U2self requests from {}.",
+                        ev.src_ip, k.cname, client, ev.src_ip
+                    )));
+                }
                 if k.enc_timestamp_etype == 0 && !k.pk_as_req && !client.is_empty() {
                     if self.asreq_without_preauth.len() >= MAX_KEYS {
                         self.asreq_without_preauth.clear();
                     }
                     self.asreq_without_preauth.insert((ev.src_ip.clone(), ev.src_port), client.clone());
+                } else {
+                    // A pre-authenticated retry on the same connection answers for itself.
+                    self.asreq_without_preauth.remove(&(ev.src_ip.clone(), ev.src_port));
                 }
                 if k.enc_timestamp_etype == RC4_HMAC && !k.requested_etypes.iter().any(|e| AES.contains(e)) {
                     out.push(finding(ev, "encryption_downgrade", "Kerberos encryption downgrade (overpass-the-hash)", "medium", "T1550.002", &client, format!(
@@ -347,7 +395,12 @@ impl Rules {
             11 => {
                 self.dcs.insert(ev.dc_ip.clone());
                 self.remember_ticket(&k.ticket_fingerprint, &ev.src_ip, &client);
-                if let Some(name) = self.asreq_without_preauth.remove(&(ev.src_ip.clone(), ev.src_port)) {
+                let without_preauth = self.asreq_without_preauth.remove(&(ev.src_ip.clone(), ev.src_port));
+                // Only a pre-authenticated AS exchange proves a password.
+                if without_preauth.is_none() {
+                    self.successful_logon(cfg, ev, &client, "Kerberos", out);
+                }
+                if let Some(name) = without_preauth {
                     out.push(finding(ev, "asrep_roasting", "AS-REP roasting", "high", "T1558.004", &name, format!(
                         "{} obtained an AS-REP for {name} without pre-authentication: the reply is encrypted with the account's password key and can be cracked offline. Require Kerberos pre-authentication on {name}, give it a long password, and find what on {} asked.",
                         ev.src_ip, ev.src_ip
@@ -357,8 +410,10 @@ impl Rules {
             // TGS-REQ: what it shows waits for the reply, which names the account (the
             // request does not: the client name is in the encrypted authenticator).
             12 => {
-                let s4u = k.padata_types.iter().any(|p| matches!(*p, PA_FOR_USER | PA_S4U_X509_USER))
-                    || k.kdc_options & KDC_OPT_CNAME_IN_ADDL_TKT != 0;
+                let s4u_self = k.padata_types.iter().any(|p| matches!(*p, PA_FOR_USER | PA_S4U_X509_USER));
+                let s4u_proxy = k.kdc_options & KDC_OPT_CNAME_IN_ADDL_TKT != 0;
+                let s4u = s4u_self || s4u_proxy;
+                self.delegation(cfg, ev, k, s4u_self, s4u_proxy, out);
                 let rc4_only =
                     k.requested_etypes.contains(&RC4_HMAC) && !k.requested_etypes.iter().any(|e| AES.contains(e));
                 // S4U2self asks for a ticket to the service itself on behalf of a user: the
@@ -545,6 +600,9 @@ impl Rules {
                 let name = account_key(&l.bind_name);
                 self.failed_logon(cfg, ev, &name, "LDAP", false, out);
             }
+            if ev.result == "success" && l.cleartext_password_sent {
+                self.successful_logon(cfg, ev, &account_key(&l.bind_name), "LDAP", out);
+            }
             return;
         }
         if l.operation != "search" {
@@ -561,6 +619,48 @@ impl Rules {
         }
     }
 
+    /// S4U2self for a TGT (a service asking the KDC for a TGT in a user's name), and
+    /// S4U2proxy toward a DC's services by an account not seen delegating to them before.
+    fn delegation(
+        &mut self,
+        cfg: &DetectConfig,
+        ev: &ActivityEvent,
+        k: &Kerberos,
+        s4u_self: bool,
+        s4u_proxy: bool,
+        out: &mut Vec<Finding>,
+    ) {
+        let account = account_key(&ev.account);
+        let service = lower(&k.sname);
+        if s4u_self && service.starts_with("krbtgt") {
+            out.push(finding(ev, "delegation_abuse", "Kerberos delegation abuse (S4U2self for a TGT)", "high", "T1558", &account, format!(
+                "{} asked, through S4U2self, for a TGT in another user's name ({}): services ask S4U2self for tickets to themselves, never for krbtgt. This is a forged-ticket technique; find what on {} asked and check the account's delegation settings.",
+                ev.src_ip, k.sname, ev.src_ip
+            )));
+            return;
+        }
+        let host = service.split('/').nth(1).unwrap_or("").split(['.', ':']).next().unwrap_or("");
+        let to_dc = !host.is_empty() && self.dc_accounts.contains(host);
+        if !s4u_proxy || !to_dc || account.is_empty() {
+            return;
+        }
+        let key = (account.clone(), service.clone());
+        if self.delegations.contains(&key) || self.delegations.len() >= MAX_KEYS {
+            return;
+        }
+        self.delegations.insert(key);
+        // What accounts delegate to while the profiles learn is their configuration.
+        let learning_ns = cfg.learning_ns();
+        let learning =
+            learning_ns > 0 && self.watching_since.is_some_and(|s| ev.time_unix_ns.saturating_sub(s) < learning_ns);
+        if !learning {
+            out.push(finding(ev, "delegation_abuse", "Kerberos delegation to a DC's service (S4U2proxy)", "high", "T1550.003", &account, format!(
+                "{account} on {} used S4U2proxy to get a ticket to {} in another user's name, which it had not done before. Delegation to a domain controller's services lets whoever holds {account}'s key act as any user there (resource-based or constrained delegation abuse). Check who configured that delegation and reset {account}'s password.",
+                ev.src_ip, k.sname
+            )));
+        }
+    }
+
     /// The DC locator's SRV records name the DCs, and their address records give their
     /// addresses; a dynamic update that registers a DC not known yet is a new DC.
     fn learn_dcs_from_dns(&mut self, ev: &ActivityEvent, d: &crate::pb::Dns, out: &mut Vec<Finding>) {
@@ -571,7 +671,9 @@ impl Rules {
             let owner = lower(&r.name);
             let locator = DC_LOCATOR_SERVICES.iter().any(|s| owner.starts_with(s)) && owner.contains("dc._msdcs.");
             if locator && self.dc_names.len() < MAX_KEYS {
-                self.dc_names.insert(lower(r.data.trim_end_matches('.')));
+                let host = lower(r.data.trim_end_matches('.'));
+                self.dc_accounts.insert(host.split('.').next().unwrap_or_default().to_string());
+                self.dc_names.insert(host);
             }
         }
         let update = !d.response && d.opcode == 5;
@@ -679,10 +781,12 @@ impl Rules {
                     ("svcctl", "RCreateServiceW" | "RCreateServiceA" | "RStartServiceW" | "RChangeServiceConfigW")
                         | ("atsvc", "JobAdd" | "NetrJobAdd")
                         | ("tsch" | "itaskschedulerservice", "SchRpcRegisterTask")
+                        | ("iwbemservices", "ExecMethod" | "ExecMethodAsync")
+                        | ("iwbemlevel1login", "NTLMLogin")
                 ) =>
             {
                 out.push(finding(ev, "remote_execution", "Remote code execution on a DC", "high", "T1569.002", &account, format!(
-                    "{} called {op} ({}) on the domain controller {}: services and scheduled tasks are how tools like PsExec run code remotely. Unless this is known administration, treat the account as compromised and inspect the DC.",
+                    "{} called {op} ({}) on the domain controller {}: services, scheduled tasks and WMI methods (Win32_Process.Create) are how tools like PsExec and wmiexec run code remotely. Unless this is known administration, treat the account as compromised and inspect the DC.",
                     ev.src_ip, d.interface, ev.dc_ip
                 )));
             }
@@ -965,6 +1069,113 @@ mod tests {
         assert_eq!(super::account_key("WS01$"), "ws01$");
     }
 
+    /// A spray that finds a password: an account logs on from the spraying host (Kerberos,
+    /// NTLM) after it failed for five others. The same logon from elsewhere, or after a few
+    /// typos (below the spray threshold), is not one.
+    #[test]
+    fn a_sprayed_account_logging_on_from_the_sprayer_is_spray_success() {
+        let d = DetectConfig::default;
+        let spray: Vec<_> = ["alice", "bob", "carol", "dave", "eve"]
+            .iter()
+            .enumerate()
+            .map(|(i, u)| krb_error(i as i64, "10.1.1.1", u, 24))
+            .collect();
+        let as_rep = |src: &str, user: &str| {
+            ev(20, src, Detail::Kerberos(Kerberos { cname: user.into(), ticket_fingerprint: "f".into(), ..krb(11) }))
+        };
+        let mut engine = Engine::new(d());
+        let mut alerts: Vec<_> = spray.iter().flat_map(|e| engine.process(e)).collect();
+        alerts.extend(engine.process(&as_rep("10.1.1.1", "frank")));
+        let found: Vec<_> = alerts.iter().filter(|a| a.detection == "spray_success").collect();
+        assert_eq!(found.len(), 1, "{alerts:?}");
+        assert_eq!((found[0].account.as_str(), found[0].severity.as_str()), ("frank", "high"));
+        let with = |logon: ActivityEvent| {
+            let mut events = spray.clone();
+            events.push(logon);
+            run(d(), &events)
+        };
+        assert!(!with(as_rep("10.1.1.9", "frank")).contains(&"spray_success".to_string()), "another host");
+        let mut typos = spray[..2].to_vec();
+        typos.push(as_rep("10.1.1.1", "alice"));
+        assert!(run(d(), &typos).is_empty(), "two typos, then the password");
+        let mut ntlm =
+            ev(21, "10.1.1.1", Detail::Ntlm(Ntlm { message_type: 3, user: "frank".into(), ..Default::default() }));
+        ntlm.account = "LAB\\frank".into();
+        ntlm.result = "success".into();
+        assert!(with(ntlm).contains(&"spray_success".to_string()));
+    }
+
+    /// The DC locator names the DC dc1; a TGT asked for "dc1" (no '$') is noPac, for
+    /// "DC1$" (the DC itself) or another name it is not.
+    #[test]
+    fn a_tgt_for_a_dcs_name_without_its_dollar_is_nopac() {
+        let locator = ev(
+            0,
+            "10.1.1.1",
+            Detail::Dns(Dns {
+                response: true,
+                records: vec![DnsRecord {
+                    name: "_ldap._tcp.dc._msdcs.lab.example".into(),
+                    rtype: 33,
+                    data: "dc1.lab.example".into(),
+                }],
+                ..Default::default()
+            }),
+        );
+        let as_req = |name: &str| ev(1, "10.1.1.5", Detail::Kerberos(Kerberos { cname: name.into(), ..krb(10) }));
+        let mut engine = Engine::new(DetectConfig::default());
+        engine.process(&locator);
+        let alerts = engine.process(&as_req("DC1"));
+        assert_eq!(alerts.len(), 1);
+        assert_eq!((alerts[0].detection.as_str(), alerts[0].account.as_str()), ("nopac", "dc1"));
+        for other in ["DC1$", "alice", "dc10"] {
+            assert!(run(DetectConfig::default(), &[locator.clone(), as_req(other)]).is_empty(), "{other}");
+        }
+        assert!(run(DetectConfig::default(), &[as_req("DC1")]).is_empty(), "no DC name known yet");
+    }
+
+    /// S4U2self for krbtgt is abuse at once; S4U2proxy to a DC's service is abuse the first
+    /// time an account does it after the learning period, and never twice for the same
+    /// service.
+    #[test]
+    fn delegation_to_a_dcs_service_and_s4u2self_for_a_tgt_are_delegation_abuse() {
+        let locator = ev(
+            0,
+            "10.1.1.1",
+            Detail::Dns(Dns {
+                response: true,
+                records: vec![DnsRecord {
+                    name: "_kerberos._tcp.dc._msdcs.lab.example".into(),
+                    rtype: 33,
+                    data: "dc1.lab.example".into(),
+                }],
+                ..Default::default()
+            }),
+        );
+        let tgs = |t: i64, sname: &str, padata: Vec<i32>, kdc_options: u32| {
+            let mut e = ev(
+                t,
+                "10.1.1.5",
+                Detail::Kerberos(Kerberos { sname: sname.into(), padata_types: padata, kdc_options, ..krb(12) }),
+            );
+            e.account = "web01$@LAB.EXAMPLE".into();
+            e
+        };
+        let d = || DetectConfig { learning_days: 0, ..DetectConfig::default() };
+        let s4u_tgt = tgs(1, "krbtgt/LAB.EXAMPLE", vec![1, 129], 0);
+        assert_eq!(run(d(), &[s4u_tgt]), vec!["delegation_abuse"]);
+        let proxy = |t: i64, sname: &str| tgs(t, sname, vec![1], 1 << 17);
+        let mut engine = Engine::new(d());
+        engine.process(&locator);
+        let first: Vec<_> = engine.process(&proxy(5, "cifs/dc1.lab.example"));
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].detection.as_str(), first[0].account.as_str()), ("delegation_abuse", "web01$"));
+        assert!(engine.process(&proxy(6, "cifs/dc1.lab.example")).is_empty(), "the same delegation again");
+        assert!(run(d(), &[locator.clone(), proxy(5, "cifs/files01.lab.example")]).is_empty(), "not a DC");
+        let learning = DetectConfig { learning_seconds: Some(60), ..DetectConfig::default() };
+        assert!(run(learning, &[locator, proxy(5, "cifs/dc1.lab.example")]).is_empty(), "learned");
+    }
+
     #[test]
     fn tickets_used_from_a_second_host_or_never_issued_are_flagged() {
         let tgt = |t: i64, src: &str, msg: u32| {
@@ -1139,6 +1350,8 @@ mod tests {
         assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "svcctl", "RCreateServiceW")]), vec!["remote_execution"]);
         assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "atsvc", "JobAdd")]), vec!["remote_execution"]);
         assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "atsvc", "NetrJobAdd")]), vec!["remote_execution"]);
+        assert_eq!(run(d(), &[rpc(1, "10.1.1.1", "iwbemservices", "ExecMethod")]), vec!["remote_execution"], "WMI");
+        assert!(run(d(), &[rpc(1, "10.1.1.1", "isystemactivator", "RemoteCreateInstance")]).is_empty());
         let mut psexec = rpc(1, "10.1.1.1", "svcctl", "RCreateServiceWOW64W");
         psexec.category = "remote_execution".into();
         assert_eq!(run(d(), &[psexec]), vec!["remote_execution"], "whatever the sensor marks as such");

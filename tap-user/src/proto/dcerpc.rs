@@ -306,6 +306,11 @@ pub fn interface_name(uuid: &str) -> Option<&'static str> {
         "12345678-1234-abcd-ef00-0123456789ab" => "spoolss",
         "1ff70682-0a51-30e8-076d-740be8cee98b" => "atsvc",
         "86d35949-83c9-4044-b424-db363231fd0c" => "tsch",
+        // DCOM activation and WMI (MS-DCOM 3.1.2.5.2.3, MS-WMI 3.1.4): how wmiexec and
+        // Invoke-WmiMethod start a process on a remote host.
+        "000001a0-0000-0000-c000-000000000046" => "isystemactivator",
+        "f309ad18-d86a-11d0-a075-00c04fb68820" => "iwbemlevel1login",
+        "9556dc99-828c-11cf-a37e-00aa003240c7" => "iwbemservices",
         "8bc3f05e-d86b-11d0-a075-00c04fb68820" => "wmi_login",
         "6bffd098-a112-3610-9833-46c3f87e345a" => "wkssvc",
         _ => return None,
@@ -373,6 +378,10 @@ pub fn operation_name(interface: &str, opnum: u16) -> Option<&'static str> {
         ("spoolss", 65) => "RpcRemoteFindFirstPrinterChangeNotificationEx",
         ("spoolss", 69) => "RpcOpenPrinterEx",
         ("atsvc", 0) => "NetrJobAdd",
+        ("isystemactivator", 4) => "RemoteCreateInstance",
+        ("iwbemlevel1login", 6) => "NTLMLogin",
+        ("iwbemservices", 24) => "ExecMethod",
+        ("iwbemservices", 25) => "ExecMethodAsync",
         ("tsch", 1) => "SchRpcRegisterTask",
         _ => return None,
     })
@@ -386,6 +395,9 @@ pub fn category(interface: &str, opnum: u16) -> &'static str {
         ("netlogon", _) => "logon",
         // Creating, reconfiguring or starting a service, in any of its variants.
         ("svcctl", 11 | 12 | 19 | 23 | 24 | 31 | 44 | 45) | ("atsvc", 0) | ("tsch", 1) => "remote_execution",
+        // A WMI method call (Win32_Process.Create) is remote execution; logging on to WMI
+        // is the step before it.
+        ("iwbemservices", 24 | 25) | ("iwbemlevel1login", 6) => "remote_execution",
         ("samr" | "lsarpc" | "srvsvc" | "epm" | "drsuapi" | "wkssvc", _) => "query",
         _ => "other",
     }
@@ -455,6 +467,16 @@ mod tests {
             assert_eq!(category("svcctl", opnum), "remote_execution", "{name}");
         }
         assert_eq!(category("svcctl", 0), "other");
+        // WMI over DCOM: the login and the method call, by interface UUID.
+        for (uuid, name, opnum, op) in [
+            ("f309ad18-d86a-11d0-a075-00c04fb68820", "iwbemlevel1login", 6, "NTLMLogin"),
+            ("9556dc99-828c-11cf-a37e-00aa003240c7", "iwbemservices", 24, "ExecMethod"),
+        ] {
+            assert_eq!(interface_name(uuid), Some(name));
+            assert_eq!(operation_name(name, opnum), Some(op));
+            assert_eq!(category(name, opnum), "remote_execution");
+        }
+        assert_eq!(category("isystemactivator", 4), "other", "DCOM activation alone is everyday admin work");
     }
 
     /// A tower as Windows and Samba send it in an ept_map reply: interface floor (DRSUAPI

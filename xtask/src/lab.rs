@@ -308,6 +308,9 @@ struct Expect {
     /// state that would colour it (a spray makes the spraying host's later logons spray
     /// successes, as they would be in a real domain within the window).
     fresh: bool,
+    /// The cloud is told every DC is watched (`all_dcs_watched`): true of the lab until
+    /// the second DC joins (the sensor watches the first only).
+    all_dcs_watched: bool,
 }
 
 /// Why DRSUAPI and Netlogon over TCP are missed live (not in `cargo xtask eval`, which
@@ -327,6 +330,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "02_password_spray",
@@ -335,6 +339,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         // A new story: after the spray, WS01's own logons would be spray successes.
@@ -345,6 +350,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: true,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "04_asrep_roasting",
@@ -353,6 +359,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "05_ldap_recon",
@@ -361,6 +368,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "06_samr_lsarpc_recon",
@@ -369,6 +377,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "07_dns_recon",
@@ -377,6 +386,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "08_dcsync",
@@ -385,6 +395,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "09_pass_the_hash",
@@ -395,6 +406,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: Some(2),
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "10_overpass_the_hash",
@@ -404,6 +416,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "11_pass_the_ticket",
@@ -412,6 +425,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "12_golden_ticket",
@@ -420,6 +434,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "13_honeytoken",
@@ -428,6 +443,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "14_account_enumeration",
@@ -436,6 +452,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "15_forced_authentication",
@@ -444,6 +461,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "16_remote_execution",
@@ -452,6 +470,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "17_zerologon",
@@ -460,6 +479,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "18_dcshadow",
@@ -468,6 +488,17 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
+    },
+    Expect {
+        scenario: "24_silver_ticket",
+        // Before the second DC joins, every DC is watched: a ticket no DC issued is forged.
+        fires: &[("silver_ticket", WS01, "")],
+        allow: &[],
+        known_misses: &[],
+        learning_seconds: None,
+        fresh: false,
+        all_dcs_watched: true,
     },
     // Benign look-alikes of the attacks above: they must stay silent.
     Expect {
@@ -477,6 +508,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "20_dc_promotion",
@@ -486,6 +518,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "21_busy_hours_two_dcs",
@@ -494,6 +527,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "22_spray_success",
@@ -502,6 +536,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: None,
         fresh: false,
+        all_dcs_watched: false,
     },
     Expect {
         scenario: "23_nopac_s4u",
@@ -512,6 +547,7 @@ const EXPECTATIONS: &[Expect] = &[
         known_misses: &[],
         learning_seconds: Some(2),
         fresh: false,
+        all_dcs_watched: false,
     },
 ];
 
@@ -583,17 +619,21 @@ fn e2e_inner(lab: &Lab) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let mut misses = Vec::new();
     let mut before = lab.alerts()?;
-    let mut learning = None;
+    let (mut learning, mut all_watched) = (None, false);
     for e in EXPECTATIONS {
         let t = Instant::now();
-        if e.learning_seconds != learning || e.fresh {
+        if (e.learning_seconds, e.all_dcs_watched) != (learning, all_watched) || e.fresh {
             // A fresh cloud (and sensor) with this scenario's learning period.
             let mut c = lab.cmd(&["tap-up", "--fresh"]);
             if let Some(secs) = e.learning_seconds {
                 c.0.env("DCTAP_LAB_LEARNING_SECONDS", secs.to_string());
             }
+            if e.all_dcs_watched {
+                c.0.env("DCTAP_LAB_ALL_DCS_WATCHED", "1");
+            }
             c.output().context("restart tap-sensor and tap-cloud")?;
             learning = e.learning_seconds;
+            all_watched = e.all_dcs_watched;
             before = lab.alerts()?;
         }
         lab.cmd(&["scenarios", e.scenario]).output().with_context(|| format!("scenario {}", e.scenario))?;

@@ -50,6 +50,10 @@ pub struct DetectConfig {
     /// Domain controllers' addresses (replication from them is normal); addresses that
     /// answer Kerberos or LDAP are learned as DCs too.
     pub dcs: Vec<String>,
+    /// Every DC of the domain is watched by a sensor: then a service ticket presented to a
+    /// DC that no DC issued is forged (silver ticket). Off by default, since a ticket
+    /// issued by an unwatched DC would look the same.
+    pub all_dcs_watched: bool,
     /// Per detection, source addresses allowed to do it (e.g. a vulnerability scanner
     /// doing LDAP reconnaissance); "*" as the detection applies to all.
     pub exclusions: BTreeMap<String, Vec<String>>,
@@ -74,6 +78,7 @@ impl Default for DetectConfig {
             honeytokens: Vec::new(),
             sensitive_accounts: Vec::new(),
             dcs: Vec::new(),
+            all_dcs_watched: false,
             exclusions: BTreeMap::new(),
         }
     }

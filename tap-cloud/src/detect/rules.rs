@@ -100,6 +100,8 @@ pub struct Rules {
     /// (account, service) pairs seen in S4U2proxy requests: constrained delegation an
     /// account already does.
     delegations: HashSet<(String, String)>,
+    /// Fingerprints of the service tickets watched DCs issued (TGS-REPs).
+    service_tickets: HashSet<String>,
     /// Hosts that registered a DC object (a successful DRSAddEntry) and are not yet known
     /// as DCs: a promotion if they replicate next, DCShadow if not.
     registrations: HashMap<String, ActivityEvent>,
@@ -223,6 +225,7 @@ impl Rules {
             dc_names: HashSet::new(),
             dc_accounts: HashSet::new(),
             delegations: HashSet::new(),
+            service_tickets: HashSet::new(),
             registrations: HashMap::new(),
             watching_since: None,
             honeytokens: cfg.honeytokens.iter().map(|a| account_key(a)).collect(),
@@ -435,6 +438,12 @@ impl Rules {
             // (no AES keys), not an attack: nothing is raised for it.
             13 => {
                 self.dcs.insert(ev.dc_ip.clone());
+                if !k.ticket_fingerprint.is_empty() {
+                    if self.service_tickets.len() >= MAX_TICKETS {
+                        self.service_tickets.clear();
+                    }
+                    self.service_tickets.insert(k.ticket_fingerprint.clone());
+                }
                 if let Some(request) = self.tgs_requests.remove(&(ev.src_ip.clone(), ev.src_port)) {
                     let account = if client.is_empty() { request.owner.clone() } else { client.clone() };
                     self.tgs_outcome(
@@ -445,6 +454,23 @@ impl Rules {
                         out,
                     );
                     self.user_service_burst(cfg, ev, &account, &request.sname, out);
+                }
+            }
+            // AP-REQ in SMB, LDAP, RPC or HTTP authentication to a DC: a service ticket no
+            // watched DC issued is forged with the service's key (silver ticket), once every
+            // DC that could have issued it is watched and for longer than a ticket lives.
+            14 if cfg.all_dcs_watched
+                && !k.ticket_fingerprint.is_empty()
+                && self.dcs.contains(&ev.dc_ip)
+                && !self.service_tickets.contains(&k.ticket_fingerprint)
+                && !self.tgt_host.contains_key(&k.ticket_fingerprint) =>
+            {
+                let lifetime = (cfg.max_ticket_lifetime_hours as i64).saturating_mul(3_600_000_000_000);
+                if self.watching_since.is_some_and(|s| ev.time_unix_ns.saturating_sub(s) > lifetime) {
+                    out.push(finding(ev, "silver_ticket", "Forged service ticket (silver ticket)", "high", "T1558.002", &account_key(&ev.account), format!(
+                        "{} presented a ticket for {} to the domain controller {} ({}) that no domain controller issued, although every DC is watched (all_dcs_watched) and has been for longer than a ticket lives: it was forged with the key of the service's account. Reset that machine account's password, and find how its key leaked (DCSync, a dump of the host).",
+                        ev.src_ip, k.sname, ev.dc_ip, k.carrier
+                    )));
                 }
             }
             // KRB-ERROR
@@ -1174,6 +1200,39 @@ mod tests {
         assert!(run(d(), &[locator.clone(), proxy(5, "cifs/files01.lab.example")]).is_empty(), "not a DC");
         let learning = DetectConfig { learning_seconds: Some(60), ..DetectConfig::default() };
         assert!(run(learning, &[locator, proxy(5, "cifs/dc1.lab.example")]).is_empty(), "learned");
+    }
+
+    /// A service ticket presented to a DC (an AP-REQ in SMB) that no watched DC issued is a
+    /// silver ticket, only when every DC is watched and for longer than a ticket lives;
+    /// a ticket whose TGS-REP was seen is not.
+    #[test]
+    fn a_service_ticket_no_dc_issued_is_a_silver_ticket_when_every_dc_is_watched() {
+        let cfg = |all: bool| DetectConfig {
+            all_dcs_watched: all,
+            max_ticket_lifetime_hours: 1,
+            dcs: vec!["10.0.0.10".into()],
+            ..DetectConfig::default()
+        };
+        let start = ev(0, "10.1.1.2", Detail::Kerberos(krb(10)));
+        let issued = ev(
+            7200,
+            "10.1.1.5",
+            Detail::Kerberos(Kerberos { sname: "cifs/dc1".into(), ticket_fingerprint: "real".into(), ..krb(13) }),
+        );
+        let ap_req = |fp: &str| {
+            let k =
+                Kerberos { sname: "cifs/dc1".into(), ticket_fingerprint: fp.into(), carrier: "smb2".into(), ..krb(14) };
+            ev(7300, "10.1.1.5", Detail::Kerberos(k))
+        };
+        assert_eq!(run(cfg(true), &[start.clone(), issued.clone(), ap_req("forged")]), vec!["silver_ticket"]);
+        assert!(run(cfg(true), &[start.clone(), issued.clone(), ap_req("real")]).is_empty(), "issued");
+        assert!(run(cfg(false), &[start.clone(), issued.clone(), ap_req("forged")]).is_empty(), "a DC is unwatched");
+        let early = ev(
+            600,
+            "10.1.1.5",
+            Detail::Kerberos(Kerberos { ticket_fingerprint: "f".into(), carrier: "smb2".into(), ..krb(14) }),
+        );
+        assert!(run(cfg(true), &[start, early]).is_empty(), "not watched for a ticket's life yet");
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub const PORT_DYNAMIC_RPC: u8 = 2;
 /// Windows' dynamic port range since Server 2008, where RPC endpoints listen.
 pub const DEFAULT_RPC_RANGE: (u16, u16) = (49152, 65535);
 
-/// AD service ports kept by default (DESIGN.md, Capture): Kerberos 88 and kpasswd 464,
+/// AD service ports kept by default: Kerberos 88 and kpasswd 464,
 /// LDAP 389/636 and global catalog 3268/3269, SMB 445 and NetBIOS session service 139, the RPC
 /// endpoint mapper 135, DNS 53, NetBIOS name service 137 and NTP 123. Dynamic RPC ports
 /// are added at run time.

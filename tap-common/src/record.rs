@@ -26,7 +26,7 @@ pub const RING_MAPS: [&str; RING_COUNT] = ["RING_0", "RING_1", "RING_2", "RING_3
 
 /// The program forces a wakeup of the reader each time another 1/WAKEUP_FRACTION of the
 /// ring is queued; other records are submitted without one and the reader polls
-/// (TOOLCHAIN.md: a wakeup per record costs more than the capture). Half a ring leaves
+/// (measured here: a wakeup per record costs more than the capture). Half a ring leaves
 /// the reader the other half to answer in (8 MiB with the default ring: 64 ms at a full
 /// gigabit of kept traffic) and wakes it twice per ring's worth. Each wakeup costs tens of
 /// microseconds of CPU in this VM: waking at each quarter instead cost the recorder 13%

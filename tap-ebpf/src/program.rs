@@ -241,7 +241,7 @@ fn copy_frame<const N: usize>(ctx: &XdpContext, record: *mut Record<N>, cap_len:
     // derives `umin = 1`, then the upper bound, each behind a barrier so that LLVM neither
     // merges them nor drops them as already known (the callers chose N so that they
     // hold), on the very register passed, after the last helper call. In u64, the type the
-    // helper returned: a u32 clamp loses the bounds (TOOLCHAIN.md).
+    // helper returned: a u32 clamp loses the bounds (the verifier then refuses it).
     let len = opaque(cap_len);
     if (len as i64) < 1 {
         return false;

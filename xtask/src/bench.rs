@@ -194,7 +194,7 @@ fn replay(pair: &SpanPair, pcap: &Path, pps: Option<u32>, loops: u32, senders: u
 }
 
 fn loops_for(pps: Option<u32>, frames_per_loop: usize) -> u32 {
-    // Top speed is about 0.37 Mpps per tcpreplay here (TOOLCHAIN.md).
+    // Top speed is about 0.37 Mpps per tcpreplay on these machines (measured).
     let rate = pps.unwrap_or(350_000) as f64;
     ((rate * RUN_SECONDS) / frames_per_loop as f64).ceil().max(1.0) as u32
 }

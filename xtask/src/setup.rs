@@ -1,6 +1,6 @@
 //! Idempotent set-up of a fresh machine: root and BPF checks, the nightly toolchain's
 //! rust-src (for `-Z build-std=core`), bpf-linker built against the LLVM library that the
-//! nightly toolchain ships (TOOLCHAIN.md), Debian packages for the tests and benchmarks,
+//! nightly toolchain ships, Debian packages for the tests and benchmarks,
 //! the BPF filesystem, and playwright-core from npm for the portal's browser test.
 
 use std::{
@@ -15,7 +15,7 @@ use crate::{
     util::{note, step, Cmd},
 };
 
-/// bpf-linker release known to work with aya 0.14 and the nightly's LLVM 22 (TOOLCHAIN.md).
+/// bpf-linker release known to work with aya 0.14 and the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// What the tests, demo and benchmarks run, from Debian: tcpreplay/trafgen generate
 /// traffic, tcpdump is the benchmark's peer, bpftool inspects programs, iproute2 builds the

@@ -1,4 +1,4 @@
-//! The detections (DESIGN.md, "Cloud: detections"), each a few lines over shared, bounded
+//! The detections, each a few lines over shared, bounded
 //! state. Every finding names the detection, the entities and a plain-language account of
 //! what happened and what to do.
 
@@ -444,15 +444,8 @@ impl Rules {
                     }
                     self.service_tickets.insert(k.ticket_fingerprint.clone());
                 }
-                if let Some(request) = self.tgs_requests.remove(&(ev.src_ip.clone(), ev.src_port)) {
-                    let account = if client.is_empty() { request.owner.clone() } else { client.clone() };
-                    self.tgs_outcome(
-                        cfg,
-                        &request,
-                        &account,
-                        &format!("got a ticket encrypted with etype {}", k.ticket_etype),
-                        out,
-                    );
+                let outcome = || format!("got a ticket encrypted with etype {}", k.ticket_etype);
+                if let Some((request, account)) = self.answer_tgs(cfg, ev, &client, outcome, out) {
                     self.user_service_burst(cfg, ev, &account, &request.sname, out);
                 }
             }
@@ -476,17 +469,8 @@ impl Rules {
             // KRB-ERROR
             30 => {
                 self.dcs.insert(ev.dc_ip.clone());
-                if let Some(request) = self.tgs_requests.remove(&(ev.src_ip.clone(), ev.src_port)) {
-                    // A KRB-ERROR may name the client (RFC 4120 5.9.1 cname), as Samba's do.
-                    let account = if client.is_empty() { request.owner.clone() } else { client.clone() };
-                    self.tgs_outcome(
-                        cfg,
-                        &request,
-                        &account,
-                        &format!("the DC refused it (error {})", k.error_code),
-                        out,
-                    );
-                }
+                // A KRB-ERROR may name the client (RFC 4120 5.9.1 cname), as Samba's do.
+                self.answer_tgs(cfg, ev, &client, || format!("the DC refused it (error {})", k.error_code), out);
                 let name = if client.is_empty() { account_key(&ev.account) } else { client };
                 match k.error_code {
                     KDC_ERR_PREAUTH_FAILED => self.failed_logon(cfg, ev, &name, "Kerberos", false, out),
@@ -496,6 +480,23 @@ impl Rules {
             }
             _ => {}
         }
+    }
+
+    /// The waiting TGS-REQ a reply or error answers, and the account it names (the reply's
+    /// client name, else the owner of the TGT the request presented), after raising what
+    /// the request showed.
+    fn answer_tgs(
+        &mut self,
+        cfg: &DetectConfig,
+        ev: &ActivityEvent,
+        client: &str,
+        outcome: impl FnOnce() -> String,
+        out: &mut Vec<Finding>,
+    ) -> Option<(TgsRequest, String)> {
+        let request = self.tgs_requests.remove(&(ev.src_ip.clone(), ev.src_port))?;
+        let account = if client.is_empty() { request.owner.clone() } else { client.to_string() };
+        self.tgs_outcome(cfg, &request, &account, &outcome(), out);
+        Some((request, account))
     }
 
     /// What a TGS-REQ showed, once its reply (or its absence) says who asked: `account`

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Shortest wait in poll(2) between drains. The program submits without waking the reader
-/// except once per half of the ring queued (TOOLCHAIN.md: per-frame wakeups cost more
+/// except once per half of the ring queued (measured: per-frame wakeups cost more
 /// than the capture), so the wait, not a wakeup, is what brings a small batch to the reader.
 pub const POLL_MIN: Duration = Duration::from_millis(25);
 /// Longest wait: the latency bound for a lone frame on a quiet link. Each wakeup of an

@@ -1,6 +1,6 @@
 //! One direction of a TCP conversation turned back into the byte stream the sender wrote.
 //!
-//! Rules (DESIGN.md, Reassembly):
+//! Rules:
 //! - bytes are delivered in order, once; a segment ahead of the next expected byte waits in
 //!   a bounded out-of-order buffer;
 //! - the first copy of a byte wins: later copies (retransmissions, SPAN duplicates,

@@ -28,6 +28,18 @@ pub fn write(path: &Path, frames: &[Vec<u8>], start: Duration) -> anyhow::Result
     Ok(())
 }
 
+/// Writes frames as they were read (`read`): their own times and lengths, so a capture
+/// can be written back with some frames taken out.
+pub fn write_frames(path: &Path, frames: &[PcapFrame]) -> anyhow::Result<()> {
+    let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: 65535, ..PcapHeader::default() };
+    let mut w = PcapWriter::with_header(BufWriter::new(file), header)?;
+    for f in frames {
+        w.write_packet(&PcapPacket::new(f.timestamp, f.orig_len, &f.data))?;
+    }
+    Ok(())
+}
+
 /// Reads every frame of a pcap or pcapng file (Ethernet link type).
 pub fn read(path: &Path) -> anyhow::Result<Vec<PcapFrame>> {
     let mut magic = [0u8; 4];

@@ -6,12 +6,7 @@
 //! lab; their resynchronisation is tested on crafted streams in `proto/kerberos.rs` and
 //! `proto/dns.rs`.)
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use serde_json::Value;
@@ -72,22 +67,13 @@ fn resumes_after_a_gap(stem: &str, server: impl Fn(u16) -> bool) {
     let t_drop = frames[dropped].timestamp;
     let cut: Vec<_> = frames.iter().enumerate().filter(|(i, _)| *i != dropped).map(|(_, f)| f.clone()).collect();
     let gapped = std::env::temp_dir().join(format!("dctap-gap-{stem}-{}.pcap", std::process::id()));
-    write(&gapped, &cut);
+    tap_testkit::pcap::write_frames(&gapped, &cut).unwrap();
     let (want, got) = (after(&reference, t_drop), after(&events(&gapped), t_drop));
     let _ = std::fs::remove_file(&gapped);
     assert!(
         got + 2 >= want,
         "{stem} port {srv}: {got} events after the gap, {want} without it: framing did not resume"
     );
-}
-
-fn write(path: &PathBuf, frames: &[tap_testkit::pcap::PcapFrame]) {
-    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-    let file = std::fs::File::create(path).unwrap();
-    let mut w = PcapWriter::with_header(file, PcapHeader { snaplen: 65535, ..PcapHeader::default() }).unwrap();
-    for f in frames {
-        w.write_packet(&PcapPacket::new(f.timestamp, f.orig_len, &f.data)).unwrap();
-    }
 }
 
 #[test]

@@ -27,13 +27,7 @@ fn drsuapi_calls(name: &str, drop: impl Fn(u16, u16, &[u8]) -> bool) -> Vec<Valu
         frames.iter().filter(|f| !tcp(&f.data).is_some_and(|(s, d, payload)| drop(s, d, &payload))).cloned().collect();
     let dropped = frames.len() - kept.len();
     let path = std::env::temp_dir().join(format!("dctap-rpc-{name}-{}.pcap", std::process::id()));
-    {
-        use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-        let mut w = PcapWriter::with_header(std::fs::File::create(&path).unwrap(), PcapHeader::default()).unwrap();
-        for f in &kept {
-            w.write_packet(&PcapPacket::new(f.timestamp, f.orig_len, &f.data)).unwrap();
-        }
-    }
+    tap_testkit::pcap::write_frames(&path, &kept).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tap-sensor")).arg("--read").arg(&path).arg("--json").output().unwrap();
     let _ = std::fs::remove_file(&path);
     assert!(out.status.success());

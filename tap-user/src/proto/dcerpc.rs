@@ -248,28 +248,25 @@ fn header(b: &[u8]) -> Header {
     Header::Record { header: 0, total: len }
 }
 
+/// After a gap: the next PDU header (`looks_like_pdu`).
+fn starts(b: &[u8]) -> Start {
+    match b {
+        _ if b.len() < 16 => {
+            if b.first().is_none_or(|v| *v == 5) {
+                Start::NeedMore
+            } else {
+                Start::No
+            }
+        }
+        _ if looks_like_pdu(b) => Start::Yes,
+        _ => Start::No,
+    }
+}
+
 impl StreamFramer {
     pub fn push(&mut self, data: &[u8], pdu: &mut dyn FnMut(&[u8])) {
-        if self.0.seeking() {
-            // After a gap: the next PDU header (`looks_like_pdu`).
-            let starts = |b: &[u8]| match b {
-                _ if b.len() < 16 => {
-                    if b.first().is_none_or(|v| *v == 5) {
-                        Start::NeedMore
-                    } else {
-                        Start::No
-                    }
-                }
-                _ if looks_like_pdu(b) => Start::Yes,
-                _ => Start::No,
-            };
-            if let Some(from) = self.0.seek(data, starts) {
-                self.push(&from, pdu);
-            }
-            return;
-        }
         let mut oversized = false;
-        self.0.push(data, MAX_FRAGMENT, header, &mut |f| match f {
+        self.0.push(data, MAX_FRAGMENT, header, starts, &mut |f| match f {
             Framed::Record { whole, .. } => pdu(whole),
             _ => oversized = true,
         });

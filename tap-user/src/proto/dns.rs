@@ -218,13 +218,7 @@ fn starts(b: &[u8]) -> Start {
 
 impl TcpFramer {
     pub fn push(&mut self, data: &[u8], record: &mut dyn FnMut(&[u8])) {
-        if self.0.seeking() {
-            if let Some(from) = self.0.seek(data, starts) {
-                self.push(&from, record);
-            }
-            return;
-        }
-        self.0.push(data, usize::MAX, header, &mut |f| {
+        self.0.push(data, usize::MAX, header, starts, &mut |f| {
             if let Framed::Record { payload, .. } = f {
                 record(payload);
             }

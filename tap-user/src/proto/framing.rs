@@ -60,8 +60,25 @@ const OVERSIZED_HEAD: usize = 64;
 
 impl Framer {
     /// Feeds bytes; `header` reads a record header; records longer than `max` bytes are
-    /// skipped.
-    pub fn push(&mut self, data: &[u8], max: usize, header: impl Fn(&[u8]) -> Header, out: &mut dyn FnMut(Framed<'_>)) {
+    /// skipped; after a gap, framing starts again where `starts` recognises a record.
+    pub fn push(
+        &mut self,
+        data: &[u8],
+        max: usize,
+        header: impl Fn(&[u8]) -> Header,
+        starts: impl Fn(&[u8]) -> Start,
+        out: &mut dyn FnMut(Framed<'_>),
+    ) {
+        if self.seeking.is_some() {
+            if let Some(from) = self.seek(data, starts) {
+                self.frame(&from, max, header, out);
+            }
+            return;
+        }
+        self.frame(data, max, header, out);
+    }
+
+    fn frame(&mut self, data: &[u8], max: usize, header: impl Fn(&[u8]) -> Header, out: &mut dyn FnMut(Framed<'_>)) {
         if self.lost {
             return;
         }
@@ -152,10 +169,10 @@ impl Framer {
     }
 
     /// After a gap: the bytes from the first record start that `starts` recognises in what
-    /// has come since (the framer then resumes, and the caller pushes them), or None while
-    /// none is found yet. A direction given up for another reason (a broken header,
-    /// SASL-sealed LDAP) does not seek.
-    pub fn seek(&mut self, data: &[u8], starts: impl Fn(&[u8]) -> Start) -> Option<Vec<u8>> {
+    /// has come since (the framer then resumes and frames them), or None while none is
+    /// found yet. A direction given up for another reason (a broken header, SASL-sealed
+    /// LDAP) does not seek.
+    fn seek(&mut self, data: &[u8], starts: impl Fn(&[u8]) -> Start) -> Option<Vec<u8>> {
         let held = self.seeking.as_mut()?;
         held.extend_from_slice(data);
         let mut keep_from = held.len();
@@ -200,7 +217,7 @@ mod tests {
         let mut f = Framer::default();
         let mut out = Vec::new();
         for c in chunks {
-            f.push(c, 9, header, &mut |fr| {
+            f.push(c, 9, header, |_: &[u8]| Start::No, &mut |fr| {
                 out.push(match fr {
                     Framed::Record { payload, .. } => format!("rec {payload:?}"),
                     Framed::Oversized { total, .. } => format!("over {total}"),
@@ -231,14 +248,11 @@ mod tests {
         let mut f = Framer::default();
         let mut out = Vec::new();
         let push = |f: &mut Framer, data: &[u8], out: &mut Vec<Vec<u8>>| {
-            let from = if f.seeking() { f.seek(data, starts) } else { Some(data.to_vec()) };
-            if let Some(bytes) = from {
-                f.push(&bytes, 9, header, &mut |fr| {
-                    if let Framed::Record { payload, .. } = fr {
-                        out.push(payload.to_vec());
-                    }
-                });
-            }
+            f.push(data, 9, header, starts, &mut |fr| {
+                if let Framed::Record { payload, .. } = fr {
+                    out.push(payload.to_vec());
+                }
+            });
         };
         push(&mut f, &[1, 0xaa, 2, 0xaa], &mut out);
         f.gap();

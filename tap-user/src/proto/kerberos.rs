@@ -335,22 +335,20 @@ fn header(b: &[u8]) -> Header {
     }
 }
 
+/// After a gap: a record start (`looks_like_record`).
+fn starts(b: &[u8]) -> Start {
+    match b.len() {
+        0..6 => Start::NeedMore,
+        _ if looks_like_record(b) => Start::Yes,
+        _ => Start::No,
+    }
+}
+
 impl TcpFramer {
     /// Feeds stream bytes; calls `record` with each complete message.
     pub fn push(&mut self, data: &[u8], oversized: &mut u64, record: &mut dyn FnMut(&[u8])) {
-        if self.framer.seeking() {
-            let starts = |b: &[u8]| match b.len() {
-                0..6 => Start::NeedMore,
-                _ if looks_like_record(b) => Start::Yes,
-                _ => Start::No,
-            };
-            if let Some(from) = self.framer.seek(data, starts) {
-                self.push(&from, oversized, record);
-            }
-            return;
-        }
         let mut over = 0;
-        self.framer.push(data, MAX_TCP_MESSAGE + 4, header, &mut |f| match f {
+        self.framer.push(data, MAX_TCP_MESSAGE + 4, header, starts, &mut |f| match f {
             Framed::Record { payload, .. } => record(payload),
             Framed::Oversized { .. } => over += 1,
             Framed::Foreign(_) => {}

@@ -614,14 +614,8 @@ fn header_len(b: &[u8]) -> Option<usize> {
 
 impl TcpFramer {
     pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(Frame<'_>)) {
-        if self.framer.seeking() {
-            if let Some(from) = self.framer.seek(data, starts) {
-                self.push(&from, out);
-            }
-            return;
-        }
         let mut sealed = 0;
-        self.framer.push(data, MAX_PDU, header, &mut |f| match f {
+        self.framer.push(data, MAX_PDU, header, starts, &mut |f| match f {
             Framed::Record { whole, .. } => out(Frame::Pdu(whole)),
             Framed::Oversized { .. } => out(Frame::Oversized),
             Framed::Foreign(rest) => sealed += rest.len() as u64,

@@ -252,13 +252,7 @@ fn starts(b: &[u8]) -> Start {
 
 impl TcpFramer {
     pub fn push(&mut self, data: &[u8], out: &mut dyn FnMut(Frame<'_>)) {
-        if self.0.seeking() {
-            if let Some(from) = self.0.seek(data, starts) {
-                self.push(&from, out);
-            }
-            return;
-        }
-        self.0.push(data, MAX_MESSAGE + 4, header, &mut |f| match f {
+        self.0.push(data, MAX_MESSAGE + 4, header, starts, &mut |f| match f {
             // Type 0x85 is a keep-alive: nothing to decode.
             Framed::Record { payload, whole } if whole[0] == 0x00 => out(Frame::Unit(payload)),
             Framed::Oversized { head, total } => {

@@ -427,6 +427,35 @@ sc_nopac_s4u() {
        impfix getST.py -spn cifs/$DC_FQDN -impersonate Administrator -dc-ip $DC_IP "$DNSDOMAIN/NOPAC01\$:NoPac#2024pass"
 }
 
+# Kerberos FAST (RFC 6113) as MIT clients use it when the KDC offers it: an armored AS
+# exchange, then armored TGS-REQs over TCP split over several segments (the workstation's
+# MTU lowered to 700), and an armored S4U2proxy the KDC refuses with KDC_ERR_BADOPTION.
+# The DC offers FAST only for this scenario (kdc_fast_on before, kdc_fast_off after).
+kdc_fast_set() {  # kdc_fast_set yes|no: rewrite the DC's setting and restart it if it changed
+  grep -q "kdc enable fast = $1\$" "$SMBCONF" && return 0
+  sed -i "s/^\( *kdc enable fast = \).*/\1$1/" "$SMBCONF"
+  log "restarting the DC with kdc enable fast = $1"
+  dc_stop; dc_start
+}
+kdc_fast_on()  { kdc_fast_set yes; }
+kdc_fast_off() { in_cl ip link set "$CL_IF" mtu 1500 2>/dev/null; kdc_fast_set "${DCTAP_LAB_KDC_FAST:-no}"; }
+sc_fast() {
+  local tcp=$CLDIR/krb5-tcp.conf
+  sed 's/^\[libdefaults\]/[libdefaults]\n  udp_preference_limit = 1/' "$CLDIR/krb5.conf" > "$tcp"
+  step armor_tgt alice "kinit alice: the TGT that armors the next logon" - - "benign" -- \
+       bash -c "printf '%s\n' '$(pw alice)' | KRB5_CONFIG_OVERRIDE=$tcp KRB5CCNAME=$CLDIR/ccache.armor client kinit alice@$REALM >/dev/null"
+  step fast_logon bob "kinit -T (FAST-armored AS exchange over TCP)" - "fast_avail" "benign" -- \
+       bash -c "printf '%s\n' '$(pw bob)' | KRB5_CONFIG_OVERRIDE=$tcp KRB5CCNAME=$CLDIR/ccache.fast client kinit -T $CLDIR/ccache.armor bob@$REALM >/dev/null; KRB5_CONFIG_OVERRIDE=$tcp KRB5CCNAME=$CLDIR/ccache.fast client klist -C"
+  step fast_tgs_split bob "kvno cifs/ and ldap/ with FAST over TCP, MTU 700: each TGS-REQ split over several segments" - \
+       "cifs/$DC_FQDN@$REALM: kvno" "benign" -- \
+       bash -c "ip netns exec $NS_CL ip link set $CL_IF mtu 700; for s in cifs ldap; do KRB5_CONFIG_OVERRIDE=$tcp KRB5CCNAME=$CLDIR/ccache.fast client kvno \$s/$DC_FQDN; done"
+  step fast_svc_logon svc_sql "kinit -T svc_sql (FAST)" - - "benign" -- \
+       bash -c "printf '%s\n' '$(pw svc_sql)' | KRB5_CONFIG_OVERRIDE=$tcp KRB5CCNAME=$CLDIR/ccache.fsvc client kinit -T $CLDIR/ccache.armor svc_sql@$REALM >/dev/null"
+  step fast_s4u_refused svc_sql "kvno -U alice -P cifs/$DC_FQDN with FAST: S4U2self, then an S4U2proxy to the DC the KDC refuses (KDC_ERR_BADOPTION, no delegation configured)" T1550.003 \
+       "constrained delegation failed" "delegation toward the DC from an account that never did it" -- \
+       bash -c "KRB5_CONFIG_OVERRIDE=$tcp KRB5CCNAME=$CLDIR/ccache.fsvc client kvno -U alice -P cifs/$DC_FQDN"
+}
+
 SCENARIOS=(
   "01_normal_logons|normal logons, service tickets, SMB, LDAP, DNS from two workstations (benign)|sc_normal"
   "02_password_spray|password spraying and brute force (Kerberos + NTLM)|sc_spray"
@@ -452,6 +481,7 @@ SCENARIOS=(
   "22_spray_success|a password spray that finds a password|sc_spray_success"
   "23_nopac_s4u|noPac (a TGT for the DC's name without its \$) and S4U from an added computer account|sc_nopac_s4u"
   "24_silver_ticket|silver ticket (a service ticket forged with the DC's machine key)|sc_silver|dcsync_dc_quiet"
+  "25_kerberos_fast|Kerberos FAST from MIT clients: armored logons, split TGS-REQs, a refused S4U2proxy|sc_fast|kdc_fast_on|kdc_fast_off"
 )
 
 scenarios_list() { local s; for s in "${SCENARIOS[@]}"; do IFS='|' read -r key title _ <<<"$s"; printf '%-28s %s\n' "$key" "$title"; done; }
@@ -463,14 +493,15 @@ scenarios_run() {  # scenarios_run [key-substring...]
   export -f client client2 imp imp2 impfix impfix2 imptool smbc smbc2 kinit_wrong smb_wrong imp_wrong imp_smb_wrong
   export -f dc2_join dc2_start dc2_stop dc2_forget dc2_running in_dc in_dc2 kill_pidfile descendants ns_kill_all ns_exists log
   [ $# -eq 0 ] && rm -rf "$PCAPS" "$OUT/scenarios.jsonl" "$OUT/steps.jsonl"
-  local s key title fn prep
+  local s key title fn prep post
   for s in "${SCENARIOS[@]}"; do
-    IFS='|' read -r key title fn prep <<<"$s"
+    IFS='|' read -r key title fn prep post <<<"$s"
     if [ $# -gt 0 ]; then
       local want=0 w; for w in "$@"; do [[ $key == *$w* ]] && want=1; done
       [ $want = 1 ] || continue
     fi
     timed "scenario $key" scenario "$key" "$title" "$fn" "$prep"
+    if [ -n "$post" ]; then "$post" || log "clean-up step $post failed"; fi
   done
   "$VENV/bin/python3" "$LAB/tools/make_labels.py" "$OUT"
 }

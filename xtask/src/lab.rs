@@ -551,6 +551,17 @@ const EXPECTATIONS: &[Expect] = &[
         fresh: false,
         all_dcs_watched: false,
     },
+    Expect {
+        scenario: "25_kerberos_fast",
+        // FAST-armored logons are not AS-REP roasting; the refused S4U2proxy to the DC is
+        // svc_sql's first delegation (first-seen behaviour, as for 23).
+        fires: &[("delegation_abuse", WS01, "svc_sql")],
+        allow: &["unusual_service", "unusual_source", "unusual_time"],
+        known_misses: &[],
+        learning_seconds: Some(2),
+        fresh: false,
+        all_dcs_watched: false,
+    },
 ];
 
 /// Alerts new or extended since `before`.

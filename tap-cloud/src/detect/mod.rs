@@ -151,6 +151,9 @@ impl Engine {
     pub fn process(&mut self, ev: &ActivityEvent) -> Vec<Alert> {
         let mut findings = Vec::new();
         self.rules.observe(&self.config, ev, &mut findings);
+        for (service, t) in self.rules.take_rc4_services() {
+            self.profiles_dirty |= self.profiles.note_rc4_service(&service, t);
+        }
         if self.profiles.learn_privileged(ev) {
             self.profiles_dirty = true;
         }

@@ -43,7 +43,23 @@ pub struct Profiles {
     /// Learned all the time, not only while learning: membership changes.
     #[serde(default)]
     pub privileged: BTreeSet<String>,
+    /// Services of user accounts whose tickets came encrypted with RC4 although the client
+    /// offered AES: their accounts have no AES keys, and their tickets are what
+    /// Kerberoasting cracks fastest. Identity posture, never an alert.
+    #[serde(default)]
+    pub rc4_services: BTreeMap<String, Rc4Service>,
 }
+
+/// When a service was seen issuing RC4 tickets to clients that offered AES.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Rc4Service {
+    pub first_seen_ns: i64,
+    pub last_seen_ns: i64,
+    pub tickets: u64,
+}
+
+/// Most RC4-only services remembered.
+const MAX_RC4_SERVICES: usize = 10_000;
 
 /// Most privileged accounts remembered.
 const MAX_PRIVILEGED: usize = 10_000;
@@ -60,6 +76,23 @@ impl Profiles {
             }
         }
         changed
+    }
+
+    /// Records a service that issued an RC4 ticket to a client offering AES; whether the
+    /// profiles changed.
+    pub fn note_rc4_service(&mut self, service: &str, t: i64) -> bool {
+        if !self.rc4_services.contains_key(service) && self.rc4_services.len() >= MAX_RC4_SERVICES {
+            return false;
+        }
+        let s = self.rc4_services.entry(service.to_string()).or_insert(Rc4Service {
+            first_seen_ns: t,
+            last_seen_ns: t,
+            tickets: 0,
+        });
+        s.first_seen_ns = s.first_seen_ns.min(t);
+        s.last_seen_ns = s.last_seen_ns.max(t);
+        s.tickets = s.tickets.saturating_add(1);
+        true
     }
 
     pub fn learning(&self, t: i64, learning_ns: i64) -> bool {

@@ -55,6 +55,13 @@ const PROMOTION_WAIT_NS: i64 = 60_000_000_000;
 /// DNS names under which domain controllers register (MS-ADTS 6.3.2.3): an SRV record for
 /// one of these services under `dc._msdcs.` (the domain's or a site's) names a DC.
 const DC_LOCATOR_SERVICES: [&str; 2] = ["_ldap._tcp.", "_kerberos._tcp."];
+/// Services only DCs register in an AD domain, in the domain's own zone as well as under
+/// `dc._msdcs` (the KDC and password-change records MIT clients look up, and the global
+/// catalog). `_ldap._tcp.<domain>` is left out: other LDAP servers may hold it.
+const DC_ONLY_SERVICES: [&str; 5] =
+    ["_kerberos._tcp.", "_kerberos._udp.", "_kpasswd._tcp.", "_kpasswd._udp.", "_gc._tcp."];
+/// DNS opcode of a dynamic update (RFC 2136).
+const DNS_UPDATE: u32 = 5;
 
 /// A TGS-REQ waiting for its reply: the reply (not the request) names the account.
 struct TgsRequest {
@@ -66,6 +73,9 @@ struct TgsRequest {
     roast: bool,
     /// Presents a TGT no watched DC issued, after watching longer than a ticket lives.
     forged: bool,
+    /// Asks for a user account's service offering AES: an RC4 ticket in reply is the
+    /// service account's configuration.
+    user_service_offering_aes: bool,
 }
 
 pub struct Rules {
@@ -86,6 +96,11 @@ pub struct Rules {
     /// Host names (first label, lower case) of computer accounts seen authenticating
     /// (`NAME$`), and of the DCs: their SPNs belong to machine accounts.
     computers: HashSet<String>,
+    /// SPNs LDAP search results showed held by computer accounts (lower case).
+    computer_spns: HashSet<String>,
+    /// User services whose tickets came encrypted with RC4 to a client that offered AES,
+    /// with when, since the engine last took them (see [`Rules::take_rc4_services`]).
+    rc4_services: Vec<(String, i64)>,
     /// TGT fingerprint → the host it was issued to (or first used from) and the account it
     /// was issued for (from the AS-REP; TGS-REQs do not name their client in the clear).
     tgt_host: HashMap<String, (String, String)>,
@@ -105,6 +120,9 @@ pub struct Rules {
     /// Hosts that registered a DC object (a successful DRSAddEntry) and are not yet known
     /// as DCs: a promotion if they replicate next, DCShadow if not.
     registrations: HashMap<String, ActivityEvent>,
+    /// Dynamic updates waiting for their answer, by (source, port, DNS id): a record counts
+    /// only once the DC accepted it, or anyone could register themselves as a DC.
+    pending_updates: HashMap<(String, u32, u32), ActivityEvent>,
     /// Time of the first event seen: the sensor's watch started then.
     watching_since: Option<i64>,
     honeytokens: HashSet<String>,
@@ -130,11 +148,15 @@ pub fn account_key(account: &str) -> String {
 
 /// Whether a service principal name belongs to a user account (a service account whose
 /// password a person chose), as far as the name tells: not krbtgt, not a `NAME$` account
-/// or a computer seen authenticating as one, and not a service class every computer
-/// registers (a DC's `cifs/`, `ldap/`, `host/`).
-fn user_service(sname: &str, computers: &HashSet<String>) -> bool {
+/// or a computer seen authenticating as one, not an SPN LDAP results showed a computer
+/// holding, and not a service class every computer registers (a DC's `cifs/`, `ldap/`,
+/// `host/`).
+fn user_service(sname: &str, computers: &HashSet<String>, computer_spns: &HashSet<String>) -> bool {
     let s = lower(sname);
     if s.is_empty() || s.starts_with("krbtgt") || s.starts_with("kadmin/") || s.ends_with('$') {
+        return false;
+    }
+    if computer_spns.contains(s.split('@').next().unwrap_or(&s)) {
         return false;
     }
     match s.split_once('/') {
@@ -220,6 +242,8 @@ impl Rules {
             asreq_without_preauth: HashMap::new(),
             tgs_requests: HashMap::new(),
             computers: HashSet::new(),
+            computer_spns: HashSet::new(),
+            rc4_services: Vec::new(),
             tgt_host: HashMap::new(),
             dcs: cfg.dcs.iter().cloned().collect(),
             dc_names: HashSet::new(),
@@ -227,6 +251,7 @@ impl Rules {
             delegations: HashSet::new(),
             service_tickets: HashSet::new(),
             registrations: HashMap::new(),
+            pending_updates: HashMap::new(),
             watching_since: None,
             honeytokens: cfg.honeytokens.iter().map(|a| account_key(a)).collect(),
         }
@@ -285,6 +310,7 @@ impl Rules {
             }
             Some(Detail::Ldap(l)) => self.ldap(cfg, ev, l, out),
             Some(Detail::Dcerpc(d)) => self.dcerpc(cfg, ev, d, out),
+            Some(Detail::Dns(d)) if d.opcode == DNS_UPDATE => self.dns_update(ev, d, out),
             Some(Detail::Dns(d)) if !d.records.is_empty() => self.learn_dcs_from_dns(ev, d, out),
             Some(Detail::Dns(d)) if !d.response => {
                 if let Some(q) = d.questions.iter().find(|q| q.qtype == 252 || q.qtype == 251) {
@@ -378,7 +404,9 @@ impl Rules {
                         ev.src_ip, k.cname, client, ev.src_ip
                     )));
                 }
-                if k.enc_timestamp_etype == 0 && !k.pk_as_req && !client.is_empty() {
+                // FAST (RFC 6113) carries the pre-authentication inside its armor, out of
+                // sight: an armored request is not one without pre-authentication.
+                if k.enc_timestamp_etype == 0 && !k.pk_as_req && !k.fast && !client.is_empty() {
                     if self.asreq_without_preauth.len() >= MAX_KEYS {
                         self.asreq_without_preauth.clear();
                     }
@@ -421,15 +449,26 @@ impl Rules {
                     k.requested_etypes.contains(&RC4_HMAC) && !k.requested_etypes.iter().any(|e| AES.contains(e));
                 // S4U2self asks for a ticket to the service itself on behalf of a user: the
                 // reply names that user, who roasted nothing.
-                let roast = cfg.roast_rc4_requests && rc4_only && !s4u && user_service(&k.sname, &self.computers);
+                let roast = cfg.roast_rc4_requests
+                    && rc4_only
+                    && !s4u
+                    && user_service(&k.sname, &self.computers, &self.computer_spns);
                 let forged = self.ticket_use(cfg, ev, k, out);
-                let burst = !s4u && user_service(&k.sname, &self.computers);
+                let burst = !s4u && user_service(&k.sname, &self.computers, &self.computer_spns);
                 if roast || forged || burst {
                     if self.tgs_requests.len() >= MAX_KEYS {
                         self.tgs_requests.clear();
                     }
                     let owner = self.ticket_owner(&k.ticket_fingerprint);
-                    let request = TgsRequest { event: ev.clone(), owner, sname: k.sname.clone(), roast, forged };
+                    let user_service_offering_aes = burst && k.requested_etypes.iter().any(|e| AES.contains(e));
+                    let request = TgsRequest {
+                        event: ev.clone(),
+                        owner,
+                        sname: k.sname.clone(),
+                        roast,
+                        forged,
+                        user_service_offering_aes,
+                    };
                     self.tgs_requests.insert((ev.src_ip.clone(), ev.src_port), request);
                 }
             }
@@ -447,6 +486,12 @@ impl Rules {
                 let outcome = || format!("got a ticket encrypted with etype {}", k.ticket_etype);
                 if let Some((request, account)) = self.answer_tgs(cfg, ev, &client, outcome, out) {
                     self.user_service_burst(cfg, ev, &account, &request.sname, out);
+                    if request.user_service_offering_aes
+                        && k.ticket_etype == RC4_HMAC
+                        && self.rc4_services.len() < MAX_KEYS
+                    {
+                        self.rc4_services.push((lower(&request.sname), ev.time_unix_ns));
+                    }
                 }
             }
             // AP-REQ in SMB, LDAP, RPC or HTTP authentication to a DC: a service ticket no
@@ -538,7 +583,10 @@ impl Rules {
         sname: &str,
         out: &mut Vec<Finding>,
     ) {
-        if account.is_empty() || cfg.roast_burst_services == 0 || !user_service(sname, &self.computers) {
+        if account.is_empty()
+            || cfg.roast_burst_services == 0
+            || !user_service(sname, &self.computers, &self.computer_spns)
+        {
             return;
         }
         let window = (cfg.roast_burst_secs as i64).saturating_mul(1_000_000_000);
@@ -615,6 +663,12 @@ impl Rules {
 
     fn ldap(&mut self, cfg: &DetectConfig, ev: &ActivityEvent, l: &Ldap, out: &mut Vec<Finding>) {
         let account = account_key(&ev.account);
+        for spn in &l.computer_spns {
+            if self.computer_spns.len() >= MAX_KEYS {
+                break;
+            }
+            self.computer_spns.insert(lower(spn));
+        }
         if l.operation == "bind" {
             self.dcs.insert(ev.dc_ip.clone());
             if l.cleartext_password_sent {
@@ -688,6 +742,31 @@ impl Rules {
         }
     }
 
+    /// The user services seen issuing RC4 tickets to clients that offered AES since the
+    /// last call: their accounts have no AES keys, so their tickets are the ones roasting
+    /// cracks. Posture, not an alert.
+    pub fn take_rc4_services(&mut self) -> Vec<(String, i64)> {
+        std::mem::take(&mut self.rc4_services)
+    }
+
+    /// A dynamic update teaches DCs only once the DC answers that it applied it.
+    fn dns_update(&mut self, ev: &ActivityEvent, d: &crate::pb::Dns, out: &mut Vec<Finding>) {
+        let key = (ev.src_ip.clone(), ev.src_port, d.id);
+        if !d.response {
+            if !d.records.is_empty() && self.pending_updates.len() < MAX_KEYS {
+                self.pending_updates.insert(key, ev.clone());
+            }
+            return;
+        }
+        let Some(request) = self.pending_updates.remove(&key) else { return };
+        if d.rcode != 0 {
+            return;
+        }
+        if let Some(Detail::Dns(update)) = request.detail.as_ref() {
+            self.learn_dcs_from_dns(&request, update, out);
+        }
+    }
+
     /// The DC locator's SRV records name the DCs, and their address records give their
     /// addresses; a dynamic update that registers a DC not known yet is a new DC.
     fn learn_dcs_from_dns(&mut self, ev: &ActivityEvent, d: &crate::pb::Dns, out: &mut Vec<Finding>) {
@@ -696,14 +775,15 @@ impl Rules {
         const SRV: u32 = 33;
         for r in d.records.iter().filter(|r| r.rtype == SRV) {
             let owner = lower(&r.name);
-            let locator = DC_LOCATOR_SERVICES.iter().any(|s| owner.starts_with(s)) && owner.contains("dc._msdcs.");
+            let locator = (DC_LOCATOR_SERVICES.iter().any(|s| owner.starts_with(s)) && owner.contains("dc._msdcs."))
+                || DC_ONLY_SERVICES.iter().any(|s| owner.starts_with(s));
             if locator && self.dc_names.len() < MAX_KEYS {
                 let host = lower(r.data.trim_end_matches('.'));
                 self.dc_accounts.insert(host.split('.').next().unwrap_or_default().to_string());
                 self.dc_names.insert(host);
             }
         }
-        let update = !d.response && d.opcode == 5;
+        let update = d.opcode == DNS_UPDATE;
         for r in d.records.iter().filter(|r| matches!(r.rtype, A | AAAA)) {
             if !self.dc_names.contains(&lower(r.name.trim_end_matches('.'))) || self.dcs.contains(&r.data) {
                 continue;
@@ -1007,6 +1087,13 @@ mod tests {
         assert_eq!(run(DetectConfig::default(), &[asreq(0), asrep.clone()]), vec!["asrep_roasting"]);
         assert!(run(DetectConfig::default(), &[asreq(18), asrep.clone()]).is_empty(), "pre-authenticated");
         assert!(run(DetectConfig::default(), &[asreq(0)]).is_empty(), "refused (KDC_ERR_PREAUTH_REQUIRED) is normal");
+        // MIT kinit -T: the pre-authentication travels inside the FAST armor.
+        let mut armored = asreq(0);
+        if let Some(Detail::Kerberos(k)) = armored.detail.as_mut() {
+            k.fast = true;
+            k.padata_types = vec![136];
+        }
+        assert!(run(DetectConfig::default(), &[armored, asrep]).is_empty(), "FAST hides the pre-authentication");
     }
 
     /// Roasting is a client's request, not a service's configuration: a client that offers
@@ -1048,6 +1135,13 @@ mod tests {
             .flat_map(|(i, u)| exchange(50_000 + i as u32, vec![18, 17, 23], "MSSQLSvc/sql01:1433", vec![], u, 23))
             .collect();
         assert!(run(d(), &benign).is_empty(), "an RC4 ticket to a client that offered AES");
+        // That is the service account's configuration, kept for the posture: RC4 tickets.
+        let mut engine = Engine::new(d());
+        benign.iter().for_each(|e| drop(engine.process(e)));
+        let rc4 = &engine.profiles.rc4_services["mssqlsvc/sql01:1433"];
+        assert_eq!((rc4.tickets, rc4.first_seen_ns, rc4.last_seen_ns), (4, S, S));
+        assert_eq!(engine.profiles.rc4_services.len(), 1);
+        assert!(engine.profiles_dirty);
         // RC4-only requests (after an RC4 logon) to the DC's own services.
         for service in ["cifs/dc1.lab.example", "ldap/dc1.lab.example/lab.example", "HOST/dc1", "DC1$", "krbtgt/LAB"] {
             assert!(run(d(), &exchange(1, vec![23], service, vec![], "alice", 23)).is_empty(), "{service}");
@@ -1063,6 +1157,20 @@ mod tests {
             .collect();
         assert_eq!(alerts.len(), 1);
         assert_eq!((alerts[0].detection.as_str(), alerts[0].account.as_str()), ("kerberoasting", "mallory"));
+        // The same SPN held by a computer account, as an LDAP search answer showed: its
+        // tickets use the machine's random key, nothing to crack.
+        let search = ev(
+            0,
+            "10.1.1.2",
+            Detail::Ldap(Ldap {
+                operation: "search".into(),
+                computer_spns: vec!["mssqlsvc/sql01:1433".into(), "http/app3".into()],
+                ..Default::default()
+            }),
+        );
+        let mut held = vec![search.clone()];
+        held.extend(exchange(1, vec![23], "MSSQLSvc/sql01:1433@LAB.EXAMPLE", vec![], "mallory", 23));
+        assert!(run(d(), &held).is_empty(), "a computer's SPN");
         // A burst of AES requests for many user services by one account is roasting too,
         // at the configured threshold and not below.
         let burst: Vec<_> = (0..8u32)
@@ -1071,6 +1179,10 @@ mod tests {
         let mut engine = Engine::new(d());
         let alerts: Vec<_> = burst.iter().flat_map(|e| engine.process(e)).collect();
         assert_eq!(alerts.len(), 1, "{alerts:?}");
+        // One of the eight is a computer's: seven user services stay under the threshold.
+        let mut seven = vec![search];
+        seven.extend(burst.iter().cloned());
+        assert!(run(d(), &seven).is_empty(), "http/app3 is a computer's");
         assert_eq!(alerts[0].account, "mallory");
         assert!(run(d(), &burst[..14]).is_empty(), "seven services are below the threshold of eight");
         let off = DetectConfig { roast_burst_services: 0, ..d() };
@@ -1351,6 +1463,7 @@ mod tests {
                 1,
                 "10.0.0.12",
                 Detail::Dns(Dns {
+                    id: 7,
                     response,
                     opcode,
                     records: vec![
@@ -1365,13 +1478,39 @@ mod tests {
         let pull = |src: &str| rpc(5, src, "drsuapi", "DRSGetNCChanges");
         assert!(run(DetectConfig::default(), &[dns(true, 0), pull("10.0.0.12")]).is_empty());
         assert_eq!(run(DetectConfig::default(), &[dns(true, 0), pull("10.0.0.99")]), vec!["dcsync"]);
-        assert_eq!(run(DetectConfig::default(), &[dns(false, 5), pull("10.0.0.12")]), vec!["new_domain_controller"]);
+        // A dynamic update counts once the DC answers that it applied it.
+        let answer = |id: u32, rcode: u32| {
+            ev(1, "10.0.0.12", Detail::Dns(Dns { id, response: true, opcode: 5, rcode, ..Default::default() }))
+        };
+        let update = dns(false, 5);
+        assert_eq!(
+            run(DetectConfig::default(), &[update.clone(), answer(7, 0), pull("10.0.0.12")]),
+            vec!["new_domain_controller"]
+        );
+        const REFUSED: u32 = 5;
+        for unanswered in [vec![update.clone()], vec![update.clone(), answer(7, REFUSED)], vec![update, answer(8, 0)]] {
+            let mut events = unanswered;
+            events.push(pull("10.0.0.12"));
+            assert_eq!(run(DetectConfig::default(), &events), vec!["dcsync"], "an update the DC did not apply");
+        }
         // A site's locator record counts too.
         let mut site = dns(true, 0);
         if let Some(Detail::Dns(d)) = site.detail.as_mut() {
             d.records[0].name = "_kerberos._tcp.Default-First-Site-Name._sites.dc._msdcs.lab.example".into();
         }
         assert!(run(DetectConfig::default(), &[site, pull("10.0.0.12")]).is_empty());
+        // The KDC records MIT clients look up are the DCs' too; the domain's plain LDAP
+        // record may name another LDAP server.
+        let named = |owner: &str| {
+            let mut e = dns(true, 0);
+            if let Some(Detail::Dns(d)) = e.detail.as_mut() {
+                d.records[0].name = owner.into();
+            }
+            e
+        };
+        assert!(run(DetectConfig::default(), &[named("_kerberos._tcp.lab.example"), pull("10.0.0.12")]).is_empty());
+        assert!(run(DetectConfig::default(), &[named("_kpasswd._udp.lab.example"), pull("10.0.0.12")]).is_empty());
+        assert_eq!(run(DetectConfig::default(), &[named("_ldap._tcp.lab.example"), pull("10.0.0.12")]), vec!["dcsync"]);
     }
 
     #[test]

@@ -16,6 +16,8 @@ use crate::{
 const MAX_PENDING_LDAP: usize = 64;
 /// Most privileged account names one search reports (proto: at most 256).
 const MAX_PRIVILEGED_PER_SEARCH: usize = 256;
+/// Most computer SPNs one search reports (proto: at most 1024).
+const MAX_COMPUTER_SPNS_PER_SEARCH: usize = 1024;
 
 crate::counter_set! {
     pub struct ParseCounters {
@@ -650,7 +652,7 @@ impl Analyzer {
             return;
         }
         let code = match pdu.op {
-            ldap::LdapOp::SearchEntry { privileged } => {
+            ldap::LdapOp::SearchEntry { privileged, computer_spns } => {
                 if let Some((_, e)) = st.pending.iter_mut().find(|(id, _)| *id == pdu.message_id) {
                     if let Some(l) = ldap_detail(e) {
                         l.entries_returned += 1;
@@ -659,6 +661,11 @@ impl Analyzer {
                                 && !l.privileged_accounts.contains(&name)
                             {
                                 l.privileged_accounts.push(name);
+                            }
+                        }
+                        for spn in computer_spns {
+                            if l.computer_spns.len() < MAX_COMPUTER_SPNS_PER_SEARCH && !l.computer_spns.contains(&spn) {
+                                l.computer_spns.push(spn);
                             }
                         }
                     }

@@ -150,6 +150,7 @@ fn ldap(out: &mut Vec<u8>, l: &pb::Ldap) {
     o.uint(k!("sealed_bytes"), l.sealed_bytes);
     o.strs(k!("privileged_accounts"), &l.privileged_accounts);
     o.str(k!("extended_name"), &l.extended_name);
+    o.strs(k!("computer_spns"), &l.computer_spns);
     o.end();
 }
 
@@ -501,6 +502,7 @@ mod tests {
             sealed_bytes: 1,
             privileged_accounts: vec!["eve.admin".into(), s()],
             extended_name: "StartTLS".into(),
+            computer_spns: vec!["host/ws01".into(), s()],
         })));
         details.push(Some(Detail::Ntlm(pb::Ntlm {
             message_type: 3,

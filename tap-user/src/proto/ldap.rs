@@ -54,6 +54,9 @@ pub enum LdapOp {
     SearchEntry {
         /// Accounts this entry shows to be privileged (see [`privileged_accounts`]).
         privileged: Vec<String>,
+        /// Service principal names this entry shows held by a computer account (see
+        /// [`computer_spns`]).
+        computer_spns: Vec<String>,
     },
     SearchDone {
         code: u32,
@@ -133,6 +136,11 @@ const PRIVILEGED_GROUPS: [&str; 12] = [
 ];
 /// Most accounts taken from one entry (a group's member list can be long).
 pub const MAX_PRIVILEGED_PER_ENTRY: usize = 64;
+/// Most computer SPNs taken from one entry (a computer has a dozen; clusters more).
+pub const MAX_SPNS_PER_ENTRY: usize = 64;
+/// Longest SPN kept (AD limits servicePrincipalName values to 2048 characters; real ones
+/// are short).
+const MAX_SPN_LEN: usize = 512;
 
 /// The common name of a DN's first RDN ("CN=Domain Admins,CN=Users,DC=lab" -> "Domain Admins").
 fn first_cn(dn: &str) -> Option<&str> {
@@ -165,6 +173,7 @@ struct EntryView<'a> {
     admin_count: &'a [u8],
     sam_account_name: &'a [u8],
     member: &'a [u8],
+    service_principal_name: &'a [u8],
 }
 
 impl<'a> EntryView<'a> {
@@ -203,6 +212,7 @@ impl<'a> EntryView<'a> {
                 _ if name.eq_ignore_ascii_case(b"adminCount") => &mut entry.admin_count,
                 _ if name.eq_ignore_ascii_case(b"sAMAccountName") => &mut entry.sam_account_name,
                 _ if name.eq_ignore_ascii_case(b"member") => &mut entry.member,
+                _ if name.eq_ignore_ascii_case(b"servicePrincipalName") => &mut entry.service_principal_name,
                 _ => {
                     at = seq_end;
                     continue;
@@ -253,6 +263,23 @@ fn privileged_accounts(e: &EntryView<'_>) -> Vec<String> {
     }
     out.retain(|n| !n.is_empty() && n.len() <= 256);
     out
+}
+
+/// Service principal names a search result entry shows held by a computer account (its
+/// sAMAccountName ends in `$`, or its objectClass is computer), lower case: tickets to
+/// them are encrypted with a random machine key, so asking for one is not roasting.
+fn computer_spns(e: &EntryView<'_>) -> Vec<String> {
+    let computer = set_values(e.sam_account_name).any(|v| v.ends_with(b"$"))
+        || set_values(e.object_class).any(|c| c.eq_ignore_ascii_case(b"computer"));
+    if !computer {
+        return Vec::new();
+    }
+    set_values(e.service_principal_name)
+        .filter(|v| !v.is_empty() && v.len() <= MAX_SPN_LEN)
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .map(str::to_lowercase)
+        .take(MAX_SPNS_PER_ENTRY)
+        .collect()
 }
 
 /// Length of the BER element at the start of `b` (header + content), if complete enough to
@@ -487,7 +514,8 @@ fn sicily_bind_response(bytes: &[u8]) -> Option<LdapPdu> {
 /// Decodes one whole LDAPMessage.
 pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
     if let Some((message_id, entry)) = EntryView::read(bytes) {
-        return Ok(LdapPdu { message_id, op: LdapOp::SearchEntry { privileged: privileged_accounts(&entry) } });
+        let op = LdapOp::SearchEntry { privileged: privileged_accounts(&entry), computer_spns: computer_spns(&entry) };
+        return Ok(LdapPdu { message_id, op });
     }
     if too_deep(bytes, MAX_DEPTH) {
         return Err(LdapError::TooDeep);
@@ -526,7 +554,7 @@ pub fn parse_pdu(bytes: &[u8]) -> Result<LdapPdu, LdapError> {
             }
         }
         // An entry ldap-parser reads and the in-place reader did not: counted, not named.
-        ProtocolOp::SearchResultEntry(_) => LdapOp::SearchEntry { privileged: Vec::new() },
+        ProtocolOp::SearchResultEntry(_) => LdapOp::SearchEntry { privileged: Vec::new(), computer_spns: Vec::new() },
         ProtocolOp::SearchResultDone(r) => LdapOp::SearchDone { code: r.result_code.0 },
         ProtocolOp::ModifyRequest(r) => LdapOp::Modify {
             target: r.object.0.to_string(),
@@ -700,7 +728,7 @@ mod tests {
 
     fn privileged(dn: &str, attrs: &[(&str, &[&str])]) -> Vec<String> {
         match parse_pdu(&search_entry(7, dn, attrs)).unwrap() {
-            LdapPdu { message_id: 7, op: LdapOp::SearchEntry { privileged } } => privileged,
+            LdapPdu { message_id: 7, op: LdapOp::SearchEntry { privileged, .. } } => privileged,
             other => panic!("not an entry: {other:?}"),
         }
     }
@@ -728,6 +756,40 @@ mod tests {
         );
         let users = [("member", &["CN=alice,CN=Users,DC=lab"][..])];
         assert!(privileged("CN=Domain Users,CN=Users,DC=lab", &users).is_empty(), "not an administrative group");
+    }
+
+    fn spns(dn: &str, attrs: &[(&str, &[&str])]) -> Vec<String> {
+        match parse_pdu(&search_entry(7, dn, attrs)).unwrap() {
+            LdapPdu { op: LdapOp::SearchEntry { computer_spns, .. }, .. } => computer_spns,
+            other => panic!("not an entry: {other:?}"),
+        }
+    }
+
+    /// What an SPN search (GetUserSPNs, BloodHound) returns shows which SPNs computers hold.
+    #[test]
+    fn spns_of_computer_accounts_are_reported_and_users_are_not() {
+        let sql01 = [
+            ("sAMAccountName", &["SQL01$"][..]),
+            ("servicePrincipalName", &["MSSQLSvc/sql01.lab.example:1433", "HOST/SQL01"]),
+        ];
+        assert_eq!(spns("CN=SQL01,CN=Computers,DC=lab", &sql01), ["mssqlsvc/sql01.lab.example:1433", "host/sql01"]);
+        let by_class =
+            [("objectClass", &["top", "person", "user", "computer"][..]), ("servicePrincipalName", &["http/web01"])];
+        assert_eq!(spns("CN=WEB01,CN=Computers,DC=lab", &by_class), ["http/web01"]);
+        let svc_sql = [
+            ("sAMAccountName", &["svc_sql"][..]),
+            ("objectClass", &["top", "person", "user"]),
+            ("servicePrincipalName", &["MSSQLSvc/sql01.lab.example:1433"]),
+        ];
+        assert!(spns("CN=svc_sql,CN=Users,DC=lab", &svc_sql).is_empty(), "a user's SPN is roastable");
+        let long = "a".repeat(MAX_SPN_LEN + 1);
+        let many: Vec<String> = (0..100).map(|i| format!("host/n{i}")).collect();
+        let mut values: Vec<&str> = many.iter().map(String::as_str).collect();
+        values.insert(0, &long);
+        let big = [("sAMAccountName", &["BIG$"][..]), ("servicePrincipalName", &values)];
+        let got = spns("CN=BIG,DC=lab", &big);
+        assert_eq!(got.len(), MAX_SPNS_PER_ENTRY, "bounded");
+        assert_eq!(got[0], "host/n0", "an overlong value is skipped");
     }
 
     /// The in-place reader sees what ldap-parser decodes: the DN and every value of the

@@ -157,6 +157,26 @@ fn validate(batch: &EventBatch, sensor_id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// How far after the sensor's clock (its spool time) an event may be dated: a frame is
+/// captured before it is spooled, so more is a broken or forged time.
+const MAX_AHEAD_OF_SENSOR_NS: i64 = 3_600_000_000_000;
+
+/// Gives every event a time the detections can trust: one outside the accepted range, or
+/// later than the sensor spooled it, takes its spool time (the cloud's own clock when that
+/// is no better). Returns how many were changed.
+fn clamp_times(batch: &mut EventBatch, received_unix_ns: i64) -> u32 {
+    let mut clamped = 0;
+    for (i, ev) in batch.events.iter_mut().enumerate() {
+        let spooled = batch.spooled_unix_ns.get(i).copied().filter(|t| crate::sane_time(*t));
+        let ahead = spooled.is_some_and(|s| ev.time_unix_ns.saturating_sub(s) > MAX_AHEAD_OF_SENSOR_NS);
+        if !crate::sane_time(ev.time_unix_ns) || ahead {
+            ev.time_unix_ns = spooled.unwrap_or(received_unix_ns);
+            clamped += 1;
+        }
+    }
+    clamped
+}
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<Ack, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -198,7 +218,7 @@ impl Ingest for IngestService {
             let mut checked = Instant::now();
             while let Some(next) = inbound.next().await {
                 let reply = async {
-                    let batch = next?;
+                    let mut batch = next?;
                     if checked.elapsed() >= RECHECK {
                         check_key(Arc::clone(&store), id.clone(), key.clone()).await?;
                         checked = Instant::now();
@@ -208,14 +228,30 @@ impl Ingest for IngestService {
                         (Some(f), Some(l)) => (f.seq, l.seq),
                         _ => return Ok(None),
                     };
+                    let clamped = clamp_times(&mut batch, crate::unix_ns());
+                    if clamped > 0 {
+                        log::warn!(
+                            "sensor {id}: {clamped} event(s) of {first_seq}..={last_seq} dated impossibly (before 1990, \
+                             from 2100 on, or over an hour after the sensor spooled them); stored at their spool time"
+                        );
+                    }
                     let (s, sid) = (Arc::clone(&store), id.clone());
                     let outcome =
                         blocking(move || s.insert_events(&sid, &batch.events, &batch.spooled_unix_ns)).await?;
+                    if let Some((seq, held)) = outcome.late {
+                        return Err(Status::failed_precondition(format!(
+                            "event {seq} is new but the cloud already holds or has examined this sensor's events up \
+                             to {held}: sequence numbers only grow, and detection never goes back (was the spool \
+                             directory replaced while another sensor kept the id?); nothing of {first_seq}..={last_seq} \
+                             was stored"
+                        )));
+                    }
                     Ok::<_, Status>(Some(Ack {
                         first_seq,
                         last_seq,
                         stored: outcome.stored,
                         duplicates: outcome.duplicates,
+                        clamped,
                     }))
                 }
                 .await;
@@ -507,6 +543,79 @@ mod tests {
         let err = call::<_, ExcerptAck>(addr, UPLOAD, "s1", "key-s1", bogus).await.unwrap_err();
         assert!(err.code() == tonic::Code::InvalidArgument && err.message().contains("not a pcap"), "{err:?}");
         assert_eq!(store.alert_excerpt(second.id, false).unwrap().unwrap().status, "failed");
+
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// One batch on a fresh Stream call: its acknowledgement, or the status that ended it.
+    async fn send(addr: SocketAddr, sensor: &str, key: &str, batch: EventBatch) -> Result<Ack, Status> {
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let mut req = Request::new(tokio_stream::iter(vec![batch]));
+        req.metadata_mut().insert("x-dctap-sensor-id", sensor.parse().unwrap());
+        req.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/dctap.v1.Ingest/Stream");
+        let mut acks =
+            grpc.streaming(req, path, tonic_prost::ProstCodec::<EventBatch, Ack>::default()).await?.into_inner();
+        match acks.message().await {
+            Ok(Some(ack)) => Ok(ack),
+            Ok(None) => Err(Status::unknown("no acknowledgement")),
+            Err(status) => Err(status),
+        }
+    }
+
+    /// What a crafted capture or a broken sensor sends: impossible times are stored at the
+    /// sensor's spool time and counted in the acknowledgement; new events below what the
+    /// cloud holds are refused with the reason; a heartbeat from i64::MIN is recorded.
+    #[tokio::test]
+    async fn impossible_times_are_clamped_late_events_refused_and_any_heartbeat_clock_recorded() {
+        use crate::store::SqliteStore;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.add_sensor("s1", &keys::hash("key-s1")).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            Arc::clone(&store),
+            async {
+                let _ = stopped.await;
+            },
+            Arc::default(),
+        ));
+        let spooled = 1_800_000_000_000_000_000;
+        let mut b = batch(&[1, 2, 3, 4, 5, 6], "s1");
+        let times = [i64::MIN, i64::MAX, 0, spooled - 5, spooled + 2 * MAX_AHEAD_OF_SENSOR_NS, spooled];
+        for (ev, t) in b.events.iter_mut().zip(times) {
+            ev.time_unix_ns = t;
+        }
+        b.spooled_unix_ns = vec![spooled; 6];
+        b.spooled_unix_ns[5] = i64::MIN;
+        let before = crate::unix_ns();
+        let ack = send(addr, "s1", "key-s1", b).await.unwrap();
+        assert_eq!((ack.stored, ack.clamped), (6, 4));
+        let stored: Vec<i64> = (1..=6).map(|seq| store.event("s1", seq).unwrap().unwrap().event.time_unix_ns).collect();
+        assert_eq!(&stored[..5], &[spooled, spooled, spooled, spooled - 5, spooled]);
+        assert!(stored[5] == spooled, "a sane time stays, whatever the spool time says");
+
+        let mut gap = batch(&[10], "s1");
+        gap.events[0].time_unix_ns = spooled;
+        send(addr, "s1", "key-s1", gap).await.unwrap();
+        let mut late = batch(&[7], "s1");
+        late.events[0].time_unix_ns = spooled;
+        let err = send(addr, "s1", "key-s1", late).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("event 7") && err.message().contains("up to 10"), "{}", err.message());
+        assert!(store.event("s1", 7).unwrap().is_none());
+
+        let health = Health { sensor_id: "s1".into(), sensor_time_unix_ns: i64::MIN, ..Default::default() };
+        let _: HeartbeatReply = call(addr, "/dctap.v1.Ingest/Heartbeat", "s1", "key-s1", health).await.unwrap();
+        let s = store.sensors().unwrap().into_iter().find(|s| s.id == "s1").unwrap();
+        assert!(s.clock_skew_ns.is_some_and(|k| k < 0) && s.last_heartbeat_unix_ns.is_some_and(|t| t >= before));
 
         let _ = stop.send(());
         server.await.unwrap().unwrap();

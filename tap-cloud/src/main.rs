@@ -421,12 +421,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 Err(e) => log::error!("retention: {e:#}"),
             }
         }
-        match runner.step() {
-            Ok(0) => std::thread::sleep(std::time::Duration::from_millis(500)),
-            Ok(_) => {}
-            Err(e) => {
+        // A panic outside an event's own processing (that one is caught per event) must not
+        // end detection: start again from the checkpoint, as after a restart.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runner.step())) {
+            Ok(Ok(0)) => std::thread::sleep(std::time::Duration::from_millis(500)),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
                 log::error!("detection: {e:#}");
                 std::thread::sleep(std::time::Duration::from_secs(5));
+            }
+            Err(_) => {
+                log::error!("detection failed outside an event; resuming from the last checkpoint");
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                match config.detect().and_then(|cfg| Runner::new(Engine::new(cfg), Arc::clone(&prune_store))) {
+                    Ok(mut fresh) => {
+                        fresh.exporter = runner.exporter.take();
+                        runner = fresh;
+                    }
+                    Err(e) => log::error!("detection: {e:#}"),
+                }
             }
         }
     })?;
@@ -588,7 +601,7 @@ fn stats(store: &SqliteStore) -> anyhow::Result<()> {
     let (mut first_spooled, mut last_stored) = (i64::MAX, i64::MIN);
     each_stored_event(store, |e| {
         if e.spooled_unix_ns > 0 {
-            latencies.push(e.stored_unix_ns - e.spooled_unix_ns);
+            latencies.push(e.stored_unix_ns.saturating_sub(e.spooled_unix_ns));
             first_spooled = first_spooled.min(e.spooled_unix_ns);
         }
         last_stored = last_stored.max(e.stored_unix_ns);

@@ -261,6 +261,41 @@ async fn metrics_count_events_alerts_and_incidents() {
     }
 }
 
+/// An event detection failed on (a bug some input met) is a cloud health alert: on the
+/// sensors page, with its message escaped, and in the metrics.
+#[tokio::test]
+async fn detection_failures_show_as_cloud_health_on_the_sensors_page_and_in_the_metrics() {
+    use tap_cloud::detect::runner::{DetectionFailure, DetectionFailures, DETECTION_FAILURES};
+    let store = store_with_incident();
+    let healthy = portal::metrics_router(Arc::clone(&store));
+    let resp = healthy.oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("dctap_cloud_detection_failures 0"), "{text}");
+    let failures = DetectionFailures {
+        count: 2,
+        recent: vec![DetectionFailure {
+            at_unix_ns: 1_795_749_927_000_000_000,
+            sensor_id: "s1".into(),
+            seq: 7,
+            message: "attempt to subtract with overflow <img src=x onerror=alert(1)>".into(),
+        }],
+    };
+    store.save_state(DETECTION_FAILURES, &serde_json::to_string(&failures).unwrap()).unwrap();
+    let metrics = portal::metrics_router(Arc::clone(&store));
+    let resp = metrics.oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("dctap_cloud_detection_failures 2"), "{text}");
+    let app = portal::router(store);
+    let (_, ana) = Client::login(&app, "ana", "ana-correct-horse").await;
+    let (status, page, _) = ana.send("GET", "/sensors", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("cloud health") && page.contains("failed on 2 event(s)") && page.contains("event 7"),
+        "{page}"
+    );
+    assert!(page.contains("&lt;img src=x") && !page.contains("<img src=x"), "escaped");
+}
+
 /// The API routes the router serves, read from its source, so a route added without a
 /// line in the OpenAPI document fails the test below.
 fn routed_api_paths() -> Vec<String> {

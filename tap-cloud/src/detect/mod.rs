@@ -70,7 +70,7 @@ impl<K: std::hash::Hash + Eq + Clone> Windows<K> {
             }
         }
         let q = self.entries.entry(key).or_default();
-        while q.front().is_some_and(|(ft, _)| *ft < t - window_ns) {
+        while q.front().is_some_and(|(ft, _)| *ft < t.saturating_sub(window_ns)) {
             q.pop_front();
         }
         if q.len() >= self.max_per_key {
@@ -99,7 +99,7 @@ impl<K: std::hash::Hash + Eq + Clone> Windows<K> {
     }
 
     fn sweep(&mut self, now: i64, window_ns: i64) {
-        self.entries.retain(|_, q| q.back().is_some_and(|(t, _)| *t >= now - window_ns));
+        self.entries.retain(|_, q| q.back().is_some_and(|(t, _)| *t >= now.saturating_sub(window_ns)));
     }
 
     pub fn len(&self) -> usize {
@@ -182,7 +182,7 @@ impl Engine {
             }
             let key = (f.detection.to_string(), f.src_ip.clone(), f.account.clone());
             let alert = match self.open.get_mut(&key) {
-                Some(a) if ev.time_unix_ns - a.last_seen_ns <= window => {
+                Some(a) if ev.time_unix_ns.saturating_sub(a.last_seen_ns) <= window => {
                     a.last_seen_ns = a.last_seen_ns.max(ev.time_unix_ns);
                     if a.evidence.len() < MAX_EVIDENCE {
                         a.evidence.push((ev.sensor_id.clone(), ev.seq));
@@ -214,7 +214,7 @@ impl Engine {
         }
         if self.open.len() > 10_000 {
             let now = ev.time_unix_ns;
-            self.open.retain(|_, a| now - a.last_seen_ns <= window);
+            self.open.retain(|_, a| now.saturating_sub(a.last_seen_ns) <= window);
         }
         changed
     }

@@ -96,7 +96,7 @@ impl Profiles {
     }
 
     pub fn learning(&self, t: i64, learning_ns: i64) -> bool {
-        self.started_ns.is_none_or(|s| t - s < learning_ns)
+        self.started_ns.is_none_or(|s| t.saturating_sub(s) < learning_ns)
     }
 
     /// During learning, remembers the source of a learned detection's finding; afterwards,

@@ -18,6 +18,50 @@ use crate::store::{ExcerptWanted, Store};
 
 /// Name of the learned profiles in the store's engine state.
 const PROFILES: &str = "profiles";
+/// Name of the record of events detection failed on, in the store's engine state.
+pub const DETECTION_FAILURES: &str = "detection_failures";
+/// Failures kept in that record (the count covers all).
+const RECENT_FAILURES: usize = 20;
+/// Longest failure message kept.
+const MAX_FAILURE_MESSAGE: usize = 500;
+
+/// Events the detections failed on (a bug met by some input): each was skipped, and
+/// detection went on. Shown in the portal and the metrics.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DetectionFailures {
+    pub count: u64,
+    /// The latest, oldest first.
+    pub recent: Vec<DetectionFailure>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DetectionFailure {
+    pub at_unix_ns: i64,
+    pub sensor_id: String,
+    pub seq: u64,
+    pub message: String,
+}
+
+impl DetectionFailures {
+    pub fn load(store: &dyn Store) -> Self {
+        store
+            .load_state(DETECTION_FAILURES)
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    text.chars().take(MAX_FAILURE_MESSAGE).collect()
+}
 
 /// A new alert's pcap excerpt spans this long before and after its first evidence event.
 pub const EXCERPT_MARGIN_NS: i64 = 30_000_000_000;
@@ -38,6 +82,10 @@ pub struct Runner {
     /// Per sensor, the last event processed since the last checkpoint.
     pending_cursors: HashMap<String, u64>,
     checkpointed_at: std::time::Instant,
+    pub failures: DetectionFailures,
+    /// Tests: the event whose processing panics, as a bug would.
+    #[cfg(test)]
+    fail_on: Option<u64>,
 }
 
 impl Runner {
@@ -55,6 +103,7 @@ impl Runner {
                 Err(e) => log::warn!("learned profiles unreadable, learning again: {e}"),
             }
         }
+        let failures = DetectionFailures::load(store.as_ref());
         Ok(Self {
             engine,
             exporter: None,
@@ -62,6 +111,9 @@ impl Runner {
             incident_gap_ns: 3_600_000_000_000,
             pending_cursors: HashMap::new(),
             checkpointed_at: std::time::Instant::now(),
+            failures,
+            #[cfg(test)]
+            fail_on: None,
         })
     }
 
@@ -91,7 +143,24 @@ impl Runner {
             let mut alerts: Vec<Alert> = Vec::new();
             let mut index: HashMap<(String, String, String, i64), usize> = HashMap::new();
             for e in &events {
-                for a in self.engine.process(&e.event) {
+                // A bug that some input meets must not stop detection for every sensor:
+                // the event is recorded, skipped, and the next one goes on.
+                let engine = &mut self.engine;
+                #[cfg(test)]
+                let fail = self.fail_on == Some(e.event.seq);
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    #[cfg(test)]
+                    assert!(!fail, "injected failure");
+                    engine.process(&e.event)
+                }));
+                let raised = match outcome {
+                    Ok(raised) => raised,
+                    Err(payload) => {
+                        self.record_failure(&e.event, panic_message(payload.as_ref()))?;
+                        continue;
+                    }
+                };
+                for a in raised {
                     let key = (a.detection.clone(), a.src_ip.clone(), a.account.clone(), a.first_seen_ns);
                     match index.get(&key) {
                         Some(&i) => alerts[i] = a,
@@ -162,6 +231,25 @@ impl Runner {
             from_unix_ns: e.time_unix_ns.saturating_sub(EXCERPT_MARGIN_NS),
             to_unix_ns: e.time_unix_ns.saturating_add(EXCERPT_MARGIN_NS),
         }))
+    }
+
+    fn record_failure(&mut self, ev: &crate::pb::ActivityEvent, message: String) -> anyhow::Result<()> {
+        log::error!(
+            "detection failed on event {} of sensor {} and skipped it: {message}",
+            ev.seq,
+            ev.sensor_id.escape_debug()
+        );
+        self.failures.count = self.failures.count.saturating_add(1);
+        if self.failures.recent.len() >= RECENT_FAILURES {
+            self.failures.recent.remove(0);
+        }
+        self.failures.recent.push(DetectionFailure {
+            at_unix_ns: crate::unix_ns(),
+            sensor_id: ev.sensor_id.clone(),
+            seq: ev.seq,
+            message,
+        });
+        self.store.save_state(DETECTION_FAILURES, &serde_json::to_string(&self.failures)?)
     }
 
     fn save_profiles(&mut self) -> anyhow::Result<()> {
@@ -262,6 +350,52 @@ mod tests {
         assert_eq!(after, before);
     }
 
+    /// A time no clock gives (a crafted capture stamped 2^63 ns reads as i64::MIN) used to
+    /// be learned as the start of the profiles and made the next logon's time arithmetic
+    /// overflow, which stopped detection for every sensor, also after a restart.
+    #[test]
+    fn absurd_event_times_neither_stop_nor_poison_detection() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.add_sensor("s1", "h").unwrap();
+        let t0 = 1_700_000_000_000_000_000;
+        let mut events = vec![kerberos(1, i64::MIN, "alice", 11, 0), kerberos(2, i64::MAX, "bob", 11, 0)];
+        events.push(kerberos(3, t0, "alice", 11, 0));
+        events.extend((4..=9).map(|seq| failure(seq, t0 + seq as i64, &format!("u{seq}"))));
+        store.insert_events("s1", &events, &[]).unwrap();
+        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(runner.catch_up().unwrap(), 9);
+        assert_eq!(runner.failures.count, 0);
+        let detections: Vec<_> = store.alerts().unwrap().into_iter().map(|a| a.detection).collect();
+        assert!(detections.contains(&"password_spray".to_string()), "{detections:?}");
+        // What was saved loads again, and detection goes on after a restart.
+        drop(runner);
+        store.insert_events("s1", &[kerberos(10, t0 + 100, "carol", 11, 0)], &[]).unwrap();
+        let mut again = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(again.catch_up().unwrap(), 1);
+    }
+
+    /// A bug some event meets (here injected) costs that event, not detection: it is
+    /// recorded for the portal and the metrics, and the events after it are examined.
+    #[test]
+    fn an_event_detection_fails_on_is_recorded_and_skipped() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.add_sensor("s1", "h").unwrap();
+        let events: Vec<_> = (1..=8).map(|seq| failure(seq, seq as i64 * 1_000_000, &format!("u{seq}"))).collect();
+        store.insert_events("s1", &events, &[]).unwrap();
+        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        runner.fail_on = Some(3);
+        assert_eq!(runner.catch_up().unwrap(), 8);
+        assert_eq!(runner.failures.count, 1);
+        assert_eq!((runner.failures.recent[0].sensor_id.as_str(), runner.failures.recent[0].seq), ("s1", 3));
+        assert!(runner.failures.recent[0].message.contains("injected failure"));
+        assert_eq!(DetectionFailures::load(store.as_ref()), runner.failures, "kept in the store");
+        let spray = store.alerts().unwrap();
+        assert_eq!(spray.len(), 1, "the seven other failures still spray");
+        assert!(!spray[0].evidence.iter().any(|(_, seq)| *seq == 3));
+        runner.checkpoint().unwrap();
+        assert_eq!(store.detect_cursor("s1").unwrap(), 8, "the cursor moves past it");
+    }
+
     #[test]
     fn a_restarted_runner_resumes_its_cursor_profiles_and_open_alerts() {
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
@@ -331,8 +465,8 @@ mod tests {
                 client_port: 40_000 + seq as u32,
                 dc_ip: "10.0.0.10".into(),
                 dc_port: 88,
-                from_unix_ns: t - 30_000_000_000,
-                to_unix_ns: t + 30_000_000_000,
+                from_unix_ns: t.saturating_sub(30_000_000_000),
+                to_unix_ns: t.saturating_add(30_000_000_000),
             }
         );
         assert_eq!(x.status, "pending");

@@ -569,6 +569,12 @@ pub fn metrics_router(store: Arc<dyn Store>) -> Router {
                         out.push_str(&format!("dctap_cloud_{name}{labels} {value}\n"));
                     };
                     gauge("events_stored", "", store.event_count()?);
+                    // Events detection failed on and skipped (a bug some input met).
+                    gauge(
+                        "detection_failures",
+                        "",
+                        crate::detect::runner::DetectionFailures::load(store.as_ref()).count,
+                    );
                     let alerts = store.alerts()?;
                     for sev in ["high", "medium", "low", "info"] {
                         gauge(
@@ -587,8 +593,9 @@ pub fn metrics_router(store: Arc<dyn Store>) -> Router {
                     }
                     let now = crate::unix_ns();
                     for s in store.sensors()? {
-                        let age =
-                            s.last_heartbeat_unix_ns.map_or(u64::MAX, |t| ((now - t).max(0) / 1_000_000_000) as u64);
+                        let age = s
+                            .last_heartbeat_unix_ns
+                            .map_or(u64::MAX, |t| (now.saturating_sub(t).max(0) / 1_000_000_000) as u64);
                         gauge(
                             "sensor_heartbeat_age_seconds",
                             &format!("{{sensor=\"{}\"}}", s.id.replace(['"', '\\'], "_")),

@@ -99,7 +99,7 @@ fn parse_utc(s: &str) -> Option<i64> {
 
 /// How long ago, in the largest unit that fits.
 fn ago(ns: i64) -> String {
-    let s = (crate::unix_ns() - ns) / 1_000_000_000;
+    let s = crate::unix_ns().saturating_sub(ns) / 1_000_000_000;
     match s {
         s if s < 0 => "in the future (clock skew)".into(),
         s if s < 120 => format!("{s} s ago"),
@@ -937,11 +937,13 @@ const SENSOR_COUNTERS: &[(&str, &str)] = &[
 
 pub async fn sensors(State(portal): State<Portal>, session: Session) -> PageResult {
     let store = std::sync::Arc::clone(&portal.store);
-    let list = super::blocking(move || store.sensors()).await?;
+    let (list, failures) =
+        super::blocking(move || Ok((store.sensors()?, crate::detect::runner::DetectionFailures::load(store.as_ref()))))
+            .await?;
     let now = crate::unix_ns();
     let mut rows = String::new();
     for s in &list {
-        let silent = s.last_heartbeat_unix_ns.is_none_or(|t| now - t > SILENT_AFTER_NS);
+        let silent = s.last_heartbeat_unix_ns.is_none_or(|t| now.saturating_sub(t) > SILENT_AFTER_NS);
         let state = if s.revoked_unix_ns.is_some() {
             "<span class=\"badge quiet\">revoked</span>"
         } else if s.last_heartbeat_unix_ns.is_none() {
@@ -986,8 +988,21 @@ pub async fn sensors(State(portal): State<Portal>, session: Session) -> PageResu
             "<tr><td colspan=7 class=empty>No sensors yet. Add one with <code>tap-cloud sensors add NAME</code>.</td></tr>",
         );
     }
+    let cloud_health = match failures.recent.last() {
+        None => String::new(),
+        Some(last) => format!(
+            "<p><span class=\"badge bad\">cloud health</span> Detection failed on {} event(s) and skipped them; \
+             the rest was examined. Latest: event {} of sensor <b>{}</b>, {}: <code>{}</code>. The cloud's log \
+             has each; please report it.</p>",
+            failures.count,
+            last.seq,
+            esc(&last.sensor_id),
+            ago(last.at_unix_ns),
+            esc(&last.message)
+        ),
+    };
     let body = format!(
-        "<h1>Sensors</h1><p class=muted>Each sensor's last report: heartbeats every 10 s carry its counters and health alerts.</p>\
+        "<h1>Sensors</h1>{cloud_health}<p class=muted>Each sensor's last report: heartbeats every 10 s carry its counters and health alerts.</p>\
          <table><tr><th>sensor</th><th>state</th><th>version</th><th>monitored DCs</th>\
          <th>last heartbeat</th><th>health</th><th>counters</th></tr>{rows}</table>"
     );

@@ -58,6 +58,10 @@ pub struct InsertOutcome {
     pub stored: u32,
     /// Already held (same sensor and sequence number): a resend, dropped.
     pub duplicates: u32,
+    /// Set when the batch was refused, nothing of it stored: (an event's sequence number
+    /// that is new but below what the cloud already holds or has examined for the sensor,
+    /// that mark). Sequence numbers only grow, and detection never goes back.
+    pub late: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -282,7 +286,8 @@ pub trait Store: Send + Sync {
         events: &[ActivityEvent],
         spooled_unix_ns: &[i64],
     ) -> anyhow::Result<InsertOutcome>;
-    /// Highest sequence number stored for the sensor (0: none).
+    /// Highest sequence number stored for the sensor, or examined by detection when that is
+    /// higher (0: none): a sensor numbers its events above it.
     fn stored_through(&self, sensor_id: &str) -> anyhow::Result<u64>;
     /// Events in (sensor, seq) order after the given position, at most `limit`.
     fn events_after(&self, after: Option<(&str, u64)>, limit: usize) -> anyhow::Result<Vec<StoredEvent>>;

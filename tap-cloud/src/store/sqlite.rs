@@ -261,6 +261,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let now = crate::unix_ns();
         let mut outcome = InsertOutcome::default();
+        let held = Self::held_through(&tx, sensor_id)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO events (sensor_id, seq, time_unix_ns, protocol, category, account, src_ip, \
@@ -283,6 +284,10 @@ impl Store for SqliteStore {
                     now,
                     ev.encode_to_vec()
                 ])?;
+                if n == 1 && ev.seq <= held {
+                    // Dropping the transaction stores nothing of the batch.
+                    return Ok(InsertOutcome { late: Some((ev.seq, held)), ..InsertOutcome::default() });
+                }
                 if n == 1 {
                     outcome.stored += 1;
                 } else {
@@ -295,9 +300,7 @@ impl Store for SqliteStore {
     }
 
     fn stored_through(&self, sensor_id: &str) -> anyhow::Result<u64> {
-        let max: Option<i64> =
-            self.conn().query_row("SELECT MAX(seq) FROM events WHERE sensor_id = ?1", [sensor_id], |r| r.get(0))?;
-        Ok(max.unwrap_or(0) as u64)
+        Self::held_through(&self.conn(), sensor_id)
     }
 
     fn events_after(&self, after: Option<(&str, u64)>, limit: usize) -> anyhow::Result<Vec<StoredEvent>> {
@@ -397,7 +400,7 @@ impl Store for SqliteStore {
             params![
                 health.sensor_id,
                 received_unix_ns,
-                health.sensor_time_unix_ns - received_unix_ns,
+                health.sensor_time_unix_ns.saturating_sub(received_unix_ns),
                 serde_json::to_string(&counters)?,
                 serde_json::to_string(&health.alerts)?
             ],
@@ -648,7 +651,7 @@ impl Store for SqliteStore {
     fn pending_excerpts(&self, sensor_id: &str, now_unix_ns: i64) -> anyhow::Result<Vec<ExcerptRequest>> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let again = now_unix_ns - EXCERPT_ASK_AGAIN_NS;
+        let again = now_unix_ns.saturating_sub(EXCERPT_ASK_AGAIN_NS);
         tx.execute(
             "UPDATE excerpts SET status = 'failed', answered_unix_ns = ?3, error = ?4 \
              WHERE sensor_id = ?1 AND status = 'asked' AND asked_unix_ns <= ?2 AND asks >= ?5",
@@ -835,6 +838,18 @@ impl SqliteStore {
         }
         Ok(lo)
     }
+
+    /// The highest sequence number the cloud holds or detection has examined for a sensor
+    /// (0: none): events retention deleted still count through the detection cursor.
+    fn held_through(conn: &Connection, sensor_id: &str) -> anyhow::Result<u64> {
+        let (stored, examined): (Option<i64>, Option<i64>) = conn.query_row(
+            "SELECT (SELECT MAX(seq) FROM events WHERE sensor_id = ?1),              (SELECT seq FROM detect_cursors WHERE sensor_id = ?1)",
+            [sensor_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(stored.unwrap_or(0).max(examined.unwrap_or(0)).max(0) as u64)
+    }
+
     fn decode_events(rows: Vec<(Vec<u8>, i64, i64)>) -> anyhow::Result<Vec<StoredEvent>> {
         rows.into_iter()
             .map(|(body, spooled_unix_ns, stored_unix_ns)| {
@@ -895,7 +910,7 @@ fn save_alert_in(tx: &rusqlite::Transaction<'_>, alert: &mut Alert, incident_gap
             .query_row(
                 "SELECT incident_id FROM alerts WHERE last_seen_ns >= ?1 AND (src_ip = ?2 OR (account != '' AND account = ?3)) \
                  ORDER BY last_seen_ns DESC LIMIT 1",
-                params![alert.first_seen_ns - incident_gap_ns, alert.src_ip, alert.account],
+                params![alert.first_seen_ns.saturating_sub(incident_gap_ns), alert.src_ip, alert.account],
                 |r| r.get(0),
             )
             .optional()?;
@@ -980,9 +995,15 @@ mod tests {
     fn a_resent_batch_is_stored_once_and_reported_as_duplicates() {
         let store = SqliteStore::in_memory().unwrap();
         let batch: Vec<_> = (1..=5).map(|i| event(i, "alice")).collect();
-        assert_eq!(store.insert_events("s1", &batch, &[]).unwrap(), InsertOutcome { stored: 5, duplicates: 0 });
+        assert_eq!(
+            store.insert_events("s1", &batch, &[]).unwrap(),
+            InsertOutcome { stored: 5, duplicates: 0, late: None }
+        );
         let overlap: Vec<_> = (4..=8).map(|i| event(i, "alice")).collect();
-        assert_eq!(store.insert_events("s1", &overlap, &[]).unwrap(), InsertOutcome { stored: 3, duplicates: 2 });
+        assert_eq!(
+            store.insert_events("s1", &overlap, &[]).unwrap(),
+            InsertOutcome { stored: 3, duplicates: 2, late: None }
+        );
         // Another sensor's numbers are its own.
         assert_eq!(store.insert_events("s2", &batch, &[]).unwrap().stored, 5);
         assert_eq!(store.event_count().unwrap(), 13);
@@ -990,6 +1011,22 @@ mod tests {
         assert_eq!(store.stored_through("nobody").unwrap(), 0);
         let page = store.events_after(Some(("s1", 6)), 10).unwrap();
         assert_eq!(page.iter().map(|e| e.event.seq).collect::<Vec<_>>(), vec![7, 8, 1, 2, 3, 4, 5]);
+    }
+
+    /// A sensor's numbers only grow: a new event below what the cloud holds, or below what
+    /// detection has examined, would never be examined. The batch is refused whole.
+    #[test]
+    fn new_events_below_what_is_held_or_examined_are_refused() {
+        let store = SqliteStore::in_memory().unwrap();
+        let seqs = |r: &[u64]| r.iter().map(|&i| event(i, "alice")).collect::<Vec<_>>();
+        store.insert_events("s1", &seqs(&[1, 2, 3, 10, 11]), &[]).unwrap();
+        let late = store.insert_events("s1", &seqs(&[3, 7, 12]), &[]).unwrap();
+        assert_eq!(late.late, Some((7, 11)));
+        assert_eq!((late.stored, store.event_count().unwrap()), (0, 5), "nothing of the batch stored");
+        store.set_detect_cursor("s1", 20).unwrap();
+        assert_eq!(store.stored_through("s1").unwrap(), 20, "examined through 20 (retention deleted the rest)");
+        assert_eq!(store.insert_events("s1", &seqs(&[15]), &[]).unwrap().late, Some((15, 20)));
+        assert_eq!(store.insert_events("s1", &seqs(&[21]), &[]).unwrap().stored, 1);
     }
 
     #[test]

@@ -245,6 +245,51 @@ fn a_cloud_away_for_the_whole_replay_gets_everything_when_it_starts() {
     assert_same(&got, &want);
 }
 
+/// A sensor rebuilt from scratch (the appliance re-imaged: a new, empty spool) under the
+/// same id, whose events are spooled before it reaches the cloud: every one arrives,
+/// numbered above what the cloud held, and detection examines them.
+#[test]
+fn a_re_imaged_sensor_under_the_same_id_sends_every_event_and_they_are_examined() {
+    let first = tap_testkit::shared::project_lab_capture("01_normal_logons").path;
+    let second = tap_testkit::shared::project_lab_capture("02_password_spray").path;
+    let site = Site::new("reimaged");
+    let mut cloud = site.start_cloud();
+    let out = site.sensor(&first, SENSOR_ID, &site.dir.join("certs"), &[]).output().unwrap();
+    assert!(out.status.success(), "sensor: {}", String::from_utf8_lossy(&out.stderr));
+    let (_, before) = site.stored();
+    let held = before.iter().copied().max().unwrap();
+    cloud.kill().unwrap();
+    cloud.wait().unwrap();
+
+    std::fs::remove_dir_all(site.dir.join(format!("spool-{SENSOR_ID}"))).unwrap();
+    let sensor = site.sensor(&second, SENSOR_ID, &site.dir.join("certs"), &["--drain-timeout", "120"]).spawn().unwrap();
+    // The whole file is spooled, numbered from 1 by the new spool, before the cloud is back.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut cloud = site.start_cloud();
+    let out = sensor.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sensor: {stderr}");
+    assert!(stderr.contains(&format!("numbered from {}", held + 1)), "the renumbering is reported: {stderr}");
+    let (got, seqs) = site.stored();
+    cloud.kill().unwrap();
+    cloud.wait().unwrap();
+    let mut want = expected(&[first]);
+    for (k, n) in expected(&[second]) {
+        *want.entry(k).or_insert(0) += n;
+    }
+    assert_same(&got, &want);
+    let mut unique = seqs.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), seqs.len(), "each number once");
+    assert!(seqs.iter().filter(|&&s| s > held).count() == total(&want) - before.len(), "the new ones above {held}");
+
+    run_ok(cloud_cmd().args(["detect", "--db"]).arg(site.db()));
+    let alerts = run_ok(cloud_cmd().args(["alerts", "--json", "--db"]).arg(site.db()));
+    let alerts = String::from_utf8_lossy(&alerts.stdout);
+    assert!(alerts.contains("\"password_spray\""), "the re-imaged sensor's spray was examined: {alerts}");
+}
+
 /// `tap-sensor --read - --cloud`: a capture from a pipe (as `tcpdump -r -` reads) arrives
 /// whole; only the guard against re-sending a re-read file is off, and the run says so.
 #[test]

@@ -27,8 +27,16 @@ pub struct ReadStats {
     /// Frames skipped because their interface is not Ethernet (pcapng may mix link types).
     pub skipped_link_type: u64,
     /// Frames skipped because their timestamp, with the interface's resolution and offset,
-    /// is not a time after 1970 that the sensor can represent.
+    /// is not a time from 1970 to 2100 (see [`LATEST_FRAME_SECS`]).
     pub skipped_bad_time: u64,
+}
+
+/// Frames stamped from 2100 on are refused: no clock gives them, a crafted file does, and
+/// beyond 2262 they do not fit the signed nanoseconds events carry.
+pub const LATEST_FRAME_SECS: u64 = 4_102_444_800;
+
+fn sane(ts: Duration) -> bool {
+    ts.as_secs() < LATEST_FRAME_SECS
 }
 
 impl ReadStats {
@@ -215,6 +223,9 @@ fn read_classic(
         let got = (&mut file).take(room).read_to_end(&mut buf).with_context(|| format!("{name}: read failed"))?;
         let at_end = (got as u64) < room;
         let mut at = 0;
+        // Where the next kept record goes: records refused for their time are squeezed out,
+        // so the batch's bytes stay the kept records back to back.
+        let mut kept_to = 0;
         let mut damaged = false;
         want = READ_CHUNK;
         while buf.len() - at >= PCAP_RECORD_HEADER {
@@ -233,17 +244,27 @@ fn read_classic(
             }
             number += 1;
             let ts = Duration::new(secs.into(), nanos);
-            buf[at..at + 4].copy_from_slice(&secs.to_ne_bytes());
-            buf[at + 4..at + 8].copy_from_slice(&nanos.to_ne_bytes());
-            buf[at + 8..at + 12].copy_from_slice(&len.to_ne_bytes());
-            buf[at + 12..at + 16].copy_from_slice(&orig_len.to_ne_bytes());
+            if !sane(ts) {
+                stats.skipped_bad_time += 1;
+                at += total;
+                continue;
+            }
+            if kept_to != at {
+                buf.copy_within(at..at + total, kept_to);
+            }
+            let w = kept_to;
+            buf[w..w + 4].copy_from_slice(&secs.to_ne_bytes());
+            buf[w + 4..w + 8].copy_from_slice(&nanos.to_ne_bytes());
+            buf[w + 8..w + 12].copy_from_slice(&len.to_ne_bytes());
+            buf[w + 12..w + 16].copy_from_slice(&orig_len.to_ne_bytes());
             stats.add(ts, len as usize);
-            let start = (at + PCAP_RECORD_HEADER) as u32;
+            let start = (w + PCAP_RECORD_HEADER) as u32;
             records.push(RawRecord { timestamp_ns: ts.as_nanos() as u64, orig_len, start, len });
             at += total;
+            kept_to += total;
         }
         carry = buf[at..].to_vec();
-        buf.truncate(at);
+        buf.truncate(kept_to);
         if !records.is_empty() {
             let batch = FrameBatch::from_records(buf, records).context("a record outside its batch")?;
             sink(pool.recycle(batch))?;
@@ -339,7 +360,7 @@ fn pcapng_block(
         stats.skipped_link_type += 1;
         return Ok(());
     };
-    let Some(ts) = interface.time(ticks) else {
+    let Some(ts) = interface.time(ticks).filter(|t| sane(*t)) else {
         stats.skipped_bad_time += 1;
         return Ok(());
     };
@@ -385,6 +406,10 @@ fn read_records(
         while let Some(packet) = r.next_packet() {
             n += 1;
             let p = packet.with_context(|| damaged_record(name, n))?;
+            if !sane(p.timestamp) {
+                stats.skipped_bad_time += 1;
+                continue;
+            }
             stats.add(p.timestamp, p.data.len());
             out.push_link(link, p.timestamp, p.orig_len, &p.data)?;
         }
@@ -453,13 +478,17 @@ mod tests {
             let recs: Vec<(u32, u32, &[u8])> = frames
                 .iter()
                 .enumerate()
-                .map(|(i, f)| (1_700_000_000 + i as u32, if nanos { i as u32 * 1000 + 7 } else { i as u32 }, &f[..]))
+                .map(|(i, f)| {
+                    // Every 500th dated 2106 (u32::MAX seconds): refused, and squeezed out.
+                    let secs = if i % 500 == 499 { u32::MAX } else { 1_700_000_000 + i as u32 };
+                    (secs, if nanos { i as u32 * 1000 + 7 } else { i as u32 }, &f[..])
+                })
                 .collect();
             let path = temp(&format!("classic-{big_endian}-{nanos}.pcap"));
             std::fs::write(&path, classic_file(big_endian, nanos, 65535, &recs)).unwrap();
             let mut got = Vec::new();
             let mut batches = 0;
-            read_file(&path, &mut |b| {
+            let stats = read_file(&path, &mut |b| {
                 batches += 1;
                 let mut at = 0;
                 let rec = b.pcap_records();
@@ -476,9 +505,11 @@ mod tests {
             })
             .unwrap();
             assert!(batches > 10, "{batches} batches");
+            assert_eq!((stats.skipped_bad_time, stats.frames), (8, 3992));
             let want: Vec<_> = frames
                 .iter()
                 .enumerate()
+                .filter(|(i, _)| i % 500 != 499)
                 .map(|(i, f)| {
                     (
                         (1_700_000_000 + i as u64) * 1_000_000_000 + i as u64 * 1000 + nanos as u64 * 7,
@@ -649,6 +680,9 @@ mod tests {
         file.extend(epb(2, (1_700_000_000u64 << 20) | (1 << 19), &frame));
         file.extend(epb(3, 700_000_000_000_001, &frame));
         file.extend(epb(4, 5, &frame));
+        // 2^63 ns (read as i64::MIN once signed) and 2100-01-01: no clock gives these.
+        file.extend(epb(1, 1 << 63, &frame));
+        file.extend(epb(1, LATEST_FRAME_SECS * 1_000_000_000, &frame));
         let path = temp("times.pcapng");
         std::fs::write(&path, &file).unwrap();
         let mut times = Vec::new();
@@ -666,7 +700,7 @@ mod tests {
                 1_700_000_000_000_001_000
             ]
         );
-        assert_eq!(stats.skipped_bad_time, 1);
+        assert_eq!(stats.skipped_bad_time, 3);
         assert_eq!(stats.frames, 4);
     }
 

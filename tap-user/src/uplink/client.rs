@@ -91,6 +91,9 @@ pub struct UplinkStatus {
     pub events_acked: AtomicU64,
     /// Events the cloud already held when they arrived (resends after a reconnect).
     pub duplicates: AtomicU64,
+    /// Events the cloud stored at their spool time because their capture time was
+    /// impossible (before 1990, from 2100 on, or after they were spooled).
+    pub time_clamped: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     /// The last heartbeat's reply showed over five minutes between the clocks.
     pub clock_skewed: AtomicBool,
@@ -369,13 +372,7 @@ async fn session(
         describe(&s, "register")
     })?;
     status.refused.store(false, Ordering::Relaxed);
-    let stored_through = reply.into_inner().stored_through;
-    spool.skip_to_above(stored_through);
-    // Whatever the cloud already holds need not be sent again (our mark can lag when the
-    // sensor died between the cloud's store and its acknowledgement).
-    if stored_through > spool.acked() {
-        spool.ack(stored_through.min(spool.written()))?;
-    }
+    spool.register(reply.into_inner().stored_through)?;
     status.connects.fetch_add(1, Ordering::Relaxed);
     status.connected.store(true, Ordering::Relaxed);
     if let Ok(mut since) = status.disconnected_since.lock() {
@@ -443,6 +440,13 @@ async fn session(
                     status.batches_acked.fetch_add(1, Ordering::Relaxed);
                     status.events_acked.fetch_add(u64::from(ack.stored + ack.duplicates), Ordering::Relaxed);
                     status.duplicates.fetch_add(u64::from(ack.duplicates), Ordering::Relaxed);
+                    if ack.clamped > 0 {
+                        status.time_clamped.fetch_add(u64::from(ack.clamped), Ordering::Relaxed);
+                        log::warn!(
+                            "the cloud stored {} event(s) of {}..={} at their spool time: their capture time was impossible",
+                            ack.clamped, ack.first_seq, ack.last_seq
+                        );
+                    }
                 }
                 Ok(None) => bail!("the cloud ended the stream"),
                 Err(s) => {

@@ -165,6 +165,7 @@ impl Uplink {
             ("uplink_failures", status.failures.load(Ordering::Relaxed)),
             ("uplink_events_acked", status.events_acked.load(Ordering::Relaxed)),
             ("uplink_duplicates", status.duplicates.load(Ordering::Relaxed)),
+            ("uplink_events_time_clamped", status.time_clamped.load(Ordering::Relaxed)),
             ("uplink_excerpts_uploaded", status.excerpts_uploaded.load(Ordering::Relaxed)),
             ("uplink_excerpt_failures", status.excerpt_failures.load(Ordering::Relaxed)),
         ]

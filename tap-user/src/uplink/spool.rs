@@ -9,6 +9,12 @@
 //! middle of a write leaves. `acked` holds the highest sequence number the cloud has stored;
 //! segments wholly below it are deleted.
 //!
+//! The numbers the cloud sees are the spool's own plus a base, fixed the first time the
+//! spool meets the cloud (file `base`): a new spool for a sensor id the cloud already holds
+//! events of (a re-imaged appliance, a wiped spool directory) numbers its events above
+//! them, so every one is sent and none is taken for one the cloud holds. Everything the
+//! spool's API hands out or takes is in the cloud's numbers; the files hold its own.
+//!
 //! Why not an embedded database: the access pattern is one appender and one reader in
 //! order, and the log is 300 lines whose crash behaviour the tests can pin down exactly.
 
@@ -99,6 +105,10 @@ pub struct Spool {
     /// Highest sequence number written through to the file system (readable).
     written: AtomicU64,
     acked: AtomicU64,
+    /// Added to the spool's own numbers to give the cloud's (see the module comment).
+    base: AtomicU64,
+    /// The base is fixed (the spool met the cloud, or acknowledged events before bases).
+    registered: std::sync::atomic::AtomicBool,
     /// Wakes the reader when `written` moves.
     pub notify: tokio::sync::Notify,
 }
@@ -160,6 +170,7 @@ impl Spool {
         // Room for at least four segments, so dropping the oldest frees a useful share.
         cfg.segment_bytes = cfg.segment_bytes.min(cfg.max_bytes / 4).max(4096);
         let acked = read_acked(&cfg.dir)?;
+        let base = read_base(&cfg.dir)?;
         let mut counters = SpoolCounters::default();
         let mut segments = BTreeMap::new();
         let mut firsts: Vec<u64> = fs::read_dir(&cfg.dir)?
@@ -194,6 +205,9 @@ impl Spool {
             state: Mutex::new(State { segments, writer: None, next_seq, counters }),
             written: AtomicU64::new(next_seq - 1),
             acked: AtomicU64::new(acked),
+            // A spool that acknowledged events before bases existed numbered as the cloud.
+            registered: std::sync::atomic::AtomicBool::new(base.is_some() || acked > 0),
+            base: AtomicU64::new(base.unwrap_or(0)),
             notify: tokio::sync::Notify::new(),
         };
         Ok(spool)
@@ -203,19 +217,49 @@ impl Spool {
         &self.cfg.dir
     }
 
+    fn base(&self) -> u64 {
+        self.base.load(Ordering::Acquire)
+    }
+
     /// Highest sequence number the cloud has stored.
     pub fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Acquire)
+        self.acked.load(Ordering::Acquire) + self.base()
     }
 
     /// Highest sequence number written and readable.
     pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Acquire)
+        self.written.load(Ordering::Acquire) + self.base()
     }
 
     /// The sequence number the next appended event gets.
     pub fn next_seq(&self) -> u64 {
-        self.lock().next_seq
+        self.lock().next_seq + self.base()
+    }
+
+    /// Takes what the cloud answered at registration: the highest number it holds (or has
+    /// examined) for this sensor id. The first time, that fixes the base: a spool meeting
+    /// the cloud for the first time numbers its events above what the cloud holds. Later,
+    /// numbers the cloud holds above ours are skipped, and what it holds of ours need not
+    /// be sent again (the sensor died between the cloud's store and its acknowledgement).
+    pub fn register(&self, stored_through: u64) -> io::Result<()> {
+        if !self.registered.load(Ordering::Acquire) {
+            write_base(&self.cfg.dir, stored_through)?;
+            self.base.store(stored_through, Ordering::Release);
+            self.registered.store(true, Ordering::Release);
+            if stored_through > 0 {
+                log::warn!(
+                    "spool: the cloud already holds events up to {stored_through} for this sensor id (a re-imaged \
+                     sensor or a new spool directory): this spool's events are numbered from {} on",
+                    stored_through + 1
+                );
+            }
+            return Ok(());
+        }
+        self.skip_to_above(stored_through);
+        if stored_through > self.acked() {
+            self.ack(stored_through.min(self.written()))?;
+        }
+        Ok(())
     }
 
     pub fn counters(&self) -> SpoolCounters {
@@ -229,17 +273,19 @@ impl Spool {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// When the cloud already holds numbers at or above ours (the spool directory was
-    /// wiped, the sensor id reused), continue above them: reused numbers would be dropped
-    /// as duplicates.
-    pub fn skip_to_above(&self, stored_through: u64) {
+    /// When the cloud already holds numbers at or above ours although this spool met it
+    /// before (a spool restored from a backup, two sensor processes under one id), continue
+    /// above them: reused numbers would be dropped as duplicates.
+    fn skip_to_above(&self, stored_through: u64) {
+        let base = self.base();
+        let local = stored_through.saturating_sub(base);
         let mut st = self.lock();
-        if stored_through >= st.next_seq {
+        if local >= st.next_seq {
             log::warn!(
                 "spool: the cloud holds events up to {stored_through} for this sensor id, the spool only up to {}; numbering continues above",
-                st.next_seq - 1
+                st.next_seq - 1 + base
             );
-            st.next_seq = stored_through + 1;
+            st.next_seq = local + 1;
             st.writer = None; // the next append starts a segment named after the new number
         }
     }
@@ -286,11 +332,11 @@ impl Spool {
         st.counters.bytes += record_bytes;
         st.counters.appended += 1;
         st.next_seq += 1;
-        Ok(seq)
+        Ok(seq + self.base())
     }
 
     fn drop_oldest(&self, st: &mut State, needed: u64) -> io::Result<()> {
-        let acked = self.acked();
+        let acked = self.acked.load(Ordering::Acquire);
         while st.counters.bytes + needed > self.cfg.max_bytes && st.segments.len() > 1 {
             let Some((first, seg)) = st.segments.pop_first() else { break };
             let unacked = seg.last_seq.saturating_sub(acked.max(first - 1));
@@ -326,6 +372,7 @@ impl Spool {
         if through <= self.acked() {
             return Ok(());
         }
+        let through = through - self.base();
         self.acked.store(through, Ordering::Release);
         write_acked(&self.cfg.dir, through)?;
         let mut st = self.lock();
@@ -343,13 +390,13 @@ impl Spool {
 
     /// A reader positioned at the first event after `after`.
     pub fn cursor(&self, after: u64) -> Cursor {
-        Cursor { next: after + 1, open: None }
+        Cursor { next: after.saturating_sub(self.base()) + 1, open: None }
     }
 
     /// Up to `max_events` / `max_bytes` of written events from the cursor on, in order.
     /// Events lost to drop-oldest are skipped.
     pub fn read(&self, cursor: &mut Cursor, max_events: usize, max_bytes: usize) -> io::Result<Vec<SpooledEvent>> {
-        let written = self.written();
+        let written = self.written.load(Ordering::Acquire);
         let mut out = Vec::new();
         let mut bytes = 0;
         while cursor.next <= written && out.len() < max_events && bytes < max_bytes {
@@ -359,9 +406,10 @@ impl Spool {
             let Some((_, reader)) = cursor.open.as_mut() else { break };
             match read_record(reader) {
                 Ok(Some(ev)) if ev.seq < cursor.next => continue,
-                Ok(Some(ev)) => {
+                Ok(Some(mut ev)) => {
                     cursor.next = ev.seq + 1;
                     bytes += ev.payload.len();
+                    ev.seq += self.base();
                     out.push(ev);
                 }
                 // End of this segment's file: the next one holds what follows.
@@ -369,7 +417,7 @@ impl Spool {
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => cursor.open = None,
                 Err(e) => return Err(e),
             }
-            if cursor.open.is_none() && out.last().is_some_and(|e| e.seq >= written) {
+            if cursor.open.is_none() && out.last().is_some_and(|e| e.seq >= written + self.base()) {
                 break;
             }
         }
@@ -462,6 +510,28 @@ fn read_acked(dir: &Path) -> io::Result<u64> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(e),
     }
+}
+
+/// The numbering base, once the spool met the cloud (None before).
+fn read_base(dir: &Path) -> io::Result<Option<u64>> {
+    match fs::read_to_string(dir.join("base")) {
+        Ok(s) => s.trim().parse().map(Some).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{}: not a sequence number", dir.join("base").display()))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Written through to the disk before anything is sent under it: a base lost in a power
+/// cut would number the same events twice.
+fn write_base(dir: &Path, base: u64) -> io::Result<()> {
+    let tmp = dir.join("base.tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(format!("{base}\n").as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join("base"))?;
+    File::open(dir)?.sync_all()
 }
 
 /// Replaced atomically (write then rename). Not synced: losing the last acknowledgement in
@@ -628,17 +698,60 @@ mod tests {
         fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A new spool for a sensor id the cloud holds events of (a re-imaged sensor, a wiped
+    /// spool directory) numbers every event above them, those spooled before it met the
+    /// cloud included, and keeps that numbering across restarts.
     #[test]
-    fn a_cloud_ahead_of_the_spool_moves_numbering_above_it() {
+    fn a_new_spool_numbers_above_what_the_cloud_holds_and_sends_everything() {
         let dir = temp_dir("ahead");
+        let seqs = |events: Vec<SpooledEvent>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
         let spool = Spool::open(SpoolConfig::new(&dir, 64 << 20)).unwrap();
-        spool.append(b"a", 0).unwrap();
-        spool.skip_to_above(1000);
-        assert_eq!(spool.append(b"b", 0).unwrap(), 1001);
+        for p in [b"a", b"b", b"c"] {
+            spool.append(p, 0).unwrap();
+        }
         spool.flush(false).unwrap();
-        assert_eq!(read_all(&spool, 0).iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 1001]);
+        spool.register(1000).unwrap();
+        assert_eq!((spool.acked(), spool.written()), (1000, 1003), "nothing taken as held");
+        let sent = read_all(&spool, spool.acked());
+        assert_eq!(seqs(sent.clone()), [1001, 1002, 1003]);
+        assert_eq!(sent[0].payload, b"a");
+        assert_eq!(spool.append(b"d", 0).unwrap(), 1004);
+        spool.flush(false).unwrap();
+        spool.ack(1002).unwrap();
+        assert_eq!(seqs(read_all(&spool, spool.acked())), [1003, 1004]);
         drop(spool);
-        assert_eq!(Spool::open(SpoolConfig::new(&dir, 64 << 20)).unwrap().next_seq(), 1002);
+
+        let spool = Spool::open(SpoolConfig::new(&dir, 64 << 20)).unwrap();
+        assert_eq!((spool.acked(), spool.next_seq()), (1002, 1005), "the base is kept");
+        spool.register(1002).unwrap();
+        assert_eq!(seqs(read_all(&spool, spool.acked())), [1003, 1004], "fixed once");
+        // Ahead of a spool that met it before (restored from a backup): what the cloud
+        // holds of ours is not sent again, and numbering continues above it.
+        spool.register(2000).unwrap();
+        assert_eq!(spool.acked(), 1004);
+        assert_eq!(spool.append(b"e", 0).unwrap(), 2001);
+        drop(spool);
+        assert_eq!(Spool::open(SpoolConfig::new(&dir, 64 << 20)).unwrap().next_seq(), 2002);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A spool that acknowledged events before numbering bases existed numbered as the
+    /// cloud: it keeps doing so.
+    #[test]
+    fn a_spool_that_acknowledged_before_keeps_its_numbers() {
+        let dir = temp_dir("legacy");
+        let spool = Spool::open(SpoolConfig::new(&dir, 64 << 20)).unwrap();
+        for _ in 0..5 {
+            spool.append(b"x", 0).unwrap();
+        }
+        spool.flush(false).unwrap();
+        spool.ack(3).unwrap();
+        drop(spool);
+        let _ = fs::remove_file(dir.join("base"));
+        let spool = Spool::open(SpoolConfig::new(&dir, 64 << 20)).unwrap();
+        spool.register(4).unwrap();
+        assert_eq!(spool.acked(), 4, "the cloud held 4: not sent again");
+        assert_eq!(read_all(&spool, spool.acked()).iter().map(|e| e.seq).collect::<Vec<_>>(), [5]);
         fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -225,6 +225,19 @@ impl SqliteStore {
     }
 }
 
+/// `text` as a LIKE pattern that matches only itself (with `ESCAPE '\'`): a name from a
+/// search may hold `%` and `_`, which would otherwise match other accounts.
+fn like_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn json_list(text: String) -> Vec<String> {
     serde_json::from_str(&text).unwrap_or_default()
 }
@@ -568,10 +581,11 @@ impl Store for SqliteStore {
         let conn = self.conn();
         // However the search names the account, it matches every form of its name.
         let account = q.account.as_deref().map(crate::detect::rules::account_key).filter(|a| !a.is_empty());
+        let pattern = account.as_deref().map(like_literal);
         let mut stmt = conn.prepare_cached(
             "SELECT body, spooled_unix_ns, stored_unix_ns FROM events WHERE \
-             (?1 IS NULL OR lower(account) = ?1 OR lower(account) LIKE ?1 || '@%' OR lower(account) LIKE '%\\' || ?1 \
-             OR lower(account) LIKE 'cn=' || ?1 || ',%') \
+             (?1 IS NULL OR lower(account) = ?1 OR lower(account) LIKE ?7 || '@%' ESCAPE '\\' \
+             OR lower(account) LIKE '%\\\\' || ?7 ESCAPE '\\' OR lower(account) LIKE 'cn=' || ?7 || ',%' ESCAPE '\\') \
              AND (?2 IS NULL OR src_ip = ?2) AND (?3 IS NULL OR protocol = ?3) \
              AND (?4 IS NULL OR time_unix_ns >= ?4) AND (?5 IS NULL OR time_unix_ns <= ?5) \
              ORDER BY time_unix_ns DESC LIMIT ?6",
@@ -585,7 +599,8 @@ impl Store for SqliteStore {
                     q.protocol.as_deref().filter(|p| !p.is_empty()),
                     q.from_ns,
                     q.to_ns,
-                    limit
+                    limit,
+                    pattern
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?
@@ -1336,5 +1351,33 @@ mod tests {
             vec![3]
         );
         assert_eq!(seqs(EventQuery { limit: Some(1), ..Default::default() }), vec![5]);
+    }
+
+    #[test]
+    fn activity_search_takes_wildcard_characters_literally() {
+        let store = SqliteStore::in_memory().unwrap();
+        let ev = |seq: u64, account: &str| ActivityEvent { time_unix_ns: seq as i64, ..event(seq, account) };
+        let events = [
+            ev(1, "a_b@LAB.EXAMPLE"),
+            ev(2, "LAB\\a_b"),
+            ev(3, "CN=a_b,CN=Users,DC=lab,DC=example"),
+            ev(4, "axb@LAB.EXAMPLE"),
+            ev(5, "LAB\\axb"),
+            ev(6, "CN=axb,CN=Users,DC=lab,DC=example"),
+            ev(7, "100%@LAB.EXAMPLE"),
+            ev(8, "LAB\\100%"),
+        ];
+        store.insert_events("s1", &events, &[]).unwrap();
+        let seqs = |account: &str| {
+            let q = EventQuery { account: Some(account.into()), ..Default::default() };
+            store.search_events(&q).unwrap().iter().map(|e| e.event.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(seqs("a_b"), vec![3, 2, 1]);
+        assert_eq!(seqs("axb"), vec![6, 5, 4]);
+        assert_eq!(seqs("100%"), vec![8, 7]);
+        assert_eq!(seqs("%"), Vec::<u64>::new());
+        assert_eq!(seqs("_"), Vec::<u64>::new());
+        assert_eq!(seqs("a%"), Vec::<u64>::new());
+        assert_eq!(seqs("__b"), Vec::<u64>::new());
     }
 }

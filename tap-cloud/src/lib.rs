@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod keys;
 pub mod portal;
 pub mod store;
+pub mod text;
 
 /// Generated from proto/dctap.proto by build.rs.
 #[allow(clippy::all)]

@@ -18,6 +18,7 @@ use tap_cloud::{
     },
     ingest, keys, portal,
     store::{SqliteStore, Store},
+    text::visible,
 };
 
 /// dctap cloud service: takes activity events from dctap sensors over gRPC (mTLS and a
@@ -299,18 +300,19 @@ fn main() -> anyhow::Result<()> {
                     serde_json::to_writer(&mut out, &v)?;
                     writeln!(out)?;
                 } else {
+                    // Names and titles come off the wire: shown, never obeyed by the terminal.
                     writeln!(
                         out,
                         "#{:<4} incident {:<4} {:<7} {:<22} {:<10} src {:<16} account {:<14} {}{}",
                         a.id,
                         a.incident_id,
-                        a.severity,
-                        a.detection,
-                        a.mitre,
-                        a.src_ip,
-                        a.account,
-                        a.title,
-                        pcap.map(|p| format!("  [pcap {p}]")).unwrap_or_default()
+                        visible(&a.severity),
+                        visible(&a.detection),
+                        visible(&a.mitre),
+                        visible(&a.src_ip),
+                        visible(&a.account),
+                        visible(&a.title),
+                        pcap.map(|p| format!("  [pcap {}]", visible(p))).unwrap_or_default()
                     )?;
                 }
             }
@@ -327,7 +329,11 @@ fn main() -> anyhow::Result<()> {
                     writeln!(
                         out,
                         "#{:<4} {:<7} {:<12} {:>3} alerts  {}",
-                        i.id, i.severity, i.status, i.alerts, i.title
+                        i.id,
+                        visible(&i.severity),
+                        visible(&i.status),
+                        i.alerts,
+                        visible(&i.title)
                     )?;
                 }
             }
@@ -347,10 +353,10 @@ fn alert_pcap(store: &SqliteStore, alert_id: i64, out: &Path) -> anyhow::Result<
     };
     let pcap = match (x.status.as_str(), x.pcap) {
         ("done", Some(pcap)) => pcap,
-        ("failed", _) => bail!("the pcap excerpt of alert {alert_id} is not available: {}", x.error),
+        ("failed", _) => bail!("the pcap excerpt of alert {alert_id} is not available: {}", visible(&x.error)),
         (_, _) => bail!(
             "the pcap excerpt of alert {alert_id} is not there yet: waiting for sensor {} (asked {} times)",
-            x.wanted.sensor_id,
+            visible(&x.wanted.sensor_id),
             x.asks
         ),
     };
@@ -362,7 +368,7 @@ fn alert_pcap(store: &SqliteStore, alert_id: i64, out: &Path) -> anyhow::Result<
             "alert {alert_id}: {} frames{} from sensor {} written to {}",
             x.frames,
             if x.truncated { " (cut at 8 MiB)" } else { "" },
-            x.wanted.sensor_id,
+            visible(&x.wanted.sensor_id),
             out.display()
         );
     }
@@ -541,10 +547,10 @@ fn sensors(cmd: SensorsCmd) -> anyhow::Result<()> {
                 writeln!(
                     out,
                     "{:<24} {:<8} {:<10} {:<28} {beat:<20}",
-                    s.id,
+                    visible(&s.id),
                     state,
-                    s.version,
-                    s.monitored_dcs.join(",")
+                    visible(&s.version),
+                    visible(&s.monitored_dcs.join(","))
                 )?;
             }
             Ok(())

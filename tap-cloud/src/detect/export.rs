@@ -71,31 +71,59 @@ fn severity_number(s: &str) -> u8 {
     }
 }
 
-/// CEF header fields escape `\` and `|`; extension values escape `\`, `=` and newlines.
-fn cef_header(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('|', "\\|")
+#[derive(Clone, Copy)]
+enum Place {
+    Header,
+    Extension,
 }
 
-fn cef_value(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('=', "\\=").replace(['\r', '\n'], " ")
+/// Appends `c` escaped for `place`. Header fields escape `\` and `|`; extension values
+/// escape `\`, `=` and line breaks (`\n`, `\r`, which a CEF reader turns back into
+/// them). Any other control or bidirectional character is replaced by the visible form
+/// the command line shows (`\x1b`, see `text`), its backslash escaped, so a SIEM's viewer
+/// shows the same text and obeys none of it.
+fn push_cef(out: &mut String, c: char, place: Place) {
+    match (c, place) {
+        ('\\', _) => out.push_str("\\\\"),
+        ('|', Place::Header) => out.push_str("\\|"),
+        ('=', Place::Extension) => out.push_str("\\="),
+        ('\n', Place::Extension) => out.push_str("\\n"),
+        ('\r', Place::Extension) => out.push_str("\\r"),
+        (c, _) if crate::text::is_hidden(c) => {
+            let mut shown = String::new();
+            crate::text::push_visible(&mut shown, c);
+            out.push_str(&shown.replace('\\', "\\\\"));
+        }
+        (c, _) => out.push(c),
+    }
+}
+
+/// `text` escaped for `place`.
+fn escape_cef(text: &str, place: Place) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        push_cef(&mut out, c, place);
+    }
+    out
 }
 
 /// One alert as a CEF message.
 pub fn cef(alert: &Alert) -> String {
+    use Place::{Extension, Header};
     format!(
         "CEF:0|dctap|dctap|{}|{}|{}|{}|rt={} src={} dst={} suser={} cs1Label=mitre cs1={} cs2Label=incident cs2={} cs3Label=alert cs3={} msg={}",
         env!("CARGO_PKG_VERSION"),
-        cef_header(&alert.detection),
-        cef_header(&alert.title),
+        escape_cef(&alert.detection, Header),
+        escape_cef(&alert.title, Header),
         severity_number(&alert.severity),
         alert.first_seen_ns / 1_000_000,
-        cef_value(&alert.src_ip),
-        cef_value(&alert.dc_ip),
-        cef_value(&alert.account),
-        cef_value(&alert.mitre),
+        escape_cef(&alert.src_ip, Extension),
+        escape_cef(&alert.dc_ip, Extension),
+        escape_cef(&alert.account, Extension),
+        escape_cef(&alert.mitre, Extension),
         alert.incident_id,
         alert.id,
-        cef_value(&alert.description)
+        escape_cef(&alert.description, Extension)
     )
 }
 
@@ -165,6 +193,8 @@ impl Exporter {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn alert() -> Alert {
@@ -185,6 +215,67 @@ mod tests {
         }
     }
 
+    /// Reads a CEF message as a SIEM would: the seven header fields and the extension's
+    /// pairs, unescaped. Panics on what the format does not allow: an unknown escape, a
+    /// control character, a key that is not a word.
+    fn parse_cef(m: &str) -> (Vec<String>, BTreeMap<String, String>) {
+        assert!(!m.chars().any(|c| c.is_control()), "raw control characters in {m:?}");
+        assert!(!m.chars().any(|c| ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c)));
+        let body = &m[m.find("CEF:0|").expect("a CEF message")..];
+        let mut chars = body.chars();
+        let (mut header, mut field) = (Vec::new(), String::new());
+        while header.len() < 7 {
+            match chars.next().expect("seven header fields") {
+                '\\' => match chars.next() {
+                    Some(c @ ('\\' | '|')) => field.push(c),
+                    other => panic!("header escape \\{other:?} in {m}"),
+                },
+                '|' => header.push(std::mem::take(&mut field)),
+                c => field.push(c),
+            }
+        }
+        // A value runs to the space before the next key (the word before an unescaped '=').
+        let ext: Vec<char> = chars.collect();
+        let mut raw: Vec<(String, &[char])> = Vec::new();
+        let (mut i, mut start) = (0, 0);
+        while i < ext.len() {
+            match ext[i] {
+                '\\' => i += 2,
+                '=' => {
+                    let key_at = ext[start..i].iter().rposition(|c| *c == ' ').map_or(start, |p| start + p + 1);
+                    if let Some(last) = raw.last_mut() {
+                        last.1 = &ext[start..key_at - 1];
+                    }
+                    raw.push((ext[key_at..i].iter().collect(), &ext[i + 1..]));
+                    start = i + 1;
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        let mut pairs = BTreeMap::new();
+        for (key, value) in raw {
+            assert!(!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric()), "key {key:?} in {m}");
+            let (mut v, mut i) = (String::new(), 0);
+            while i < value.len() {
+                v.push(match (value[i], value.get(i + 1)) {
+                    ('\\', Some(&e @ ('\\' | '='))) => e,
+                    ('\\', Some('n')) => '\n',
+                    ('\\', Some('r')) => '\r',
+                    ('\\', other) => panic!("extension escape \\{other:?} in {m}"),
+                    (c, _) => {
+                        i += 1;
+                        v.push(c);
+                        continue;
+                    }
+                });
+                i += 2;
+            }
+            assert!(pairs.insert(key.clone(), v).is_none(), "{key} twice in {m}");
+        }
+        (header, pairs)
+    }
+
     #[test]
     fn cef_fields_are_escaped() {
         let m = cef(&alert());
@@ -193,8 +284,26 @@ mod tests {
             m.contains("|password_spray|Password spray|8|rt=1000 src=10.1.1.1 dst=10.0.0.10 suser=a\\=b|c "),
             "{m}"
         );
-        assert!(m.ends_with("msg=line one x\\=y"), "{m}");
+        assert!(m.ends_with("msg=line one\\nx\\=y"), "{m}");
         assert!(m.contains("cs2Label=incident cs2=2"));
+        let (header, ext) = parse_cef(&m);
+        assert_eq!(header[4..7], ["password_spray", "Password spray", "8"]);
+        assert_eq!((ext["suser"].as_str(), ext["msg"].as_str()), ("a=b|c", "line one\nx=y"));
+    }
+
+    #[test]
+    fn control_characters_reach_the_siem_visible_not_raw() {
+        let mut a = alert();
+        a.account = "ev\0il\x1b]0;owned\x07\r\n\u{9b}2J\u{202e}txt\\x".into();
+        a.description = "bind as \x1b[2Jroot\x7f".into();
+        a.title = "Password spray | \x1b[31mred\x07".into();
+        let m = cef(&a);
+        let (header, ext) = parse_cef(&m);
+        // The text the command line shows (`\x1b`), except line breaks, which CEF carries.
+        assert_eq!(ext["suser"], "ev\\x00il\\x1b]0;owned\\x07\r\n\\x9b2J\\u{202e}txt\\x");
+        assert_eq!(ext["msg"], "bind as \\x1b[2Jroot\\x7f");
+        assert_eq!(header[5], "Password spray | \\x1b[31mred\\x07");
+        assert_eq!(header[5], crate::text::visible(&a.title));
     }
 
     #[test]

@@ -284,6 +284,7 @@ async fn metrics_count_events_alerts_and_incidents() {
         "dctap_cloud_events_stored 1",
         "dctap_cloud_alerts{severity=\"high\"} 1",
         "dctap_cloud_incidents{status=\"new\"} 1",
+        "dctap_cloud_export_syslog_truncated_total 0",
     ] {
         assert!(text.contains(line), "{line} not in {text}");
     }

@@ -556,7 +556,8 @@ async fn api_host(
 }
 
 /// Prometheus text exposition of the cloud's state (`serve --metrics ADDR`): stored events,
-/// alerts and incidents by severity or status, sensors and their freshness.
+/// alerts and incidents by severity or status, sensors and their freshness, and the syslog
+/// messages cut to fit their bound.
 pub fn metrics_router(store: Arc<dyn Store>) -> Router {
     Router::new().route(
         "/metrics",
@@ -569,6 +570,7 @@ pub fn metrics_router(store: Arc<dyn Store>) -> Router {
                         out.push_str(&format!("dctap_cloud_{name}{labels} {value}\n"));
                     };
                     gauge("events_stored", "", store.event_count()?);
+                    gauge("export_syslog_truncated_total", "", crate::detect::export::truncated_total());
                     let alerts = store.alerts()?;
                     for sev in ["high", "medium", "low", "info"] {
                         gauge(

@@ -5,6 +5,7 @@
 
 pub mod certs;
 pub mod detect;
+pub mod files;
 pub mod ingest;
 pub mod keys;
 pub mod portal;

@@ -170,7 +170,8 @@ enum SensorsCmd {
         id: String,
         #[command(flatten)]
         db: DbArg,
-        /// Write the key to this file (mode 0600) instead of printing it.
+        /// Write the key to this file (mode 0600; a file or symlink there is replaced)
+        /// instead of printing it.
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
     },
@@ -212,7 +213,8 @@ enum AlertsCmd {
     /// evidence event, 30 s either side, cut by the live sensor that saw it).
     Pcap {
         alert_id: i64,
-        /// Where to write it; "-" is standard output.
+        /// Where to write it (mode 0600: it holds the DCs' traffic; a file or symlink there
+        /// is replaced); "-" is standard output.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         #[command(flatten)]
@@ -363,7 +365,8 @@ fn alert_pcap(store: &SqliteStore, alert_id: i64, out: &Path) -> anyhow::Result<
     if out == Path::new("-") {
         std::io::stdout().lock().write_all(&pcap)?;
     } else {
-        std::fs::write(out, &pcap).with_context(|| format!("write {}", out.display()))?;
+        // The frames hold what the DCs' traffic holds (hashes, tickets, cleartext binds).
+        tap_cloud::files::write_private(out, &pcap)?;
         eprintln!(
             "alert {alert_id}: {} frames{} from sensor {} written to {}",
             x.frames,
@@ -504,15 +507,7 @@ fn sensors(cmd: SensorsCmd) -> anyhow::Result<()> {
             store.add_sensor(&id, &keys::hash(&key))?;
             match key_file {
                 Some(path) => {
-                    use std::os::unix::fs::OpenOptionsExt as _;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&path)
-                        .with_context(|| format!("write {}", path.display()))?;
-                    writeln!(f, "{key}")?;
+                    tap_cloud::files::write_private(&path, format!("{key}\n").as_bytes())?;
                     eprintln!("sensor {id} added; its access key is in {}", path.display());
                 }
                 None => {

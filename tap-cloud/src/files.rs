@@ -3,7 +3,7 @@
 
 use std::{
     io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -56,6 +56,25 @@ pub fn replace(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
 /// [`replace`] with a file only its owner may read.
 pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     replace(path, contents, PRIVATE)
+}
+
+/// Tightens an existing file to owner-only access when its mode lets others in, and says
+/// so: a file created by an earlier version, or by hand under a loose umask. Absent is
+/// fine. Returns whether it changed the mode.
+pub fn restrict_existing(path: &Path) -> anyhow::Result<bool> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("read the mode of {}", path.display())),
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.is_file() || mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))
+        .with_context(|| format!("restrict {} to its owner (mode {mode:o})", path.display()))?;
+    log::warn!("{} was open to others (mode {mode:o}); now {:o}", path.display(), mode & 0o700);
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -113,5 +132,17 @@ pub(crate) mod tests {
         let mut names: Vec<_> = std::fs::read_dir(&tmp.0).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         assert_eq!(names, ["elsewhere", "k", "link"]);
+    }
+
+    #[test]
+    fn an_existing_readable_file_is_restricted_to_its_owner() {
+        let tmp = TempDir::new("files-restrict");
+        let f = tmp.0.join("db");
+        assert!(!restrict_existing(&f).unwrap(), "absent is fine");
+        std::fs::write(&f, "x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o664)).unwrap();
+        assert!(restrict_existing(&f).unwrap());
+        assert_eq!(mode(&f), 0o600);
+        assert!(!restrict_existing(&f).unwrap());
     }
 }

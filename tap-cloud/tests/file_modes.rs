@@ -1,5 +1,6 @@
 //! What the command line writes that holds a secret is its owner's alone, whatever the
-//! umask and whatever was at the path before: the access key of `sensors add --key-file`.
+//! umask and whatever was at the path before: the access key of `sensors add --key-file`,
+//! the database (password hashes, every event).
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -63,4 +64,20 @@ fn an_access_key_file_is_private_in_place_of_whatever_was_there() {
     assert!(std::fs::symlink_metadata(&link).unwrap().is_file());
     assert_eq!(mode(&link), 0o600);
     assert!(std::fs::read_to_string(&link).unwrap().starts_with("dctap_"));
+}
+
+#[test]
+fn the_database_is_created_private_and_an_open_one_is_restricted() {
+    let tmp = TempDir::new("db-file");
+    let db = tmp.0.join("var/dctap/cloud.db");
+    let out = cloud(&["sensors", "add", "s1", "--db", db.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((mode(&db), mode(&tmp.0.join("var")), mode(&tmp.0.join("var/dctap"))), (0o600, 0o700, 0o700));
+
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = cloud(&["sensors", "list", "--db", db.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(mode(&db), 0o600);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains(&format!("{} was open to others (mode 644); now 600", db.display())), "{log}");
 }

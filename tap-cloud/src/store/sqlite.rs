@@ -2,7 +2,10 @@
 //! disk before the sensor hears it was stored. Events keep their protobuf bytes (the
 //! record of what the sensor said) beside the columns queries select on.
 
-use std::{path::Path, sync::Mutex};
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
 
 use anyhow::Context as _;
 use prost::Message as _;
@@ -197,9 +200,30 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Opens the database at `path`, creating it (and its directory) when missing. It
+    /// holds the portal's password hashes and every event: the file is created 0600 in a
+    /// directory created 0700, and an existing one open to others is restricted (SQLite
+    /// gives the -wal and -shm files the database file's mode).
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("create {}", dir.display()))?;
+        }
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(crate::files::PRIVATE).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("create database {}", path.display())),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            // Someone else's file (a reader that is not its owner) is read as it is.
+            if let Err(e) = crate::files::restrict_existing(&file) {
+                log::warn!("{e:#}");
+            }
         }
         let conn = Connection::open(path).with_context(|| format!("open database {}", path.display()))?;
         Self::init(conn).with_context(|| format!("database {}", path.display()))
@@ -1351,6 +1375,30 @@ mod tests {
             vec![3]
         );
         assert_eq!(seqs(EventQuery { limit: Some(1), ..Default::default() }), vec![5]);
+    }
+
+    #[test]
+    fn the_database_and_its_wal_files_are_the_owners_alone_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        use crate::files::tests::{mode, TempDir};
+        // SAFETY: umask only sets this process's file creation mask; 022 is the usual one,
+        // which leaves new files readable by all.
+        unsafe { libc::umask(0o022) };
+        let tmp = TempDir::new("db-modes");
+        let path = tmp.0.join("state/dctap/cloud.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.add_sensor("s1", "0").unwrap();
+        for file in [path.clone(), path.with_extension("db-wal"), path.with_extension("db-shm")] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        assert_eq!((mode(&tmp.0.join("state")), mode(&tmp.0.join("state/dctap"))), (0o700, 0o700));
+        drop(store);
+        // One an earlier version made readable by all is restricted when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(store.sensor("s1").unwrap().is_some());
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! `tap-cloud certs init`: a local certificate authority and the certificates for a demo or
 //! a small deployment: one for the cloud's ingest endpoint and one per sensor (mTLS).
-//! Private keys are written readable by the owner only.
+//! Private keys are written readable by the owner only, in a directory only the owner
+//! may enter when `init` creates it.
 
 use std::{
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
 
@@ -24,15 +24,10 @@ pub struct Issued {
     pub sensors: Vec<(String, PathBuf, PathBuf)>,
 }
 
+/// A key or certificate in place of whatever `path` held, a symlink included (see
+/// [`crate::files::replace`]).
 fn write_file(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .with_context(|| format!("write {}", path.display()))?;
-    f.write_all(contents.as_bytes()).with_context(|| format!("write {}", path.display()))
+    crate::files::replace(path, contents.as_bytes(), if private { crate::files::PRIVATE } else { 0o644 })
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {
@@ -46,7 +41,11 @@ fn validity(params: &mut CertificateParams, days: i64) {
 /// `server_names` (host names or IP addresses), and `dir/sensor-ID.pem` (+ `.key`) per
 /// sensor. Refuses to overwrite an existing CA.
 pub fn init(dir: &Path, server_names: &[String], sensors: &[String]) -> anyhow::Result<Issued> {
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
     let ca_path = dir.join("ca.pem");
     if ca_path.exists() {
         bail!("{} exists: certs init creates a new authority; use another directory or remove it", ca_path.display());
@@ -92,4 +91,44 @@ pub fn init(dir: &Path, server_names: &[String], sensors: &[String]) -> anyhow::
         issued.push((id.clone(), c, k));
     }
     Ok(Issued { ca: ca_path, server_cert, server_key, sensors: issued })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use crate::files::tests::{mode, TempDir};
+
+    #[test]
+    fn keys_are_private_whatever_was_at_their_paths() {
+        let tmp = TempDir::new("certs-init");
+        let dir = tmp.0.join("tls");
+        std::fs::create_dir(&dir).unwrap();
+        // Left by an earlier run, or by hand under a loose umask.
+        for name in ["ca.key", "sensor-s1.key"] {
+            std::fs::write(dir.join(name), "old").unwrap();
+            std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        // Planted to have the key written where its planter reads it.
+        std::fs::create_dir(tmp.0.join("x")).unwrap();
+        let target = tmp.0.join("x/target");
+        std::fs::write(&target, "untouched").unwrap();
+        std::os::unix::fs::symlink(&target, dir.join("server.key")).unwrap();
+
+        let issued = super::init(&dir, &["localhost".into()], &["s1".into()]).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        for key in [dir.join("ca.key"), issued.server_key, issued.sensors[0].2.clone()] {
+            assert!(std::fs::symlink_metadata(&key).unwrap().is_file(), "{}", key.display());
+            assert_eq!(mode(&key), 0o600, "{}", key.display());
+            assert!(std::fs::read_to_string(&key).unwrap().starts_with("-----BEGIN PRIVATE KEY-----"));
+        }
+    }
+
+    #[test]
+    fn a_directory_init_creates_is_the_owners_alone() {
+        let tmp = TempDir::new("certs-dir");
+        let dir = tmp.0.join("new/tls");
+        super::init(&dir, &["localhost".into()], &[]).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+    }
 }

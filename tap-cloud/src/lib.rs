@@ -5,10 +5,12 @@
 
 pub mod certs;
 pub mod detect;
+pub mod files;
 pub mod ingest;
 pub mod keys;
 pub mod portal;
 pub mod store;
+pub mod text;
 
 /// Generated from proto/dctap.proto by build.rs.
 #[allow(clippy::all)]

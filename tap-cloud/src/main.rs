@@ -18,6 +18,7 @@ use tap_cloud::{
     },
     ingest, keys, portal,
     store::{SqliteStore, Store},
+    text::visible,
 };
 
 /// dctap cloud service: takes activity events from dctap sensors over gRPC (mTLS and a
@@ -169,7 +170,8 @@ enum SensorsCmd {
         id: String,
         #[command(flatten)]
         db: DbArg,
-        /// Write the key to this file (mode 0600) instead of printing it.
+        /// Write the key to this file (mode 0600; a file or symlink there is replaced)
+        /// instead of printing it.
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
     },
@@ -211,7 +213,8 @@ enum AlertsCmd {
     /// evidence event, 30 s either side, cut by the live sensor that saw it).
     Pcap {
         alert_id: i64,
-        /// Where to write it; "-" is standard output.
+        /// Where to write it (mode 0600: it holds the DCs' traffic; a file or symlink there
+        /// is replaced); "-" is standard output.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
         #[command(flatten)]
@@ -299,18 +302,19 @@ fn main() -> anyhow::Result<()> {
                     serde_json::to_writer(&mut out, &v)?;
                     writeln!(out)?;
                 } else {
+                    // Names and titles come off the wire: shown, never obeyed by the terminal.
                     writeln!(
                         out,
                         "#{:<4} incident {:<4} {:<7} {:<22} {:<10} src {:<16} account {:<14} {}{}",
                         a.id,
                         a.incident_id,
-                        a.severity,
-                        a.detection,
-                        a.mitre,
-                        a.src_ip,
-                        a.account,
-                        a.title,
-                        pcap.map(|p| format!("  [pcap {p}]")).unwrap_or_default()
+                        visible(&a.severity),
+                        visible(&a.detection),
+                        visible(&a.mitre),
+                        visible(&a.src_ip),
+                        visible(&a.account),
+                        visible(&a.title),
+                        pcap.map(|p| format!("  [pcap {}]", visible(p))).unwrap_or_default()
                     )?;
                 }
             }
@@ -327,7 +331,11 @@ fn main() -> anyhow::Result<()> {
                     writeln!(
                         out,
                         "#{:<4} {:<7} {:<12} {:>3} alerts  {}",
-                        i.id, i.severity, i.status, i.alerts, i.title
+                        i.id,
+                        visible(&i.severity),
+                        visible(&i.status),
+                        i.alerts,
+                        visible(&i.title)
                     )?;
                 }
             }
@@ -347,22 +355,23 @@ fn alert_pcap(store: &SqliteStore, alert_id: i64, out: &Path) -> anyhow::Result<
     };
     let pcap = match (x.status.as_str(), x.pcap) {
         ("done", Some(pcap)) => pcap,
-        ("failed", _) => bail!("the pcap excerpt of alert {alert_id} is not available: {}", x.error),
+        ("failed", _) => bail!("the pcap excerpt of alert {alert_id} is not available: {}", visible(&x.error)),
         (_, _) => bail!(
             "the pcap excerpt of alert {alert_id} is not there yet: waiting for sensor {} (asked {} times)",
-            x.wanted.sensor_id,
+            visible(&x.wanted.sensor_id),
             x.asks
         ),
     };
     if out == Path::new("-") {
         std::io::stdout().lock().write_all(&pcap)?;
     } else {
-        std::fs::write(out, &pcap).with_context(|| format!("write {}", out.display()))?;
+        // The frames hold what the DCs' traffic holds (hashes, tickets, cleartext binds).
+        tap_cloud::files::write_private(out, &pcap)?;
         eprintln!(
             "alert {alert_id}: {} frames{} from sensor {} written to {}",
             x.frames,
             if x.truncated { " (cut at 8 MiB)" } else { "" },
-            x.wanted.sensor_id,
+            visible(&x.wanted.sensor_id),
             out.display()
         );
     }
@@ -511,15 +520,7 @@ fn sensors(cmd: SensorsCmd) -> anyhow::Result<()> {
             store.add_sensor(&id, &keys::hash(&key))?;
             match key_file {
                 Some(path) => {
-                    use std::os::unix::fs::OpenOptionsExt as _;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&path)
-                        .with_context(|| format!("write {}", path.display()))?;
-                    writeln!(f, "{key}")?;
+                    tap_cloud::files::write_private(&path, format!("{key}\n").as_bytes())?;
                     eprintln!("sensor {id} added; its access key is in {}", path.display());
                 }
                 None => {
@@ -554,10 +555,10 @@ fn sensors(cmd: SensorsCmd) -> anyhow::Result<()> {
                 writeln!(
                     out,
                     "{:<24} {:<8} {:<10} {:<28} {beat:<20}",
-                    s.id,
+                    visible(&s.id),
                     state,
-                    s.version,
-                    s.monitored_dcs.join(",")
+                    visible(&s.version),
+                    visible(&s.monitored_dcs.join(","))
                 )?;
             }
             Ok(())

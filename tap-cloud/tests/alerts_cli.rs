@@ -1,11 +1,13 @@
 //! `tap-cloud alerts`: each alert's evidence pcap state in the listing, and `alerts pcap ID
-//! --out FILE` saving the bytes the sensor sent (or saying why there are none).
+//! --out FILE` saving the bytes the sensor sent (or saying why there are none); the
+//! listings of alerts, incidents and sensors show names from the wire without letting a
+//! terminal obey what they hold.
 
 use std::process::Command;
 
 use tap_cloud::{
     detect::Alert,
-    pb::Excerpt,
+    pb::{Excerpt, SensorInfo},
     store::{ExcerptUpload, ExcerptWanted, SqliteStore, Store},
 };
 
@@ -105,5 +107,90 @@ fn alerts_list_their_pcap_state_and_the_pcap_is_saved_to_a_file() {
         assert!(!out.status.success() && err.contains(why), "alert {id}: {err}");
     }
     assert!(!dir.join("x.pcap").exists(), "nothing written without a pcap");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a terminal would act on: C0 controls but the line feeds that end the table's
+/// lines, DEL, C1 controls, bidirectional embeddings, overrides and isolates.
+fn acted_on(c: char) -> bool {
+    (c < ' ' && c != '\n')
+        || ('\x7f'..='\u{9f}').contains(&c)
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+#[test]
+fn listings_show_control_characters_from_the_wire_instead_of_sending_them_to_the_terminal() {
+    let dir = std::env::temp_dir().join(format!("dctap-hostile-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("cloud.db");
+    // A window title, a screen clear, a line forged after a carriage return, the 8-bit
+    // CSI and a right-to-left override, in every name a sensor or a packet decides.
+    let hostile = "evil\x1b]0;owned\x07\x1b[2J\rroot ok\u{9b}1m\u{202e}exe.txt\0";
+    {
+        let store = SqliteStore::open(&db).unwrap();
+        let mut alert = Alert {
+            id: 0,
+            detection: "password_spray".into(),
+            title: format!("Password spray by {hostile}"),
+            severity: "high".into(),
+            mitre: "T1110.003".into(),
+            account: hostile.into(),
+            src_ip: "10.1.1.1".into(),
+            dc_ip: "10.0.0.10".into(),
+            first_seen_ns: 1,
+            last_seen_ns: 1,
+            description: hostile.into(),
+            evidence: vec![],
+            incident_id: 0,
+        };
+        store.save_alert(&mut alert, 1).unwrap();
+        store.add_sensor("s1", "0").unwrap();
+        let info = SensorInfo {
+            sensor_id: "s1".into(),
+            version: hostile.into(),
+            monitored_dcs: vec![hostile.into(), "10.0.0.10".into()],
+            hostname: hostile.into(),
+            capabilities: vec![],
+        };
+        store.record_registration(&info).unwrap();
+        let wanted = ExcerptWanted {
+            alert_id: alert.id,
+            sensor_id: "s1".into(),
+            dc_ip: "10.0.0.10".into(),
+            ..Default::default()
+        };
+        let x = store.request_excerpts(&[wanted]).unwrap();
+        store.pending_excerpts("s1", 1).unwrap();
+        let failed = Excerpt { id: x[0], error: hostile.into(), ..Default::default() };
+        assert_eq!(store.save_excerpt("s1", &failed, 2).unwrap(), ExcerptUpload::Saved);
+    }
+    let db = db.to_str().unwrap();
+    for args in [&["alerts"][..], &["incidents"], &["sensors", "list"]] {
+        let out = cloud(&[args, &["--db", db]].concat());
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(!text.chars().any(acted_on), "{args:?} sends controls to the terminal: {text:?}");
+        assert!(
+            text.contains("evil\\x1b]0;owned\\x07\\x1b[2J\\rroot ok\\x9b1m\\u{202e}exe.txt\\x00"),
+            "{args:?}: {text}"
+        );
+        assert_eq!(text.lines().count(), if args[0] == "sensors" { 2 } else { 1 }, "{args:?}: one line each: {text}");
+    }
+    let out = cloud(&["alerts", "pcap", "1", "--out", "-", "--db", db]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success() && err.contains("owned") && !err.chars().any(acted_on), "{err:?}");
+    // JSON escapes them itself and keeps the text exact.
+    for args in [&["alerts", "--json"][..], &["incidents", "--json"], &["sensors", "list", "--json"]] {
+        let out = cloud(&[args, &["--db", db]].concat());
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let field = match args[0] {
+            "alerts" => &v["account"],
+            "incidents" => &v["title"],
+            _ => &v["version"],
+        };
+        assert!(field.as_str().unwrap().contains(hostile), "{args:?}: {v}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -233,6 +233,34 @@ async fn entity_pages_and_activity_search_show_what_a_host_and_an_account_did() 
 }
 
 #[tokio::test]
+async fn an_account_page_takes_wildcard_characters_in_the_name_literally() {
+    let store = store_with_incident();
+    let events: Vec<ActivityEvent> = ["a_b@LAB.EXAMPLE", "axb@LAB.EXAMPLE", "100%@LAB.EXAMPLE", "LAB\\a_b"]
+        .iter()
+        .enumerate()
+        .map(|(i, account)| ActivityEvent {
+            sensor_id: "s1".into(),
+            seq: 8 + i as u64,
+            time_unix_ns: 1_795_749_930_000_000_000 + i as i64,
+            protocol: "kerberos".into(),
+            account: account.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    store.insert_events("s1", &events, &[]).unwrap();
+    let app = portal::router(store);
+    let (_, vic) = Client::login(&app, "vic", "vic-correct-horse").await;
+    let seqs = |json: String| -> Vec<u64> {
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        v["activity"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(seqs(vic.send("GET", "/api/accounts/a_b", None, None).await.1), vec![11, 8]);
+    assert_eq!(seqs(vic.send("GET", "/api/accounts/100%25", None, None).await.1), vec![10]);
+    assert_eq!(seqs(vic.send("GET", "/api/accounts/%25", None, None).await.1), Vec::<u64>::new());
+    assert_eq!(seqs(vic.send("GET", "/api/accounts/_", None, None).await.1), Vec::<u64>::new());
+}
+
+#[tokio::test]
 async fn a_viewer_reads_but_cannot_change() {
     let store = store_with_incident();
     let app = portal::router(Arc::clone(&store));
@@ -256,6 +284,7 @@ async fn metrics_count_events_alerts_and_incidents() {
         "dctap_cloud_events_stored 1",
         "dctap_cloud_alerts{severity=\"high\"} 1",
         "dctap_cloud_incidents{status=\"new\"} 1",
+        "dctap_cloud_export_syslog_truncated_total 0",
     ] {
         assert!(text.contains(line), "{line} not in {text}");
     }

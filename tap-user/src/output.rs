@@ -5,8 +5,9 @@
 //! quarter of the recorder's CPU.
 
 use std::{
-    fs::File,
+    fs::{File, OpenOptions},
     io::{IoSlice, Write},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::Path,
 };
 
@@ -20,8 +21,25 @@ pub struct PcapSink {
 }
 
 impl PcapSink {
+    /// Creates (or empties) the file at `path`. The frames hold whatever the DCs' traffic
+    /// holds (hashes, tickets, cleartext binds), so the file is the sensor's alone (0600)
+    /// whatever the umask, and an existing one open to others is restricted.
     pub fn create(path: &Path) -> anyhow::Result<Self> {
-        let mut out = File::create(path).with_context(|| format!("create {}", path.display()))?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("create {}", path.display()))?;
+        let meta = out.metadata().with_context(|| format!("create {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        // Only a regular file: --write /dev/stdout must not change the terminal's mode.
+        if meta.is_file() && mode & 0o077 != 0 {
+            out.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+                .with_context(|| format!("restrict {} to the sensor's user (mode {mode:o})", path.display()))?;
+            log::warn!("{} was open to others (mode {mode:o}); now {:o}", path.display(), mode & 0o700);
+        }
         let header = PcapHeader {
             snaplen: 65535,
             datalink: DataLink::ETHERNET,
@@ -54,5 +72,31 @@ impl PcapSink {
 
     pub fn finish(mut self) -> anyhow::Result<()> {
         self.out.flush().context("flush pcap")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_capture_file_is_the_sensors_alone_whatever_the_umask() {
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // SAFETY: umask only sets this process's file creation mask; 022 is the usual one,
+        // which leaves new files readable by all.
+        unsafe { libc::umask(0o022) };
+        let dir = std::env::temp_dir().join(format!("dctap-pcap-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let new = dir.join("new.pcap");
+        PcapSink::create(&new).unwrap().finish().unwrap();
+        assert_eq!(mode(&new), 0o600);
+        let old = dir.join("old.pcap");
+        std::fs::write(&old, b"an earlier capture").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        PcapSink::create(&old).unwrap().finish().unwrap();
+        assert_eq!(mode(&old), 0o600);
+        assert_eq!(std::fs::metadata(&old).unwrap().len(), 24, "emptied: only the pcap header");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

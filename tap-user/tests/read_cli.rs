@@ -175,6 +175,40 @@ fn json_lines_of_asrep_roasting(capture: &LabCapture) {
     ));
 }
 
+/// Events wait in the spool while the cloud is away: they name accounts, hosts and what
+/// they did, so under the usual umask (022) the spool directory is still the sensor's alone
+/// and so is every file in it.
+#[test]
+fn the_spool_is_the_sensors_alone_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let capture = &lab_captures_named("04_asrep_roasting")[0];
+    let spool = temp("spool-modes/var/spool");
+    let _ = std::fs::remove_dir_all(temp("spool-modes"));
+    let out = Command::new("sh")
+        .args(["-c", "umask 022 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_tap-sensor")])
+        .args(["--read", capture.path.to_str().unwrap(), "--cloud", "http://127.0.0.1:9", "--insecure"])
+        .args(["--spool-dir", spool.to_str().unwrap(), "--drain-timeout", "0.2"])
+        .env("DCTAP_ACCESS_KEY", "dctap_test")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("they stay in the spool"), "{err}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut seen = 0;
+    for dir in [temp("spool-modes/var"), spool.clone(), spool.join("sources")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                assert_eq!(mode(&path), 0o600, "{}", path.display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 3, "a segment, the lock and the replay digests: {seen} files");
+    let _ = std::fs::remove_dir_all(temp("spool-modes"));
+}
+
 /// On the lab's LDAP reconnaissance (a real Samba DC answering ldapdomaindump and impacket
 /// over readable LDAP), the search results name the domain's administrators, and only them.
 #[test]

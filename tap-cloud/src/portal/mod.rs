@@ -556,7 +556,8 @@ async fn api_host(
 }
 
 /// Prometheus text exposition of the cloud's state (`serve --metrics ADDR`): stored events,
-/// alerts and incidents by severity or status, sensors and their freshness.
+/// alerts and incidents by severity or status, sensors and their freshness, and the syslog
+/// messages cut to fit their bound.
 pub fn metrics_router(store: Arc<dyn Store>) -> Router {
     Router::new().route(
         "/metrics",
@@ -575,6 +576,7 @@ pub fn metrics_router(store: Arc<dyn Store>) -> Router {
                         "",
                         crate::detect::runner::DetectionFailures::load(store.as_ref()).count,
                     );
+                    gauge("export_syslog_truncated_total", "", crate::detect::export::truncated_total());
                     let alerts = store.alerts()?;
                     for sev in ["high", "medium", "low", "info"] {
                         gauge(

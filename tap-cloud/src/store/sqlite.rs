@@ -2,7 +2,10 @@
 //! disk before the sensor hears it was stored. Events keep their protobuf bytes (the
 //! record of what the sensor said) beside the columns queries select on.
 
-use std::{path::Path, sync::Mutex};
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
 
 use anyhow::Context as _;
 use prost::Message as _;
@@ -197,9 +200,30 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Opens the database at `path`, creating it (and its directory) when missing. It
+    /// holds the portal's password hashes and every event: the file is created 0600 in a
+    /// directory created 0700, and an existing one open to others is restricted (SQLite
+    /// gives the -wal and -shm files the database file's mode).
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("create {}", dir.display()))?;
+        }
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(crate::files::PRIVATE).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("create database {}", path.display())),
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let file = PathBuf::from(format!("{}{suffix}", path.display()));
+            // Someone else's file (a reader that is not its owner) is read as it is.
+            if let Err(e) = crate::files::restrict_existing(&file) {
+                log::warn!("{e:#}");
+            }
         }
         let conn = Connection::open(path).with_context(|| format!("open database {}", path.display()))?;
         Self::init(conn).with_context(|| format!("database {}", path.display()))
@@ -223,6 +247,19 @@ impl SqliteStore {
         // committed is rolled back when dropped).
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// `text` as a LIKE pattern that matches only itself (with `ESCAPE '\'`): a name from a
+/// search may hold `%` and `_`, which would otherwise match other accounts.
+fn like_literal(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn json_list(text: String) -> Vec<String> {
@@ -571,10 +608,11 @@ impl Store for SqliteStore {
         let conn = self.conn();
         // However the search names the account, it matches every form of its name.
         let account = q.account.as_deref().map(crate::detect::rules::account_key).filter(|a| !a.is_empty());
+        let pattern = account.as_deref().map(like_literal);
         let mut stmt = conn.prepare_cached(
             "SELECT body, spooled_unix_ns, stored_unix_ns FROM events WHERE \
-             (?1 IS NULL OR lower(account) = ?1 OR lower(account) LIKE ?1 || '@%' OR lower(account) LIKE '%\\' || ?1 \
-             OR lower(account) LIKE 'cn=' || ?1 || ',%') \
+             (?1 IS NULL OR lower(account) = ?1 OR lower(account) LIKE ?7 || '@%' ESCAPE '\\' \
+             OR lower(account) LIKE '%\\\\' || ?7 ESCAPE '\\' OR lower(account) LIKE 'cn=' || ?7 || ',%' ESCAPE '\\') \
              AND (?2 IS NULL OR src_ip = ?2) AND (?3 IS NULL OR protocol = ?3) \
              AND (?4 IS NULL OR time_unix_ns >= ?4) AND (?5 IS NULL OR time_unix_ns <= ?5) \
              ORDER BY time_unix_ns DESC LIMIT ?6",
@@ -588,7 +626,8 @@ impl Store for SqliteStore {
                     q.protocol.as_deref().filter(|p| !p.is_empty()),
                     q.from_ns,
                     q.to_ns,
-                    limit
+                    limit,
+                    pattern
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )?
@@ -1373,5 +1412,57 @@ mod tests {
             vec![3]
         );
         assert_eq!(seqs(EventQuery { limit: Some(1), ..Default::default() }), vec![5]);
+    }
+
+    #[test]
+    fn the_database_and_its_wal_files_are_the_owners_alone_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        use crate::files::tests::{mode, TempDir};
+        // SAFETY: umask only sets this process's file creation mask; 022 is the usual one,
+        // which leaves new files readable by all.
+        unsafe { libc::umask(0o022) };
+        let tmp = TempDir::new("db-modes");
+        let path = tmp.0.join("state/dctap/cloud.db");
+        let store = SqliteStore::open(&path).unwrap();
+        store.add_sensor("s1", "0").unwrap();
+        for file in [path.clone(), path.with_extension("db-wal"), path.with_extension("db-shm")] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        assert_eq!((mode(&tmp.0.join("state")), mode(&tmp.0.join("state/dctap"))), (0o700, 0o700));
+        drop(store);
+        // One an earlier version made readable by all is restricted when opened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert!(store.sensor("s1").unwrap().is_some());
+    }
+
+    #[test]
+    fn activity_search_takes_wildcard_characters_literally() {
+        let store = SqliteStore::in_memory().unwrap();
+        let ev = |seq: u64, account: &str| ActivityEvent { time_unix_ns: seq as i64, ..event(seq, account) };
+        let events = [
+            ev(1, "a_b@LAB.EXAMPLE"),
+            ev(2, "LAB\\a_b"),
+            ev(3, "CN=a_b,CN=Users,DC=lab,DC=example"),
+            ev(4, "axb@LAB.EXAMPLE"),
+            ev(5, "LAB\\axb"),
+            ev(6, "CN=axb,CN=Users,DC=lab,DC=example"),
+            ev(7, "100%@LAB.EXAMPLE"),
+            ev(8, "LAB\\100%"),
+        ];
+        store.insert_events("s1", &events, &[]).unwrap();
+        let seqs = |account: &str| {
+            let q = EventQuery { account: Some(account.into()), ..Default::default() };
+            store.search_events(&q).unwrap().iter().map(|e| e.event.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(seqs("a_b"), vec![3, 2, 1]);
+        assert_eq!(seqs("axb"), vec![6, 5, 4]);
+        assert_eq!(seqs("100%"), vec![8, 7]);
+        assert_eq!(seqs("%"), Vec::<u64>::new());
+        assert_eq!(seqs("_"), Vec::<u64>::new());
+        assert_eq!(seqs("a%"), Vec::<u64>::new());
+        assert_eq!(seqs("__b"), Vec::<u64>::new());
     }
 }

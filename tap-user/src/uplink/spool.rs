@@ -22,6 +22,7 @@ use std::{
     collections::BTreeMap,
     fs::{self, File, OpenOptions},
     io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -33,6 +34,15 @@ const HEADER: usize = 24;
 /// An event is a few hundred bytes; a larger length field is corruption, not data.
 pub const MAX_RECORD: usize = 1 << 20;
 const SEGMENT_SUFFIX: &str = "seg";
+/// Events name accounts, hosts and what they did: the spool's files are the sensor's
+/// alone, whatever the umask.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+/// Creates `dir` and any missing parent, only the sensor's (0700); an existing one is left
+/// as it is.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
 
 /// What to give up when the spool is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -163,7 +173,7 @@ fn encode_record(out: &mut Vec<u8>, seq: u64, spooled: i64, payload: &[u8]) {
 impl Spool {
     /// Opens (creating) the spool directory and recovers its segments.
     pub fn open(cfg: SpoolConfig) -> io::Result<Self> {
-        fs::create_dir_all(&cfg.dir)
+        create_private_dir(&cfg.dir)
             .map_err(|e| io::Error::new(e.kind(), format!("spool directory {}: {e}", cfg.dir.display())))?;
         let lock = lock_dir(&cfg.dir)?;
         let mut cfg = cfg;
@@ -318,7 +328,7 @@ impl Spool {
                 w.flush()?;
             }
             let path = self.cfg.dir.join(segment_name(seq));
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let file = OpenOptions::new().create(true).append(true).mode(FILE_MODE).open(&path)?;
             st.segments.insert(seq, Segment { path, bytes: 0, last_seq: seq - 1 });
             st.writer = Some(BufWriter::with_capacity(256 << 10, file));
         }
@@ -488,7 +498,7 @@ fn scan_segment(path: &Path, first: u64) -> io::Result<(u64, u64, u64)> {
 
 fn lock_dir(dir: &Path) -> io::Result<File> {
     use std::os::fd::AsRawFd as _;
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).mode(FILE_MODE).open(dir.join("lock"))?;
     // SAFETY: flock on a descriptor we own; the lock goes with the descriptor.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(io::Error::new(
@@ -538,7 +548,13 @@ fn write_base(dir: &Path, base: u64) -> io::Result<()> {
 /// a power cut only makes the sensor send again what the cloud then drops as duplicates.
 fn write_acked(dir: &Path, through: u64) -> io::Result<()> {
     let tmp = dir.join("acked.tmp");
-    fs::write(&tmp, format!("{through}\n"))?;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)?
+        .write_all(format!("{through}\n").as_bytes())?;
     fs::rename(tmp, dir.join("acked"))
 }
 
@@ -566,6 +582,30 @@ mod tests {
             }
             out.extend(batch);
         }
+    }
+
+    #[test]
+    fn the_spool_is_the_sensors_alone_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // SAFETY: umask only sets this process's file creation mask; 022 is the usual one,
+        // which leaves new files readable by all.
+        unsafe { libc::umask(0o022) };
+        let dir = temp_dir("modes");
+        let spool_dir = dir.join("var/spool");
+        let spool = Spool::open(SpoolConfig::new(&spool_dir, 64 << 20)).unwrap();
+        spool.append(&payload(1), 1).unwrap();
+        spool.flush(false).unwrap();
+        spool.ack(1).unwrap();
+        assert_eq!((mode(&dir.join("var")), mode(&spool_dir)), (0o700, 0o700));
+        let files: Vec<PathBuf> = fs::read_dir(&spool_dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(files.iter().any(|f| f.extension().is_some_and(|e| e == SEGMENT_SUFFIX)), "{files:?}");
+        assert!(files.contains(&spool_dir.join("acked")) && files.contains(&spool_dir.join("lock")));
+        for f in files {
+            assert_eq!(mode(&f), 0o600, "{}", f.display());
+        }
+        drop(spool);
+        fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

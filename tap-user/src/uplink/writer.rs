@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
     io::{self, Read as _, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -169,7 +170,7 @@ impl ReplayGuard {
         let canonical = fs::canonicalize(source)?;
         let key = sha2::Sha256::digest(format!("{}\0{}\0{}", canonical.display(), meta.len(), mtime.as_nanos()));
         let dir = spool_dir.join("sources");
-        fs::create_dir_all(&dir)?;
+        super::spool::create_private_dir(&dir)?;
         let path = dir.join(format!("{}.digests", hex8(&key[..8])));
         let mut seen: HashMap<[u8; 8], u32> = HashMap::new();
         let mut bytes = Vec::new();
@@ -181,7 +182,7 @@ impl ReplayGuard {
         for d in bytes[..whole].chunks_exact(8) {
             *seen.entry(d.try_into().unwrap_or_default()).or_default() += 1;
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = OpenOptions::new().create(true).append(true).mode(super::spool::FILE_MODE).open(&path)?;
         if whole != bytes.len() {
             file.set_len(whole as u64)?;
         }

@@ -537,7 +537,7 @@ fn read_base(dir: &Path) -> io::Result<Option<u64>> {
 /// cut would number the same events twice.
 fn write_base(dir: &Path, base: u64) -> io::Result<()> {
     let tmp = dir.join("base.tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(FILE_MODE).open(&tmp)?;
     f.write_all(format!("{base}\n").as_bytes())?;
     f.sync_all()?;
     fs::rename(&tmp, dir.join("base"))?;
@@ -596,11 +596,13 @@ mod tests {
         let spool = Spool::open(SpoolConfig::new(&spool_dir, 64 << 20)).unwrap();
         spool.append(&payload(1), 1).unwrap();
         spool.flush(false).unwrap();
+        spool.register(0).unwrap();
         spool.ack(1).unwrap();
         assert_eq!((mode(&dir.join("var")), mode(&spool_dir)), (0o700, 0o700));
         let files: Vec<PathBuf> = fs::read_dir(&spool_dir).unwrap().map(|e| e.unwrap().path()).collect();
         assert!(files.iter().any(|f| f.extension().is_some_and(|e| e == SEGMENT_SUFFIX)), "{files:?}");
         assert!(files.contains(&spool_dir.join("acked")) && files.contains(&spool_dir.join("lock")));
+        assert!(files.contains(&spool_dir.join("base")));
         for f in files {
             assert_eq!(mode(&f), 0o600, "{}", f.display());
         }

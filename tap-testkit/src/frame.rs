@@ -153,6 +153,42 @@ pub fn ipv4(tags: Tags, src: Ipv4Addr, dst: Ipv4Addr, l4: L4, payload_len: usize
     f
 }
 
+/// One IPv4 TCP segment with the sequence and acknowledgement numbers and flags given
+/// (`TCP_*` bits), untagged: what floods and hand-made conversations are made of.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_segment(
+    src: Ipv4Addr,
+    src_port: u16,
+    dst: Ipv4Addr,
+    dst_port: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut seg = Vec::with_capacity(20 + data.len());
+    seg.extend_from_slice(&src_port.to_be_bytes());
+    seg.extend_from_slice(&dst_port.to_be_bytes());
+    seg.extend_from_slice(&seq.to_be_bytes());
+    seg.extend_from_slice(&ack.to_be_bytes());
+    seg.extend_from_slice(&[0x50, flags]);
+    seg.extend_from_slice(&65535u16.to_be_bytes());
+    seg.extend_from_slice(&[0, 0, 0, 0]);
+    seg.extend_from_slice(data);
+    let sum = checksum(&[&v4_pseudo(src, dst)(6, seg.len()), &seg]);
+    seg[16..18].copy_from_slice(&sum.to_be_bytes());
+    let mut f = ethernet(Tags::None, 0x0800);
+    f.extend_from_slice(&ipv4_header(src, dst, 6, seg.len(), seq as u16, 0x4000));
+    f.extend_from_slice(&seg);
+    f
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
 /// An IPv4 frame whose header carries `options_words` 4-byte words of options (NOPs and an
 /// end-of-list), so the L4 header sits at a variable offset.
 pub fn ipv4_with_options(tags: Tags, src: Ipv4Addr, dst: Ipv4Addr, l4: L4, options_words: u8, seed: u32) -> Vec<u8> {

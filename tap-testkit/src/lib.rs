@@ -4,6 +4,7 @@
 //! two network namespaces joined by a veth pair; a capture replayed through the real sensor
 //! and cloud, with the labels that say what it must raise.
 
+pub mod flood;
 pub mod frame;
 pub mod mix;
 pub mod netns;

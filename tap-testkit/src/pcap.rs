@@ -28,6 +28,17 @@ pub fn write(path: &Path, frames: &[Vec<u8>], start: Duration) -> anyhow::Result
     Ok(())
 }
 
+/// Writes (time, frame) pairs as they come, without holding them all.
+pub fn write_stream(path: &Path, frames: impl Iterator<Item = (Duration, Vec<u8>)>) -> anyhow::Result<()> {
+    let file = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let header = PcapHeader { datalink: DataLink::ETHERNET, snaplen: 65535, ..PcapHeader::default() };
+    let mut w = PcapWriter::with_header(BufWriter::with_capacity(1 << 20, file), header)?;
+    for (ts, f) in frames {
+        w.write_packet(&PcapPacket::new(ts, f.len() as u32, &f))?;
+    }
+    Ok(())
+}
+
 /// Writes frames as they were read (`read`): their own times and lengths, so a capture
 /// can be written back with some frames taken out.
 pub fn write_frames(path: &Path, frames: &[PcapFrame]) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ pub struct SensorFile {
     pub sensor_id: Option<String>,
     pub workers: Option<u16>,
     pub max_flows: Option<u32>,
+    pub max_half_open_flows: Option<u32>,
     pub cloud: Option<String>,
     pub tls_ca: Option<String>,
     pub tls_cert: Option<String>,
@@ -66,6 +67,7 @@ impl SensorFile {
         push(&mut g, "sensor-id", self.sensor_id.as_ref());
         push(&mut g, "workers", self.workers);
         push(&mut g, "max-flows", self.max_flows);
+        push(&mut g, "max-half-open-flows", self.max_half_open_flows);
         push(&mut g, "cloud", self.cloud.as_ref());
         push(&mut g, "tls-ca", self.tls_ca.as_ref());
         push(&mut g, "tls-cert", self.tls_cert.as_ref());

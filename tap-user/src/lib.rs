@@ -3,6 +3,7 @@
 //!
 //! `main.rs` only parses the command line; everything it runs lives here so tests can use it.
 
+pub mod budget;
 pub mod capture;
 pub mod config;
 pub mod decode;

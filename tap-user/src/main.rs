@@ -80,9 +80,16 @@ struct PipelineArgs {
     /// Sensor id stamped on every event [default: the host name].
     #[arg(long, global = true)]
     sensor_id: Option<String>,
-    /// Most conversations tracked at once, over all workers; the longest idle is evicted.
-    #[arg(long, global = true, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..))]
+    /// Most established conversations (both ends sent data) tracked at once, over all
+    /// workers; the longest idle is evicted, authenticated sessions and RPC associations
+    /// last. About 1 KiB each with their parser state.
+    #[arg(long, global = true, default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(16..))]
     max_flows: u32,
+    /// Most conversations not established yet (a SYN, one side's data, an unanswered
+    /// datagram) tracked at once, over all workers, apart from the established ones: a
+    /// flood of them evicts only its own kind.
+    #[arg(long, global = true, default_value_t = 32_768, value_parser = clap::value_parser!(u32).range(16..))]
+    max_half_open_flows: u32,
 }
 
 impl PipelineArgs {
@@ -93,6 +100,7 @@ impl PipelineArgs {
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
         let mut opts = PipelineOptions { workers, ..PipelineOptions::default() };
         opts.flows.max_flows = (self.max_flows as usize).div_ceil(workers);
+        opts.flows.max_half_open = (self.max_half_open_flows as usize).div_ceil(workers);
         opts
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tap_testkit::mix;
 use tap_user::{
+    budget::Budget,
     decode::defrag::DefragLimits,
     flow::{tcp::TcpLimits, FlowLimits},
     pipeline::{summary::StreamSummary, PipelineOptions, Worker},
@@ -17,12 +18,15 @@ fn small_limits() -> PipelineOptions {
         workers: 1,
         flows: FlowLimits {
             max_flows: 16,
+            max_half_open: 16,
+            half_open_idle: Duration::from_secs(5),
             tcp_idle: Duration::from_secs(5),
             udp_idle: Duration::from_secs(2),
             tcp: TcpLimits { max_ooo_bytes: 1024, max_ooo_segments: 8, max_ahead: 1 << 20 },
-            max_ooo_bytes_total: 4096,
+            ooo: Budget::new(4096),
         },
-        defrag: DefragLimits { max_pending: 4, max_bytes: 16 << 10, timeout: Duration::from_secs(3) },
+        defrag: DefragLimits { max_pending: 4, bytes: Budget::new(16 << 10), timeout: Duration::from_secs(3) },
+        streams: Budget::new(64 << 10),
         queue_depth: 1,
     }
 }
@@ -61,8 +65,9 @@ proptest! {
         let mut w = Worker::new(StreamSummary::default(), &limits);
         for (i, f) in frames.iter().enumerate() {
             w.frame(Duration::from_millis(i as u64 * 10), f);
-            prop_assert!(w.tracker.len() <= limits.flows.max_flows);
-            prop_assert!(w.tracker.ooo_bytes() <= limits.flows.max_ooo_bytes_total + limits.flows.tcp.max_ooo_bytes + 1500);
+            prop_assert!(w.tracker.len() <= limits.flows.max_flows + limits.flows.max_half_open);
+            prop_assert!(w.tracker.half_open_len() <= limits.flows.max_half_open);
+            prop_assert!(w.tracker.ooo_bytes() <= limits.flows.ooo.limit() + limits.flows.tcp.max_ooo_bytes + 1500);
         }
         w.finish();
         prop_assert_eq!(w.counters().flows_open, 0);

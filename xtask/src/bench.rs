@@ -42,6 +42,9 @@ pub enum Which {
     /// Everything live: XDP, reassembly, parsers, uplink and detections at rising rates;
     /// DC frames lost, CPU per component, attack-to-alert time.
     E2e,
+    /// Peak memory under SYN, out-of-order, fragment and many-small-stream floods
+    /// (docs/bench-floods.md).
+    Floods,
 }
 
 /// Builds the release sensor; returns its path and the benchmarks' working directory.
@@ -60,6 +63,7 @@ pub fn run(env: &Env, which: Which) -> anyhow::Result<()> {
         Which::Parse => parse(env),
         Which::Uplink => crate::bench_uplink::run(env),
         Which::E2e => crate::bench_e2e::run(env),
+        Which::Floods => crate::bench_floods::run(env),
     }
 }
 

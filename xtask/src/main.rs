@@ -6,6 +6,7 @@
 mod appliance;
 mod bench;
 mod bench_e2e;
+mod bench_floods;
 mod bench_uplink;
 mod demo;
 mod eval;

@@ -16,23 +16,24 @@ use std::{
 };
 
 use super::Fragment;
+use crate::budget::Budget;
 
 /// Largest upper-layer payload an IP datagram can carry (IPv4 total length is 16 bits).
 pub const MAX_DATAGRAM: usize = 65_535;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct DefragLimits {
     /// Datagrams being reassembled at once; the oldest is dropped to make room.
     pub max_pending: usize,
-    /// Bytes held for incomplete datagrams, summed.
-    pub max_bytes: usize,
+    /// Bytes held for incomplete datagrams, summed over every worker sharing it.
+    pub bytes: Budget,
     /// A datagram not completed within this (capture) time is dropped. Windows uses 60 s.
     pub timeout: Duration,
 }
 
 impl Default for DefragLimits {
     fn default() -> Self {
-        Self { max_pending: 4096, max_bytes: 16 << 20, timeout: Duration::from_secs(60) }
+        Self { max_pending: 4096, bytes: Budget::new(16 << 20), timeout: Duration::from_secs(60) }
     }
 }
 
@@ -161,7 +162,9 @@ impl Defragmenter {
         }
         let key = Key { src: frag.src, dst: frag.dst, protocol: frag.protocol, id: frag.id };
         if !self.pending.contains_key(&key) {
-            while self.pending.len() >= self.limits.max_pending || self.bytes + end > self.limits.max_bytes {
+            while self.pending.len() >= self.limits.max_pending
+                || self.limits.bytes.used().saturating_add(end) > self.limits.bytes.limit()
+            {
                 if !self.evict_oldest() {
                     break;
                 }
@@ -188,15 +191,17 @@ impl Defragmenter {
         } else if overlapped {
             self.counters.overlaps_identical += 1;
         }
-        self.bytes += p.data.len() - before;
-        if !p.complete() {
-            // A growing datagram can push the total over the limit too; the oldest go first,
-            // possibly this one.
-            while self.bytes > self.limits.max_bytes && self.evict_oldest() {}
+        let grown = p.data.len() - before;
+        let complete = p.complete();
+        self.hold(grown);
+        if !complete {
+            // A growing datagram can push the total over the limit too; this worker's
+            // oldest go first, possibly this one.
+            while self.limits.bytes.exhausted() && self.evict_oldest() {}
             return None;
         }
         let p = self.pending.remove(&key)?;
-        self.bytes -= p.data.len();
+        self.release(p.data.len());
         self.counters.reassembled += 1;
         Some(Datagram { src: frag.src, dst: frag.dst, vlan: frag.vlan, protocol: frag.protocol, payload: p.data })
     }
@@ -204,7 +209,7 @@ impl Defragmenter {
     fn evict_oldest(&mut self) -> bool {
         while let Some((_, key)) = self.order.pop_front() {
             if let Some(p) = self.pending.remove(&key) {
-                self.bytes -= p.data.len();
+                self.release(p.data.len());
                 self.counters.evicted += 1;
                 return true;
             }
@@ -222,7 +227,7 @@ impl Defragmenter {
             if let Some(p) = self.pending.get(&key) {
                 if p.started == started {
                     let p = self.pending.remove(&key).expect("present");
-                    self.bytes -= p.data.len();
+                    self.release(p.data.len());
                     self.counters.timed_out += 1;
                 }
             }
@@ -235,6 +240,23 @@ impl Defragmenter {
 
     pub fn bytes_held(&self) -> usize {
         self.bytes
+    }
+
+    fn hold(&mut self, n: usize) {
+        self.bytes += n;
+        self.limits.bytes.take(n);
+    }
+
+    fn release(&mut self, n: usize) {
+        self.bytes -= n;
+        self.limits.bytes.give(n);
+    }
+}
+
+impl Drop for Defragmenter {
+    /// What this worker held is given back to the budget the others share.
+    fn drop(&mut self) {
+        self.limits.bytes.give(self.bytes);
     }
 }
 
@@ -295,7 +317,7 @@ mod tests {
 
     #[test]
     fn incomplete_datagrams_time_out_and_limits_evict_the_oldest() {
-        let mut d = Defragmenter::new(DefragLimits { max_pending: 2, max_bytes: 1 << 20, timeout: t(60) });
+        let mut d = Defragmenter::new(DefragLimits { max_pending: 2, bytes: Budget::new(1 << 20), timeout: t(60) });
         d.push(t(0), &frag(1, 0, true, &[0; 8]));
         d.push(t(1), &frag(2, 0, true, &[0; 8]));
         d.push(t(2), &frag(3, 0, true, &[0; 8]));
@@ -310,7 +332,7 @@ mod tests {
 
     #[test]
     fn byte_limit_holds_and_impossible_fragments_are_refused() {
-        let mut d = Defragmenter::new(DefragLimits { max_pending: 100, max_bytes: 64, timeout: t(60) });
+        let mut d = Defragmenter::new(DefragLimits { max_pending: 100, bytes: Budget::new(64), timeout: t(60) });
         for id in 0..10 {
             d.push(t(0), &frag(id, 0, true, &[0; 24]));
             assert!(d.bytes_held() <= 64);

@@ -76,13 +76,15 @@ crate::counter_set! {
 pub enum FlowState {
     #[default]
     Unclassified,
+    // Boxed, as the other protocols' state: an entry of the flow table is as large as its
+    // largest variant, and most flows (and every flow of a SYN flood) never get one.
     Kerberos {
-        to_server: kerberos::TcpFramer,
-        to_client: kerberos::TcpFramer,
+        to_server: Box<kerberos::TcpFramer>,
+        to_client: Box<kerberos::TcpFramer>,
     },
     Dns {
-        to_server: dns::TcpFramer,
-        to_client: dns::TcpFramer,
+        to_server: Box<dns::TcpFramer>,
+        to_client: Box<dns::TcpFramer>,
     },
     Ldap(Box<LdapFlow>),
     Smb2(Box<Smb2Flow>),
@@ -1152,6 +1154,18 @@ impl StreamConsumer for Analyzer {
 
     fn finish(&mut self) {
         self.sink.flush();
+    }
+
+    /// Sessions whose later events are named or understood only through what the sensor
+    /// saw at their start: an SMB session's setup, an RPC association's bind and auth, an
+    /// LDAP bind. Evicting one would leave a DCSync on it without its interface or account.
+    fn keeps(&self, state: &FlowState) -> bool {
+        match state {
+            FlowState::DceRpc(c) => !c.contexts.is_empty() || c.identity.is_some(),
+            FlowState::Smb2(f) => !f.sessions.is_empty() || !f.pipes.is_empty(),
+            FlowState::Ldap(f) => f.bound.is_some(),
+            _ => false,
+        }
     }
 
     fn event(&mut self, flow: &FlowMeta, state: &mut FlowState, event: StreamEvent<'_>) {

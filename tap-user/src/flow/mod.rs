@@ -3,9 +3,16 @@
 //! datagrams passed on, and every flow ends in exactly one `Closed` event: FIN, RST, idle
 //! timeout, eviction for room, or shutdown.
 //!
-//! Memory is bounded by the flow count (oldest idle evicted first), per-direction
-//! out-of-order limits, and a global out-of-order byte budget. Time is capture time (the
-//! frames' timestamps), so a capture file behaves like live traffic.
+//! Conversations not established yet (a SYN, data from one side only, an unanswered
+//! datagram) live in a table of their own: a flood of spoofed SYNs or unanswered segments
+//! evicts only its own kind, never a session that carries authentication or RPC. Among
+//! established conversations the longest idle goes first, except that one the consumer
+//! says it needs (an authenticated session, an RPC association with its interface) is
+//! passed over while others can go.
+//!
+//! Memory is bounded by the two flow counts, per-direction out-of-order limits, and an
+//! out-of-order byte budget shared by every worker. Time is capture time (the frames'
+//! timestamps), so a capture file behaves like live traffic.
 
 pub mod tcp;
 
@@ -16,7 +23,10 @@ use std::{
 
 use lru::LruCache;
 
-use crate::decode::{Packet, L4};
+use crate::{
+    budget::Budget,
+    decode::{Packet, L4},
+};
 use tcp::{Chunk, HalfStream, TcpCounters, TcpLimits};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -131,26 +141,45 @@ pub trait StreamConsumer {
 
     /// Every flow is closed and no packet follows (end of a capture file, or shutdown).
     fn finish(&mut self) {}
+
+    /// Whether losing this conversation's state would blind the sensor to what follows on
+    /// it (an authenticated session, an RPC association whose interface is known): such
+    /// flows are evicted last.
+    fn keeps(&self, _state: &Self::State) -> bool {
+        false
+    }
 }
 
-#[derive(Clone, Copy, Debug)]
+/// Longest idle established flows passed over for one eviction when the consumer keeps
+/// them; past that the longest idle goes whatever it is.
+const MAX_KEPT_PER_EVICTION: usize = 16;
+
+#[derive(Clone, Debug)]
 pub struct FlowLimits {
+    /// Established conversations (both ends sent data) tracked at once by one tracker.
     pub max_flows: usize,
+    /// Conversations not established yet tracked at once by one tracker.
+    pub max_half_open: usize,
     pub tcp_idle: Duration,
     pub udp_idle: Duration,
+    /// A conversation not established within this is given up (a SYN nobody answered, a
+    /// request never replied to).
+    pub half_open_idle: Duration,
     pub tcp: TcpLimits,
-    /// Out-of-order bytes held across all flows of one tracker.
-    pub max_ooo_bytes_total: usize,
+    /// Out-of-order bytes held across all flows of every tracker sharing it.
+    pub ooo: Budget,
 }
 
 impl Default for FlowLimits {
     fn default() -> Self {
         Self {
-            max_flows: 262_144,
+            max_flows: 131_072,
+            max_half_open: 32_768,
             tcp_idle: Duration::from_secs(600),
             udp_idle: Duration::from_secs(60),
+            half_open_idle: Duration::from_secs(60),
             tcp: TcpLimits::default(),
-            max_ooo_bytes_total: 64 << 20,
+            ooo: Budget::new(32 << 20),
         }
     }
 }
@@ -161,8 +190,16 @@ crate::counter_set! {
         closed_fin,
         closed_rst,
         idle_timeout,
-        /// Flows evicted (oldest idle first) to stay within the flow limit.
+        /// Established flows evicted (oldest idle first) to stay within the flow limit.
         evicted,
+        /// Flows not established yet evicted for others of their kind (SYN and unanswered
+        /// floods end here).
+        half_open_evicted,
+        /// Established flows passed over for eviction because their state was needed.
+        kept_from_eviction,
+        /// Out-of-order segments given up at once because the budget all workers share was
+        /// spent.
+        ooo_budget_gaps,
         /// UDP request/response flows closed at their answer (DNS, Kerberos).
         closed_answered,
         closed_at_shutdown,
@@ -178,14 +215,26 @@ struct Flow<S> {
     meta: FlowMeta,
     /// Whether the client is the key's `lo` end.
     client_is_lo: bool,
+    /// Which ends sent data (TCP payload or a datagram): both, and the flow is established.
+    client_sent: bool,
+    server_sent: bool,
     to_server: HalfStream,
     to_client: HalfStream,
     reset: bool,
     state: S,
 }
 
+impl<S> Flow<S> {
+    fn established(&self) -> bool {
+        self.client_sent && self.server_sent
+    }
+}
+
 pub struct FlowTracker<C: StreamConsumer> {
+    /// Established flows, in last-activity order.
     table: LruCache<FlowKey, Flow<C::State>>,
+    /// Flows not established yet, in last-activity order.
+    half_open: LruCache<FlowKey, Flow<C::State>>,
     pub consumer: C,
     limits: FlowLimits,
     pub counters: FlowCounters,
@@ -234,6 +283,7 @@ impl<C: StreamConsumer> FlowTracker<C> {
     pub fn new(consumer: C, limits: FlowLimits) -> Self {
         Self {
             table: LruCache::unbounded(),
+            half_open: LruCache::unbounded(),
             consumer,
             limits,
             counters: FlowCounters::default(),
@@ -245,11 +295,16 @@ impl<C: StreamConsumer> FlowTracker<C> {
     }
 
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.table.len() + self.half_open.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.table.is_empty() && self.half_open.is_empty()
+    }
+
+    /// Flows not established yet.
+    pub fn half_open_len(&self) -> usize {
+        self.half_open.len()
     }
 
     /// Out-of-order bytes held across all flows.
@@ -268,98 +323,103 @@ impl<C: StreamConsumer> FlowTracker<C> {
         };
         let (src, dst) = (SocketAddr::new(p.src, sp), SocketAddr::new(p.dst, dp));
         let (key, src_is_lo) = FlowKey::of(src, dst, transport);
+        // Established flows first, with one lookup: most packets are theirs.
+        let Self { table, consumer, limits, counters, tcp_counters, ooo_total, .. } = self;
+        if let Some(flow) = table.get_mut(&key) {
+            let done = feed(flow, p, src_is_lo, ts, consumer, limits, counters, tcp_counters, ooo_total);
+            if done {
+                if let Some(flow) = self.table.pop(&key) {
+                    self.ended(flow);
+                }
+            }
+            return;
+        }
         // A bare ACK, FIN or RST of a conversation not (or no longer) tracked, such as the
         // last ACK after both FINs, does not open a flow: only a SYN or data does.
         let opens = !matches!(&p.l4, L4::Tcp(t) if !t.flags.syn() && t.payload.is_empty());
-        if opens && self.table.len() >= self.limits.max_flows && !self.table.contains(&key) {
-            if let Some((_, flow)) = self.table.pop_lru() {
-                self.counters.evicted += 1;
-                self.close(flow, CloseReason::Evicted);
+        if !self.half_open.contains(&key) {
+            if !opens {
+                self.counters.segments_without_flow += 1;
+                return;
             }
-        }
-        // One lookup per packet (this is the hottest table of the sensor).
-        let Self { table, counters, next_id, consumer, limits, tcp_counters, ooo_total, .. } = self;
-        let flow = if opens {
-            table.get_or_insert_mut(key, || {
-                let server_is_src = src_is_server(p);
-                let (client, server) = if server_is_src { (dst, src) } else { (src, dst) };
-                let meta =
-                    FlowMeta { id: *next_id, client, server, transport, vlan: p.vlan, first_seen: ts, last_seen: ts };
-                *next_id += 1;
-                counters.created += 1;
+            if self.half_open.len() >= self.limits.max_half_open.max(1) {
+                if let Some((_, flow)) = self.half_open.pop_lru() {
+                    self.counters.half_open_evicted += 1;
+                    self.close(flow, CloseReason::Evicted);
+                }
+            }
+            let server_is_src = src_is_server(p);
+            let (client, server) = if server_is_src { (dst, src) } else { (src, dst) };
+            let meta =
+                FlowMeta { id: self.next_id, client, server, transport, vlan: p.vlan, first_seen: ts, last_seen: ts };
+            self.next_id += 1;
+            self.counters.created += 1;
+            self.half_open.put(
+                key,
                 Flow {
                     meta,
                     client_is_lo: src_is_lo != server_is_src,
+                    client_sent: false,
+                    server_sent: false,
                     to_server: HalfStream::default(),
                     to_client: HalfStream::default(),
                     reset: false,
                     state: C::State::default(),
-                }
-            })
-        } else {
-            match table.get_mut(&key) {
-                Some(flow) => flow,
-                None => {
-                    counters.segments_without_flow += 1;
-                    return;
-                }
-            }
-        };
-        flow.meta.last_seen = ts;
-        let dir = if src_is_lo == flow.client_is_lo { Direction::ToServer } else { Direction::ToClient };
-        let done = match &p.l4 {
-            L4::Udp { payload, .. } => {
-                counters.udp_datagrams += 1;
-                consumer.event(&flow.meta, &mut flow.state, StreamEvent::Datagram { dir, data: payload });
-                dir == Direction::ToClient && consumer.answer_ends_flow(&flow.meta)
-            }
-            L4::Tcp(seg) => {
-                let Flow { meta, to_server, to_client, state, reset, .. } = flow;
-                let (half, other, other_dir) = if dir == Direction::ToServer {
-                    (&mut *to_server, &mut *to_client, Direction::ToClient)
-                } else {
-                    (&mut *to_client, &mut *to_server, Direction::ToServer)
-                };
-                let before = half.ooo_bytes() + other.ooo_bytes();
-                half.segment(seg, &limits.tcp, *ooo_total >= limits.max_ooo_bytes_total, tcp_counters, &mut |chunk| {
-                    match chunk {
-                        Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir, data }),
-                        Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir, len }),
-                    }
-                });
-                if seg.flags.ack() {
-                    other.acked(seg.ack, tcp_counters, &mut |chunk| match chunk {
-                        Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir: other_dir, data }),
-                        Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir: other_dir, len }),
-                    });
-                }
-                *ooo_total = *ooo_total + half.ooo_bytes() + other.ooo_bytes() - before;
-                if seg.flags.rst() {
-                    *reset = true;
-                }
-                *reset || (to_server.finished() && to_client.finished())
-            }
-        };
-        counters.peak = counters.peak.max(table.len() as u64);
+                },
+            );
+        }
+        let Self { half_open, consumer, limits, counters, tcp_counters, ooo_total, .. } = self;
+        let Some(flow) = half_open.get_mut(&key) else { return };
+        let done = feed(flow, p, src_is_lo, ts, consumer, limits, counters, tcp_counters, ooo_total);
+        let established = flow.established();
         if done {
-            if let Some(flow) = self.table.pop(&key) {
-                let reason = match (transport, flow.reset) {
-                    (Transport::Udp, _) => CloseReason::Answered,
-                    (Transport::Tcp, true) => CloseReason::Reset,
-                    (Transport::Tcp, false) => CloseReason::Fin,
-                };
-                match reason {
-                    CloseReason::Answered => self.counters.closed_answered += 1,
-                    CloseReason::Reset => self.counters.closed_rst += 1,
-                    _ => self.counters.closed_fin += 1,
-                }
-                self.close(flow, reason);
+            if let Some(flow) = self.half_open.pop(&key) {
+                self.ended(flow);
             }
+        } else if established {
+            if let Some(flow) = self.half_open.pop(&key) {
+                self.make_room();
+                self.table.put(key, flow);
+            }
+        }
+        self.counters.peak = self.counters.peak.max(self.len() as u64);
+    }
+
+    /// Closes a flow that ended on its own (FIN, RST, answered), counting why.
+    fn ended(&mut self, flow: Flow<C::State>) {
+        let reason = match (flow.meta.transport, flow.reset) {
+            (Transport::Udp, _) => CloseReason::Answered,
+            (Transport::Tcp, true) => CloseReason::Reset,
+            (Transport::Tcp, false) => CloseReason::Fin,
+        };
+        match reason {
+            CloseReason::Answered => self.counters.closed_answered += 1,
+            CloseReason::Reset => self.counters.closed_rst += 1,
+            _ => self.counters.closed_fin += 1,
+        }
+        self.close(flow, reason);
+    }
+
+    /// Evicts established flows until one more fits: the longest idle first, passing over
+    /// (a bounded number of) those the consumer keeps.
+    fn make_room(&mut self) {
+        let mut passed_over = 0;
+        while self.table.len() >= self.limits.max_flows.max(1) {
+            let Some((key, flow)) = self.table.pop_lru() else { break };
+            if passed_over < MAX_KEPT_PER_EVICTION && self.consumer.keeps(&flow.state) {
+                self.table.put(key, flow);
+                passed_over += 1;
+                self.counters.kept_from_eviction += 1;
+                continue;
+            }
+            self.counters.evicted += 1;
+            self.close(flow, CloseReason::Evicted);
         }
     }
 
-    /// Closes flows idle longer than their timeout. The LRU order is last-activity order,
-    /// so only the oldest end of the table is looked at.
+    /// Closes flows idle longer than their timeout. Each table's LRU order is its
+    /// last-activity order, so only the oldest end of each is looked at (a flow passed over
+    /// for eviction sits among newer ones and times out when it reaches that end).
     fn expire_idle(&mut self) {
         while let Some((_, flow)) = self.table.peek_lru() {
             let idle = match flow.meta.transport {
@@ -373,6 +433,18 @@ impl<C: StreamConsumer> FlowTracker<C> {
             self.counters.idle_timeout += 1;
             self.close(flow, CloseReason::IdleTimeout);
         }
+        while let Some((_, flow)) = self.half_open.peek_lru() {
+            let idle = match flow.meta.transport {
+                Transport::Tcp => self.limits.tcp_idle.min(self.limits.half_open_idle),
+                Transport::Udp => self.limits.udp_idle.min(self.limits.half_open_idle),
+            };
+            if self.now.saturating_sub(flow.meta.last_seen) < idle {
+                break;
+            }
+            let (_, flow) = self.half_open.pop_lru().expect("peeked");
+            self.counters.idle_timeout += 1;
+            self.close(flow, CloseReason::IdleTimeout);
+        }
     }
 
     fn close(&mut self, mut flow: Flow<C::State>, reason: CloseReason) {
@@ -380,6 +452,7 @@ impl<C: StreamConsumer> FlowTracker<C> {
         let consumer = &mut self.consumer;
         for (dir, half) in [(Direction::ToServer, to_server), (Direction::ToClient, to_client)] {
             self.ooo_total -= half.ooo_bytes();
+            self.limits.ooo.give(half.ooo_bytes());
             half.flush(&mut self.tcp_counters, &mut |chunk| match chunk {
                 Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir, data }),
                 Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir, len }),
@@ -390,7 +463,7 @@ impl<C: StreamConsumer> FlowTracker<C> {
 
     /// Closes every flow (end of a capture file, or the sensor stopping).
     pub fn finish(&mut self) {
-        while let Some((_, flow)) = self.table.pop_lru() {
+        while let Some((_, flow)) = self.table.pop_lru().or_else(|| self.half_open.pop_lru()) {
             self.counters.closed_at_shutdown += 1;
             self.close(flow, CloseReason::Shutdown);
         }
@@ -401,6 +474,72 @@ impl<C: StreamConsumer> FlowTracker<C> {
     pub fn tick(&mut self, now: Duration) {
         self.now = self.now.max(now);
         self.expire_idle();
+    }
+}
+
+/// Hands one packet to its flow's reassembly and consumer; whether the flow ended (both
+/// FINs delivered, a RST, or a datagram that answers).
+#[allow(clippy::too_many_arguments)]
+fn feed<C: StreamConsumer>(
+    flow: &mut Flow<C::State>,
+    p: &Packet<'_>,
+    src_is_lo: bool,
+    ts: Duration,
+    consumer: &mut C,
+    limits: &FlowLimits,
+    counters: &mut FlowCounters,
+    tcp_counters: &mut TcpCounters,
+    ooo_total: &mut usize,
+) -> bool {
+    flow.meta.last_seen = ts;
+    let dir = if src_is_lo == flow.client_is_lo { Direction::ToServer } else { Direction::ToClient };
+    let sent = match &p.l4 {
+        L4::Udp { .. } => true,
+        L4::Tcp(seg) => !seg.payload.is_empty(),
+    };
+    if sent {
+        match dir {
+            Direction::ToServer => flow.client_sent = true,
+            Direction::ToClient => flow.server_sent = true,
+        }
+    }
+    match &p.l4 {
+        L4::Udp { payload, .. } => {
+            counters.udp_datagrams += 1;
+            consumer.event(&flow.meta, &mut flow.state, StreamEvent::Datagram { dir, data: payload });
+            dir == Direction::ToClient && consumer.answer_ends_flow(&flow.meta)
+        }
+        L4::Tcp(seg) => {
+            let Flow { meta, to_server, to_client, state, reset, .. } = flow;
+            let (half, other, other_dir) = if dir == Direction::ToServer {
+                (&mut *to_server, &mut *to_client, Direction::ToClient)
+            } else {
+                (&mut *to_client, &mut *to_server, Direction::ToServer)
+            };
+            let before = half.ooo_bytes() + other.ooo_bytes();
+            let budget_spent = limits.ooo.exhausted();
+            let overflows = tcp_counters.ooo_overflows;
+            half.segment(seg, &limits.tcp, budget_spent, tcp_counters, &mut |chunk| match chunk {
+                Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir, data }),
+                Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir, len }),
+            });
+            if budget_spent && tcp_counters.ooo_overflows > overflows {
+                counters.ooo_budget_gaps += 1;
+            }
+            if seg.flags.ack() {
+                other.acked(seg.ack, tcp_counters, &mut |chunk| match chunk {
+                    Chunk::Data(data) => consumer.event(meta, state, StreamEvent::Data { dir: other_dir, data }),
+                    Chunk::Gap(len) => consumer.event(meta, state, StreamEvent::Gap { dir: other_dir, len }),
+                });
+            }
+            let after = half.ooo_bytes() + other.ooo_bytes();
+            *ooo_total = *ooo_total + after - before;
+            limits.ooo.adjust(before, after);
+            if seg.flags.rst() {
+                *reset = true;
+            }
+            *reset || (to_server.finished() && to_client.finished())
+        }
     }
 }
 
@@ -543,13 +682,14 @@ mod tests {
 
     #[test]
     fn idle_flows_time_out_in_capture_time_and_the_oldest_is_evicted_for_room() {
-        let limits = FlowLimits { max_flows: 2, tcp_idle: Duration::from_secs(10), ..FlowLimits::default() };
+        let limits =
+            FlowLimits { max_flows: 2, max_half_open: 2, tcp_idle: Duration::from_secs(10), ..FlowLimits::default() };
         let mut ft = FlowTracker::new(Log::default(), limits);
         ft.packet(t(0), &tcp("10.0.0.1:40000", S, 1, ACK, b"a", None));
         ft.packet(t(1), &tcp("10.0.0.2:40000", S, 1, ACK, b"b", None));
         ft.packet(t(2), &tcp("10.0.0.1:40000", S, 2, ACK, b"c", None));
         ft.packet(t(3), &tcp("10.0.0.3:40000", S, 1, ACK, b"d", None));
-        assert_eq!(ft.counters.evicted, 1);
+        assert_eq!(ft.counters.half_open_evicted, 1, "one-sided flows evict their own kind");
         assert!(
             ft.consumer.0.iter().any(|e| e.starts_with("10.0.0.2:40000") && e.contains("closed Evicted")),
             "{:?}",
@@ -640,14 +780,89 @@ mod tests {
 
     #[test]
     fn global_out_of_order_budget_forces_gaps() {
-        let limits = FlowLimits { max_ooo_bytes_total: 4, ..FlowLimits::default() };
+        // Two trackers (two workers) share one budget.
+        let limits = FlowLimits { ooo: Budget::new(4), ..FlowLimits::default() };
+        let mut first = FlowTracker::new(Log::default(), limits.clone());
+        let mut second = FlowTracker::new(Log::default(), limits.clone());
+        first.packet(t(0), &tcp("10.0.0.1:40000", S, 0, SYN, b"", None));
+        second.packet(t(0), &tcp("10.0.0.2:40000", S, 0, SYN, b"", None));
+        first.packet(t(1), &tcp("10.0.0.1:40000", S, 10, ACK, b"xxxx", None));
+        assert_eq!((first.ooo_bytes(), limits.ooo.used()), (4, 4));
+        second.packet(t(2), &tcp("10.0.0.2:40000", S, 10, ACK, b"yy", None));
+        assert_eq!(second.tcp_counters.ooo_overflows, 1, "the other worker may not hold more");
+        assert_eq!(second.counters.ooo_budget_gaps, 1);
+        assert_eq!(limits.ooo.used(), 4);
+        first.finish();
+        second.finish();
+        assert_eq!(limits.ooo.used(), 0, "given back when the flows close");
+    }
+
+    /// A flood of spoofed SYNs (and the DC's SYN-ACKs), of segments from one side, or of
+    /// unanswered datagrams fills the table of flows not established yet and evicts only
+    /// from it: established sessions keep their state whatever the flood's size.
+    #[test]
+    fn half_open_floods_never_evict_established_flows() {
+        let limits = FlowLimits { max_flows: 4, max_half_open: 8, ..FlowLimits::default() };
         let mut ft = FlowTracker::new(Log::default(), limits);
-        ft.packet(t(0), &tcp("10.0.0.1:40000", S, 0, SYN, b"", None));
-        ft.packet(t(0), &tcp("10.0.0.2:40000", S, 0, SYN, b"", None));
-        ft.packet(t(1), &tcp("10.0.0.1:40000", S, 10, ACK, b"xxxx", None));
-        assert_eq!(ft.ooo_bytes(), 4);
-        ft.packet(t(2), &tcp("10.0.0.2:40000", S, 10, ACK, b"yy", None));
-        assert_eq!(ft.tcp_counters.ooo_overflows, 1, "the second flow may not hold more");
-        assert!(ft.ooo_bytes() <= 4);
+        let client = |i: u32| format!("10.1.{}.{}:{}", i / 250, i % 250, 40000 + i % 1000);
+        for i in 0..3 {
+            ft.packet(t(0), &tcp(&client(i), S, 100, SYN, b"", None));
+            ft.packet(t(0), &tcp(S, &client(i), 500, SYNACK, b"", None));
+            ft.packet(t(1), &tcp(&client(i), S, 101, ACK, b"bind", None));
+            ft.packet(t(1), &tcp(S, &client(i), 501, ACK, b"bind_ack", None));
+        }
+        assert_eq!((ft.len(), ft.half_open_len()), (3, 0));
+        for i in 1000..11_000 {
+            ft.packet(t(2), &tcp(&client(i), S, 7, SYN, b"", None));
+            ft.packet(t(2), &tcp(S, &client(i), 9, SYNACK, b"", None));
+            ft.packet(t(2), &tcp(&format!("10.9.{}.{}:5000", i / 250, i % 250), S, 1, ACK, b"one side", None));
+        }
+        assert_eq!(ft.half_open_len(), 8);
+        assert_eq!(ft.counters.half_open_evicted, 20_000 - 8);
+        assert_eq!(ft.counters.evicted, 0);
+        for i in 0..3 {
+            ft.packet(t(3), &tcp(&client(i), S, 105, ACK, b"call", None));
+        }
+        ft.finish();
+        for i in 0..3 {
+            let events: Vec<_> = ft.consumer.0.iter().filter(|e| e.starts_with(&client(i))).collect();
+            assert!(events.iter().any(|e| e.ends_with("ToServer call")), "{events:?}");
+            assert!(events.iter().any(|e| e.contains("closed Shutdown after 3 events")), "{events:?}");
+        }
+    }
+
+    /// Among established flows the longest idle goes first, but one the consumer keeps
+    /// (an authenticated session) is passed over while others can go.
+    #[test]
+    fn flows_the_consumer_keeps_are_evicted_last() {
+        #[derive(Default)]
+        struct Keeper(Vec<String>);
+        impl StreamConsumer for Keeper {
+            type State = bool;
+            fn event(&mut self, flow: &FlowMeta, state: &mut bool, event: StreamEvent<'_>) {
+                if let StreamEvent::Data { data, .. } = event {
+                    *state |= data == b"authenticated";
+                }
+                if let StreamEvent::Closed(r) = event {
+                    self.0.push(format!("{} {r:?}", flow.client));
+                }
+            }
+            fn keeps(&self, state: &bool) -> bool {
+                *state
+            }
+        }
+        let limits = FlowLimits { max_flows: 3, ..FlowLimits::default() };
+        let mut ft = FlowTracker::new(Keeper::default(), limits);
+        let open = |ft: &mut FlowTracker<Keeper>, c: &str, ms: u64, what: &[u8]| {
+            ft.packet(t(ms), &tcp(c, S, 1, ACK, what, None));
+            ft.packet(t(ms), &tcp(S, c, 1, ACK, b"ok", None));
+        };
+        open(&mut ft, "10.0.0.1:40000", 0, b"authenticated");
+        open(&mut ft, "10.0.0.2:40000", 1, b"anonymous");
+        open(&mut ft, "10.0.0.3:40000", 2, b"anonymous");
+        open(&mut ft, "10.0.0.4:40000", 3, b"anonymous");
+        open(&mut ft, "10.0.0.5:40000", 4, b"anonymous");
+        assert_eq!(ft.consumer.0, ["10.0.0.2:40000 Evicted", "10.0.0.3:40000 Evicted"]);
+        assert_eq!(ft.counters.kept_from_eviction, 1, "passed over once, it is no longer the longest idle");
     }
 }

@@ -20,6 +20,7 @@ use crossbeam_channel::{bounded, Sender};
 use etherparse::{LaxNetSlice, LaxSlicedPacket};
 
 use crate::{
+    budget::Budget,
     decode::{
         decode, decode_l4,
         defrag::{DefragCounters, DefragLimits, Defragmenter},
@@ -62,6 +63,9 @@ pub struct PipelineCounters {
     pub tcp: TcpCounters,
     /// Flows open now, summed over workers.
     pub flows_open: u64,
+    /// The budgets every worker shares (one each, not summed): see
+    /// [`PipelineOptions::budget_rows`].
+    pub budgets: Vec<(&'static str, u64)>,
 }
 
 impl PipelineCounters {
@@ -79,22 +83,47 @@ impl PipelineCounters {
         write_rows(out, "defrag", &self.defrag.rows())?;
         write_rows(out, "flow", &self.flow.rows())?;
         write_rows(out, "flow", &[("open", self.flows_open)])?;
-        write_rows(out, "tcp", &self.tcp.rows())
+        write_rows(out, "tcp", &self.tcp.rows())?;
+        write_rows(out, "budget", &self.budgets)
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PipelineOptions {
     pub workers: usize,
     pub flows: FlowLimits,
     pub defrag: DefragLimits,
+    /// Partial protocol records held by the parsers' framers, over every worker.
+    pub streams: Budget,
     /// Work items queued per worker before the dispatcher waits.
     pub queue_depth: usize,
 }
 
+impl PipelineOptions {
+    /// What the budgets shared by every worker hold and had to refuse (read once, not per
+    /// worker: they are one each).
+    pub fn budget_rows(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("ooo_held_bytes", self.flows.ooo.used() as u64),
+            ("ooo_limit_bytes", self.flows.ooo.limit() as u64),
+            ("stream_held_bytes", self.streams.used() as u64),
+            ("stream_refused_bytes", self.streams.refused()),
+            ("stream_limit_bytes", self.streams.limit() as u64),
+            ("defrag_held_bytes", self.defrag.bytes.used() as u64),
+            ("defrag_limit_bytes", self.defrag.bytes.limit() as u64),
+        ]
+    }
+}
+
 impl Default for PipelineOptions {
     fn default() -> Self {
-        Self { workers: 1, flows: FlowLimits::default(), defrag: DefragLimits::default(), queue_depth: 64 }
+        Self {
+            workers: 1,
+            flows: FlowLimits::default(),
+            defrag: DefragLimits::default(),
+            streams: Budget::new(32 << 20),
+            queue_depth: 64,
+        }
     }
 }
 
@@ -108,8 +137,8 @@ pub struct Worker<C: StreamConsumer> {
 impl<C: StreamConsumer> Worker<C> {
     pub fn new(consumer: C, opts: &PipelineOptions) -> Self {
         Self {
-            defrag: Defragmenter::new(opts.defrag),
-            tracker: FlowTracker::new(consumer, opts.flows),
+            defrag: Defragmenter::new(opts.defrag.clone()),
+            tracker: FlowTracker::new(consumer, opts.flows.clone()),
             decode: DecodeCounters::default(),
         }
     }
@@ -144,6 +173,7 @@ impl<C: StreamConsumer> Worker<C> {
             flow: self.tracker.counters.clone(),
             tcp: self.tracker.tcp_counters.clone(),
             flows_open: self.tracker.len() as u64,
+            budgets: Vec::new(),
         }
     }
 
@@ -193,6 +223,7 @@ pub struct Pipeline<C: StreamConsumer + Send + 'static> {
     queues: Vec<Sender<WorkItem>>,
     workers: Vec<JoinHandle<C>>,
     published: Vec<Arc<Mutex<PipelineCounters>>>,
+    opts: PipelineOptions,
 }
 
 impl<C> Pipeline<C>
@@ -209,10 +240,12 @@ where
             let (tx, rx) = bounded::<WorkItem>(opts.queue_depth);
             let shared = Arc::new(Mutex::new(PipelineCounters::default()));
             let worker_consumer = consumer(i);
-            let worker_opts = *opts;
+            // Clones share the budgets: one bound over every worker.
+            let worker_opts = opts.clone();
             let publish = Arc::clone(&shared);
             let handle = thread::Builder::new().name(format!("worker-{i}")).spawn(move || {
                 // Built on its own thread: flow state never crosses threads.
+                crate::budget::set_stream_budget(Some(worker_opts.streams.clone()));
                 let mut worker = Worker::new(worker_consumer, &worker_opts);
                 for item in rx {
                     let mut last = Duration::ZERO;
@@ -239,7 +272,7 @@ where
             workers.push(handle);
             published.push(shared);
         }
-        Ok(Self { queues, workers, published })
+        Ok(Self { queues, workers, published, opts: opts.clone() })
     }
 
     /// Hands a batch to the workers; waits while a worker's queue is full (a capture file
@@ -273,6 +306,7 @@ where
                 sum.merge(&c);
             }
         }
+        sum.budgets = self.opts.budget_rows();
         sum
     }
 
@@ -290,6 +324,7 @@ where
                 sum.merge(&c);
             }
         }
+        sum.budgets = self.opts.budget_rows();
         Ok((sum, consumers))
     }
 }

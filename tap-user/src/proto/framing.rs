@@ -5,6 +5,8 @@
 //! a record, and frames again from there. Each protocol supplies how to read its header
 //! and what a record start looks like.
 
+use crate::budget::{stream_budget, Budget};
+
 /// What a protocol's header says about the bytes at the start of a slice.
 pub enum Header {
     /// Not enough bytes to tell.
@@ -34,6 +36,10 @@ pub enum Framed<'a> {
 #[derive(Debug, Default)]
 pub struct Framer {
     buf: Vec<u8>,
+    /// The budget `buf`'s allocation is held against (the thread's stream budget when the
+    /// first partial record was kept), and how much of it.
+    budget: Option<Budget>,
+    held: usize,
     /// Bytes of an oversized record still to skip.
     skip: usize,
     lost: bool,
@@ -57,6 +63,14 @@ const MAX_SEEK_HOLD: usize = 256;
 
 /// How much of an oversized record is handed on (enough for any header).
 const OVERSIZED_HEAD: usize = 64;
+
+impl Drop for Framer {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.give(self.held);
+        }
+    }
+}
 
 impl Framer {
     /// Feeds bytes; `header` reads a record header; records longer than `max` bytes are
@@ -95,6 +109,7 @@ impl Framer {
             if at < data.len() {
                 self.buf.extend_from_slice(&data[at..]);
             }
+            self.account();
             return;
         }
         self.buf.extend_from_slice(data);
@@ -102,6 +117,35 @@ impl Framer {
         let at = self.records(&buf, max, &header, out);
         self.buf = buf;
         self.buf.drain(..at);
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+        self.account();
+    }
+
+    /// Holds the partial record's allocation against the stream budget all workers share;
+    /// when it is spent the partial record is let go as a gap would lose it (the framer
+    /// seeks the next record), and counted, so a flood of half-sent messages cannot grow
+    /// the sensor past its bound.
+    fn account(&mut self) {
+        let now = self.buf.capacity();
+        if now == self.held {
+            return;
+        }
+        if self.budget.is_none() {
+            self.budget = stream_budget();
+        }
+        let Some(budget) = &self.budget else { return };
+        if now < self.held {
+            budget.give(self.held - now);
+        } else if !budget.try_take(now - self.held) {
+            budget.refuse(self.buf.len());
+            budget.give(self.held);
+            self.held = 0;
+            self.gap();
+            return;
+        }
+        self.held = now;
     }
 
     /// Hands on the records at the start of `bytes`; returns how many bytes were used up
@@ -152,6 +196,10 @@ impl Framer {
     /// until `resume`, or until `seek` finds a record start in what follows.
     pub fn gap(&mut self) {
         self.buf = Vec::new();
+        if let Some(budget) = &self.budget {
+            budget.give(self.held);
+        }
+        self.held = 0;
         self.skip = 0;
         self.lost = true;
         self.seeking = Some(Vec::new());
@@ -226,6 +274,37 @@ mod tests {
             });
         }
         (out, f.lost())
+    }
+
+    /// Partial records held by any framer count against the stream budget of the workers;
+    /// when it is spent a framer lets its partial record go and seeks the next one, and
+    /// what each held is given back when it completes or the framer goes.
+    #[test]
+    fn partial_records_are_held_against_the_shared_budget() {
+        // Records of up to 255 bytes, none over the limit.
+        let header = |b: &[u8]| match b.first() {
+            None => Header::Incomplete,
+            Some(&n) => Header::Record { header: 1, total: 1 + n as usize },
+        };
+        let budget = Budget::new(300);
+        crate::budget::set_stream_budget(Some(budget.clone()));
+        let mut got = 0;
+        let mut push =
+            |f: &mut Framer, data: &[u8]| f.push(data, 1000, header, |_: &[u8]| Start::Yes, &mut |_| got += 1);
+        let mut first = Framer::default();
+        let mut second = Framer::default();
+        push(&mut first, &[200; 150]);
+        assert!(budget.used() >= 150 && budget.used() <= 300, "{}", budget.used());
+        push(&mut second, &[250; 200]);
+        assert!(second.seeking(), "no room left: the partial record is let go");
+        assert_eq!(budget.refused(), 200);
+        push(&mut first, &[0; 51]);
+        assert_eq!(budget.used(), 0, "complete: nothing held");
+        push(&mut first, &[100; 60]);
+        assert!(budget.used() > 0);
+        drop(first);
+        assert_eq!(budget.used(), 0, "given back with the framer");
+        crate::budget::set_stream_budget(None);
     }
 
     #[test]

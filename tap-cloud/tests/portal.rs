@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::{
     body::Body,
-    http::{header, Request, StatusCode},
+    http::{header, HeaderMap, Request, StatusCode},
 };
 use tap_cloud::{
     detect::Alert,
@@ -124,6 +124,23 @@ impl Client {
         (status, location.unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()), cookies)
     }
 
+    /// The whole answer: status, headers and body.
+    async fn answer(&self, method: &str, uri: &str, body: Option<(&str, String)>) -> (StatusCode, HeaderMap, String) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(c) = &self.cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        let req = match body {
+            Some((ctype, b)) => req.header(header::CONTENT_TYPE, ctype).body(Body::from(b)),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap();
+        (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     async fn login(app: &axum::Router, user: &str, password: &str) -> (StatusCode, Client) {
         let c = Client { app: app.clone(), cookie: None };
         let form = format!("username={user}&password={password}");
@@ -140,7 +157,8 @@ impl Client {
 }
 
 fn csrf_of(page: &str) -> String {
-    let at = page.find("name=csrf value=\"").expect("a CSRF field") + "name=csrf value=\"".len();
+    let field = "name=\"csrf\" value=\"";
+    let at = page.find(field).expect("a CSRF field") + field.len();
     page[at..].split('"').next().unwrap().to_string()
 }
 
@@ -545,4 +563,123 @@ async fn signing_out_needs_the_csrf_token_and_ends_the_session_on_the_server() {
     let (status, _, cookies) =
         c.send("POST", "/login", Some(("application/x-www-form-urlencoded", "username=ana".into())), None).await;
     assert!(status.is_client_error() && cookies.is_empty(), "{status} {cookies:?}");
+}
+
+/// The directives of a Content-Security-Policy, each with its sources.
+fn csp_directives(policy: &str) -> std::collections::HashMap<String, Vec<String>> {
+    policy
+        .split(';')
+        .filter_map(|d| {
+            let mut words = d.split_whitespace();
+            Some((words.next()?.to_ascii_lowercase(), words.map(String::from).collect()))
+        })
+        .collect()
+}
+
+/// What every answer of the portal carries, page, API call, error or redirect: a policy
+/// that allows only the portal's own files (no inline script or style, no plugins, no
+/// <base>, forms only to itself, never in a frame), no framing, no MIME sniffing, no
+/// referrer, and nothing kept in a cache.
+fn assert_hardened(what: &str, h: &HeaderMap) {
+    let get = |name: header::HeaderName| {
+        h.get(&name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("{what}: no {name} in {h:?}")).to_string()
+    };
+    let csp = csp_directives(&get(header::CONTENT_SECURITY_POLICY));
+    for (directive, source) in [
+        ("default-src", "'self'"),
+        ("frame-ancestors", "'none'"),
+        ("object-src", "'none'"),
+        ("base-uri", "'none'"),
+        ("form-action", "'self'"),
+    ] {
+        assert_eq!(csp.get(directive).map(Vec::as_slice), Some(&[source.to_string()][..]), "{what}: {directive}");
+    }
+    for directive in ["script-src", "style-src"] {
+        let sources = csp.get(directive).or(csp.get("default-src")).unwrap();
+        assert!(
+            sources.iter().all(|s| s == "'self'" || s == "'none'" || s.starts_with("'nonce-")),
+            "{what}: {directive} {sources:?}"
+        );
+    }
+    assert_eq!(get(header::X_FRAME_OPTIONS), "DENY", "{what}");
+    assert_eq!(get(header::X_CONTENT_TYPE_OPTIONS), "nosniff", "{what}");
+    assert!(["no-referrer", "same-origin"].contains(&get(header::REFERRER_POLICY).as_str()), "{what}");
+    assert_eq!(get(header::CACHE_CONTROL), "no-store", "{what}");
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers_and_the_policy_allows_no_inline_script() {
+    let app = portal::router(store_with_incident());
+    let (_, ana) = Client::login(&app, "ana", "ana-correct-horse").await;
+    let anon = Client { app: app.clone(), cookie: None };
+    let wrong = || Some(("application/x-www-form-urlencoded", "username=ana&password=not-it".to_string()));
+    for (client, method, uri, body, status) in [
+        (&ana, "GET", "/incidents/1", None, StatusCode::OK),
+        (&ana, "GET", "/api/incidents", None, StatusCode::OK),
+        (&ana, "GET", "/api/alerts/1/pcap", None, StatusCode::OK),
+        (&anon, "GET", "/login", None, StatusCode::OK),
+        (&anon, "POST", "/login", wrong(), StatusCode::UNAUTHORIZED),
+        (&anon, "GET", "/incidents", None, StatusCode::SEE_OTHER),
+        (&anon, "GET", "/api/incidents", None, StatusCode::UNAUTHORIZED),
+        (&ana, "GET", "/no/such/page", None, StatusCode::NOT_FOUND),
+        (&anon, "GET", "/no/such/page", None, StatusCode::NOT_FOUND),
+        (&ana, "GET", "/api/no/such/call", None, StatusCode::NOT_FOUND),
+        (&ana, "GET", "/incidents/99", None, StatusCode::NOT_FOUND),
+        (&ana, "GET", "/api/incidents/x", None, StatusCode::BAD_REQUEST),
+        (&ana, "DELETE", "/api/incidents/1", None, StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let what = format!("{method} {uri}");
+        let (got, headers, _) = client.answer(method, uri, body).await;
+        assert_eq!(got, status, "{what}");
+        assert_hardened(&what, &headers);
+    }
+    let (_, headers, _) = anon.answer("GET", "/no/such/page", None).await;
+    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"), "a page for a browser");
+
+    // No page holds inline script or style (the policy would block them): the style sheet
+    // and the script are the portal's own files, served with their types.
+    let mut files = Vec::new();
+    for (client, uri) in [
+        (&anon, "/login"),
+        (&ana, "/incidents"),
+        (&ana, "/incidents/1"),
+        (&ana, "/incidents/99"),
+        (&ana, "/activity?host=10.77.0.20"),
+        (&ana, "/accounts/alice"),
+        (&ana, "/hosts/10.77.0.20"),
+        (&ana, "/sensors"),
+        (&ana, "/no/such/page"),
+    ] {
+        let (_, _, page) = client.answer("GET", uri, None).await;
+        let lower = page.to_ascii_lowercase();
+        assert!(!lower.contains("<style") && !lower.contains(" style="), "{uri}: inline style");
+        for tag in lower.split("<script").skip(1) {
+            let tag = tag.split('>').next().unwrap();
+            assert!(tag.contains(" src="), "{uri}: inline script <script{tag}>");
+        }
+        for attr in ["src=\"/static/", "href=\"/static/"] {
+            for rest in page.split(attr).skip(1) {
+                files.push(format!("/static/{}", rest.split('"').next().unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files.dedup();
+    assert!(files.iter().any(|f| f.ends_with(".css")) && files.iter().any(|f| f.ends_with(".js")), "{files:?}");
+    for file in &files {
+        let (status, headers, body) = anon.answer("GET", file, None).await;
+        assert_eq!(status, StatusCode::OK, "{file}");
+        let ctype = headers[header::CONTENT_TYPE].to_str().unwrap();
+        let want = if file.ends_with(".css") { "text/css" } else { "text/javascript" };
+        assert!(ctype.starts_with(want) && !body.is_empty(), "{file}: {ctype}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{file}");
+    }
+
+    // The metrics endpoint: plain text, never sniffed into something else, never cached.
+    let resp = portal::metrics_router(store_with_incident())
+        .oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
 }

@@ -14,7 +14,8 @@ use std::{
 use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
 use axum::{
     extract::{FromRequestParts, Path, Query, State},
-    http::{header, request::Parts, HeaderMap, StatusCode},
+    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
+    middleware,
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
     Form, Json, Router,
@@ -138,6 +139,29 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Sen
         .map_err(Into::into)
 }
 
+/// What the pages may load and where they may be shown: only the portal's own files (the
+/// pages carry no inline script or style, so nothing a page shows can run), no plugins, no
+/// `<base>`, forms only to the portal, and never inside a frame (a framed incident page
+/// with its Save form is a click-jacking target).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+/// Headers on every answer, errors and redirects included: the policy above, the older
+/// browsers' no-framing header, no MIME sniffing (a download or an error is never read as
+/// a page), no referrer (a URL names accounts and hosts), and nothing kept in a cache (the
+/// pages and the API show what a session may see). An answer that says how it may be
+/// cached keeps that.
+pub async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
 pub fn router(store: Arc<dyn Store>) -> Router {
     let portal = Portal { store, sessions: Arc::default() };
     Router::new()
@@ -163,6 +187,9 @@ pub fn router(store: Arc<dyn Store>) -> Router {
             "/api/openapi.json",
             get(|_session: Session| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route("/static/{name}", get(pages::static_file))
+        .fallback(pages::not_found)
+        .layer(middleware::map_response(security_headers))
         .with_state(portal)
 }
 
@@ -451,7 +478,6 @@ async fn api_alert_pcap(
                 [
                     (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap".to_string()),
                     (header::CONTENT_DISPOSITION, format!("attachment; filename=\"alert-{id}.pcap\"")),
-                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
                 ],
                 pcap,
             )
@@ -559,61 +585,63 @@ async fn api_host(
 /// alerts and incidents by severity or status, sensors and their freshness, and the syslog
 /// messages cut to fit their bound.
 pub fn metrics_router(store: Arc<dyn Store>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let store = Arc::clone(&store);
-            async move {
-                let text = blocking(move || {
-                    let mut out = String::new();
-                    let mut gauge = |name: &str, labels: &str, value: u64| {
-                        out.push_str(&format!("dctap_cloud_{name}{labels} {value}\n"));
-                    };
-                    gauge("events_stored", "", store.event_count()?);
-                    // Events detection failed on and skipped (a bug some input met).
-                    gauge(
-                        "detection_failures",
-                        "",
-                        crate::detect::runner::DetectionFailures::load(store.as_ref()).count,
-                    );
-                    gauge("export_syslog_truncated_total", "", crate::detect::export::truncated_total());
-                    let alerts = store.alerts()?;
-                    for sev in ["high", "medium", "low", "info"] {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let store = Arc::clone(&store);
+                async move {
+                    let text = blocking(move || {
+                        let mut out = String::new();
+                        let mut gauge = |name: &str, labels: &str, value: u64| {
+                            out.push_str(&format!("dctap_cloud_{name}{labels} {value}\n"));
+                        };
+                        gauge("events_stored", "", store.event_count()?);
+                        // Events detection failed on and skipped (a bug some input met).
                         gauge(
-                            "alerts",
-                            &format!("{{severity=\"{sev}\"}}"),
-                            alerts.iter().filter(|a| a.severity == sev).count() as u64,
+                            "detection_failures",
+                            "",
+                            crate::detect::runner::DetectionFailures::load(store.as_ref()).count,
                         );
+                        gauge("export_syslog_truncated_total", "", crate::detect::export::truncated_total());
+                        let alerts = store.alerts()?;
+                        for sev in ["high", "medium", "low", "info"] {
+                            gauge(
+                                "alerts",
+                                &format!("{{severity=\"{sev}\"}}"),
+                                alerts.iter().filter(|a| a.severity == sev).count() as u64,
+                            );
+                        }
+                        let incidents = store.incidents()?;
+                        for status in STATUSES {
+                            gauge(
+                                "incidents",
+                                &format!("{{status=\"{status}\"}}"),
+                                incidents.iter().filter(|i| i.status == status).count() as u64,
+                            );
+                        }
+                        let now = crate::unix_ns();
+                        for s in store.sensors()? {
+                            let age = s
+                                .last_heartbeat_unix_ns
+                                .map_or(u64::MAX, |t| (now.saturating_sub(t).max(0) / 1_000_000_000) as u64);
+                            gauge(
+                                "sensor_heartbeat_age_seconds",
+                                &format!("{{sensor=\"{}\"}}", s.id.replace(['"', '\\'], "_")),
+                                age.min(1 << 40),
+                            );
+                        }
+                        Ok(out)
+                    })
+                    .await;
+                    match text {
+                        Ok(t) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
+                        Err(e) => e.into_response(),
                     }
-                    let incidents = store.incidents()?;
-                    for status in STATUSES {
-                        gauge(
-                            "incidents",
-                            &format!("{{status=\"{status}\"}}"),
-                            incidents.iter().filter(|i| i.status == status).count() as u64,
-                        );
-                    }
-                    let now = crate::unix_ns();
-                    for s in store.sensors()? {
-                        let age = s
-                            .last_heartbeat_unix_ns
-                            .map_or(u64::MAX, |t| (now.saturating_sub(t).max(0) / 1_000_000_000) as u64);
-                        gauge(
-                            "sensor_heartbeat_age_seconds",
-                            &format!("{{sensor=\"{}\"}}", s.id.replace(['"', '\\'], "_")),
-                            age.min(1 << 40),
-                        );
-                    }
-                    Ok(out)
-                })
-                .await;
-                match text {
-                    Ok(t) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
-                    Err(e) => e.into_response(),
                 }
-            }
-        }),
-    )
+            }),
+        )
+        .layer(middleware::map_response(security_headers))
 }
 
 /// Serves the portal on `listener` until `shutdown`.

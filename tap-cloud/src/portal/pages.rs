@@ -13,8 +13,8 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
 use super::{
-    account_detail, activity_events, filtered_incidents, host_detail, incident_detail, ActivityParams, IncidentFilter,
-    Portal, PortalError, Session, STATUSES,
+    account_detail, activity_events, audit_entries, filtered_incidents, host_detail, incident_detail, ActivityParams,
+    AuditParams, IncidentFilter, Portal, PortalError, Session, STATUSES,
 };
 
 /// An error met by a page, shown as a page with its status (the API's errors stay JSON).
@@ -131,6 +131,8 @@ const NAV: [(&str, &str, &str); 4] = [
     ("sensors", "/sensors", "Sensors"),
     ("api", "/api/openapi.json", "API"),
 ];
+/// The entry only an admin sees.
+const ADMIN_NAV: (&str, &str, &str) = ("audit", "/audit", "Audit log");
 
 /// The page around `body`; `section` marks the navigation entry it belongs to.
 fn layout(title: &str, session: Option<&Session>, section: &str, body: Markup) -> Html<String> {
@@ -149,7 +151,7 @@ fn layout(title: &str, session: Option<&Session>, section: &str, body: Markup) -
                         span.brand { "dctap" small { "identity threat detection" } }
                         @if let Some(s) = session {
                             nav {
-                                @for (key, href, label) in NAV {
+                                @for (key, href, label) in NAV.into_iter().chain(s.is_admin().then_some(ADMIN_NAV)) {
                                     a href=(href) class=[(key == section).then_some("on")] { (label) }
                                 }
                             }
@@ -943,6 +945,47 @@ pub async fn host(State(portal): State<Portal>, session: Session, Path(ip): Path
         ))
     };
     Ok(layout("Computer", Some(&session), "", body))
+}
+
+/// The audit log's events as the page names them, with their badge.
+fn audit_badge(event: &str) -> Markup {
+    let (class, label) = match event {
+        "signed_in" => ("badge ok", "signed in"),
+        "signed_out" => ("badge quiet", "signed out"),
+        "failed" => ("badge bad", "failed"),
+        "throttled" => ("badge bad", "throttled"),
+        "refused" => ("badge bad", "refused"),
+        other => ("badge quiet", other),
+    };
+    html! { span class=(class) { (label) } }
+}
+
+pub async fn audit(State(portal): State<Portal>, session: Session, Query(p): Query<AuditParams>) -> PageResult {
+    let entries = audit_entries(&portal, &session, p.limit.unwrap_or(500)).await?;
+    let body = html! {
+        h1 { "Audit log" }
+        p.muted {
+            "Sign-ins, failed sign-ins, sign-ins refused (after repeated failures, or for a user name over "
+            (super::MAX_USER_NAME) " bytes) and sign-outs, newest first. The cloud keeps the last "
+            (crate::store::AUDIT_KEEP) "."
+        }
+        table {
+            tr { th { "time" } th { "event" } th { "user" } th { "source" } th { "detail" } }
+            @for e in &entries {
+                tr {
+                    td.small.nowrap.muted { (time(e.at_unix_ns)) }
+                    td { (audit_badge(&e.event)) }
+                    td { (crate::text::visible(&e.user)) }
+                    td { @if e.source.is_empty() { "-" } @else { (e.source) } }
+                    td { (e.detail) }
+                }
+            }
+            @if entries.is_empty() {
+                tr { td.empty colspan="5" { "Nothing yet." } }
+            }
+        }
+    };
+    Ok(layout("Audit log", Some(&session), "audit", body))
 }
 
 /// A sensor sends a heartbeat every 10 s; after this long without one it is shown as silent.

@@ -916,3 +916,37 @@ async fn the_client_is_the_connections_address_unless_a_trusted_proxy_names_it()
         ]
     );
 }
+
+#[tokio::test]
+async fn an_incidents_assignee_and_comment_are_bounded_and_the_refusal_names_the_field() {
+    let store = store_with_incident();
+    let app = portal::router(Arc::clone(&store));
+    let (_, ana) = Client::login(&app, "ana", "ana-correct-horse").await;
+    let (_, page, _) = ana.send("GET", "/incidents/1", None, None).await;
+    let csrf = csrf_of(&page);
+    let json = |v: serde_json::Value| Some(("application/json", v.to_string()));
+    // At the limits: stored.
+    let (a, c) = ("a".repeat(256), "c".repeat(4096));
+    let (status, answer, _) =
+        ana.send("POST", "/api/incidents/1", json(serde_json::json!({"assignee": a, "comment": c})), Some(&csrf)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(store.incident(1).unwrap().unwrap().1, a);
+    // A byte over, or 1.9 MB over, through the API or the form: 400 naming the field, and
+    // nothing stored.
+    for (body, why) in [
+        (serde_json::json!({"assignee": "b".repeat(257)}), "assignee of 257 bytes (at most 256)"),
+        (serde_json::json!({"assignee": "b".repeat(1_900_000)}), "assignee of 1900000 bytes (at most 256)"),
+        (serde_json::json!({"comment": "d".repeat(4097)}), "comment of 4097 bytes (at most 4096)"),
+        (serde_json::json!({"assignee": "b", "comment": "d".repeat(4097)}), "comment of 4097 bytes (at most 4096)"),
+    ] {
+        let (status, answer, _) = ana.send("POST", "/api/incidents/1", json(body), Some(&csrf)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&answer).unwrap()["error"], why);
+    }
+    let form = Some(("application/x-www-form-urlencoded", format!("csrf={csrf}&assignee={}", "b".repeat(257))));
+    let (status, page, _) = ana.send("POST", "/incidents/1", form, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("assignee of 257 bytes (at most 256)"), "{page}");
+    assert_eq!(store.incident(1).unwrap().unwrap().1, a);
+    assert_eq!(store.incident_comments(1).unwrap().len(), 1, "only the change at the limits");
+}

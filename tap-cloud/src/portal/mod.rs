@@ -424,9 +424,10 @@ async fn apply_change(
             return Err(PortalError(StatusCode::BAD_REQUEST, format!("status {s:?}: one of {}", STATUSES.join(", "))));
         }
     }
-    if change.comment.len() > 4096 {
-        return Err(PortalError(StatusCode::BAD_REQUEST, "comment longer than 4096 bytes".into()));
-    }
+    let assignee = change.assignee.as_deref().map(str::trim);
+    crate::limits::text("assignee", assignee.unwrap_or_default(), crate::limits::ASSIGNEE)
+        .and_then(|()| crate::limits::text("comment", &change.comment, crate::limits::COMMENT))
+        .map_err(|why| PortalError(StatusCode::BAD_REQUEST, why))?;
     let store = Arc::clone(&portal.store);
     let author = session.user.clone();
     let found = blocking(move || {
@@ -842,9 +843,10 @@ const OPENAPI: &str = r##"{
         "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
                        {"name": "x-csrf-token", "in": "header", "required": true, "schema": {"type": "string"}}],
         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {
-          "status": {"type": "string", "enum": ["new", "in_progress", "resolved", "false_positive"]}, "assignee": {"type": "string"},
-          "comment": {"type": "string", "maxLength": 4096}}}}}},
-        "responses": {"200": {"description": "{ok: true}"}, "400": {"description": "unknown status or comment too long"},
+          "status": {"type": "string", "enum": ["new", "in_progress", "resolved", "false_positive"]},
+          "assignee": {"type": "string", "description": "at most 256 bytes"},
+          "comment": {"type": "string", "description": "at most 4096 bytes"}}}}}},
+        "responses": {"200": {"description": "{ok: true}"}, "400": {"description": "unknown status, or a field too long: {error: \"assignee of N bytes (at most 256)\"}"},
                       "401": {"$ref": "#/components/responses/NotSignedIn"}, "403": {"description": "viewer role or bad CSRF token"},
                       "404": {"description": "no such incident"}}}},
     "/api/activity": {"get": {"summary": "Activity search, newest first",

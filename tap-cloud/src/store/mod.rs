@@ -392,6 +392,15 @@ pub trait Store: Send + Sync {
 mod tests {
     use super::StoreConfig;
 
+    /// A sensor's reason for not sending an excerpt is kept, cut to 1000 bytes: refusing it
+    /// would lose the reason and have the sensor send it again.
+    #[test]
+    fn a_sensors_excerpt_error_is_kept_cut_short() {
+        assert_eq!(super::excerpt_error("  rotated away \n"), "rotated away");
+        let cut = super::excerpt_error(&"é".repeat(4 << 20));
+        assert!(cut.len() <= super::MAX_EXCERPT_ERROR + "…".len() && cut.ends_with("é…"), "{}", cut.len());
+    }
+
     #[test]
     fn retention_is_read_checked_and_documented() {
         assert_eq!(StoreConfig::from_toml("").unwrap(), StoreConfig::default());

@@ -72,6 +72,8 @@ impl IngestService {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| Status::unauthenticated("missing x-dctap-sensor-id"))?
             .to_string();
+        // Named in the refusals below: a bounded one.
+        crate::limits::text("x-dctap-sensor-id", &id, crate::limits::SENSOR_ID).map_err(Status::unauthenticated)?;
         let key = md
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -126,6 +128,36 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Sen
         }
         Err(e) => Err(Status::internal(format!("store task: {e}"))),
     }
+}
+
+/// What a sensor says of itself, within the bounds of [`crate::limits`].
+fn check_sensor_info(info: &SensorInfo) -> Result<(), Status> {
+    use crate::limits::*;
+    text("SensorInfo.sensor_id", &info.sensor_id, SENSOR_ID)
+        .and_then(|()| text("SensorInfo.hostname", &info.hostname, HOSTNAME))
+        .and_then(|()| text("SensorInfo.version", &info.version, VERSION))
+        .and_then(|()| {
+            let dcs = info.monitored_dcs.iter().map(String::as_str);
+            list("SensorInfo.monitored_dcs", dcs, MONITORED_DCS, MONITORED_DC)
+        })
+        .and_then(|()| {
+            let caps = info.capabilities.iter().map(String::as_str);
+            list("SensorInfo.capabilities", caps, CAPABILITIES, CAPABILITY)
+        })
+        .map_err(Status::invalid_argument)
+}
+
+/// A heartbeat's health, within the bounds of [`crate::limits`].
+fn check_health(health: &Health) -> Result<(), Status> {
+    use crate::limits::*;
+    list("Health.alerts", health.alerts.iter().map(String::as_str), HEALTH_ALERTS, HEALTH_ALERT)
+        .and_then(|()| {
+            if health.counters.len() > HEALTH_COUNTERS {
+                return Err(format!("Health.counters: {} entries (at most {HEALTH_COUNTERS})", health.counters.len()));
+            }
+            health.counters.keys().try_for_each(|name| text("Health.counters name", name, COUNTER_NAME))
+        })
+        .map_err(Status::invalid_argument)
 }
 
 fn validate(batch: &EventBatch, sensor_id: &str) -> Result<(), Status> {
@@ -184,6 +216,10 @@ impl Ingest for IngestService {
     async fn register(&self, request: Request<SensorInfo>) -> Result<Response<RegisterReply>, Status> {
         let id = self.authenticate(&request).await?;
         let info = request.into_inner();
+        if let Err(status) = check_sensor_info(&info) {
+            log::warn!("sensor {id}: registration refused: {}", status.message());
+            return Err(status);
+        }
         if info.sensor_id != id {
             return Err(Status::permission_denied(format!(
                 "registration for {:?} on a connection of sensor {id:?}",
@@ -300,6 +336,10 @@ impl Ingest for IngestService {
     async fn heartbeat(&self, request: Request<Health>) -> Result<Response<HeartbeatReply>, Status> {
         let id = self.authenticate(&request).await?;
         let mut health = request.into_inner();
+        if let Err(status) = check_health(&health) {
+            log::warn!("sensor {id}: heartbeat refused: {}", status.message());
+            return Err(status);
+        }
         health.sensor_id = id;
         let now = crate::unix_ns();
         let store = Arc::clone(&self.store);
@@ -616,6 +656,102 @@ mod tests {
         let _: HeartbeatReply = call(addr, "/dctap.v1.Ingest/Heartbeat", "s1", "key-s1", health).await.unwrap();
         let s = store.sensors().unwrap().into_iter().find(|s| s.id == "s1").unwrap();
         assert!(s.clock_skew_ns.is_some_and(|k| k < 0) && s.last_heartbeat_unix_ns.is_some_and(|t| t >= before));
+
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+
+    /// Every field a sensor registers or reports that is stored has a bound: at the bound it
+    /// is stored, one byte or one entry over it the call is refused with INVALID_ARGUMENT
+    /// naming the field and the limit, and nothing of it is stored.
+    #[tokio::test]
+    async fn registration_and_heartbeat_fields_over_their_limits_are_refused_naming_the_field() {
+        use crate::store::SqliteStore;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.add_sensor("s1", &keys::hash("key-s1")).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            None,
+            Arc::clone(&store),
+            async {
+                let _ = stopped.await;
+            },
+            Arc::default(),
+        ));
+        const REGISTER: &str = "/dctap.v1.Ingest/Register";
+        const HEARTBEAT: &str = "/dctap.v1.Ingest/Heartbeat";
+        let n = |count: usize, len: usize| -> Vec<String> { (0..count).map(|i| format!("{i:0len$}")).collect() };
+
+        // Everything at its limit: stored as sent.
+        let full = SensorInfo {
+            sensor_id: "s1".into(),
+            version: "v".repeat(64),
+            monitored_dcs: n(64, 64),
+            capabilities: n(16, 32),
+            hostname: "h".repeat(255),
+        };
+        let _: RegisterReply = call(addr, REGISTER, "s1", "key-s1", full.clone()).await.unwrap();
+        let counters: std::collections::HashMap<String, u64> = n(256, 64).into_iter().map(|k| (k, 1)).collect();
+        let health = Health { sensor_id: "s1".into(), counters, alerts: n(64, 512), ..Default::default() };
+        let _: HeartbeatReply = call(addr, HEARTBEAT, "s1", "key-s1", health.clone()).await.unwrap();
+        let stored = store.sensor("s1").unwrap().unwrap();
+        assert_eq!((stored.hostname.len(), stored.monitored_dcs.len(), stored.capabilities.len()), (255, 64, 16));
+        assert_eq!((stored.health_alerts.len(), stored.health_counters.len()), (64, 256));
+
+        // One over, field by field.
+        let over_info: Vec<(SensorInfo, &str)> = vec![
+            (
+                SensorInfo { hostname: "h".repeat(256), ..full.clone() },
+                "SensorInfo.hostname of 256 bytes (at most 255)",
+            ),
+            (
+                SensorInfo { hostname: "h".repeat(4 << 20), ..full.clone() },
+                "SensorInfo.hostname of 4194304 bytes (at most 255)",
+            ),
+            (SensorInfo { version: "v".repeat(65), ..full.clone() }, "SensorInfo.version of 65 bytes (at most 64)"),
+            (
+                SensorInfo { monitored_dcs: n(65, 8), ..full.clone() },
+                "SensorInfo.monitored_dcs: 65 entries (at most 64)",
+            ),
+            (
+                SensorInfo { monitored_dcs: vec!["10.0.0.1".into(), "d".repeat(65)], ..full.clone() },
+                "SensorInfo.monitored_dcs[1] of 65 bytes (at most 64)",
+            ),
+            (SensorInfo { capabilities: n(17, 4), ..full.clone() }, "SensorInfo.capabilities: 17 entries (at most 16)"),
+            (
+                SensorInfo { capabilities: vec!["c".repeat(33)], ..full.clone() },
+                "SensorInfo.capabilities[0] of 33 bytes (at most 32)",
+            ),
+            (
+                SensorInfo { sensor_id: "s".repeat(1 << 20), ..full.clone() },
+                "SensorInfo.sensor_id of 1048576 bytes (at most 128)",
+            ),
+        ];
+        for (info, why) in over_info {
+            let err = call::<_, RegisterReply>(addr, REGISTER, "s1", "key-s1", info).await.unwrap_err();
+            assert_eq!((err.code(), err.message()), (tonic::Code::InvalidArgument, why));
+        }
+        let mut many_counters = health.counters.clone();
+        many_counters.insert("one-more".into(), 1);
+        let mut long_name = health.counters.clone();
+        long_name.remove("0".repeat(64).as_str());
+        long_name.insert("c".repeat(65), 1);
+        let over_health: Vec<(Health, &str)> = vec![
+            (Health { alerts: n(65, 8), ..health.clone() }, "Health.alerts: 65 entries (at most 64)"),
+            (Health { alerts: n(5000, 1024), ..health.clone() }, "Health.alerts: 5000 entries (at most 64)"),
+            (Health { alerts: vec!["a".repeat(513)], ..health.clone() }, "Health.alerts[0] of 513 bytes (at most 512)"),
+            (Health { counters: many_counters, ..health.clone() }, "Health.counters: 257 entries (at most 256)"),
+            (Health { counters: long_name, ..health.clone() }, "Health.counters name of 65 bytes (at most 64)"),
+        ];
+        for (h, why) in over_health {
+            let err = call::<_, HeartbeatReply>(addr, HEARTBEAT, "s1", "key-s1", h).await.unwrap_err();
+            assert_eq!((err.code(), err.message()), (tonic::Code::InvalidArgument, why));
+        }
+        let after = store.sensor("s1").unwrap().unwrap();
+        assert_eq!(after, stored, "nothing of a refused call is stored");
 
         let _ = stop.send(());
         server.await.unwrap().unwrap();

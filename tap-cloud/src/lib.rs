@@ -8,6 +8,7 @@ pub mod detect;
 pub mod files;
 pub mod ingest;
 pub mod keys;
+pub mod limits;
 pub mod portal;
 pub mod store;
 pub mod text;

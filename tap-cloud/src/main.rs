@@ -143,6 +143,12 @@ struct ServeArgs {
     /// `tap-cloud users add`). Plain HTTP: keep it on localhost or behind a TLS proxy.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
+    /// A reverse proxy in front of the portal (repeatable): when a request comes from it,
+    /// the client's address for sign-in throttling and the audit log is the last one it
+    /// wrote in X-Forwarded-For. Without it, the connection's address is the client's and
+    /// X-Forwarded-For is ignored.
+    #[arg(long = "trusted-proxy", value_name = "ADDR")]
+    trusted_proxies: Vec<std::net::IpAddr>,
     /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9101.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -491,7 +497,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::spawn(async move { axum::serve(l, router).with_graceful_shutdown(stop).await });
         }
         let web_store = Arc::clone(&store);
-        let portal = tokio::spawn(portal::serve(web, web_store, stopped(stop_rx.clone())));
+        let options = portal::PortalOptions { trusted_proxies: args.trusted_proxies };
+        let portal = tokio::spawn(portal::serve(web, web_store, options, stopped(stop_rx.clone())));
         ingest::serve(listener, tls, store, stopped(stop_rx), reload_tls).await?;
         portal.await.map_err(|e| anyhow::anyhow!("portal task: {e}"))?
     })

@@ -47,9 +47,30 @@ pub fn visible(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// At most the first `max` bytes of `s` (cut at a character boundary, then "…" and how
+/// long it was), in its visible form: a bounded, printable form of text that may be huge.
+pub fn shortened(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return visible(s);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}… ({} bytes)", visible(&s[..end]), s.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_text_is_cut_at_a_character_boundary() {
+        assert_eq!(shortened("alice", 5), "alice");
+        assert_eq!(shortened("\x1balice", 64), "\\x1balice");
+        assert_eq!(shortened(&"é".repeat(1000), 5), "éé… (2000 bytes)");
+        assert_eq!(shortened(&"x\n".repeat(1_000_000), 4), "x\\nx\\n… (2000000 bytes)");
+    }
 
     #[test]
     fn controls_and_bidi_overrides_are_shown_not_obeyed() {

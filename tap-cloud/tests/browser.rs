@@ -4,8 +4,9 @@
 //! Debian's headless chromium with playwright-core through what an analyst does: refused
 //! without a session, sign in, the Kerberoasting incident in the list, its timeline with
 //! description, MITRE technique and evidence, a status change through the CSRF-protected
-//! form that persists, new alerts announced on the open incidents page while another
-//! capture is replayed, the host, account, activity and sensors pages, sign out. A PNG
+//! form that persists, the incident page refused in a frame of its own origin, new alerts
+//! announced on the open incidents page while another capture is replayed, the host,
+//! account, activity and sensors pages, sign out. A PNG
 //! screenshot of each main page lands in `target/test-output/browser/`.
 //!
 //! Runs on the project's own lab captures (`lab/pcaps`). Needs node, chromium and

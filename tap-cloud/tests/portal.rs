@@ -3,11 +3,12 @@
 //! with its timeline and evidence, changes needing the CSRF token and a role that may
 //! change, and whatever came off the wire escaped.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use axum::{
     body::Body,
-    http::{header, Request, StatusCode},
+    extract::ConnectInfo,
+    http::{header, HeaderMap, Request, StatusCode},
 };
 use tap_cloud::{
     detect::Alert,
@@ -124,6 +125,23 @@ impl Client {
         (status, location.unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned()), cookies)
     }
 
+    /// The whole answer: status, headers and body.
+    async fn answer(&self, method: &str, uri: &str, body: Option<(&str, String)>) -> (StatusCode, HeaderMap, String) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(c) = &self.cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        let req = match body {
+            Some((ctype, b)) => req.header(header::CONTENT_TYPE, ctype).body(Body::from(b)),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap();
+        (status, headers, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     async fn login(app: &axum::Router, user: &str, password: &str) -> (StatusCode, Client) {
         let c = Client { app: app.clone(), cookie: None };
         let form = format!("username={user}&password={password}");
@@ -140,7 +158,8 @@ impl Client {
 }
 
 fn csrf_of(page: &str) -> String {
-    let at = page.find("name=csrf value=\"").expect("a CSRF field") + "name=csrf value=\"".len();
+    let field = "name=\"csrf\" value=\"";
+    let at = page.find(field).expect("a CSRF field") + field.len();
     page[at..].split('"').next().unwrap().to_string()
 }
 
@@ -374,7 +393,17 @@ async fn every_documented_endpoint_refuses_callers_without_a_session_and_answers
                 assert_eq!(status, StatusCode::UNAUTHORIZED, "{what} with {who}");
                 assert!(answer.contains("sign in first"), "{what} with {who}: {answer}");
             }
-            let (status, answer, _) = ana.send(&method, &uri, body(), Some(&csrf)).await;
+            // What only an admin may call says so, and refuses the analyst.
+            let admin_only = op["responses"]["403"]["description"].as_str().is_some_and(|d| d.contains("admin"));
+            let caller = if admin_only {
+                assert_eq!(ana.send(&method, &uri, body(), Some(&csrf)).await.0, StatusCode::FORBIDDEN, "{what}");
+                let store = Arc::clone(&store);
+                add_user(&store, "ada", "admin");
+                Client::login(&app, "ada", "ada-correct-horse").await.1
+            } else {
+                Client { app: app.clone(), cookie: ana.cookie.clone() }
+            };
+            let (status, answer, _) = caller.send(&method, &uri, body(), Some(&csrf)).await;
             assert_eq!(status, StatusCode::OK, "{what} signed in: {answer}");
             if path.ends_with("/pcap") {
                 // A file, not JSON (its headers and bytes are checked below).
@@ -386,7 +415,7 @@ async fn every_documented_endpoint_refuses_callers_without_a_session_and_answers
             called.push(what);
         }
     }
-    assert_eq!(called.len(), 10, "{called:?}");
+    assert_eq!(called.len(), 11, "{called:?}");
     // Only the signed-in analyst's change went through.
     let log = store.incident_comments(1).unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
@@ -545,4 +574,379 @@ async fn signing_out_needs_the_csrf_token_and_ends_the_session_on_the_server() {
     let (status, _, cookies) =
         c.send("POST", "/login", Some(("application/x-www-form-urlencoded", "username=ana".into())), None).await;
     assert!(status.is_client_error() && cookies.is_empty(), "{status} {cookies:?}");
+}
+
+/// The directives of a Content-Security-Policy, each with its sources.
+fn csp_directives(policy: &str) -> std::collections::HashMap<String, Vec<String>> {
+    policy
+        .split(';')
+        .filter_map(|d| {
+            let mut words = d.split_whitespace();
+            Some((words.next()?.to_ascii_lowercase(), words.map(String::from).collect()))
+        })
+        .collect()
+}
+
+/// What every answer of the portal carries, page, API call, error or redirect: a policy
+/// that allows only the portal's own files (no inline script or style, no plugins, no
+/// <base>, forms only to itself, never in a frame), no framing, no MIME sniffing, no
+/// referrer, and nothing kept in a cache.
+fn assert_hardened(what: &str, h: &HeaderMap) {
+    let get = |name: header::HeaderName| {
+        h.get(&name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("{what}: no {name} in {h:?}")).to_string()
+    };
+    let csp = csp_directives(&get(header::CONTENT_SECURITY_POLICY));
+    for (directive, source) in [
+        ("default-src", "'self'"),
+        ("frame-ancestors", "'none'"),
+        ("object-src", "'none'"),
+        ("base-uri", "'none'"),
+        ("form-action", "'self'"),
+    ] {
+        assert_eq!(csp.get(directive).map(Vec::as_slice), Some(&[source.to_string()][..]), "{what}: {directive}");
+    }
+    for directive in ["script-src", "style-src"] {
+        let sources = csp.get(directive).or(csp.get("default-src")).unwrap();
+        assert!(
+            sources.iter().all(|s| s == "'self'" || s == "'none'" || s.starts_with("'nonce-")),
+            "{what}: {directive} {sources:?}"
+        );
+    }
+    assert_eq!(get(header::X_FRAME_OPTIONS), "DENY", "{what}");
+    assert_eq!(get(header::X_CONTENT_TYPE_OPTIONS), "nosniff", "{what}");
+    assert!(["no-referrer", "same-origin"].contains(&get(header::REFERRER_POLICY).as_str()), "{what}");
+    assert_eq!(get(header::CACHE_CONTROL), "no-store", "{what}");
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers_and_the_policy_allows_no_inline_script() {
+    let app = portal::router(store_with_incident());
+    let (_, ana) = Client::login(&app, "ana", "ana-correct-horse").await;
+    let anon = Client { app: app.clone(), cookie: None };
+    let wrong = || Some(("application/x-www-form-urlencoded", "username=ana&password=not-it".to_string()));
+    for (client, method, uri, body, status) in [
+        (&ana, "GET", "/incidents/1", None, StatusCode::OK),
+        (&ana, "GET", "/api/incidents", None, StatusCode::OK),
+        (&ana, "GET", "/api/alerts/1/pcap", None, StatusCode::OK),
+        (&anon, "GET", "/login", None, StatusCode::OK),
+        (&anon, "POST", "/login", wrong(), StatusCode::UNAUTHORIZED),
+        (&anon, "GET", "/incidents", None, StatusCode::SEE_OTHER),
+        (&anon, "GET", "/api/incidents", None, StatusCode::UNAUTHORIZED),
+        (&ana, "GET", "/no/such/page", None, StatusCode::NOT_FOUND),
+        (&anon, "GET", "/no/such/page", None, StatusCode::NOT_FOUND),
+        (&ana, "GET", "/api/no/such/call", None, StatusCode::NOT_FOUND),
+        (&ana, "GET", "/incidents/99", None, StatusCode::NOT_FOUND),
+        (&ana, "GET", "/api/incidents/x", None, StatusCode::BAD_REQUEST),
+        (&ana, "DELETE", "/api/incidents/1", None, StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let what = format!("{method} {uri}");
+        let (got, headers, _) = client.answer(method, uri, body).await;
+        assert_eq!(got, status, "{what}");
+        assert_hardened(&what, &headers);
+    }
+    let (_, headers, _) = anon.answer("GET", "/no/such/page", None).await;
+    assert!(headers[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"), "a page for a browser");
+
+    // No page holds inline script or style (the policy would block them): the style sheet
+    // and the script are the portal's own files, served with their types.
+    let mut files = Vec::new();
+    for (client, uri) in [
+        (&anon, "/login"),
+        (&ana, "/incidents"),
+        (&ana, "/incidents/1"),
+        (&ana, "/incidents/99"),
+        (&ana, "/activity?host=10.77.0.20"),
+        (&ana, "/accounts/alice"),
+        (&ana, "/hosts/10.77.0.20"),
+        (&ana, "/sensors"),
+        (&ana, "/no/such/page"),
+    ] {
+        let (_, _, page) = client.answer("GET", uri, None).await;
+        let lower = page.to_ascii_lowercase();
+        assert!(!lower.contains("<style") && !lower.contains(" style="), "{uri}: inline style");
+        for tag in lower.split("<script").skip(1) {
+            let tag = tag.split('>').next().unwrap();
+            assert!(tag.contains(" src="), "{uri}: inline script <script{tag}>");
+        }
+        for attr in ["src=\"/static/", "href=\"/static/"] {
+            for rest in page.split(attr).skip(1) {
+                files.push(format!("/static/{}", rest.split('"').next().unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files.dedup();
+    assert!(files.iter().any(|f| f.ends_with(".css")) && files.iter().any(|f| f.ends_with(".js")), "{files:?}");
+    for file in &files {
+        let (status, headers, body) = anon.answer("GET", file, None).await;
+        assert_eq!(status, StatusCode::OK, "{file}");
+        let ctype = headers[header::CONTENT_TYPE].to_str().unwrap();
+        let want = if file.ends_with(".css") { "text/css" } else { "text/javascript" };
+        assert!(ctype.starts_with(want) && !body.is_empty(), "{file}: {ctype}");
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{file}");
+    }
+
+    // The metrics endpoint: plain text, never sniffed into something else, never cached.
+    let resp = portal::metrics_router(store_with_incident())
+        .oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert_eq!(resp.headers()[header::CACHE_CONTROL], "no-store");
+}
+
+fn add_user(store: &Arc<dyn Store>, name: &str, role: &str) {
+    let hash = portal::hash_password(&format!("{name}-correct-horse")).unwrap();
+    store.add_user(&User { name: name.into(), password_hash: hash, role: role.into() }).unwrap();
+}
+
+/// A sign-in from a browser at `ip` (the connection's address, as `serve` gives it), with
+/// the page answered and how long it took.
+async fn sign_in_from(
+    app: &axum::Router,
+    ip: &str,
+    user: &str,
+    password: &str,
+) -> (StatusCode, HeaderMap, String, std::time::Duration) {
+    sign_in_via(app, ip, None, user, password).await
+}
+
+/// The same through a connection from `peer` with an X-Forwarded-For header.
+async fn sign_in_via(
+    app: &axum::Router,
+    peer: &str,
+    forwarded_for: Option<&str>,
+    user: &str,
+    password: &str,
+) -> (StatusCode, HeaderMap, String, std::time::Duration) {
+    let peer: SocketAddr = SocketAddr::new(peer.parse().unwrap(), 40_000);
+    let form = format!("username={user}&password={password}");
+    let mut req = Request::builder()
+        .method("POST")
+        .uri("/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .extension(ConnectInfo(peer));
+    if let Some(xff) = forwarded_for {
+        req = req.header("x-forwarded-for", xff);
+    }
+    let started = Instant::now();
+    let resp = app.clone().oneshot(req.body(Body::from(form)).unwrap()).await.unwrap();
+    let took = started.elapsed();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22).await.unwrap();
+    (status, headers, String::from_utf8_lossy(&bytes).into_owned(), took)
+}
+
+/// The audit log as the API gives it: (event, user, source) of each line, oldest first.
+async fn audit_lines(admin: &Client) -> Vec<(String, String, String)> {
+    let (status, json, _) = admin.send("GET", "/api/audit", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let mut lines: Vec<_> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let f = |k: &str| e[k].as_str().unwrap().to_string();
+            (f("event"), f("user"), f("source"))
+        })
+        .collect();
+    lines.reverse();
+    lines
+}
+
+#[tokio::test]
+async fn repeated_failed_sign_ins_are_throttled_per_account_and_address_without_hashing_and_audited() {
+    let store = store_with_incident();
+    add_user(&store, "ada", "admin");
+    add_user(&store, "bob", "analyst");
+    let app = portal::router(Arc::clone(&store));
+    let line = |event: &str, user: &str, source: &str| (event.to_string(), user.to_string(), source.to_string());
+
+    // Five wrong passwords for ana: each one checked (an argon2 hash) and refused.
+    let mut hash_time = std::time::Duration::MAX;
+    for _ in 0..5 {
+        let (status, _, page, took) = sign_in_from(&app, "192.0.2.1", "ana", "wrong-password").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(page.contains("Wrong user name or password"));
+        hash_time = hash_time.min(took);
+    }
+    // The sixth, even with the right password, is refused for a while, and says how long.
+    let (status, headers, page, _) = sign_in_from(&app, "192.0.2.1", "ana", "ana-correct-horse").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+    assert!(page.contains(&format!("try again in {retry} s")), "{page}");
+    assert!(headers.get(header::SET_COOKIE).is_none());
+    // Refusals cost no hash: twenty of them take less time than one password check.
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(sign_in_from(&app, "192.0.2.1", "ana", "guess").await.0, StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert!(started.elapsed() < hash_time, "20 refusals took {:?}, one check {hash_time:?}", started.elapsed());
+    // The account is locked from any address; another account signs in from another one.
+    assert_eq!(sign_in_from(&app, "198.51.100.9", "ana", "ana-correct-horse").await.0, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(sign_in_from(&app, "198.51.100.9", "vic", "vic-correct-horse").await.0, StatusCode::SEE_OTHER);
+    // The address is locked for any account.
+    assert_eq!(sign_in_from(&app, "192.0.2.1", "vic", "vic-correct-horse").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Per address: five made-up names from one address, then a real user's right password.
+    for n in 0..5 {
+        let (status, ..) = sign_in_from(&app, "203.0.113.5", &format!("nobody{n}"), "password").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(sign_in_from(&app, "203.0.113.5", "vic", "vic-correct-horse").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // A success clears the account's count: four failures, a success, four more failures
+    // (from another address, whose own count is its own) are all taken.
+    for _ in 0..4 {
+        assert_eq!(sign_in_from(&app, "192.0.2.50", "bob", "wrong").await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(sign_in_from(&app, "192.0.2.50", "bob", "bob-correct-horse").await.0, StatusCode::SEE_OTHER);
+    for _ in 0..4 {
+        assert_eq!(sign_in_from(&app, "192.0.2.51", "bob", "wrong").await.0, StatusCode::UNAUTHORIZED);
+    }
+
+    // The admin reads all of it in the audit log: each failure, each lock's first refusal,
+    // each sign-in, with the address it came from.
+    assert_eq!(sign_in_from(&app, "192.0.2.99", "ada", "ada-correct-horse").await.0, StatusCode::SEE_OTHER);
+    let (_, ada) = Client::login(&app, "ada", "ada-correct-horse").await;
+    let lines = audit_lines(&ada).await;
+    let mut want = vec![line("failed", "ana", "192.0.2.1"); 5];
+    want.push(line("throttled", "ana", "192.0.2.1"));
+    want.push(line("signed_in", "vic", "198.51.100.9"));
+    want.extend((0..5).map(|n| line("failed", &format!("nobody{n}"), "203.0.113.5")));
+    want.push(line("throttled", "vic", "203.0.113.5"));
+    want.extend(vec![line("failed", "bob", "192.0.2.50"); 4]);
+    want.push(line("signed_in", "bob", "192.0.2.50"));
+    want.extend(vec![line("failed", "bob", "192.0.2.51"); 4]);
+    want.push(line("signed_in", "ada", "192.0.2.99"));
+    want.push(line("signed_in", "ada", ""));
+    assert_eq!(lines, want);
+    let (status, page, _) = ada.send("GET", "/audit", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<h1>Audit log</h1>") && page.contains("throttled") && page.contains("198.51.100.9"));
+    assert!(page.contains("href=\"/audit\""), "the admin's navigation leads to it");
+    // Nobody else reads it.
+    let (_, vic) = Client::login(&app, "vic", "vic-correct-horse").await;
+    assert_eq!(vic.send("GET", "/api/audit", None, None).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(vic.send("GET", "/audit", None, None).await.0, StatusCode::FORBIDDEN);
+    assert!(!vic.send("GET", "/incidents", None, None).await.1.contains("href=\"/audit\""));
+    let anon = Client { app: app.clone(), cookie: None };
+    assert_eq!(anon.send("GET", "/api/audit", None, None).await.0, StatusCode::UNAUTHORIZED);
+    // Signing out is logged too.
+    let (_, page, _) = vic.send("GET", "/incidents", None, None).await;
+    let form = Some(("application/x-www-form-urlencoded", format!("csrf={}", csrf_of(&page))));
+    assert_eq!(vic.send("POST", "/logout", form, None).await.0, StatusCode::SEE_OTHER);
+    assert_eq!(audit_lines(&ada).await.last(), Some(&line("signed_out", "vic", "")));
+}
+
+#[tokio::test]
+async fn an_oversized_user_name_is_refused_before_anything_else_and_logged_cut_short() {
+    let store = store_with_incident();
+    add_user(&store, "ada", "admin");
+    let app = portal::router(Arc::clone(&store));
+    // At the limit: looked up and checked like any other name.
+    let (status, ..) = sign_in_from(&app, "192.0.2.8", &"a".repeat(256), "password").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Over it, by a byte or by 1.9 MB (with a terminal escape in it): refused, no hash.
+    let huge = format!("%1B%5D0%3Bowned%07{}", "a".repeat(1_900_000));
+    for name in ["a".repeat(257), huge] {
+        let (status, _, page, took) = sign_in_from(&app, "192.0.2.8", &name, "password").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(page.contains("The user name is longer than 256 bytes."), "{}", &page[..page.len().min(2000)]);
+        assert!(page.len() < 10_000, "the page does not echo the name: {} bytes", page.len());
+        assert!(took < std::time::Duration::from_secs(5));
+    }
+    let (_, ada) = Client::login(&app, "ada", "ada-correct-horse").await;
+    let (_, json, _) = ada.send("GET", "/api/audit", None, None).await;
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let refused: Vec<&serde_json::Value> =
+        v["entries"].as_array().unwrap().iter().filter(|e| e["event"] == "refused").collect();
+    assert_eq!(refused.len(), 2, "{json}");
+    let user = refused[0]["user"].as_str().unwrap();
+    assert!(user.len() < 100 && user.starts_with("\\x1b]0;owned\\x07aaa"), "{user}");
+    assert!(refused[0]["detail"].as_str().unwrap().contains("1900010 bytes"), "{json}");
+    // They count against the address like failures: three more, and it is refused.
+    for _ in 0..3 {
+        assert_eq!(sign_in_from(&app, "192.0.2.8", &"b".repeat(300), "x").await.0, StatusCode::BAD_REQUEST);
+    }
+    assert_eq!(sign_in_from(&app, "192.0.2.8", "ada", "ada-correct-horse").await.0, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn the_client_is_the_connections_address_unless_a_trusted_proxy_names_it() {
+    let store = store_with_incident();
+    add_user(&store, "ada", "admin");
+    let options = portal::PortalOptions { trusted_proxies: vec!["127.0.0.1".parse().unwrap()] };
+    let app = portal::router_with(Arc::clone(&store), options);
+    // Through the proxy: the address it appended; what the client wrote before it is not
+    // believed.
+    let (status, ..) = sign_in_via(&app, "127.0.0.1", Some("198.51.100.1, 203.0.113.7"), "vic", "wrong").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    sign_in_via(&app, "::ffff:127.0.0.1", Some("203.0.113.9"), "vic", "wrong").await;
+    sign_in_via(&app, "127.0.0.1", None, "vic", "wrong").await;
+    // Not from the proxy: the header is the client's word, ignored.
+    sign_in_via(&app, "192.0.2.3", Some("203.0.113.8"), "vic", "wrong").await;
+    // Throttling follows the forwarded address: one client locked out through the proxy
+    // does not lock out the others behind it.
+    for _ in 0..5 {
+        sign_in_via(&app, "127.0.0.1", Some("203.0.113.66"), "nobody", "wrong").await;
+    }
+    let locked = sign_in_via(&app, "127.0.0.1", Some("203.0.113.66"), "ada", "ada-correct-horse").await;
+    assert_eq!(locked.0, StatusCode::TOO_MANY_REQUESTS);
+    let other = sign_in_via(&app, "127.0.0.1", Some("203.0.113.67"), "ada", "ada-correct-horse").await;
+    assert_eq!(other.0, StatusCode::SEE_OTHER);
+
+    let (_, ada) = Client::login(&app, "ada", "ada-correct-horse").await;
+    let sources: Vec<String> = audit_lines(&ada).await.into_iter().map(|(_, _, source)| source).collect();
+    assert_eq!(
+        sources,
+        [
+            "203.0.113.7",
+            "203.0.113.9",
+            "127.0.0.1",
+            "192.0.2.3",
+            "203.0.113.66",
+            "203.0.113.66",
+            "203.0.113.66",
+            "203.0.113.66",
+            "203.0.113.66",
+            "203.0.113.66",
+            "203.0.113.67",
+            "",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_incidents_assignee_and_comment_are_bounded_and_the_refusal_names_the_field() {
+    let store = store_with_incident();
+    let app = portal::router(Arc::clone(&store));
+    let (_, ana) = Client::login(&app, "ana", "ana-correct-horse").await;
+    let (_, page, _) = ana.send("GET", "/incidents/1", None, None).await;
+    let csrf = csrf_of(&page);
+    let json = |v: serde_json::Value| Some(("application/json", v.to_string()));
+    // At the limits: stored.
+    let (a, c) = ("a".repeat(256), "c".repeat(4096));
+    let (status, answer, _) =
+        ana.send("POST", "/api/incidents/1", json(serde_json::json!({"assignee": a, "comment": c})), Some(&csrf)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(store.incident(1).unwrap().unwrap().1, a);
+    // A byte over, or 1.9 MB over, through the API or the form: 400 naming the field, and
+    // nothing stored.
+    for (body, why) in [
+        (serde_json::json!({"assignee": "b".repeat(257)}), "assignee of 257 bytes (at most 256)"),
+        (serde_json::json!({"assignee": "b".repeat(1_900_000)}), "assignee of 1900000 bytes (at most 256)"),
+        (serde_json::json!({"comment": "d".repeat(4097)}), "comment of 4097 bytes (at most 4096)"),
+        (serde_json::json!({"assignee": "b", "comment": "d".repeat(4097)}), "comment of 4097 bytes (at most 4096)"),
+    ] {
+        let (status, answer, _) = ana.send("POST", "/api/incidents/1", json(body), Some(&csrf)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&answer).unwrap()["error"], why);
+    }
+    let form = Some(("application/x-www-form-urlencoded", format!("csrf={csrf}&assignee={}", "b".repeat(257))));
+    let (status, page, _) = ana.send("POST", "/incidents/1", form, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("assignee of 257 bytes (at most 256)"), "{page}");
+    assert_eq!(store.incident(1).unwrap().unwrap().1, a);
+    assert_eq!(store.incident_comments(1).unwrap().len(), 1, "only the change at the limits");
 }

@@ -1,27 +1,31 @@
 //! The analysts' portal: server-rendered pages and the JSON API behind them, served by
 //! axum from the `tap-cloud` binary. Every page and API call needs a signed-in session
 //! (local users, argon2 password hashes); changes need the session's CSRF token and the
-//! analyst or admin role.
+//! analyst or admin role. Sign-in is throttled per account and per client address, and
+//! every sign-in, failure, refusal and sign-out goes to the audit log the admin reads.
 
 mod pages;
+pub mod throttle;
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use argon2::{Argon2, PasswordHasher as _, PasswordVerifier as _};
 use axum::{
-    extract::{FromRequestParts, Path, Query, State},
-    http::{header, request::Parts, HeaderMap, StatusCode},
+    extract::{ConnectInfo, FromRequestParts, Path, Query, State},
+    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
+    middleware,
     response::{Html, IntoResponse, Redirect, Response},
     routing::{get, post},
     Form, Json, Router,
 };
 use serde::Deserialize;
 
-use crate::store::{Store, User};
+use crate::store::{AuditEntry, Store, User};
 
 /// A session ends after this long without a request.
 const SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
@@ -46,12 +50,87 @@ impl Session {
     pub fn can_change(&self) -> bool {
         self.role == "analyst" || self.role == "admin"
     }
+
+    pub fn is_admin(&self) -> bool {
+        self.role == "admin"
+    }
+}
+
+/// How the portal is deployed.
+#[derive(Clone, Debug, Default)]
+pub struct PortalOptions {
+    /// Reverse proxies whose X-Forwarded-For names the client (`serve --trusted-proxy`).
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(Clone)]
 pub struct Portal {
     pub store: Arc<dyn Store>,
     sessions: Arc<Mutex<HashMap<String, Session>>>,
+    throttle: Arc<Mutex<throttle::Throttle>>,
+    trusted_proxies: Arc<[IpAddr]>,
+}
+
+impl Portal {
+    fn throttle(&self) -> std::sync::MutexGuard<'_, throttle::Throttle> {
+        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends to the audit log; a store failure is logged, and the answer goes out anyway.
+    async fn audit(&self, event: &str, user: &str, source: Option<IpAddr>, detail: String) {
+        let entry = AuditEntry {
+            at_unix_ns: crate::unix_ns(),
+            event: event.into(),
+            user: user.into(),
+            source: source.map(|s| s.to_string()).unwrap_or_default(),
+            detail,
+        };
+        let store = Arc::clone(&self.store);
+        if let Err(e) = blocking(move || store.record_audit(&entry)).await {
+            log::error!("portal: audit log: {}", e.1);
+        }
+    }
+}
+
+/// The client's address: the connection's peer, or, when the peer is a trusted proxy, the
+/// address it wrote last in X-Forwarded-For. None when there is no connection (a router
+/// called directly).
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl FromRequestParts<Portal> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, portal: &Portal) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        Ok(ClientAddr(peer.map(|p| client_address(p, &parts.headers, &portal.trusted_proxies))))
+    }
+}
+
+/// The address of the client behind `peer`. A proxy appends the address it was called
+/// from to X-Forwarded-For; whatever the client wrote there itself comes before that and
+/// is not believed. So the entries are read from the last, each trusted proxy's saying
+/// who called it, until one that is not a trusted proxy: the client.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|t| t.to_canonical() == ip.to_canonical());
+    let mut client = peer.to_canonical();
+    if !is_trusted(client) {
+        return client;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for entry in forwarded.iter().rev() {
+        let Ok(ip) = entry.parse::<IpAddr>() else { break };
+        client = ip.to_canonical();
+        if !is_trusted(client) {
+            break;
+        }
+    }
+    client
 }
 
 fn random_token() -> String {
@@ -138,8 +217,40 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Sen
         .map_err(Into::into)
 }
 
+/// What the pages may load and where they may be shown: only the portal's own files (the
+/// pages carry no inline script or style, so nothing a page shows can run), no plugins, no
+/// `<base>`, forms only to the portal, and never inside a frame (a framed incident page
+/// with its Save form is a click-jacking target).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; \
+     frame-ancestors 'none'";
+
+/// Headers on every answer, errors and redirects included: the policy above, the older
+/// browsers' no-framing header, no MIME sniffing (a download or an error is never read as
+/// a page), no referrer (a URL names accounts and hosts), and nothing kept in a cache (the
+/// pages and the API show what a session may see). An answer that says how it may be
+/// cached keeps that.
+pub async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
 pub fn router(store: Arc<dyn Store>) -> Router {
-    let portal = Portal { store, sessions: Arc::default() };
+    router_with(store, PortalOptions::default())
+}
+
+pub fn router_with(store: Arc<dyn Store>, options: PortalOptions) -> Router {
+    let portal = Portal {
+        store,
+        sessions: Arc::default(),
+        throttle: Arc::default(),
+        trusted_proxies: options.trusted_proxies.into(),
+    };
     Router::new()
         .route("/", get(|| async { Redirect::to("/incidents") }))
         .route("/login", get(pages::login_form).post(login))
@@ -150,6 +261,8 @@ pub fn router(store: Arc<dyn Store>) -> Router {
         .route("/activity", get(pages::activity))
         .route("/accounts/{name}", get(pages::account))
         .route("/hosts/{ip}", get(pages::host))
+        .route("/audit", get(pages::audit))
+        .route("/api/audit", get(api_audit))
         .route("/api/activity", get(api_activity))
         .route("/api/accounts/{name}", get(api_account))
         .route("/api/hosts/{ip}", get(api_host))
@@ -163,6 +276,9 @@ pub fn router(store: Arc<dyn Store>) -> Router {
             "/api/openapi.json",
             get(|_session: Session| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route("/static/{name}", get(pages::static_file))
+        .fallback(pages::not_found)
+        .layer(middleware::map_response(security_headers))
         .with_state(portal)
 }
 
@@ -172,10 +288,57 @@ struct LoginForm {
     password: String,
 }
 
-async fn login(State(portal): State<Portal>, Form(form): Form<LoginForm>) -> PortalResult<Response> {
+/// Longest user name taken at sign-in and by `users add`: a longer one is refused before it
+/// is looked up, counted against the account or hashed against.
+pub const MAX_USER_NAME: usize = 256;
+
+/// A sign-in page answer with its status.
+fn login_answer(status: StatusCode, message: &str) -> Response {
+    (status, Html(pages::login_page(Some(message)))).into_response()
+}
+
+async fn login(
+    State(portal): State<Portal>,
+    ClientAddr(source): ClientAddr,
+    Form(form): Form<LoginForm>,
+) -> PortalResult<Response> {
+    let from = source.map_or("an unknown address".to_string(), |s| s.to_string());
+    let name = form.username;
+    if name.len() > MAX_USER_NAME {
+        let shown = crate::text::shortened(&name, 64).into_owned();
+        // Counted against the address, so a flood of them is throttled like wrong passwords.
+        let counted = portal.throttle().attempt(None, source, Instant::now());
+        if counted.map_or_else(|r| r.first, |()| true) {
+            log::warn!("portal: sign-in from {from} refused: a user name of {} bytes: {shown}", name.len());
+            let detail = format!("user name of {} bytes (at most {MAX_USER_NAME})", name.len());
+            portal.audit("refused", &shown, source, detail).await;
+        }
+        return Ok(login_answer(
+            StatusCode::BAD_REQUEST,
+            &format!("The user name is longer than {MAX_USER_NAME} bytes."),
+        ));
+    }
+    // The guard must be gone before the first await.
+    let attempt = portal.throttle().attempt(Some(&name), source, Instant::now());
+    if let Err(refused) = attempt {
+        let wait = refused.retry_after.as_secs() + u64::from(refused.retry_after.subsec_nanos() > 0);
+        if refused.first {
+            log::warn!(
+                "portal: sign-in for {} from {from} refused for {wait} s: too many failures",
+                crate::text::visible(&name)
+            );
+            portal.audit("throttled", &name, source, format!("refused for {wait} s after repeated failures")).await;
+        }
+        let mut answer = login_answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many failed sign-ins for this user or from this address: try again in {wait} s."),
+        );
+        answer.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return Ok(answer);
+    }
     let store = Arc::clone(&portal.store);
-    let name = form.username.clone();
-    let user: Option<User> = blocking(move || store.user(&name)).await?;
+    let lookup = name.clone();
+    let user: Option<User> = blocking(move || store.user(&lookup)).await?;
     // Hash even for an unknown user, so timing does not tell which names exist.
     let (hash, known) = match &user {
         Some(u) => (u.password_hash.clone(), true),
@@ -188,15 +351,17 @@ async fn login(State(portal): State<Portal>, Form(form): Form<LoginForm>) -> Por
     .await
     .unwrap_or(false);
     let Some(user) = user.filter(|_| ok && known) else {
-        log::warn!("portal: failed sign-in for {:?}", form.username);
-        return Ok(
-            (StatusCode::UNAUTHORIZED, Html(pages::login_page(Some("Wrong user name or password.")))).into_response()
-        );
+        log::warn!("portal: failed sign-in for {} from {from}", crate::text::visible(&name));
+        let why = if known { "wrong password" } else { "no such user" };
+        portal.audit("failed", &name, source, why.into()).await;
+        return Ok(login_answer(StatusCode::UNAUTHORIZED, "Wrong user name or password."));
     };
+    portal.throttle().succeeded(&name, source);
     let token = random_token();
     let session = Session { user: user.name.clone(), role: user.role, csrf: random_token(), last_seen: Instant::now() };
     portal.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(token.clone(), session);
-    log::info!("portal: {} signed in", user.name);
+    log::info!("portal: {} signed in from {from}", crate::text::visible(&user.name));
+    portal.audit("signed_in", &user.name, source, String::new()).await;
     let cookie =
         format!("{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age={}", SESSION_IDLE.as_secs());
     Ok(([(header::SET_COOKIE, cookie)], Redirect::to("/incidents")).into_response())
@@ -212,6 +377,7 @@ async fn logout(
     State(portal): State<Portal>,
     headers: HeaderMap,
     session: Session,
+    ClientAddr(source): ClientAddr,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
     if form.csrf != session.csrf {
@@ -220,6 +386,7 @@ async fn logout(
     if let Some(token) = cookie_token(&headers) {
         portal.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
     }
+    portal.audit("signed_out", &session.user, source, String::new()).await;
     let cookie = format!("{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/; Max-Age=0");
     ([(header::SET_COOKIE, cookie)], Redirect::to("/login")).into_response()
 }
@@ -257,9 +424,10 @@ async fn apply_change(
             return Err(PortalError(StatusCode::BAD_REQUEST, format!("status {s:?}: one of {}", STATUSES.join(", "))));
         }
     }
-    if change.comment.len() > 4096 {
-        return Err(PortalError(StatusCode::BAD_REQUEST, "comment longer than 4096 bytes".into()));
-    }
+    let assignee = change.assignee.as_deref().map(str::trim);
+    crate::limits::text("assignee", assignee.unwrap_or_default(), crate::limits::ASSIGNEE)
+        .and_then(|()| crate::limits::text("comment", &change.comment, crate::limits::COMMENT))
+        .map_err(|why| PortalError(StatusCode::BAD_REQUEST, why))?;
     let store = Arc::clone(&portal.store);
     let author = session.user.clone();
     let found = blocking(move || {
@@ -451,7 +619,6 @@ async fn api_alert_pcap(
                 [
                     (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap".to_string()),
                     (header::CONTENT_DISPOSITION, format!("attachment; filename=\"alert-{id}.pcap\"")),
-                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
                 ],
                 pcap,
             )
@@ -460,6 +627,30 @@ async fn api_alert_pcap(
             _ => Err(missing(format!("the pcap excerpt of alert {id} is not there yet: waiting for the sensor"))),
         },
     }
+}
+
+/// How many audit log lines a page or an API call shows at most (the store keeps more).
+#[derive(Deserialize, Default)]
+pub struct AuditParams {
+    pub limit: Option<usize>,
+}
+
+/// The audit log's latest lines, newest first, for an admin only.
+pub async fn audit_entries(portal: &Portal, session: &Session, limit: usize) -> PortalResult<Vec<AuditEntry>> {
+    if !session.is_admin() {
+        return Err(forbidden("only the admin role reads the audit log"));
+    }
+    let store = Arc::clone(&portal.store);
+    blocking(move || store.audit_log(limit)).await
+}
+
+async fn api_audit(
+    State(portal): State<Portal>,
+    session: Session,
+    Query(p): Query<AuditParams>,
+) -> PortalResult<Json<serde_json::Value>> {
+    let entries = audit_entries(&portal, &session, p.limit.unwrap_or(500)).await?;
+    Ok(Json(serde_json::json!({ "entries": entries })))
 }
 
 async fn api_sensors(State(portal): State<Portal>, _session: Session) -> PortalResult<Json<serde_json::Value>> {
@@ -559,70 +750,74 @@ async fn api_host(
 /// alerts and incidents by severity or status, sensors and their freshness, and the syslog
 /// messages cut to fit their bound.
 pub fn metrics_router(store: Arc<dyn Store>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let store = Arc::clone(&store);
-            async move {
-                let text = blocking(move || {
-                    let mut out = String::new();
-                    let mut gauge = |name: &str, labels: &str, value: u64| {
-                        out.push_str(&format!("dctap_cloud_{name}{labels} {value}\n"));
-                    };
-                    gauge("events_stored", "", store.event_count()?);
-                    // Events detection failed on and skipped (a bug some input met).
-                    gauge(
-                        "detection_failures",
-                        "",
-                        crate::detect::runner::DetectionFailures::load(store.as_ref()).count,
-                    );
-                    gauge("export_syslog_truncated_total", "", crate::detect::export::truncated_total());
-                    let alerts = store.alerts()?;
-                    for sev in ["high", "medium", "low", "info"] {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let store = Arc::clone(&store);
+                async move {
+                    let text = blocking(move || {
+                        let mut out = String::new();
+                        let mut gauge = |name: &str, labels: &str, value: u64| {
+                            out.push_str(&format!("dctap_cloud_{name}{labels} {value}\n"));
+                        };
+                        gauge("events_stored", "", store.event_count()?);
+                        // Events detection failed on and skipped (a bug some input met).
                         gauge(
-                            "alerts",
-                            &format!("{{severity=\"{sev}\"}}"),
-                            alerts.iter().filter(|a| a.severity == sev).count() as u64,
+                            "detection_failures",
+                            "",
+                            crate::detect::runner::DetectionFailures::load(store.as_ref()).count,
                         );
+                        gauge("export_syslog_truncated_total", "", crate::detect::export::truncated_total());
+                        let alerts = store.alerts()?;
+                        for sev in ["high", "medium", "low", "info"] {
+                            gauge(
+                                "alerts",
+                                &format!("{{severity=\"{sev}\"}}"),
+                                alerts.iter().filter(|a| a.severity == sev).count() as u64,
+                            );
+                        }
+                        let incidents = store.incidents()?;
+                        for status in STATUSES {
+                            gauge(
+                                "incidents",
+                                &format!("{{status=\"{status}\"}}"),
+                                incidents.iter().filter(|i| i.status == status).count() as u64,
+                            );
+                        }
+                        let now = crate::unix_ns();
+                        for s in store.sensors()? {
+                            let age = s
+                                .last_heartbeat_unix_ns
+                                .map_or(u64::MAX, |t| (now.saturating_sub(t).max(0) / 1_000_000_000) as u64);
+                            gauge(
+                                "sensor_heartbeat_age_seconds",
+                                &format!("{{sensor=\"{}\"}}", s.id.replace(['"', '\\'], "_")),
+                                age.min(1 << 40),
+                            );
+                        }
+                        Ok(out)
+                    })
+                    .await;
+                    match text {
+                        Ok(t) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
+                        Err(e) => e.into_response(),
                     }
-                    let incidents = store.incidents()?;
-                    for status in STATUSES {
-                        gauge(
-                            "incidents",
-                            &format!("{{status=\"{status}\"}}"),
-                            incidents.iter().filter(|i| i.status == status).count() as u64,
-                        );
-                    }
-                    let now = crate::unix_ns();
-                    for s in store.sensors()? {
-                        let age = s
-                            .last_heartbeat_unix_ns
-                            .map_or(u64::MAX, |t| (now.saturating_sub(t).max(0) / 1_000_000_000) as u64);
-                        gauge(
-                            "sensor_heartbeat_age_seconds",
-                            &format!("{{sensor=\"{}\"}}", s.id.replace(['"', '\\'], "_")),
-                            age.min(1 << 40),
-                        );
-                    }
-                    Ok(out)
-                })
-                .await;
-                match text {
-                    Ok(t) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], t).into_response(),
-                    Err(e) => e.into_response(),
                 }
-            }
-        }),
-    )
+            }),
+        )
+        .layer(middleware::map_response(security_headers))
 }
 
 /// Serves the portal on `listener` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
+    options: PortalOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(store)).with_graceful_shutdown(shutdown).await?;
+    let app = router_with(store, options).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }
 
@@ -648,9 +843,10 @@ const OPENAPI: &str = r##"{
         "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
                        {"name": "x-csrf-token", "in": "header", "required": true, "schema": {"type": "string"}}],
         "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {
-          "status": {"type": "string", "enum": ["new", "in_progress", "resolved", "false_positive"]}, "assignee": {"type": "string"},
-          "comment": {"type": "string", "maxLength": 4096}}}}}},
-        "responses": {"200": {"description": "{ok: true}"}, "400": {"description": "unknown status or comment too long"},
+          "status": {"type": "string", "enum": ["new", "in_progress", "resolved", "false_positive"]},
+          "assignee": {"type": "string", "description": "at most 256 bytes"},
+          "comment": {"type": "string", "description": "at most 4096 bytes"}}}}}},
+        "responses": {"200": {"description": "{ok: true}"}, "400": {"description": "unknown status, or a field too long: {error: \"assignee of N bytes (at most 256)\"}"},
                       "401": {"$ref": "#/components/responses/NotSignedIn"}, "403": {"description": "viewer role or bad CSRF token"},
                       "404": {"description": "no such incident"}}}},
     "/api/activity": {"get": {"summary": "Activity search, newest first",
@@ -672,6 +868,10 @@ const OPENAPI: &str = r##"{
                             "content": {"application/vnd.tcpdump.pcap": {"schema": {"type": "string", "format": "binary"}}}},
                     "401": {"$ref": "#/components/responses/NotSignedIn"},
                     "404": {"description": "no excerpt for this alert, or not ready: waiting for the sensor, or not available (the error says why): {error}"}}}},
+    "/api/audit": {"get": {"summary": "The audit log: sign-ins, failed and refused (throttled, or a user name over 256 bytes) sign-ins, sign-outs; newest first (admin only)",
+      "parameters": [{"name": "limit", "in": "query", "description": "at most this many lines (default 500; the cloud keeps the last 10000)", "schema": {"type": "integer"}}],
+      "responses": {"200": {"description": "{entries: [{at_unix_ns, event: signed_in|failed|throttled|refused|signed_out, user, source, detail}]}"},
+                    "401": {"$ref": "#/components/responses/NotSignedIn"}, "403": {"description": "not the admin role"}}}},
     "/api/sensors": {"get": {"summary": "Sensors with registration, last heartbeat and health",
       "responses": {"200": {"description": "{sensors: [Sensor]}"}, "401": {"$ref": "#/components/responses/NotSignedIn"}}}},
     "/api/openapi.json": {"get": {"summary": "This document",

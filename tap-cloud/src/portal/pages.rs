@@ -1,15 +1,20 @@
-//! Server-rendered HTML: plain pages, one small script that polls for new incidents.
-//! Everything from the store or the wire is escaped.
+//! Server-rendered HTML, written with maud: every value a page shows goes through its
+//! escaping, so nothing from the store or the wire becomes markup. The style sheet and the
+//! one script (the incidents page's poll for new alerts) are files of their own under
+//! `/static/`, which the Content-Security-Policy allows where it allows no inline script or
+//! style.
 
 use axum::{
     extract::{Path, Query, State},
+    http::{header, StatusCode, Uri},
     response::{Html, IntoResponse, Response},
 };
+use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
 use super::{
-    account_detail, activity_events, filtered_incidents, host_detail, incident_detail, ActivityParams, IncidentFilter,
-    Portal, PortalError, Session, STATUSES,
+    account_detail, activity_events, audit_entries, filtered_incidents, host_detail, incident_detail, ActivityParams,
+    AuditParams, IncidentFilter, Portal, PortalError, Session, STATUSES,
 };
 
 /// An error met by a page, shown as a page with its status (the API's errors stay JSON).
@@ -29,11 +34,13 @@ impl IntoResponse for PageError {
             title,
             None,
             "",
-            &format!(
-                "<div class=\"card signin\"><h1>{}</h1><p>{}.</p><p><a href=/incidents>Back to the incidents</a></p></div>",
-                esc(title),
-                esc(&message)
-            ),
+            html! {
+                div.card.signin {
+                    h1 { (title) }
+                    p { (message) "." }
+                    p { a href="/incidents" { "Back to the incidents" } }
+                }
+            },
         );
         (status, page).into_response()
     }
@@ -41,19 +48,27 @@ impl IntoResponse for PageError {
 
 pub type PageResult = Result<Html<String>, PageError>;
 
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
+/// What no route answers: a page for a browser, JSON under `/api/`.
+pub async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/api/") {
+        PortalError(StatusCode::NOT_FOUND, "no such API call".into()).into_response()
+    } else {
+        PageError(PortalError(StatusCode::NOT_FOUND, "no such page".into())).into_response()
     }
-    out
+}
+
+const STYLE: &str = include_str!("static/portal.css");
+const INCIDENTS_SCRIPT: &str = include_str!("static/incidents.js");
+
+/// The portal's style sheet and script. Served without a session: the sign-in page needs
+/// the style sheet, and neither holds anything of the site's data.
+pub async fn static_file(Path(name): Path<String>) -> Response {
+    let (ctype, body) = match name.as_str() {
+        "portal.css" => ("text/css; charset=utf-8", STYLE),
+        "incidents.js" => ("text/javascript; charset=utf-8", INCIDENTS_SCRIPT),
+        _ => return not_found(Uri::from_static("/static")).await,
+    };
+    ([(header::CONTENT_TYPE, ctype)], body).into_response()
 }
 
 /// Days since 1970-01-01 of a civil date, and back (Howard Hinnant's algorithms).
@@ -109,111 +124,78 @@ fn ago(ns: i64) -> String {
     }
 }
 
-const STYLE: &str = r#"
-:root{--ink:#1b2230;--muted:#5f6b7a;--line:#e1e5ea;--bg:#f3f4f7;--accent:#2457c5}
-*{box-sizing:border-box}
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:var(--ink);background:var(--bg)}
-header{background:#151a24;color:#fff;padding:0 2em;display:flex;gap:1.4em;align-items:center;height:50px}
-header .brand{font-weight:700;font-size:1.05em;letter-spacing:.02em;margin-right:1.2em;white-space:nowrap}
-header .brand small{font-weight:400;color:#8793ab;margin-left:.6em;font-size:.8em}
-header nav{display:flex;gap:1.4em;height:100%}
-header nav a{color:#c3cad8;text-decoration:none;display:flex;align-items:center;border-bottom:3px solid transparent;padding-top:3px}
-header nav a:hover{color:#fff}header nav a.on{color:#fff;border-bottom-color:#5b8def}
-header .who{margin-left:auto;color:#c3cad8;white-space:nowrap}
-header .who b{color:#fff;font-weight:600}
-header button{background:transparent;color:#dfe4ee;border:1px solid #4a5468;margin-left:.8em}
-main{padding:1.4em 2em 3em;max-width:1280px}
-h1{font-size:1.5em;margin:.3em 0 .3em;line-height:1.25}h2{font-size:1.1em;margin:1.6em 0 .6em}h3{font-size:1.05em;margin:.35em 0 .5em}
-a{color:var(--accent)}
-table{border-collapse:separate;border-spacing:0;width:100%;background:#fff;border:1px solid var(--line);border-radius:6px;overflow:hidden}
-th{font-size:.75em;text-transform:uppercase;letter-spacing:.05em;color:var(--muted);background:#f8f9fb;font-weight:600}
-td,th{padding:.55em .75em;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
-tr:last-child td{border-bottom:0}
-.sev,.badge{display:inline-block;border-radius:10px;padding:.1em .65em;font-size:.8em;font-weight:600;white-space:nowrap;line-height:1.5}
-.sev.high{background:#fde4e3;color:#a11a1e}.sev.medium{background:#ffeed6;color:#8f4700}.sev.low{background:#e4ecf6;color:#2c4a6e}.sev.info{background:#eef0f2;color:#4a5560}
-.st-new{background:#e4ecfd;color:#1d4cb0}.st-in_progress{background:#fff3cf;color:#725300}
-.st-resolved{background:#def3e5;color:#1b6633}.st-false_positive{background:#eaecef;color:#474f5c}
-.ok{background:#def3e5;color:#1b6633}.bad{background:#fde4e3;color:#a11a1e}.quiet{background:#eaecef;color:#474f5c}
-.card{background:#fff;border:1px solid var(--line);border-radius:6px;padding:1em 1.3em;margin:.8em 0}
-.muted{color:var(--muted)}.small{font-size:.85em}.nowrap{white-space:nowrap}
-.crumbs{font-size:.85em;color:var(--muted)}.crumbs a{color:var(--muted)}
-.meta{display:flex;flex-wrap:wrap;gap:.4em 1.4em;align-items:center;margin:.2em 0 1em;color:var(--muted)}
-.meta b{color:var(--ink);font-weight:600}
-.facts{display:grid;grid-template-columns:max-content 1fr;gap:.35em 1.4em;margin:0}
-.facts dt{color:var(--muted)}.facts dd{margin:0}
-.tags{display:flex;flex-wrap:wrap;gap:.3em}.tag{background:#eef1f6;border-radius:4px;padding:0 .45em;font-size:.85em;color:#33405a}
-.timeline{position:relative;margin-left:.5em;padding-left:1.5em;border-left:2px solid #cdd4e0}
-.timeline .alert{position:relative}
-.timeline .alert::before{content:"";position:absolute;left:calc(-1.5em - 8px);top:1.25em;width:10px;height:10px;border-radius:50%;background:#fff;border:2px solid #8793ab}
-.timeline .alert.high::before{border-color:#a11a1e;background:#fde4e3}.timeline .alert.medium::before{border-color:#b15d00;background:#ffeed6}
-.timeline .alert.low::before{border-color:#2c4a6e;background:#e4ecf6}
-.timeline .alert.info::before{border-color:#4a5560;background:#eef0f2}
-.alert .desc{font-size:1.02em;margin:.3em 0 .7em;max-width:75em}
-.mitre{font-weight:600;color:var(--ink)}
-details summary{cursor:pointer;color:var(--accent);margin:.4em 0}
-table.events td{font-size:.92em}
-.raw{font:11.5px/1.4 ui-monospace,"DejaVu Sans Mono",monospace;color:var(--muted);word-break:break-all;margin-top:.2em}
-code{font:12.5px ui-monospace,"DejaVu Sans Mono",monospace;background:#eef1f6;padding:0 .3em;border-radius:3px}
-.empty{padding:1.4em;text-align:center;color:var(--muted);background:#fff;border:1px dashed #cdd4e0;border-radius:6px}
-table .empty{border:0}
-form.filters{display:flex;gap:.7em;align-items:flex-end;flex-wrap:wrap;margin:.6em 0 1em}
-form.filters label,form.change label{display:flex;flex-direction:column;gap:.2em;font-size:.8em;color:var(--muted)}
-form.change .row{display:flex;gap:1em;align-items:flex-end;flex-wrap:wrap}
-form.change textarea{width:100%;margin:.7em 0}
-input,select,textarea,button{font:inherit;font-size:14px;padding:.35em .6em;border:1px solid #c3cad6;border-radius:4px;background:#fff;color:var(--ink)}
-button{background:var(--accent);color:#fff;border-color:var(--accent);cursor:pointer}
-.notice{background:#e4ecfd;color:#1d4cb0;padding:.5em .8em;border-radius:6px;margin:.5em 0;display:none}
-.hours{display:grid;grid-template-columns:repeat(24,1fr);gap:2px;max-width:36em}
-.hours span{font-size:.7em;text-align:center;padding:.25em 0;background:#eef1f6;color:#8793ab;border-radius:2px}
-.hours span.on{background:#2457c5;color:#fff}
-ul.log{list-style:none;padding:0;margin:0}ul.log li{padding:.45em 0;border-bottom:1px solid var(--line)}ul.log li:last-child{border-bottom:0}
-.signin{max-width:24em;margin:6vh auto}
-.signin input{width:100%}.signin button{width:100%;padding:.5em}
-"#;
+/// Navigation entries: the section key a page names, where, and the label.
+const NAV: [(&str, &str, &str); 4] = [
+    ("incidents", "/incidents", "Incidents"),
+    ("activity", "/activity", "Activity search"),
+    ("sensors", "/sensors", "Sensors"),
+    ("api", "/api/openapi.json", "API"),
+];
+/// The entry only an admin sees.
+const ADMIN_NAV: (&str, &str, &str) = ("audit", "/audit", "Audit log");
 
 /// The page around `body`; `section` marks the navigation entry it belongs to.
-fn layout(title: &str, session: Option<&Session>, section: &str, body: &str) -> Html<String> {
-    let nav = match session {
-        Some(s) => {
-            let links: String =
-                [("incidents", "/incidents", "Incidents"), ("activity", "/activity", "Activity search")]
-                    .iter()
-                    .chain(&[("sensors", "/sensors", "Sensors"), ("api", "/api/openapi.json", "API")])
-                    .map(|(key, href, label)| {
-                        format!("<a href={href}{}>{label}</a>", if *key == section { " class=on" } else { "" })
-                    })
-                    .collect();
-            format!(
-                "<nav>{links}</nav><span class=who>Signed in as <b>{}</b> ({})<form class=inline style=display:inline \
-                 method=post action=/logout><input type=hidden name=csrf value=\"{}\"><button>Sign out</button></form></span>",
-                esc(&s.user),
-                esc(&s.role),
-                esc(&s.csrf)
-            )
+fn layout(title: &str, session: Option<&Session>, section: &str, body: Markup) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width";
+                    title { (title) " · dctap" }
+                    link rel="stylesheet" href="/static/portal.css";
+                }
+                body {
+                    header {
+                        span.brand { "dctap" small { "identity threat detection" } }
+                        @if let Some(s) = session {
+                            nav {
+                                @for (key, href, label) in NAV.into_iter().chain(s.is_admin().then_some(ADMIN_NAV)) {
+                                    a href=(href) class=[(key == section).then_some("on")] { (label) }
+                                }
+                            }
+                            span.who {
+                                "Signed in as " b { (s.user) } " (" (s.role) ")"
+                                form.inline method="post" action="/logout" {
+                                    input type="hidden" name="csrf" value=(s.csrf);
+                                    button { "Sign out" }
+                                }
+                            }
+                        }
+                    }
+                    main { (body) }
+                }
+            }
         }
-        None => String::new(),
-    };
-    Html(format!(
-        "<!doctype html><html lang=en><head><meta charset=utf-8><meta name=viewport content=\"width=device-width\">\
-         <title>{} · dctap</title><style>{STYLE}</style></head>\
-         <body><header><span class=brand>dctap<small>identity threat detection</small></span>{nav}</header><main>{body}</main></body></html>",
-        esc(title)
-    ))
+        .into_string(),
+    )
 }
 
 pub fn login_page(error: Option<&str>) -> String {
-    let err = error.map(|e| format!("<p class=\"badge bad\">{}</p>", esc(e))).unwrap_or_default();
     layout(
         "Sign in",
         None,
         "",
-        &format!(
-            "<div class=\"card signin\"><h1>Sign in</h1><p class=muted>Domain controller activity, alerts and incidents.</p>{err}\
-             <form method=post action=/login>\
-             <p><label>User name<br><input name=username autocomplete=username required autofocus></label></p>\
-             <p><label>Password<br><input name=password type=password autocomplete=current-password required></label></p>\
-             <button>Sign in</button></form></div>"
-        ),
+        html! {
+            div.card.signin {
+                h1 { "Sign in" }
+                p.muted { "Domain controller activity, alerts and incidents." }
+                @if let Some(e) = error {
+                    p.badge.bad { (e) }
+                }
+                form method="post" action="/login" {
+                    p { label { "User name" br; input name="username" autocomplete="username" required autofocus; } }
+                    p {
+                        label {
+                            "Password" br;
+                            input name="password" type="password" autocomplete="current-password" required;
+                        }
+                    }
+                    button { "Sign in" }
+                }
+            }
+        },
     )
     .0
 }
@@ -222,16 +204,31 @@ pub async fn login_form() -> Html<String> {
     Html(login_page(None))
 }
 
-fn sev_badge(sev: &str) -> String {
-    format!("<span class=\"sev {0}\">{0}</span>", esc(sev))
+fn sev_badge(sev: &str) -> Markup {
+    html! { span class={ "sev " (sev) } { (sev) } }
 }
 
 fn status_label(status: &str) -> String {
     status.replace('_', " ")
 }
 
-fn status_badge(status: &str) -> String {
-    format!("<span class=\"badge st-{}\">{}</span>", esc(status), esc(&status_label(status)))
+fn status_badge(status: &str) -> Markup {
+    html! { span class={ "badge st-" (status) } { (status_label(status)) } }
+}
+
+/// Items one after the other with `sep` between them, or "-" when there are none.
+fn joined(items: &[Markup], sep: Markup) -> Markup {
+    html! {
+        @if items.is_empty() {
+            "-"
+        }
+        @for (n, item) in items.iter().enumerate() {
+            @if n > 0 {
+                (sep)
+            }
+            (item)
+        }
+    }
 }
 
 /// How often the incidents page asks for new alerts.
@@ -245,64 +242,67 @@ pub async fn incidents(
     let all = filtered_incidents(&portal, &IncidentFilter::default()).await?;
     let list = filtered_incidents(&portal, &filter).await?;
     let open = all.iter().filter(|i| i.incident.status == "new" || i.incident.status == "in_progress").count();
-    let mut rows = String::new();
-    for s in &list {
-        let i = &s.incident;
-        let detections: String = s.detections.iter().map(|d| format!("<span class=tag>{}</span>", esc(d))).collect();
-        let entities: Vec<String> = s
-            .hosts
-            .iter()
-            .map(|h| format!("<span class=\"muted small\">host</span> {}", host_link(h)))
-            .chain(s.accounts.iter().map(|a| format!("<span class=\"muted small\">account</span> {}", account_link(a))))
-            .collect();
-        rows.push_str(&format!(
-            "<tr><td>{sev}</td><td><a href=/incidents/{id}><b>{title}</b></a> <span class=muted>#{id}</span>\
-             <div class=tags style=margin-top:.35em>{detections}</div></td><td>{entities}</td><td class=alerts>{alerts}</td>\
-             <td>{status}</td><td class=\"small nowrap\">{first}<br><span class=muted>{last}</span></td></tr>",
-            id = i.id,
-            sev = sev_badge(&i.severity),
-            status = status_badge(&i.status),
-            title = esc(&i.title),
-            entities = if entities.is_empty() { "-".into() } else { entities.join("<br>") },
-            alerts = i.alerts,
-            first = time(i.first_seen_ns),
-            last = time(i.last_seen_ns),
-        ));
-    }
-    if list.is_empty() {
-        let why = if all.is_empty() {
-            "No incidents yet. Alerts the detections raise on the sensors' activity are grouped into incidents here."
-        } else {
-            "No incident matches this filter."
-        };
-        rows.push_str(&format!("<tr><td colspan=6 class=empty>{why}</td></tr>"));
-    }
-    let status_options: String = std::iter::once("")
-        .chain(STATUSES)
-        .map(|s| {
-            let sel = if filter.status.as_deref() == Some(s) { " selected" } else { "" };
-            let label = if s.is_empty() { "any status".to_string() } else { status_label(s) };
-            format!("<option value=\"{s}\"{sel}>{label}</option>")
-        })
-        .collect();
-    let body = format!(
-        "<h1>Incidents</h1><div class=meta><span><b>{open}</b> open</span><span><b>{total}</b> in all</span></div>\
-         <form method=get class=filters><label>Status<select name=status>{status_options}</select></label>\
-         <label>Search<input name=q size=32 placeholder=\"title, detection, host or account\" value=\"{q}\"></label>\
-         <button>Filter</button></form><p class=notice id=fresh></p>\
-         <table><tr><th>severity</th><th>incident</th><th>entities</th><th>alerts</th><th>status</th><th>first / last seen</th></tr>{rows}</table>\
-         <script>const known={{incidents:{count},alerts:{alerts}}};\
-         setInterval(async()=>{{const r=await fetch('/api/incidents');if(!r.ok)return;const l=(await r.json()).incidents;\
-         const a=l.reduce((s,i)=>s+i.alerts,0)-known.alerts,n=l.length-known.incidents;if(a<=0&&n<=0)return;\
-         const f=document.getElementById('fresh');f.style.display='block';\
-         f.innerHTML=`<b>${{a}} new alert${{a===1?'':'s'}}</b>${{n>0?` in ${{n}} new incident${{n===1?'':'s'}}`:''}} since this page was loaded. \
-         <a href=\"\">Reload</a>`;}},{POLL_MS});</script>",
-        total = all.len(),
-        q = esc(filter.q.as_deref().unwrap_or_default()),
-        count = all.len(),
-        alerts = all.iter().map(|i| i.incident.alerts).sum::<u64>(),
-    );
-    Ok(layout("Incidents", Some(&session), "incidents", &body))
+    let why = if all.is_empty() {
+        "No incidents yet. Alerts the detections raise on the sensors' activity are grouped into incidents here."
+    } else {
+        "No incident matches this filter."
+    };
+    let body = html! {
+        h1 { "Incidents" }
+        div.meta { span { b { (open) } " open" } span { b { (all.len()) } " in all" } }
+        form.filters method="get" {
+            label {
+                "Status"
+                select name="status" {
+                    @for s in std::iter::once("").chain(STATUSES) {
+                        option value=(s) selected[filter.status.as_deref() == Some(s)] {
+                            @if s.is_empty() { "any status" } @else { (status_label(s)) }
+                        }
+                    }
+                }
+            }
+            label {
+                "Search"
+                input name="q" size="32" placeholder="title, detection, host or account"
+                    value=(filter.q.as_deref().unwrap_or_default());
+            }
+            button { "Filter" }
+        }
+        p.notice #fresh data-incidents=(all.len()) data-alerts=(all.iter().map(|i| i.incident.alerts).sum::<u64>())
+            data-poll-ms=(POLL_MS) {}
+        table {
+            tr {
+                th { "severity" } th { "incident" } th { "entities" } th { "alerts" } th { "status" }
+                th { "first / last seen" }
+            }
+            @for s in &list {
+                @let i = &s.incident;
+                @let entities: Vec<Markup> = s
+                    .hosts
+                    .iter()
+                    .map(|h| html! { span.muted.small { "host" } " " (host_link(h)) })
+                    .chain(s.accounts.iter().map(|a| html! { span.muted.small { "account" } " " (account_link(a)) }))
+                    .collect();
+                tr {
+                    td { (sev_badge(&i.severity)) }
+                    td {
+                        a href={ "/incidents/" (i.id) } { b { (i.title) } }
+                        " " span.muted { "#" (i.id) }
+                        div.tags.under { @for d in &s.detections { span.tag { (d) } } }
+                    }
+                    td { (joined(&entities, html! { br; })) }
+                    td.alerts { (i.alerts) }
+                    td { (status_badge(&i.status)) }
+                    td.small.nowrap { (time(i.first_seen_ns)) br; span.muted { (time(i.last_seen_ns)) } }
+                }
+            }
+            @if list.is_empty() {
+                tr { td.empty colspan="6" { (why) } }
+            }
+        }
+        script src="/static/incidents.js" {}
+    };
+    Ok(layout("Incidents", Some(&session), "incidents", body))
 }
 
 /// Path segments are percent-encoded so any name makes a valid, unambiguous link.
@@ -318,21 +318,26 @@ fn url_segment(s: &str) -> String {
         .collect()
 }
 
-fn account_link(a: &str) -> String {
+fn account_link(a: &str) -> Markup {
     if a.is_empty() {
-        return "-".into();
+        return html! { "-" };
     }
     // One account however the wire wrote its name (DOMAIN\\user, user@REALM, a DN): the
     // link and the text are its one name, the form seen is in the title.
     let key = crate::detect::rules::account_key(a);
-    format!("<a href=\"/accounts/{}\" title=\"{}\">{}</a>", url_segment(&key), esc(a), esc(&key))
+    html! { a href={ "/accounts/" (url_segment(&key)) } title=(a) { (key) } }
 }
 
-fn host_link(h: &str) -> String {
+fn host_link(h: &str) -> Markup {
     if h.is_empty() {
-        return "-".into();
+        return html! { "-" };
     }
-    format!("<a href=\"/hosts/{}\">{}</a>", url_segment(h), esc(h))
+    html! { a href={ "/hosts/" (url_segment(h)) } { (h) } }
+}
+
+/// Text as markup (escaped), for the lists that take a link maker.
+fn plain(s: &str) -> Markup {
+    html! { (s) }
 }
 
 /// Fields left at their defaults say nothing about the event.
@@ -552,50 +557,53 @@ fn event_fields(e: &serde_json::Value) -> String {
         .unwrap_or_default()
 }
 
-fn result_badge(r: &str) -> String {
+fn result_badge(r: &str) -> Markup {
     match r {
-        "success" => "<span class=\"badge ok\">success</span>".into(),
-        "failure" => "<span class=\"badge bad\">failure</span>".into(),
-        "continue" => "<span class=muted title=\"a normal step of an exchange that goes on\">continue</span>".into(),
-        "" => "<span class=muted title=\"the reply was not seen\">-</span>".into(),
-        r => esc(r),
+        "success" => html! { span.badge.ok { "success" } },
+        "failure" => html! { span.badge.bad { "failure" } },
+        "continue" => html! { span.muted title="a normal step of an exchange that goes on" { "continue" } },
+        "" => html! { span.muted title="the reply was not seen" { "-" } },
+        r => html! { (r) },
     }
 }
 
 /// Events as a table; `fields` adds each event's stored fields under its summary (evidence),
 /// otherwise they are the summary's tooltip.
-fn event_table(events: &[serde_json::Value], fields: bool) -> String {
-    let mut rows = String::new();
-    for e in events {
-        let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-        let raw = event_fields(e);
-        let summary = esc(&event_summary(e));
-        let what = if fields {
-            format!("{summary}<div class=raw>{}</div>", esc(&raw))
-        } else {
-            format!("<span title=\"{}\">{summary}</span>", esc(&raw))
-        };
-        rows.push_str(&format!(
-            "<tr class=event><td class=\"small nowrap muted\">{}</td><td>{}</td><td class=nowrap>{} → {}</td><td>{}</td><td>{}</td><td>{what}</td></tr>",
-            time(e["time_unix_ns"].as_i64().unwrap_or(0)),
-            esc(&s("protocol")),
-            host_link(&s("src_ip")),
-            esc(&s("dc_ip")),
-            account_link(&s("account")),
-            result_badge(&s("result")),
-        ));
+fn event_table(events: &[serde_json::Value], fields: bool) -> Markup {
+    html! {
+        table.events {
+            tr {
+                th { "time" } th { "protocol" } th { "source → DC" } th { "account" } th { "result" }
+                th { "what happened" }
+            }
+            @for e in events {
+                @let s = |k: &str| e[k].as_str().unwrap_or_default();
+                @let raw = event_fields(e);
+                @let summary = event_summary(e);
+                tr.event {
+                    td.small.nowrap.muted { (time(e["time_unix_ns"].as_i64().unwrap_or(0))) }
+                    td { (s("protocol")) }
+                    td.nowrap { (host_link(s("src_ip"))) " → " (s("dc_ip")) }
+                    td { (account_link(s("account"))) }
+                    td { (result_badge(s("result"))) }
+                    td {
+                        @if fields {
+                            (summary) div.raw { (raw) }
+                        } @else {
+                            span title=(raw) { (summary) }
+                        }
+                    }
+                }
+            }
+        }
     }
-    format!(
-        "<table class=events><tr><th>time</th><th>protocol</th><th>source → DC</th><th>account</th><th>result</th><th>what happened</th></tr>{rows}</table>"
-    )
 }
 
 pub async fn incident(State(portal): State<Portal>, session: Session, Path(id): Path<i64>) -> PageResult {
     let d = incident_detail(&portal, id).await?;
     let inc = &d["incident"];
-    let text = |v: &serde_json::Value| esc(v.as_str().unwrap_or_default());
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
     let alerts = d["alerts"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let mut timeline = String::new();
     let (mut hosts, mut accounts) = (Vec::new(), Vec::new());
     for a in alerts {
         for (list, key) in [(&mut hosts, "src_ip"), (&mut accounts, "account")] {
@@ -604,120 +612,120 @@ pub async fn incident(State(portal): State<Portal>, session: Session, Path(id): 
                 list.push(v);
             }
         }
-        let events = a["evidence_events"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let sev = a["severity"].as_str().unwrap_or_default();
-        timeline.push_str(&format!(
-            "<div class=\"card alert {sevc}\"><div class=\"muted small\">{first} – {last}</div><h3>{sevb} {title}</h3>\
-             <p class=desc>{desc}</p><div class=meta><span>MITRE ATT&amp;CK {mitre}</span>\
-             <span>source <b>{src}</b></span><span>account <b>{acct}</b></span><span>DC <b>{dc}</b></span>\
-             <span>detection <code>{det}</code></span></div>{pcap}\
-             <details><summary>Evidence: {n} event{plural}</summary>{events}</details></div>",
-            pcap = pcap_line(a),
-            sevc = esc(sev),
-            sevb = sev_badge(sev),
-            first = time(a["first_seen_ns"].as_i64().unwrap_or(0)),
-            last = time(a["last_seen_ns"].as_i64().unwrap_or(0)),
-            title = text(&a["title"]),
-            desc = text(&a["description"]),
-            mitre = mitre(a["mitre"].as_str().unwrap_or_default()),
-            det = text(&a["detection"]),
-            src = host_link(a["src_ip"].as_str().unwrap_or_default()),
-            acct = account_link(a["account"].as_str().unwrap_or_default()),
-            dc = if a["dc_ip"] == "" { "-".into() } else { text(&a["dc_ip"]) },
-            n = events.len(),
-            plural = if events.len() == 1 { "" } else { "s" },
-            events = if events.is_empty() {
-                "<p class=muted>The events behind this alert are no longer stored.</p>".into()
-            } else {
-                event_table(events, true)
-            },
-        ));
     }
-    if alerts.is_empty() {
-        timeline.push_str("<p class=empty>This incident has no alerts.</p>");
-    }
-    let mut comments: String = d["comments"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            format!(
-                "<li><span class=\"muted small\">{} · <b>{}</b></span><br>{}</li>",
-                time(c["at_unix_ns"].as_i64().unwrap_or(0)),
-                text(&c["author"]),
-                text(&c["text"])
-            )
-        })
-        .collect();
-    if comments.is_empty() {
-        comments = "<li class=muted>No changes or comments yet.</li>".into();
-    }
-    let change = if session.can_change() {
-        let options: String = STATUSES
-            .iter()
-            .map(|s| {
-                format!(
-                    "<option value=\"{s}\"{}>{}</option>",
-                    if inc["status"] == *s { " selected" } else { "" },
-                    status_label(s)
-                )
-            })
-            .collect();
-        format!(
-            "<form method=post action=/incidents/{id} class=\"card change\"><input type=hidden name=csrf value=\"{}\">\
-             <div class=row><label>Status<select name=status>{options}</select></label>\
-             <label>Assignee<input name=assignee value=\"{}\" placeholder=\"user name\"></label></div>\
-             <textarea name=comment rows=2 placeholder=\"Comment for the incident log (what you checked, what you did)\"></textarea>\
-             <button>Save</button></form>",
-            esc(&session.csrf),
-            text(&d["assignee"])
-        )
-    } else {
-        "<p class=muted>Viewers cannot change incidents.</p>".into()
+    let timeline = html! {
+        @for a in alerts {
+            @let events = a["evidence_events"].as_array().map(Vec::as_slice).unwrap_or_default();
+            @let sev = a["severity"].as_str().unwrap_or_default();
+            div class={ "card alert " (sev) } {
+                div.muted.small {
+                    (time(a["first_seen_ns"].as_i64().unwrap_or(0))) " – " (time(a["last_seen_ns"].as_i64().unwrap_or(0)))
+                }
+                h3 { (sev_badge(sev)) " " (text(&a["title"])) }
+                p.desc { (text(&a["description"])) }
+                div.meta {
+                    span { "MITRE ATT&CK " (mitre(a["mitre"].as_str().unwrap_or_default())) }
+                    span { "source " b { (host_link(a["src_ip"].as_str().unwrap_or_default())) } }
+                    span { "account " b { (account_link(a["account"].as_str().unwrap_or_default())) } }
+                    span { "DC " b { @if a["dc_ip"] == "" { "-" } @else { (text(&a["dc_ip"])) } } }
+                    span { "detection " code { (text(&a["detection"])) } }
+                }
+                (pcap_line(a))
+                details {
+                    summary { "Evidence: " (events.len()) " event" @if events.len() != 1 { "s" } }
+                    @if events.is_empty() {
+                        p.muted { "The events behind this alert are no longer stored." }
+                    } @else {
+                        (event_table(events, true))
+                    }
+                }
+            }
+        }
+        @if alerts.is_empty() {
+            p.empty { "This incident has no alerts." }
+        }
     };
-    let entities: Vec<String> =
+    let comments: Vec<&serde_json::Value> = d["comments"].as_array().into_iter().flatten().collect();
+    let change = html! {
+        @if session.can_change() {
+            form.card.change method="post" action={ "/incidents/" (id) } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                div.row {
+                    label {
+                        "Status"
+                        select name="status" {
+                            @for s in STATUSES {
+                                option value=(s) selected[inc["status"] == s] { (status_label(s)) }
+                            }
+                        }
+                    }
+                    label { "Assignee" input name="assignee" value=(text(&d["assignee"])) placeholder="user name"; }
+                }
+                textarea name="comment" rows="2"
+                    placeholder="Comment for the incident log (what you checked, what you did)" {}
+                button { "Save" }
+            }
+        } @else {
+            p.muted { "Viewers cannot change incidents." }
+        }
+    };
+    let entities: Vec<Markup> =
         hosts.iter().map(|h| host_link(h)).chain(accounts.iter().map(|a| account_link(a))).collect();
-    let body = format!(
-        "<div class=crumbs><a href=/incidents>Incidents</a> / #{id}</div><h1>{title}</h1>\
-         <div class=meta>{sev}<span class=incident-status>{status}</span><span>assigned to <b>{assignee}</b></span>\
-         <span>{first} – {last}</span><span><b>{n}</b> alert{plural}</span><span>entities: {entities}</span></div>\
-         {change}<h2>Timeline</h2><div class=timeline>{timeline}</div><h2>Incident log</h2><div class=card><ul class=log>{comments}</ul></div>",
-        title = text(&inc["title"]),
-        sev = sev_badge(inc["severity"].as_str().unwrap_or_default()),
-        status = status_badge(inc["status"].as_str().unwrap_or_default()),
-        assignee = if d["assignee"] == "" { "nobody".to_string() } else { text(&d["assignee"]) },
-        first = time(inc["first_seen_ns"].as_i64().unwrap_or(0)),
-        last = time(inc["last_seen_ns"].as_i64().unwrap_or(0)),
-        n = alerts.len(),
-        plural = if alerts.len() == 1 { "" } else { "s" },
-        entities = if entities.is_empty() { "-".into() } else { entities.join(", ") },
-    );
-    Ok(layout(&format!("Incident {id}"), Some(&session), "incidents", &body))
+    let body = html! {
+        div.crumbs { a href="/incidents" { "Incidents" } " / #" (id) }
+        h1 { (text(&inc["title"])) }
+        div.meta {
+            (sev_badge(inc["severity"].as_str().unwrap_or_default()))
+            span.incident-status { (status_badge(inc["status"].as_str().unwrap_or_default())) }
+            span { "assigned to " b { @if d["assignee"] == "" { "nobody" } @else { (text(&d["assignee"])) } } }
+            span {
+                (time(inc["first_seen_ns"].as_i64().unwrap_or(0))) " – " (time(inc["last_seen_ns"].as_i64().unwrap_or(0)))
+            }
+            span { b { (alerts.len()) } " alert" @if alerts.len() != 1 { "s" } }
+            span { "entities: " (joined(&entities, html! { ", " })) }
+        }
+        (change)
+        h2 { "Timeline" }
+        div.timeline { (timeline) }
+        h2 { "Incident log" }
+        div.card {
+            ul.log {
+                @for c in &comments {
+                    li {
+                        span.muted.small { (time(c["at_unix_ns"].as_i64().unwrap_or(0))) " · " b { (text(&c["author"])) } }
+                        br;
+                        (text(&c["text"]))
+                    }
+                }
+                @if comments.is_empty() {
+                    li.muted { "No changes or comments yet." }
+                }
+            }
+        }
+    };
+    Ok(layout(&format!("Incident {id}"), Some(&session), "incidents", body))
 }
 
 /// An alert's evidence pcap: a download when the sensor sent it, else why not (nothing when
 /// none was asked for).
-fn pcap_line(alert: &serde_json::Value) -> String {
+fn pcap_line(alert: &serde_json::Value) -> Markup {
     let p = &alert["pcap"];
-    let what = match p["status"].as_str() {
-        Some("done") => {
-            let frames = p["frames"].as_u64().unwrap_or(0);
-            format!(
-                "<a href=\"{}\" download>download</a> ({frames} frame{}{})",
-                esc(p["url"].as_str().unwrap_or_default()),
-                if frames == 1 { "" } else { "s" },
-                if p["truncated"] == true { ", cut at 8 MiB" } else { "" }
-            )
+    let frames = p["frames"].as_u64().unwrap_or(0);
+    html! {
+        @match p["status"].as_str() {
+            Some("done") => p.pcap {
+                "Evidence pcap: " a href=(p["url"].as_str().unwrap_or_default()) download { "download" }
+                " (" (frames) " frame" @if frames != 1 { "s" } @if p["truncated"] == true { ", cut at 8 MiB" } ")"
+            },
+            Some("failed") => p.pcap { "Evidence pcap: not available: " (p["error"].as_str().unwrap_or_default()) },
+            Some(_) => p.pcap { "Evidence pcap: " span.muted { "waiting for the sensor" } },
+            None => {},
         }
-        Some("failed") => format!("not available: {}", esc(p["error"].as_str().unwrap_or_default())),
-        Some(_) => "<span class=muted>waiting for the sensor</span>".into(),
-        None => return String::new(),
-    };
-    format!("<p class=pcap>Evidence pcap: {what}</p>")
+    }
 }
 
 /// The MITRE ATT&CK technique's name beside its id, for the techniques the detections use.
-fn mitre(id: &str) -> String {
+fn mitre(id: &str) -> Markup {
     let name = match id {
         "T1003.006" => "OS Credential Dumping: DCSync",
         "T1049" => "System Network Connections Discovery",
@@ -738,47 +746,51 @@ fn mitre(id: &str) -> String {
         "T1590.002" => "Gather Victim Network Information: DNS",
         _ => "",
     };
-    if name.is_empty() {
-        format!("<span class=mitre>{}</span>", esc(id))
-    } else {
-        format!("<span class=mitre>{}</span> {}", esc(id), esc(name))
+    html! {
+        span.mitre { (id) }
+        @if !name.is_empty() {
+            " " (name)
+        }
     }
 }
 
-fn alert_rows(alerts: &[serde_json::Value]) -> String {
-    let mut rows = String::new();
-    for a in alerts {
-        let t = |k: &str| esc(a[k].as_str().unwrap_or_default());
-        rows.push_str(&format!(
-            "<tr><td>{sev}</td><td><a href=/incidents/{inc}>{title}</a></td><td><span class=mitre>{mitre}</span></td><td>{src}</td><td>{acct}</td><td class=\"small nowrap muted\">{first}</td></tr>",
-            sev = sev_badge(a["severity"].as_str().unwrap_or_default()),
-            inc = a["incident_id"].as_i64().unwrap_or(0),
-            title = t("title"),
-            mitre = t("mitre"),
-            src = host_link(a["src_ip"].as_str().unwrap_or_default()),
-            acct = account_link(a["account"].as_str().unwrap_or_default()),
-            first = time(a["first_seen_ns"].as_i64().unwrap_or(0)),
-        ));
+fn alert_rows(alerts: &[serde_json::Value]) -> Markup {
+    html! {
+        table {
+            tr { th { "severity" } th { "alert" } th { "MITRE" } th { "source" } th { "account" } th { "first seen" } }
+            @for a in alerts {
+                @let t = |k: &str| a[k].as_str().unwrap_or_default();
+                tr {
+                    td { (sev_badge(t("severity"))) }
+                    td { a href={ "/incidents/" (a["incident_id"].as_i64().unwrap_or(0)) } { (t("title")) } }
+                    td { span.mitre { (t("mitre")) } }
+                    td { (host_link(t("src_ip"))) }
+                    td { (account_link(t("account"))) }
+                    td.small.nowrap.muted { (time(a["first_seen_ns"].as_i64().unwrap_or(0))) }
+                }
+            }
+            @if alerts.is_empty() {
+                tr { td.empty colspan="6" { "No alerts." } }
+            }
+        }
     }
-    if rows.is_empty() {
-        rows.push_str("<tr><td colspan=6 class=empty>No alerts.</td></tr>");
-    }
-    format!("<table><tr><th>severity</th><th>alert</th><th>MITRE</th><th>source</th><th>account</th><th>first seen</th></tr>{rows}</table>")
 }
 
 /// How many events the entity pages show; the activity search has the rest.
 const RECENT: usize = 50;
 
-fn recent_activity(events: &[serde_json::Value], more: &str) -> String {
-    if events.is_empty() {
-        return "<div class=\"activity empty\">No activity stored.</div>".into();
-    }
+fn recent_activity(events: &[serde_json::Value], more: &str) -> Markup {
     let shown = &events[..events.len().min(RECENT)];
-    format!(
-        "<p class=\"muted small\">The latest {} events, newest first. <a href=\"{more}\">Search all of them</a></p><div class=activity>{}</div>",
-        shown.len(),
-        event_table(shown, false)
-    )
+    html! {
+        @if events.is_empty() {
+            div.activity.empty { "No activity stored." }
+        } @else {
+            p.muted.small {
+                "The latest " (shown.len()) " events, newest first. " a href=(more) { "Search all of them" }
+            }
+            div.activity { (event_table(shown, false)) }
+        }
+    }
 }
 
 /// The activity search form's fields: times as the form sends them (UTC date and time).
@@ -790,6 +802,9 @@ pub struct ActivityForm {
     pub since: Option<String>,
     pub until: Option<String>,
 }
+
+/// The protocols the activity search offers ("" is any).
+const PROTOCOLS: [&str; 7] = ["", "kerberos", "ntlm", "ldap", "smb2", "dcerpc", "dns"];
 
 pub async fn activity(State(portal): State<Portal>, session: Session, Query(f): Query<ActivityForm>) -> PageResult {
     fn when(s: &Option<String>) -> Option<(&str, Option<i64>)> {
@@ -806,117 +821,171 @@ pub async fn activity(State(portal): State<Portal>, session: Session, Query(f): 
         limit: Some(200),
     };
     let events = activity_events(&portal, &p).await?;
-    let v = |o: &Option<String>| esc(o.as_deref().unwrap_or_default());
-    let results = if !bad.is_empty() {
-        format!("<div class=empty>Not a date and time: {}. Use YYYY-MM-DD HH:MM (UTC).</div>", esc(&bad.join(", ")))
-    } else if events.is_empty() {
-        "<div class=\"activity empty\">No activity matches. Clear a field or widen the time range.</div>".into()
-    } else {
-        format!(
-            "<p class=\"muted small\">{} event{}, newest first{}.</p><div class=activity>{}</div>",
-            events.len(),
-            if events.len() == 1 { "" } else { "s" },
-            if events.len() == 200 { " (the first 200: narrow the search to see older ones)" } else { "" },
-            event_table(&events, false)
-        )
+    let v = |o: &Option<String>| o.clone().unwrap_or_default();
+    let body = html! {
+        h1 { "Activity search" }
+        p.muted { "Every authentication, directory query and remote call the sensors saw on the domain controllers." }
+        form.filters method="get" {
+            label { "Account" input name="account" value=(v(&f.account)) placeholder="alice"; }
+            label { "Host (source address)" input name="host" value=(v(&f.host)) placeholder="10.0.0.5"; }
+            label {
+                "Protocol"
+                select name="protocol" {
+                    @for x in PROTOCOLS {
+                        option value=(x) selected[f.protocol.as_deref() == Some(x)] {
+                            @if x.is_empty() { "any" } @else { (x) }
+                        }
+                    }
+                }
+            }
+            label { "From (UTC)" input name="since" size="17" placeholder="YYYY-MM-DD HH:MM" value=(v(&f.since)); }
+            label { "To (UTC)" input name="until" size="17" placeholder="YYYY-MM-DD HH:MM" value=(v(&f.until)); }
+            button { "Search" }
+        }
+        @if !bad.is_empty() {
+            div.empty { "Not a date and time: " (bad.join(", ")) ". Use YYYY-MM-DD HH:MM (UTC)." }
+        } @else if events.is_empty() {
+            div.activity.empty { "No activity matches. Clear a field or widen the time range." }
+        } @else {
+            p.muted.small {
+                (events.len()) " event" @if events.len() != 1 { "s" } ", newest first"
+                @if events.len() == 200 { " (the first 200: narrow the search to see older ones)" }
+                "."
+            }
+            div.activity { (event_table(&events, false)) }
+        }
     };
-    let body = format!(
-        "<h1>Activity search</h1><p class=muted>Every authentication, directory query and remote call the sensors saw on the domain controllers.</p>\
-         <form method=get class=filters><label>Account<input name=account value=\"{}\" placeholder=\"alice\"></label>\
-         <label>Host (source address)<input name=host value=\"{}\" placeholder=\"10.0.0.5\"></label>\
-         <label>Protocol<select name=protocol>{}</select></label>\
-         <label>From (UTC)<input name=since size=17 placeholder=\"YYYY-MM-DD HH:MM\" value=\"{}\"></label>\
-         <label>To (UTC)<input name=until size=17 placeholder=\"YYYY-MM-DD HH:MM\" value=\"{}\"></label>\
-         <button>Search</button></form>{results}",
-        v(&f.account),
-        v(&f.host),
-        ["", "kerberos", "ntlm", "ldap", "smb2", "dcerpc", "dns"]
-            .iter()
-            .map(|x| format!(
-                "<option value=\"{x}\"{}>{}</option>",
-                if f.protocol.as_deref() == Some(x) { " selected" } else { "" },
-                if x.is_empty() { "any" } else { x }
-            ))
-            .collect::<String>(),
-        v(&f.since),
-        v(&f.until),
-    );
-    Ok(layout("Activity", Some(&session), "activity", &body))
+    Ok(layout("Activity", Some(&session), "activity", body))
 }
 
 pub async fn account(State(portal): State<Portal>, session: Session, Path(name): Path<String>) -> PageResult {
     let d = account_detail(&portal, &name).await?;
     let key = d["account"].as_str().unwrap_or_default().to_string();
-    let list = |k: &str, link: fn(&str) -> String| {
-        let items: Vec<String> =
-            d["profile"][k].as_array().into_iter().flatten().filter_map(|x| x.as_str()).map(link).collect();
-        if items.is_empty() {
-            "-".to_string()
-        } else {
-            format!(
-                "<div class=tags>{}</div>",
-                items.iter().map(|i| format!("<span class=tag>{i}</span>")).collect::<String>()
-            )
+    let list = |k: &str, link: fn(&str) -> Markup| {
+        let items: Vec<&str> = d["profile"][k].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+        html! {
+            @if items.is_empty() {
+                "-"
+            } @else {
+                div.tags { @for i in items { span.tag { (link(i)) } } }
+            }
         }
     };
     let hours = d["profile"]["hours"].as_u64().unwrap_or(0);
-    let hour_cells: String = (0..24)
-        .map(|h| format!("<span{}>{h:02}</span>", if hours & (1 << h) != 0 { " class=on" } else { "" }))
-        .collect();
-    let profile = if d["profile"].is_null() {
-        "<div class=empty>Nothing learned about this account yet: its profile fills in from its activity during the learning period.</div>"
-            .to_string()
-    } else {
-        format!(
-            "<div class=card><dl class=facts><dt>Hosts it logs on from</dt><dd>{}{}</dd><dt>Services it uses</dt><dd>{}</dd>\
-             <dt>Protocols</dt><dd>{}</dd><dt>Active hours (UTC)</dt><dd><div class=hours>{hour_cells}</div></dd></dl></div>",
-            list("hosts", host_link),
-            if d["profile"]["roaming"] == true { " <span class=muted>(roaming: many hosts)</span>" } else { "" },
-            list("services", esc),
-            list("protocols", esc),
-        )
-    };
     let alerts = d["alerts"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let body = format!(
-        "<div class=crumbs>Accounts</div><h1>Account {}</h1><div class=meta><span><b>{}</b> alert{}</span></div>\
-         <h2>Learned profile</h2>{profile}<h2>Alerts</h2>{}<h2>Recent activity</h2>{}",
-        esc(&key),
-        alerts.len(),
-        if alerts.len() == 1 { "" } else { "s" },
-        alert_rows(alerts),
-        recent_activity(
+    let body = html! {
+        div.crumbs { "Accounts" }
+        h1 { "Account " (key) }
+        div.meta { span { b { (alerts.len()) } " alert" @if alerts.len() != 1 { "s" } } }
+        h2 { "Learned profile" }
+        @if d["profile"].is_null() {
+            div.empty {
+                "Nothing learned about this account yet: its profile fills in from its activity during the learning period."
+            }
+        } @else {
+            div.card {
+                dl.facts {
+                    dt { "Hosts it logs on from" }
+                    dd {
+                        (list("hosts", host_link))
+                        @if d["profile"]["roaming"] == true { " " span.muted { "(roaming: many hosts)" } }
+                    }
+                    dt { "Services it uses" }
+                    dd { (list("services", plain)) }
+                    dt { "Protocols" }
+                    dd { (list("protocols", plain)) }
+                    dt { "Active hours (UTC)" }
+                    dd {
+                        div.hours {
+                            @for h in 0..24 {
+                                span class=[(hours & (1 << h) != 0).then_some("on")] { (format!("{h:02}")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Alerts" }
+        (alert_rows(alerts))
+        h2 { "Recent activity" }
+        (recent_activity(
             d["activity"].as_array().map(Vec::as_slice).unwrap_or_default(),
             &format!("/activity?account={}", url_segment(&key))
-        )
-    );
-    Ok(layout("Account", Some(&session), "", &body))
+        ))
+    };
+    Ok(layout("Account", Some(&session), "", body))
 }
 
 pub async fn host(State(portal): State<Portal>, session: Session, Path(ip): Path<String>) -> PageResult {
     let d = host_detail(&portal, &ip).await?;
-    let accounts: Vec<String> = d["accounts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str())
-        .map(|a| format!("<span class=tag>{}</span>", account_link(a)))
-        .collect();
+    let accounts: Vec<&str> = d["accounts"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
     let alerts = d["alerts"].as_array().map(Vec::as_slice).unwrap_or_default();
-    let body = format!(
-        "<div class=crumbs>Computers</div><h1>Computer {}</h1><div class=meta><span><b>{}</b> alert{}</span></div>\
-         <div class=card><dl class=facts><dt>Accounts seen on it</dt><dd>{}</dd></dl></div>\
-         <h2>Alerts</h2>{}<h2>Recent activity</h2>{}",
-        esc(&ip),
-        alerts.len(),
-        if alerts.len() == 1 { "" } else { "s" },
-        if accounts.is_empty() { "-".into() } else { format!("<div class=tags>{}</div>", accounts.concat()) },
-        alert_rows(alerts),
-        recent_activity(
+    let body = html! {
+        div.crumbs { "Computers" }
+        h1 { "Computer " (ip) }
+        div.meta { span { b { (alerts.len()) } " alert" @if alerts.len() != 1 { "s" } } }
+        div.card {
+            dl.facts {
+                dt { "Accounts seen on it" }
+                dd {
+                    @if accounts.is_empty() {
+                        "-"
+                    } @else {
+                        div.tags { @for a in &accounts { span.tag { (account_link(a)) } } }
+                    }
+                }
+            }
+        }
+        h2 { "Alerts" }
+        (alert_rows(alerts))
+        h2 { "Recent activity" }
+        (recent_activity(
             d["activity"].as_array().map(Vec::as_slice).unwrap_or_default(),
             &format!("/activity?host={}", url_segment(&ip))
-        )
-    );
-    Ok(layout("Computer", Some(&session), "", &body))
+        ))
+    };
+    Ok(layout("Computer", Some(&session), "", body))
+}
+
+/// The audit log's events as the page names them, with their badge.
+fn audit_badge(event: &str) -> Markup {
+    let (class, label) = match event {
+        "signed_in" => ("badge ok", "signed in"),
+        "signed_out" => ("badge quiet", "signed out"),
+        "failed" => ("badge bad", "failed"),
+        "throttled" => ("badge bad", "throttled"),
+        "refused" => ("badge bad", "refused"),
+        other => ("badge quiet", other),
+    };
+    html! { span class=(class) { (label) } }
+}
+
+pub async fn audit(State(portal): State<Portal>, session: Session, Query(p): Query<AuditParams>) -> PageResult {
+    let entries = audit_entries(&portal, &session, p.limit.unwrap_or(500)).await?;
+    let body = html! {
+        h1 { "Audit log" }
+        p.muted {
+            "Sign-ins, failed sign-ins, sign-ins refused (after repeated failures, or for a user name over "
+            (super::MAX_USER_NAME) " bytes) and sign-outs, newest first. The cloud keeps the last "
+            (crate::store::AUDIT_KEEP) "."
+        }
+        table {
+            tr { th { "time" } th { "event" } th { "user" } th { "source" } th { "detail" } }
+            @for e in &entries {
+                tr {
+                    td.small.nowrap.muted { (time(e.at_unix_ns)) }
+                    td { (audit_badge(&e.event)) }
+                    td { (crate::text::visible(&e.user)) }
+                    td { @if e.source.is_empty() { "-" } @else { (e.source) } }
+                    td { (e.detail) }
+                }
+            }
+            @if entries.is_empty() {
+                tr { td.empty colspan="5" { "Nothing yet." } }
+            }
+        }
+    };
+    Ok(layout("Audit log", Some(&session), "audit", body))
 }
 
 /// A sensor sends a heartbeat every 10 s; after this long without one it is shown as silent.
@@ -941,79 +1010,99 @@ pub async fn sensors(State(portal): State<Portal>, session: Session) -> PageResu
         super::blocking(move || Ok((store.sensors()?, crate::detect::runner::DetectionFailures::load(store.as_ref()))))
             .await?;
     let now = crate::unix_ns();
-    let mut rows = String::new();
-    for s in &list {
-        let silent = s.last_heartbeat_unix_ns.is_none_or(|t| now.saturating_sub(t) > SILENT_AFTER_NS);
-        let state = if s.revoked_unix_ns.is_some() {
-            "<span class=\"badge quiet\">revoked</span>"
-        } else if s.last_heartbeat_unix_ns.is_none() {
-            "<span class=\"badge quiet\">never connected</span>"
-        } else if silent {
-            "<span class=\"badge bad\">silent</span>"
-        } else {
-            "<span class=\"badge ok\">connected</span>"
-        };
-        let beat = s
-            .last_heartbeat_unix_ns
-            .map_or("never".to_string(), |t| format!("{}<br><span class=\"muted small\">{}</span>", ago(t), time(t)));
-        let health = if s.health_alerts.is_empty() {
-            "<span class=\"badge ok\">no health alerts</span>".to_string()
-        } else {
-            s.health_alerts.iter().map(|a| format!("<span class=\"badge bad\">{}</span> ", esc(a))).collect()
-        };
-        let counters: Vec<String> = SENSOR_COUNTERS
-            .iter()
-            .filter_map(|(k, label)| {
-                s.health_counters.get(*k).map(|v| {
-                    let warn = (label.starts_with("dropped") || k.ends_with("failures")) && *v > 0;
-                    format!("<dt>{label}</dt><dd{}>{v}</dd>", if warn { " class=\"badge bad\"" } else { "" })
-                })
-            })
-            .collect();
-        rows.push_str(&format!(
-            "<tr><td><b>{}</b><br><span class=\"muted small\">{}</span></td><td>{state}</td><td>{}</td><td>{}</td><td class=nowrap>{beat}</td><td>{health}</td><td><dl class=\"facts small\">{}</dl></td></tr>",
-            esc(&s.id),
-            esc(&s.hostname),
-            if s.version.is_empty() { "-".to_string() } else { esc(&s.version) },
-            if s.monitored_dcs.is_empty() {
-                "<span class=muted>none registered</span>".to_string()
-            } else {
-                esc(&s.monitored_dcs.join(", "))
-            },
-            if counters.is_empty() { "<dt>-</dt>".to_string() } else { counters.concat() }
-        ));
-    }
-    if list.is_empty() {
-        rows.push_str(
-            "<tr><td colspan=7 class=empty>No sensors yet. Add one with <code>tap-cloud sensors add NAME</code>.</td></tr>",
-        );
-    }
-    let cloud_health = match failures.recent.last() {
-        None => String::new(),
-        Some(last) => format!(
-            "<p><span class=\"badge bad\">cloud health</span> Detection failed on {} event(s) and skipped them; \
-             the rest was examined. Latest: event {} of sensor <b>{}</b>, {}: <code>{}</code>. The cloud's log \
-             has each; please report it.</p>",
-            failures.count,
-            last.seq,
-            esc(&last.sensor_id),
-            ago(last.at_unix_ns),
-            esc(&last.message)
-        ),
+    let body = html! {
+        h1 { "Sensors" }
+        @if let Some(last) = failures.recent.last() {
+            p {
+                span.badge.bad { "cloud health" }
+                " Detection failed on " (failures.count) " event(s) and skipped them; the rest was examined. Latest: event "
+                (last.seq) " of sensor " b { (last.sensor_id) } ", " (ago(last.at_unix_ns)) ": " code { (last.message) }
+                ". The cloud's log has each; please report it."
+            }
+        }
+        p.muted { "Each sensor's last report: heartbeats every 10 s carry its counters and health alerts." }
+        table {
+            tr {
+                th { "sensor" } th { "state" } th { "version" } th { "monitored DCs" } th { "last heartbeat" }
+                th { "health" } th { "counters" }
+            }
+            @for s in &list {
+                @let silent = s.last_heartbeat_unix_ns.is_none_or(|t| now.saturating_sub(t) > SILENT_AFTER_NS);
+                @let counters: Vec<(&str, u64, bool)> = SENSOR_COUNTERS
+                    .iter()
+                    .filter_map(|(k, label)| {
+                        s.health_counters.get(*k).map(|v| {
+                            (*label, *v, (label.starts_with("dropped") || k.ends_with("failures")) && *v > 0)
+                        })
+                    })
+                    .collect();
+                tr {
+                    td { b { (s.id) } br; span.muted.small { (s.hostname) } }
+                    td {
+                        @if s.revoked_unix_ns.is_some() {
+                            span.badge.quiet { "revoked" }
+                        } @else if s.last_heartbeat_unix_ns.is_none() {
+                            span.badge.quiet { "never connected" }
+                        } @else if silent {
+                            span.badge.bad { "silent" }
+                        } @else {
+                            span.badge.ok { "connected" }
+                        }
+                    }
+                    td { @if s.version.is_empty() { "-" } @else { (s.version) } }
+                    td {
+                        @if s.monitored_dcs.is_empty() {
+                            span.muted { "none registered" }
+                        } @else {
+                            (s.monitored_dcs.join(", "))
+                        }
+                    }
+                    td.nowrap {
+                        @match s.last_heartbeat_unix_ns {
+                            None => "never",
+                            Some(t) => { (ago(t)) br; span.muted.small { (time(t)) } },
+                        }
+                    }
+                    td {
+                        @if s.health_alerts.is_empty() {
+                            span.badge.ok { "no health alerts" }
+                        }
+                        @for a in &s.health_alerts {
+                            span.badge.bad { (a) } " "
+                        }
+                    }
+                    td {
+                        dl.facts.small {
+                            @if counters.is_empty() {
+                                dt { "-" }
+                            }
+                            @for (label, v, warn) in &counters {
+                                dt { (label) }
+                                dd class=[warn.then_some("badge bad")] { (v) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if list.is_empty() {
+                tr { td.empty colspan="7" { "No sensors yet. Add one with " code { "tap-cloud sensors add NAME" } "." } }
+            }
+        }
     };
-    let body = format!(
-        "<h1>Sensors</h1>{cloud_health}<p class=muted>Each sensor's last report: heartbeats every 10 s carry its counters and health alerts.</p>\
-         <table><tr><th>sensor</th><th>state</th><th>version</th><th>monitored DCs</th>\
-         <th>last heartbeat</th><th>health</th><th>counters</th></tr>{rows}</table>"
-    );
-    Ok(layout("Sensors", Some(&session), "sensors", &body))
+    Ok(layout("Sensors", Some(&session), "sensors", body))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn escaping_and_dates() {
-        assert_eq!(super::esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    fn wire_text_is_escaped_and_dates_read() {
+        // A name that tries to close the attribute and the element stays text.
+        let link = super::account_link("LAB\\\"><script>x</script>").into_string();
+        assert_eq!(
+            link,
+            "<a href=\"/accounts/%22%3E%3Cscript%3Ex%3C%2Fscript%3E\" title=\"LAB\\&quot;&gt;&lt;script&gt;x&lt;/script&gt;\">\
+             &quot;&gt;&lt;script&gt;x&lt;/script&gt;</a>"
+        );
         assert_eq!(super::time(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(super::time(1_795_749_927_000_000_000), "2026-11-27 03:25:27 UTC");
         assert_eq!(super::parse_utc("2026-11-27T03:25:27"), Some(1_795_749_927));

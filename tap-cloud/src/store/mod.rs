@@ -121,6 +121,23 @@ pub struct Comment {
     pub text: String,
 }
 
+/// One line of the portal's audit log: a sign-in, a failed or refused one, a sign-out.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    pub at_unix_ns: i64,
+    /// "signed_in", "failed", "throttled", "refused" (a user name too long to look up) or
+    /// "signed_out".
+    pub event: String,
+    /// The user name as given (a refused one cut short, controls made visible).
+    pub user: String,
+    /// The client's address ("" when unknown).
+    pub source: String,
+    pub detail: String,
+}
+
+/// Audit log lines kept: older ones are deleted as new ones arrive.
+pub const AUDIT_KEEP: i64 = 10_000;
+
 /// Activity search: every given field must match; newest first.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
 pub struct EventQuery {
@@ -336,6 +353,10 @@ pub trait Store: Send + Sync {
     fn incident_comments(&self, id: i64) -> anyhow::Result<Vec<Comment>>;
     fn event(&self, sensor_id: &str, seq: u64) -> anyhow::Result<Option<StoredEvent>>;
     fn search_events(&self, q: &EventQuery) -> anyhow::Result<Vec<StoredEvent>>;
+    /// Appends to the audit log, keeping its last [`AUDIT_KEEP`] lines.
+    fn record_audit(&self, entry: &AuditEntry) -> anyhow::Result<()>;
+    /// The audit log's last `limit` lines, newest first.
+    fn audit_log(&self, limit: usize) -> anyhow::Result<Vec<AuditEntry>>;
     /// Named blobs of engine state (learned profiles) that must survive a restart.
     fn load_state(&self, name: &str) -> anyhow::Result<Option<String>>;
     fn save_state(&self, name: &str, value: &str) -> anyhow::Result<()>;
@@ -370,6 +391,15 @@ pub trait Store: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::StoreConfig;
+
+    /// A sensor's reason for not sending an excerpt is kept, cut to 1000 bytes: refusing it
+    /// would lose the reason and have the sensor send it again.
+    #[test]
+    fn a_sensors_excerpt_error_is_kept_cut_short() {
+        assert_eq!(super::excerpt_error("  rotated away \n"), "rotated away");
+        let cut = super::excerpt_error(&"é".repeat(4 << 20));
+        assert!(cut.len() <= super::MAX_EXCERPT_ERROR + "…".len() && cut.ends_with("é…"), "{}", cut.len());
+    }
 
     #[test]
     fn retention_is_read_checked_and_documented() {

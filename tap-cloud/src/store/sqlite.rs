@@ -12,9 +12,9 @@ use prost::Message as _;
 use rusqlite::{params, Connection, OptionalExtension as _};
 
 use super::{
-    check_pcap, excerpt_error, Comment, EventQuery, ExcerptRecord, ExcerptUpload, ExcerptWanted, Incident,
-    InsertOutcome, Pruned, SensorRecord, Store, StoredEvent, User, EXCERPTS_PER_HEARTBEAT, EXCERPT_ASK_AGAIN_NS,
-    EXCERPT_MAX_ASKS,
+    check_pcap, excerpt_error, AuditEntry, Comment, EventQuery, ExcerptRecord, ExcerptUpload, ExcerptWanted, Incident,
+    InsertOutcome, Pruned, SensorRecord, Store, StoredEvent, User, AUDIT_KEEP, EXCERPTS_PER_HEARTBEAT,
+    EXCERPT_ASK_AGAIN_NS, EXCERPT_MAX_ASKS,
 };
 use crate::detect::Alert;
 use crate::pb::{ActivityEvent, Excerpt, ExcerptRequest, Health, SensorInfo};
@@ -118,6 +118,14 @@ CREATE TABLE IF NOT EXISTS excerpts (
     pcap BLOB
 );
 CREATE INDEX IF NOT EXISTS excerpts_open ON excerpts (sensor_id, status);
+CREATE TABLE IF NOT EXISTS audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_unix_ns INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    user TEXT NOT NULL,
+    source TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
 ";
 
 /// Columns of an excerpt without its bytes; the pcap's length last.
@@ -633,6 +641,35 @@ impl Store for SqliteStore {
             )?
             .collect::<Result<Vec<_>, _>>()?;
         Self::decode_events(rows)
+    }
+
+    fn record_audit(&self, entry: &AuditEntry) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO audit_log (at_unix_ns, event, user, source, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![entry.at_unix_ns, entry.event, entry.user, entry.source, entry.detail],
+        )?;
+        tx.execute("DELETE FROM audit_log WHERE id <= last_insert_rowid() - ?1", [AUDIT_KEEP])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn audit_log(&self, limit: usize) -> anyhow::Result<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT at_unix_ns, event, user, source, detail FROM audit_log ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit.min(AUDIT_KEEP as usize) as i64], |r| {
+            Ok(AuditEntry {
+                at_unix_ns: r.get(0)?,
+                event: r.get(1)?,
+                user: r.get(2)?,
+                source: r.get(3)?,
+                detail: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn load_state(&self, name: &str) -> anyhow::Result<Option<String>> {
@@ -1358,20 +1395,43 @@ mod tests {
     }
 
     #[test]
-    fn an_existing_database_gets_the_excerpts_table_when_opened() {
+    fn the_audit_log_keeps_its_last_lines_newest_first() {
+        let store = SqliteStore::in_memory().unwrap();
+        let entry = |n: i64| AuditEntry {
+            at_unix_ns: n,
+            event: "failed".into(),
+            user: format!("user{n}"),
+            source: "192.0.2.1".into(),
+            detail: String::new(),
+        };
+        for n in 1..=AUDIT_KEEP + 5 {
+            store.record_audit(&entry(n)).unwrap();
+        }
+        let count: i64 = store.conn().query_row("SELECT COUNT(*) FROM audit_log", [], |r| r.get(0)).unwrap();
+        assert_eq!(count, AUDIT_KEEP);
+        let last = store.audit_log(3).unwrap();
+        assert_eq!(last, vec![entry(AUDIT_KEEP + 5), entry(AUDIT_KEEP + 4), entry(AUDIT_KEEP + 3)]);
+        let all = store.audit_log(usize::MAX).unwrap();
+        assert_eq!((all.len() as i64, all.last().unwrap().at_unix_ns), (AUDIT_KEEP, 6));
+    }
+
+    #[test]
+    fn an_existing_database_gets_the_excerpts_and_audit_tables_when_opened() {
         let path = std::env::temp_dir().join(format!("dctap-excerpt-schema-{}.db", std::process::id()));
         let _ = std::fs::remove_file(&path);
         {
             let store = with_alerts(SqliteStore::open(&path).unwrap(), 1);
-            store.conn().execute_batch("DROP INDEX excerpts_open; DROP TABLE excerpts;").unwrap();
+            store.conn().execute_batch("DROP INDEX excerpts_open; DROP TABLE excerpts; DROP TABLE audit_log;").unwrap();
             store.add_sensor("s1", "h").unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
         assert!(store.sensor("s1").unwrap().is_some(), "what was there stays");
         let id = store.request_excerpt(&wanted(1, "s1")).unwrap();
+        store.record_audit(&AuditEntry { event: "signed_in".into(), ..Default::default() }).unwrap();
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.excerpts().unwrap()[0].id, id, "and opening again keeps it");
+        assert_eq!(store.audit_log(10).unwrap().len(), 1);
         drop(store);
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));

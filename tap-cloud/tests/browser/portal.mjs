@@ -148,6 +148,37 @@ try {
   const list = await context.request.get(`${base}/api/incidents?status=in_progress`);
   check((await list.json()).incidents.some((i) => i.id === incidentId), 'the incident is listed under in_progress');
 
+  // 7b. Never in a frame, not even one of the portal's own origin: a framed incident page
+  // with its Save form could have a click steered onto it. A page of the portal's origin
+  // (made up here by the test) frames the incident; the browser must refuse to show it.
+  const framer = `${base}/framing-test`;
+  await page.route(framer, (route) =>
+    route.fulfill({
+      contentType: 'text/html',
+      body: `<!doctype html><title>framer</title><iframe id=victim src="/incidents/${incidentId}" width=900 height=500></iframe>`,
+    })
+  );
+  const [framedResponse] = await Promise.all([
+    page.waitForResponse((r) => r.url() === incidentUrl),
+    page.goto(framer, { waitUntil: 'load' }),
+  ]);
+  const framedHeaders = await framedResponse.allHeaders();
+  check(
+    framedHeaders['x-frame-options'] === 'DENY' && /frame-ancestors 'none'/.test(framedHeaders['content-security-policy'] ?? ''),
+    'the incident page forbids framing (X-Frame-Options DENY, frame-ancestors \'none\')',
+    JSON.stringify(framedHeaders)
+  );
+  // A refused frame holds the browser's error page, of no origin the framer can read; a
+  // shown one would be the portal's page with its form.
+  const framedForms = await page.evaluate(() => {
+    const doc = document.getElementById('victim').contentDocument;
+    return doc ? doc.querySelectorAll('form').length : -1;
+  });
+  const victim = page.frames().find((f) => f !== page.mainFrame());
+  check(framedForms <= 0, 'chromium does not render the incident page in a same-origin frame', `${framedForms} form(s), frame at ${victim?.url()}`);
+  await page.unroute(framer);
+  await page.goto(incidentUrl);
+
   // 8. The other main pages, reached through the links an analyst follows.
   await Promise.all([page.waitForURL(`**/hosts/${attacker}`), page.locator(`.timeline a[href="/hosts/${attacker}"]`).first().click()]);
   check((await page.textContent('main')).includes('Kerberoasting'), 'the host page lists the host\'s alerts');

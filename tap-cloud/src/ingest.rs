@@ -689,17 +689,22 @@ mod tests {
         let full = SensorInfo {
             sensor_id: "s1".into(),
             version: "v".repeat(64),
-            monitored_dcs: n(64, 64),
+            monitored_dcs: n(crate::limits::MONITORED_DCS, 64),
             capabilities: n(16, 32),
             hostname: "h".repeat(255),
         };
         let _: RegisterReply = call(addr, REGISTER, "s1", "key-s1", full.clone()).await.unwrap();
         let counters: std::collections::HashMap<String, u64> = n(256, 64).into_iter().map(|k| (k, 1)).collect();
-        let health = Health { sensor_id: "s1".into(), counters, alerts: n(64, 512), ..Default::default() };
+        let health = Health {
+            sensor_id: "s1".into(),
+            counters,
+            alerts: n(crate::limits::HEALTH_ALERTS, 512),
+            ..Default::default()
+        };
         let _: HeartbeatReply = call(addr, HEARTBEAT, "s1", "key-s1", health.clone()).await.unwrap();
         let stored = store.sensor("s1").unwrap().unwrap();
-        assert_eq!((stored.hostname.len(), stored.monitored_dcs.len(), stored.capabilities.len()), (255, 64, 16));
-        assert_eq!((stored.health_alerts.len(), stored.health_counters.len()), (64, 256));
+        assert_eq!((stored.hostname.len(), stored.monitored_dcs.len(), stored.capabilities.len()), (255, 1024, 16));
+        assert_eq!((stored.health_alerts.len(), stored.health_counters.len()), (1024, 256));
 
         // One over, field by field.
         let over_info: Vec<(SensorInfo, &str)> = vec![
@@ -713,8 +718,8 @@ mod tests {
             ),
             (SensorInfo { version: "v".repeat(65), ..full.clone() }, "SensorInfo.version of 65 bytes (at most 64)"),
             (
-                SensorInfo { monitored_dcs: n(65, 8), ..full.clone() },
-                "SensorInfo.monitored_dcs: 65 entries (at most 64)",
+                SensorInfo { monitored_dcs: n(1025, 8), ..full.clone() },
+                "SensorInfo.monitored_dcs: 1025 entries (at most 1024)",
             ),
             (
                 SensorInfo { monitored_dcs: vec!["10.0.0.1".into(), "d".repeat(65)], ..full.clone() },
@@ -740,8 +745,8 @@ mod tests {
         long_name.remove("0".repeat(64).as_str());
         long_name.insert("c".repeat(65), 1);
         let over_health: Vec<(Health, &str)> = vec![
-            (Health { alerts: n(65, 8), ..health.clone() }, "Health.alerts: 65 entries (at most 64)"),
-            (Health { alerts: n(5000, 1024), ..health.clone() }, "Health.alerts: 5000 entries (at most 64)"),
+            (Health { alerts: n(1025, 8), ..health.clone() }, "Health.alerts: 1025 entries (at most 1024)"),
+            (Health { alerts: n(5000, 1024), ..health.clone() }, "Health.alerts: 5000 entries (at most 1024)"),
             (Health { alerts: vec!["a".repeat(513)], ..health.clone() }, "Health.alerts[0] of 513 bytes (at most 512)"),
             (Health { counters: many_counters, ..health.clone() }, "Health.counters: 257 entries (at most 256)"),
             (Health { counters: long_name, ..health.clone() }, "Health.counters name of 65 bytes (at most 64)"),

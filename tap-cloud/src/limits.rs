@@ -14,13 +14,15 @@ pub const SENSOR_ID: usize = 128;
 /// Register: the sensor's host name (a DNS name is at most 255 bytes).
 pub const HOSTNAME: usize = 255;
 pub const VERSION: usize = 64;
-/// Register: DC addresses or subnets, each at most this long.
-pub const MONITORED_DCS: usize = 64;
+/// Register: DC addresses or subnets, each at most this long. Generous: a refused
+/// registration or heartbeat keeps a sensor from sending anything, so a real one (a site
+/// with many DCs, an alert per silent DC) must never meet these counts.
+pub const MONITORED_DCS: usize = 1024;
 pub const MONITORED_DC: usize = 64;
 pub const CAPABILITIES: usize = 16;
 pub const CAPABILITY: usize = 32;
-/// Heartbeat: active health alerts.
-pub const HEALTH_ALERTS: usize = 64;
+/// Heartbeat: active health alerts (one per silent DC among them).
+pub const HEALTH_ALERTS: usize = 1024;
 pub const HEALTH_ALERT: usize = 512;
 /// Heartbeat: counters, by name.
 pub const HEALTH_COUNTERS: usize = 256;

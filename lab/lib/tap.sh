@@ -37,6 +37,10 @@ tap_up() {  # tap_up [--fresh]
 dcs = ["$DC_IP"]
 honeytokens = ["$HONEYTOKEN"]
 max_ticket_lifetime_hours = 0
+# Scenarios end seconds apart and the suite reads the alerts between them: examine an event
+# a second after the sensor delivered later ones, and stop waiting after 3 s of silence.
+allowed_lateness_secs = 1
+sensor_idle_secs = 3
 EOC
   # DCTAP_LAB_LEARNING_SECONDS=N: profiles learn for N seconds instead of days, so a
   # learned detection (pass-the-hash: a host new to the account) can fire within a scenario.

@@ -144,8 +144,10 @@ pub fn run(env: &Env, wait: bool) -> anyhow::Result<()> {
         step(what);
         lab.run(&["scenarios", key])?;
     }
-    // The last events through the uplink, the detections after them (half a second each).
-    std::thread::sleep(Duration::from_secs(3));
+    // The last events through the uplink, and the detections after them: the cloud holds
+    // the last second of events until the sensor has been silent for 3 s (the lab's
+    // allowed_lateness_secs and sensor_idle_secs).
+    std::thread::sleep(Duration::from_secs(5));
     let cloud_bin = lab.cloud();
     let db = lab.db();
     step(

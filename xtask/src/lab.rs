@@ -577,8 +577,9 @@ fn stored_events(lab: &Lab) -> anyhow::Result<u64> {
 }
 
 /// Waits until the cloud has caught up with a scenario: neither the stored events nor the
-/// alerts change for two seconds (the uplink and the detection thread both run within a
-/// second).
+/// alerts change for five seconds (the uplink and the detection thread run within a
+/// second; detection holds the last second of events until the sensor is silent for 3 s,
+/// the lab's `sensor_idle_secs`).
 fn settle(lab: &Lab) -> anyhow::Result<BTreeMap<i64, Alert>> {
     std::thread::sleep(Duration::from_secs(2));
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -590,7 +591,7 @@ fn settle(lab: &Lab) -> anyhow::Result<BTreeMap<i64, Alert>> {
         if now != last {
             last = now;
             stable_since = Instant::now();
-        } else if stable_since.elapsed() >= Duration::from_secs(2) {
+        } else if stable_since.elapsed() >= Duration::from_secs(5) {
             break;
         }
     }

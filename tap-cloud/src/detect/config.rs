@@ -57,6 +57,13 @@ pub struct DetectConfig {
     /// Per detection, source addresses allowed to do it (e.g. a vulnerability scanner
     /// doing LDAP reconnaissance); "*" as the detection applies to all.
     pub exclusions: BTreeMap<String, Vec<String>>,
+    /// Events of every sensor are examined in event-time order: an event is examined once
+    /// each active sensor has delivered events this many seconds later than it (the
+    /// allowed lateness: how far apart sensors' and workers' deliveries may be).
+    pub allowed_lateness_secs: u64,
+    /// A sensor that delivered nothing for this many seconds (wall clock) no longer holds
+    /// the others back; its later events are examined as late.
+    pub sensor_idle_secs: u64,
 }
 
 impl Default for DetectConfig {
@@ -80,6 +87,8 @@ impl Default for DetectConfig {
             dcs: Vec::new(),
             all_dcs_watched: false,
             exclusions: BTreeMap::new(),
+            allowed_lateness_secs: 5,
+            sensor_idle_secs: 10,
         }
     }
 }
@@ -94,6 +103,10 @@ impl DetectConfig {
 
     pub fn window_ns(&self) -> i64 {
         (self.window_secs as i64).saturating_mul(1_000_000_000)
+    }
+
+    pub fn allowed_lateness_ns(&self) -> i64 {
+        (self.allowed_lateness_secs as i64).saturating_mul(1_000_000_000)
     }
 
     /// True when `source` (or `account`) is excluded from `detection`.

@@ -1,5 +1,12 @@
-//! Feeds stored events to the engine, per sensor in sequence order, from where the last
-//! run stopped (a cursor per sensor in the store), and saves the alerts it raises.
+//! Feeds stored events to the engine in event-time order across every sensor, from where
+//! the last run stopped (a cursor per sensor in the store), and saves the alerts it raises.
+//!
+//! Sensors deliver at their own pace, and one sensor's workers each in theirs: a TGT
+//! issued at one DC can reach the cloud after its use at another. Events are therefore held
+//! and merged by event time, and one is examined once every active sensor has delivered
+//! events `allowed_lateness_secs` later than it (the watermark). A sensor that delivered
+//! nothing for `sensor_idle_secs` stops holding the others back; what it sends afterwards
+//! older than what was examined is examined at once, as late, and its alerts say so.
 //!
 //! Alerts are saved every step; the learned profiles and the cursors together at a
 //! checkpoint, every [`CHECKPOINT_EVERY`] and whenever detection has caught up. The
@@ -9,8 +16,9 @@
 //! extended, and profiles learn them twice, which is harmless.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use super::{Alert, Engine};
@@ -53,6 +61,14 @@ impl DetectionFailures {
     }
 }
 
+/// Name of the sensors detection no longer waits for, in the store's engine state.
+pub const NOT_WAITED_FOR: &str = "detection_not_waiting";
+
+/// The sensors detection stopped waiting for (silent while others delivered), with when.
+pub fn not_waited_for(store: &dyn Store) -> BTreeMap<String, i64> {
+    store.load_state(NOT_WAITED_FOR).ok().flatten().and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default()
+}
+
 /// The text of a panic's payload.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     let text = payload
@@ -69,6 +85,26 @@ pub const EXCERPT_MARGIN_NS: i64 = 30_000_000_000;
 /// Events read per sensor per step.
 const BATCH: usize = 5_000;
 
+/// Events held for event-time order at most: past it the oldest are examined without
+/// waiting (a sensor far behind the others cannot grow the cloud without bound).
+const MAX_HELD: usize = 200_000;
+
+/// What a sensor has delivered, for the watermark.
+struct Progress {
+    /// The latest event time it delivered; None before its first event.
+    latest: Option<i64>,
+    /// When it last delivered (or was first seen): silent longer than the idle time, it no
+    /// longer holds the others back.
+    last_delivery: Instant,
+    /// Sequence numbers read and not examined yet: its cursor stays below the lowest.
+    held: BTreeSet<u64>,
+    /// Highest sequence number read from the store.
+    fetched: u64,
+}
+
+/// Added to the description of an alert raised or extended by an event examined late.
+const LATE_NOTE: &str = " Part of its evidence arrived late (its sensor had fallen silent, and events of other sensors after it were examined first).";
+
 /// Longest time between checkpoints while events keep coming.
 pub const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -79,9 +115,19 @@ pub struct Runner {
     store: Arc<dyn Store>,
     /// Alerts on a shared entity this close in time join one incident.
     pub incident_gap_ns: i64,
-    /// Per sensor, the last event processed since the last checkpoint.
+    /// Per sensor, what to save as its cursor at the next checkpoint.
     pending_cursors: HashMap<String, u64>,
     checkpointed_at: std::time::Instant,
+    /// Per sensor, what it delivered (the watermark's inputs).
+    progress: HashMap<String, Progress>,
+    /// Events read and not examined yet, by (event time, sensor, sequence number).
+    held: BTreeMap<(i64, String, u64), crate::pb::ActivityEvent>,
+    /// Latest event time examined: an event older than this arriving now is late.
+    examined_through: i64,
+    /// Sensors that went silent while others delivered (a health alert each), and what
+    /// of it the store holds.
+    pub silent: BTreeMap<String, i64>,
+    silent_saved: BTreeMap<String, i64>,
     pub failures: DetectionFailures,
     /// Tests: the event whose processing panics, as a bug would.
     #[cfg(test)]
@@ -104,6 +150,7 @@ impl Runner {
             }
         }
         let failures = DetectionFailures::load(store.as_ref());
+        let silent = not_waited_for(store.as_ref());
         Ok(Self {
             engine,
             exporter: None,
@@ -111,15 +158,30 @@ impl Runner {
             incident_gap_ns: 3_600_000_000_000,
             pending_cursors: HashMap::new(),
             checkpointed_at: std::time::Instant::now(),
+            progress: HashMap::new(),
+            held: BTreeMap::new(),
+            examined_through: i64::MIN,
+            silent_saved: silent.clone(),
+            silent,
             failures,
             #[cfg(test)]
             fail_on: None,
         })
     }
 
-    /// One pass over what arrived since the last; returns the events processed.
+    /// One pass over what arrived since the last: reads it, examines what the watermark
+    /// allows; returns the events examined.
     pub fn step(&mut self) -> anyhow::Result<usize> {
-        let mut processed = 0;
+        self.advance(false)
+    }
+
+    /// Examines every event read, whatever the watermark (the end of a catch-up: nothing
+    /// more is coming).
+    pub fn flush(&mut self) -> anyhow::Result<usize> {
+        self.advance(true)
+    }
+
+    fn advance(&mut self, flush: bool) -> anyhow::Result<usize> {
         let sensors = self.store.sensors()?;
         // Only a live sensor keeps the frames behind its events and heartbeats to be asked
         // for them; one reading a file does neither.
@@ -128,79 +190,173 @@ impl Runner {
             .filter(|s| s.revoked_unix_ns.is_none() && s.capabilities.iter().any(|c| c == "capture"))
             .map(|s| s.id.as_str())
             .collect();
+        let now = Instant::now();
+        let mut late = Vec::new();
         for sensor in &sensors {
             self.engine.add_dcs(&sensor.monitored_dcs);
-            let cursor = match self.pending_cursors.get(&sensor.id) {
-                Some(&seq) => seq,
-                None => self.store.detect_cursor(&sensor.id)?,
-            };
-            let events = self.store.sensor_events_after(&sensor.id, cursor, BATCH)?;
+            if !self.progress.contains_key(&sensor.id) {
+                let cursor = self.store.detect_cursor(&sensor.id)?;
+                let p = Progress { latest: None, last_delivery: now, held: BTreeSet::new(), fetched: cursor };
+                self.progress.insert(sensor.id.clone(), p);
+            }
+            let Some(p) = self.progress.get_mut(&sensor.id) else { continue };
+            if self.held.len() >= MAX_HELD {
+                continue;
+            }
+            let events = self.store.sensor_events_after(&sensor.id, p.fetched, BATCH)?;
             let Some(last) = events.last().map(|e| e.event.seq) else { continue };
-            // Each alert once per step, in its latest state, all in one transaction: saving
-            // every update on its own (an fsync each) made detection fall seconds behind a
-            // busy sensor (bench e2e). An alert is its key and its first sighting: the same
-            // key may close and open again within a step.
-            let mut alerts: Vec<Alert> = Vec::new();
-            let mut index: HashMap<(String, String, String, i64), usize> = HashMap::new();
-            for e in &events {
-                // A bug that some input meets must not stop detection for every sensor:
-                // the event is recorded, skipped, and the next one goes on.
-                let engine = &mut self.engine;
-                #[cfg(test)]
-                let fail = self.fail_on == Some(e.event.seq);
-                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    #[cfg(test)]
-                    assert!(!fail, "injected failure");
-                    engine.process(&e.event)
-                }));
-                let raised = match outcome {
-                    Ok(raised) => raised,
-                    Err(payload) => {
-                        self.record_failure(&e.event, panic_message(payload.as_ref()))?;
-                        continue;
-                    }
-                };
-                for a in raised {
-                    let key = (a.detection.clone(), a.src_ip.clone(), a.account.clone(), a.first_seen_ns);
-                    match index.get(&key) {
-                        Some(&i) => alerts[i] = a,
-                        None => {
-                            index.insert(key, alerts.len());
-                            alerts.push(a);
-                        }
-                    }
+            p.fetched = last;
+            p.last_delivery = now;
+            if self.silent.remove(&sensor.id).is_some() {
+                log::info!(
+                    "sensor {} delivers again; its events older than those examined are examined as late",
+                    sensor.id.escape_debug()
+                );
+            }
+            for e in events {
+                let ev = e.event;
+                p.latest = Some(p.latest.map_or(ev.time_unix_ns, |t| t.max(ev.time_unix_ns)));
+                if ev.time_unix_ns < self.examined_through {
+                    late.push(ev);
+                } else {
+                    p.held.insert(ev.seq);
+                    self.held.insert((ev.time_unix_ns, ev.sensor_id.clone(), ev.seq), ev);
                 }
             }
-            let new: Vec<bool> = alerts.iter().map(|a| a.id == 0).collect();
-            self.store.save_alerts(&mut alerts, self.incident_gap_ns)?;
-            let mut excerpts = Vec::new();
-            for (a, _) in alerts.iter().zip(&new).filter(|(_, new)| **new) {
-                if let Some(w) = self.excerpt_for(a, &live)? {
-                    excerpts.push(w);
-                }
-            }
-            if !excerpts.is_empty() {
-                self.store.request_excerpts(&excerpts)?;
-            }
-            for (a, new) in alerts.iter().zip(new) {
-                if let (true, Some(x)) = (new, self.exporter.as_mut()) {
-                    x.send(a);
-                }
-                self.engine.saved(a);
-            }
-            self.pending_cursors.insert(sensor.id.clone(), last);
-            processed += events.len();
         }
-        if processed == 0 || self.checkpointed_at.elapsed() >= CHECKPOINT_EVERY {
+        let watermark = if flush { i64::MAX } else { self.watermark(&sensors, now) };
+        let mut ready = Vec::new();
+        loop {
+            let over = self.held.len() > MAX_HELD;
+            let Some(entry) = self.held.first_entry() else { break };
+            if entry.key().0 > watermark && !over {
+                break;
+            }
+            let ev = entry.remove();
+            if let Some(p) = self.progress.get_mut(&ev.sensor_id) {
+                p.held.remove(&ev.seq);
+            }
+            self.examined_through = self.examined_through.max(ev.time_unix_ns);
+            ready.push(ev);
+        }
+        let examined = late.len() + ready.len();
+        if examined > 0 {
+            self.examine(&late, &ready, &live)?;
+        }
+        for (id, p) in &self.progress {
+            // The cursor stays below every event read and not examined yet.
+            let cursor = p.held.first().map_or(p.fetched, |first| first.saturating_sub(1));
+            self.pending_cursors.insert(id.clone(), cursor);
+        }
+        if examined == 0 || self.checkpointed_at.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint()?;
         }
-        Ok(processed)
+        Ok(examined)
+    }
+
+    /// The event time up to which every active sensor has delivered, less the allowed
+    /// lateness. A sensor silent for longer than the idle time is not waited for (and is
+    /// noted as silent while others deliver).
+    fn watermark(&mut self, sensors: &[crate::store::SensorRecord], now: Instant) -> i64 {
+        let idle = Duration::from_secs(self.engine.config.sensor_idle_secs);
+        let lateness = self.engine.config.allowed_lateness_ns();
+        let mut watermark = i64::MAX;
+        let active = |p: &Progress| now.duration_since(p.last_delivery) < idle;
+        let others_deliver = self.progress.values().any(|p| active(p) && p.latest.is_some());
+        for s in sensors.iter().filter(|s| s.revoked_unix_ns.is_none()) {
+            let Some(p) = self.progress.get(&s.id) else { continue };
+            if !active(p) {
+                if p.latest.is_some() && others_deliver && !self.silent.contains_key(&s.id) {
+                    log::warn!(
+                        "sensor {} delivered nothing for {} s: detection no longer waits for it",
+                        s.id.escape_debug(),
+                        idle.as_secs()
+                    );
+                    self.silent.insert(s.id.clone(), crate::unix_ns());
+                }
+                continue;
+            }
+            watermark = watermark.min(p.latest.map_or(i64::MIN, |t| t.saturating_sub(lateness)));
+        }
+        watermark
+    }
+
+    /// Runs the engine over late events (first: they are the oldest) and then the events
+    /// in order, saves the alerts in one transaction, asks for their excerpts and exports
+    /// the new ones.
+    fn examine(
+        &mut self,
+        late: &[crate::pb::ActivityEvent],
+        ready: &[crate::pb::ActivityEvent],
+        live: &HashSet<&str>,
+    ) -> anyhow::Result<()> {
+        // Each alert once per step, in its latest state, all in one transaction: saving
+        // every update on its own (an fsync each) made detection fall seconds behind a
+        // busy sensor (bench e2e). An alert is its key and its first sighting: the same
+        // key may close and open again within a step.
+        let mut alerts: Vec<Alert> = Vec::new();
+        let mut index: HashMap<(String, String, String, i64), usize> = HashMap::new();
+        let events = late.iter().map(|e| (e, true)).chain(ready.iter().map(|e| (e, false)));
+        for (ev, is_late) in events {
+            // A bug that some input meets must not stop detection for every sensor:
+            // the event is recorded, skipped, and the next one goes on.
+            let engine = &mut self.engine;
+            #[cfg(test)]
+            let fail = self.fail_on == Some(ev.seq);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                #[cfg(test)]
+                assert!(!fail, "injected failure");
+                engine.process(ev)
+            }));
+            let raised = match outcome {
+                Ok(raised) => raised,
+                Err(payload) => {
+                    self.record_failure(ev, panic_message(payload.as_ref()))?;
+                    continue;
+                }
+            };
+            for mut a in raised {
+                if is_late && !a.description.ends_with(LATE_NOTE) {
+                    a.description.push_str(LATE_NOTE);
+                }
+                let key = (a.detection.clone(), a.src_ip.clone(), a.account.clone(), a.first_seen_ns);
+                match index.get(&key) {
+                    Some(&i) => alerts[i] = a,
+                    None => {
+                        index.insert(key, alerts.len());
+                        alerts.push(a);
+                    }
+                }
+            }
+        }
+        let new: Vec<bool> = alerts.iter().map(|a| a.id == 0).collect();
+        self.store.save_alerts(&mut alerts, self.incident_gap_ns)?;
+        let mut excerpts = Vec::new();
+        for (a, _) in alerts.iter().zip(&new).filter(|(_, new)| **new) {
+            if let Some(w) = self.excerpt_for(a, live)? {
+                excerpts.push(w);
+            }
+        }
+        if !excerpts.is_empty() {
+            self.store.request_excerpts(&excerpts)?;
+        }
+        for (a, new) in alerts.iter().zip(new) {
+            if let (true, Some(x)) = (new, self.exporter.as_mut()) {
+                x.send(a);
+            }
+            self.engine.saved(a);
+        }
+        Ok(())
     }
 
     /// Saves the learned profiles, then the cursors: a crash in between learns events
     /// twice rather than never.
     pub fn checkpoint(&mut self) -> anyhow::Result<()> {
         self.save_profiles()?;
+        if self.silent_saved != self.silent {
+            self.store.save_state(NOT_WAITED_FOR, &serde_json::to_string(&self.silent)?)?;
+            self.silent_saved = self.silent.clone();
+        }
         for (sensor, seq) in self.pending_cursors.drain() {
             self.store.set_detect_cursor(&sensor, seq)?;
         }
@@ -260,15 +416,19 @@ impl Runner {
         Ok(())
     }
 
-    /// Steps until nothing new is left.
+    /// Steps until nothing new is left, then examines what is still held: everything
+    /// stored is examined, in event-time order.
     pub fn catch_up(&mut self) -> anyhow::Result<usize> {
         let mut total = 0;
         loop {
-            let n = self.step()?;
-            if n == 0 {
+            let before: u64 = self.progress.values().map(|p| p.fetched).sum();
+            total += self.step()?;
+            let after: u64 = self.progress.values().map(|p| p.fetched).sum();
+            if after == before {
+                total += self.flush()?;
+                self.checkpoint()?;
                 return Ok(total);
             }
-            total += n;
         }
     }
 }
@@ -298,6 +458,12 @@ mod tests {
         }
     }
 
+    /// Events examined as soon as they are read (no lateness allowed): what tests of the
+    /// per-step behaviour want.
+    fn prompt() -> DetectConfig {
+        DetectConfig { allowed_lateness_secs: 0, ..DetectConfig::default() }
+    }
+
     fn failure(seq: u64, time_unix_ns: i64, user: &str) -> ActivityEvent {
         kerberos(seq, time_unix_ns, user, 30, 24)
     }
@@ -312,15 +478,15 @@ mod tests {
         let logon = |seq: u64| kerberos(seq, seq as i64 * 1_000_000, &format!("user{}", seq % 50), 11, 0);
         let events: Vec<_> = (1..=(BATCH as u64 + 1000)).map(logon).collect();
         store.insert_events("s1", &events, &[]).unwrap();
-        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        let mut runner = Runner::new(Engine::new(prompt()), Arc::clone(&store)).unwrap();
         assert_eq!(runner.step().unwrap(), BATCH);
         assert_eq!(store.detect_cursor("s1").unwrap(), 0, "no checkpoint while events keep coming");
         // Dies here: a new runner goes through the same events again.
-        let mut again = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        let mut again = Runner::new(Engine::new(prompt()), Arc::clone(&store)).unwrap();
         assert_eq!(again.catch_up().unwrap(), BATCH + 1000);
         assert_eq!(store.detect_cursor("s1").unwrap(), BATCH as u64 + 1000, "caught up: a checkpoint");
         assert!(store.load_state(PROFILES).unwrap().is_some(), "the profiles went with it");
-        let mut after = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        let mut after = Runner::new(Engine::new(prompt()), Arc::clone(&store)).unwrap();
         assert_eq!(after.catch_up().unwrap(), 0);
         // Events arriving for longer than CHECKPOINT_EVERY are checkpointed on the way.
         runner.checkpointed_at -= CHECKPOINT_EVERY;
@@ -337,12 +503,12 @@ mod tests {
         store.add_sensor("s1", "h").unwrap();
         let failure = |seq: u64| failure(seq, seq as i64 * 1_000_000_000, &format!("u{}", seq % 8));
         store.insert_events("s1", &(1..=40).map(failure).collect::<Vec<_>>(), &[]).unwrap();
-        let mut first = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        let mut first = Runner::new(Engine::new(prompt()), Arc::clone(&store)).unwrap();
         assert_eq!(first.step().unwrap(), 40);
         let raised = store.alerts().unwrap();
         assert!(!raised.is_empty());
         assert_eq!(store.detect_cursor("s1").unwrap(), 0, "crashed before a checkpoint");
-        let mut second = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        let mut second = Runner::new(Engine::new(prompt()), Arc::clone(&store)).unwrap();
         assert_eq!(second.catch_up().unwrap(), 40);
         let after: Vec<_> =
             store.alerts().unwrap().into_iter().map(|a| (a.id, a.detection, a.src_ip, a.account)).collect();
@@ -394,6 +560,106 @@ mod tests {
         assert!(!spray[0].evidence.iter().any(|(_, seq)| *seq == 3));
         runner.checkpoint().unwrap();
         assert_eq!(store.detect_cursor("s1").unwrap(), 8, "the cursor moves past it");
+    }
+
+    /// Two sensors (one per DC) and, within the first, two workers whose events reach the
+    /// cloud one worker after the other: a password spray split across both DCs, then a
+    /// sprayed account's logon from the sprayer (reported by the first worker, before the
+    /// failures it follows). Whatever the order and batching in which the events arrive,
+    /// with detection running between arrivals, the alerts are the same: one spray over
+    /// both DCs and its success.
+    #[test]
+    fn alerts_do_not_depend_on_how_sensors_and_workers_interleave() {
+        let t0: i64 = 1_796_000_000_000_000_000;
+        let s = |n: i64| t0 + n * 1_000_000_000;
+        let at = |sensor: &str, dc: &str, mut ev: ActivityEvent| {
+            ev.sensor_id = sensor.into();
+            ev.dc_ip = dc.into();
+            ev
+        };
+        // DC1's sensor: worker 2's events (the success at 40 s) numbered before worker 1's
+        // (failures at 10-13 s).
+        let dc1: Vec<ActivityEvent> = std::iter::once(kerberos(1, s(40), "frank", 11, 0))
+            .chain(
+                ["u1", "u2", "u3", "frank"].iter().enumerate().map(|(i, u)| failure(2 + i as u64, s(10 + i as i64), u)),
+            )
+            .map(|e| at("dc1-sensor", "10.0.0.10", e))
+            .collect();
+        // DC2's sensor: the rest of the spray, between DC1's failures.
+        let dc2: Vec<ActivityEvent> = ["u4", "u5", "u6"]
+            .iter()
+            .enumerate()
+            .map(|(i, u)| at("dc2-sensor", "10.0.0.11", failure(1 + i as u64, s(11 + i as i64), u)))
+            .collect();
+        // Each order: its name, and the batches as they arrive (sensor, events).
+        type Arrivals<'a> = Vec<(&'a str, Vec<ActivityEvent>)>;
+        let orders: Vec<(&str, Arrivals)> = vec![
+            ("DC1's first", vec![("dc1-sensor", dc1.clone()), ("dc2-sensor", dc2.clone())]),
+            ("DC2's first", vec![("dc2-sensor", dc2.clone()), ("dc1-sensor", dc1.clone())]),
+            ("both at once", vec![("dc1-sensor", dc1.clone()), ("dc2-sensor", dc2.clone())]),
+            (
+                "small batches alternating",
+                dc1.chunks(2)
+                    .zip(dc2.chunks(2).chain(std::iter::repeat(&[][..])))
+                    .flat_map(|(a, b)| [("dc1-sensor", a.to_vec()), ("dc2-sensor", b.to_vec())])
+                    .filter(|(_, c)| !c.is_empty())
+                    .collect(),
+            ),
+        ];
+        let mut results = Vec::new();
+        for (name, chunks) in orders {
+            let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+            store.add_sensor("dc1-sensor", "h").unwrap();
+            store.add_sensor("dc2-sensor", "h").unwrap();
+            let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+            let together = name == "both at once";
+            for (sensor, chunk) in &chunks {
+                store.insert_events(sensor, chunk, &[]).unwrap();
+                if !together {
+                    runner.step().unwrap();
+                }
+            }
+            runner.catch_up().unwrap();
+            let mut alerts: Vec<_> =
+                store.alerts().unwrap().into_iter().map(|a| (a.detection, a.account, a.src_ip)).collect();
+            alerts.sort();
+            results.push((name, alerts));
+        }
+        let (_, first) = &results[0];
+        let detections: Vec<&str> = first.iter().map(|a| a.0.as_str()).collect();
+        assert!(detections.contains(&"password_spray") && detections.contains(&"spray_success"), "{first:?}");
+        assert_eq!(detections.iter().filter(|d| **d == "password_spray").count(), 1, "one spray over both DCs");
+        for (name, alerts) in &results {
+            assert_eq!(alerts, first, "{name}");
+        }
+    }
+
+    /// A sensor silent for longer than the idle time does not hold the others back; what it
+    /// sends when it comes back is examined with the same rules, and the alerts it raises
+    /// or extends say that their evidence arrived late.
+    #[test]
+    fn a_silent_sensor_is_not_waited_for_and_its_late_events_are_examined_as_late() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.add_sensor("dc1-sensor", "h").unwrap();
+        store.add_sensor("dc2-sensor", "h").unwrap();
+        let cfg = DetectConfig { sensor_idle_secs: 0, allowed_lateness_secs: 0, ..DetectConfig::default() };
+        let mut runner = Runner::new(Engine::new(cfg), Arc::clone(&store)).unwrap();
+        let t = |n: i64| 1_796_000_000_000_000_000 + n * 1_000_000_000;
+        let on = |sensor: &str, e: ActivityEvent| ActivityEvent { sensor_id: sensor.into(), ..e };
+        let dc1: Vec<_> = (1..=3).map(|i| on("dc1-sensor", failure(i, t(10 + i as i64), &format!("u{i}")))).collect();
+        store.insert_events("dc1-sensor", &dc1, &[]).unwrap();
+        assert_eq!(runner.step().unwrap(), 3, "the silent sensor is not waited for");
+        assert!(store.alerts().unwrap().is_empty());
+        let dc2: Vec<_> =
+            (4..=5).map(|i| on("dc2-sensor", failure(i - 3, t(7 + i as i64), &format!("u{i}")))).collect();
+        store.insert_events("dc2-sensor", &dc2, &[]).unwrap();
+        assert_eq!(runner.step().unwrap(), 2);
+        let alerts = store.alerts().unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].detection, "password_spray");
+        assert!(alerts[0].description.ends_with(LATE_NOTE), "{}", alerts[0].description);
+        runner.checkpoint().unwrap();
+        assert!(not_waited_for(store.as_ref()).is_empty(), "it delivers again");
     }
 
     #[test]
@@ -487,7 +753,7 @@ mod tests {
         let events: Vec<_> =
             (1..=40u64).map(|i| failure(i, if i <= 20 { i as i64 } else { 20_000 + i as i64 })).collect();
         store.insert_events("s1", &events, &[]).unwrap();
-        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        let mut runner = Runner::new(Engine::new(prompt()), Arc::clone(&store)).unwrap();
         assert_eq!(runner.step().unwrap(), 40);
         let alerts = store.alerts().unwrap();
         assert_eq!(alerts.len(), 2, "{alerts:?}");

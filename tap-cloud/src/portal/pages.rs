@@ -1006,12 +1006,24 @@ const SENSOR_COUNTERS: &[(&str, &str)] = &[
 
 pub async fn sensors(State(portal): State<Portal>, session: Session) -> PageResult {
     let store = std::sync::Arc::clone(&portal.store);
-    let (list, failures) =
-        super::blocking(move || Ok((store.sensors()?, crate::detect::runner::DetectionFailures::load(store.as_ref()))))
-            .await?;
+    let (list, failures, not_waited) = super::blocking(move || {
+        Ok((
+            store.sensors()?,
+            crate::detect::runner::DetectionFailures::load(store.as_ref()),
+            crate::detect::runner::not_waited_for(store.as_ref()),
+        ))
+    })
+    .await?;
     let now = crate::unix_ns();
     let body = html! {
         h1 { "Sensors" }
+        @for (sensor, since) in &not_waited {
+            p {
+                span.badge.bad { "cloud health" }
+                " Detection no longer waits for sensor " b { (sensor) } ": it has delivered nothing since "
+                (ago(*since)) " while others did. What it sends later is examined as late, and its alerts say so."
+            }
+        }
         @if let Some(last) = failures.recent.last() {
             p {
                 span.badge.bad { "cloud health" }

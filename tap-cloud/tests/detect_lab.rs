@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tap_testkit::replay::{alerts, Label, Labels};
+use tap_testkit::replay::{alerts, alerts_with, Label, Labels};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -60,6 +60,38 @@ fn every_detection_fires_on_the_project_lab_captures_and_nothing_else_does() {
     let (ran, failures) = failures(|l| l.path.starts_with("lab/"));
     assert!(ran >= 18, "only {ran} lab captures found under lab/pcaps");
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A sensor's workers deliver their events each in turn (one worker's share of a file
+/// before the other's): detection must not depend on it. Every lab capture raises the
+/// same alerts read by one worker and by four.
+#[test]
+fn the_alerts_of_every_lab_capture_do_not_depend_on_the_sensors_workers() {
+    let labels = Labels::load(&root().join("eval/labels.toml")).unwrap();
+    let mut differ = Vec::new();
+    let mut ran = 0;
+    for label in labels.capture.iter().filter(|l| l.path.starts_with("lab/")) {
+        let pcap = label.pcap(&root(), Path::new("."));
+        let mut seen = Vec::new();
+        for workers in ["1", "4"] {
+            let name = label.path.replace(['/', '.'], "_");
+            let work = std::env::temp_dir().join(format!("dctap-workers-{workers}-{name}-{}", std::process::id()));
+            let cloud = Path::new(env!("CARGO_BIN_EXE_tap-cloud"));
+            let raised = alerts_with(&sensor_bin(), cloud, &pcap, &label.detect_toml(), &work, &["--workers", workers])
+                .unwrap_or_else(|e| panic!("{}: {e:#}", label.path));
+            let _ = std::fs::remove_dir_all(&work);
+            let mut set: Vec<_> = raised.into_iter().map(|r| (r.detection, r.src_ip, r.account)).collect();
+            set.sort();
+            set.dedup();
+            seen.push(set);
+        }
+        if seen[0] != seen[1] {
+            differ.push(format!("{}: one worker {:?}, four {:?}", label.path, seen[0], seen[1]));
+        }
+        ran += 1;
+    }
+    assert!(ran >= 18, "only {ran} lab captures");
+    assert!(differ.is_empty(), "{differ:#?}");
 }
 
 #[test]

@@ -24,6 +24,18 @@ pub struct Raised {
 /// Replays `pcap` with `sensor --read` into `cloud serve` (its own database under `work`,
 /// `[detect]` from `detect_toml`), runs the detections to the end and returns the alerts.
 pub fn alerts(sensor: &Path, cloud: &Path, pcap: &Path, detect_toml: &str, work: &Path) -> anyhow::Result<Vec<Raised>> {
+    alerts_with(sensor, cloud, pcap, detect_toml, work, &[])
+}
+
+/// `alerts`, with more arguments for the sensor (e.g. `--workers 4`).
+pub fn alerts_with(
+    sensor: &Path,
+    cloud: &Path,
+    pcap: &Path,
+    detect_toml: &str,
+    work: &Path,
+    sensor_args: &[&str],
+) -> anyhow::Result<Vec<Raised>> {
     let _ = std::fs::remove_dir_all(work);
     std::fs::create_dir_all(work)?;
     let db = work.join("cloud.db");
@@ -67,7 +79,8 @@ pub fn alerts(sensor: &Path, cloud: &Path, pcap: &Path, detect_toml: &str, work:
         .arg("--access-key-file")
         .arg(work.join("key"))
         .arg("--spool-dir")
-        .arg(work.join("spool")));
+        .arg(work.join("spool"))
+        .args(sensor_args));
     let _ = server.kill();
     let _ = server.wait();
     sent?;

@@ -255,8 +255,9 @@ impl Runner {
     }
 
     /// The event time up to which every active sensor has delivered, less the allowed
-    /// lateness. A sensor silent for longer than the idle time is not waited for (and is
-    /// noted as silent while others deliver).
+    /// lateness (a sensor reading a file: nothing until it is done). A sensor silent for
+    /// longer than the idle time is not waited for (and is noted as silent while others
+    /// deliver).
     fn watermark(&mut self, sensors: &[crate::store::SensorRecord], now: Instant) -> i64 {
         let idle = Duration::from_secs(self.engine.config.sensor_idle_secs);
         let lateness = self.engine.config.allowed_lateness_ns();
@@ -276,7 +277,11 @@ impl Runner {
                 }
                 continue;
             }
-            watermark = watermark.min(p.latest.map_or(i64::MIN, |t| t.saturating_sub(lateness)));
+            // A sensor reading a file delivers its workers' events in no time order (each
+            // worker's share of the file in turn): nothing is examined until it is done.
+            let reading_a_file = s.capabilities.iter().any(|c| c == "offline");
+            let delivered = if reading_a_file { None } else { p.latest };
+            watermark = watermark.min(delivered.map_or(i64::MIN, |t| t.saturating_sub(lateness)));
         }
         watermark
     }

@@ -5,6 +5,7 @@
 
 mod appliance;
 mod bench;
+mod bench_detect;
 mod bench_e2e;
 mod bench_floods;
 mod bench_uplink;

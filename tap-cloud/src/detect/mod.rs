@@ -132,8 +132,6 @@ pub struct Engine {
     /// Open alerts by (detection, source, account): later findings extend them.
     open: HashMap<(String, String, String), Alert>,
     pub profiles: profiles::Profiles,
-    /// Profiles changed since they were last saved.
-    pub profiles_dirty: bool,
 }
 
 impl Engine {
@@ -143,7 +141,6 @@ impl Engine {
             config,
             open: HashMap::new(),
             profiles: profiles::Profiles::default(),
-            profiles_dirty: false,
         }
     }
 
@@ -152,15 +149,12 @@ impl Engine {
         let mut findings = Vec::new();
         self.rules.observe(&self.config, ev, &mut findings);
         for (service, t) in self.rules.take_rc4_services() {
-            self.profiles_dirty |= self.profiles.note_rc4_service(&service, t);
+            self.profiles.note_rc4_service(&service, t);
         }
-        if self.profiles.learn_privileged(ev) {
-            self.profiles_dirty = true;
-        }
+        self.profiles.learn_privileged(ev);
         let learning_ns = self.config.learning_ns();
         if learning_ns > 0 {
             self.profiles.observe(ev, learning_ns, &mut findings);
-            self.profiles_dirty = true;
             let learning = self.profiles.learning(ev.time_unix_ns, learning_ns);
             findings.retain(|f| !self.profiles.normal_source(f, learning));
         }

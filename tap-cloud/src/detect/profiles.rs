@@ -5,8 +5,10 @@
 //! did it while learning (admin tools, scanners) no longer does.
 //!
 //! Bounded: at most `MAX_ACCOUNTS` accounts, and an account seen from more than
-//! `MAX_HOSTS` hosts is marked roaming (no host anomalies for it). Serialised into the
-//! store so a restart keeps what was learned.
+//! `MAX_HOSTS` hosts is marked roaming (no host anomalies for it). Kept in the store one
+//! row per entity (an account, a learned detection's sources, a privileged account, an
+//! RC4-only service): a checkpoint writes the rows that changed since the last one, so its
+//! cost follows what changed, not the size of the domain.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::{rules::account_key, Finding};
 use crate::pb::{activity_event::Detail, ActivityEvent};
 
-const MAX_ACCOUNTS: usize = 100_000;
+/// Accounts profiled at most: users and computers (`NAME$`) of a large domain.
+const MAX_ACCOUNTS: usize = 250_000;
 const MAX_HOSTS: usize = 64;
 const MAX_SERVICES: usize = 256;
 
@@ -48,6 +51,36 @@ pub struct Profiles {
     /// Kerberoasting cracks fastest. Identity posture, never an alert.
     #[serde(default)]
     pub rc4_services: BTreeMap<String, Rc4Service>,
+    /// What changed since the last checkpoint took the changes.
+    #[serde(skip)]
+    changes: Changes,
+}
+
+/// The entities changed since the changes were last taken, by kind.
+#[derive(Clone, Debug, Default)]
+struct Changes {
+    started: bool,
+    accounts: BTreeSet<String>,
+    normal_sources: BTreeSet<String>,
+    privileged: BTreeSet<String>,
+    rc4_services: BTreeSet<String>,
+}
+
+/// Bookkeeping, not content: two profiles that learned the same are equal whatever was
+/// saved of them.
+impl PartialEq for Changes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+/// Kinds of profile rows in the store.
+pub mod kind {
+    pub const STARTED: &str = "started";
+    pub const ACCOUNT: &str = "account";
+    pub const NORMAL_SOURCES: &str = "normal_sources";
+    pub const PRIVILEGED: &str = "privileged";
+    pub const RC4_SERVICE: &str = "rc4_service";
 }
 
 /// When a service was seen issuing RC4 tickets to clients that offered AES.
@@ -58,6 +91,11 @@ pub struct Rc4Service {
     pub tickets: u64,
 }
 
+/// A profile entity as JSON (sets, maps and numbers: serialising cannot fail).
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
 /// Most RC4-only services remembered.
 const MAX_RC4_SERVICES: usize = 10_000;
 
@@ -65,14 +103,95 @@ const MAX_RC4_SERVICES: usize = 10_000;
 const MAX_PRIVILEGED: usize = 10_000;
 
 impl Profiles {
+    /// The rows of what changed since the last call, to save (a row's value is its
+    /// entity as JSON).
+    pub fn take_changes(&mut self) -> Vec<crate::store::ProfileRow> {
+        let changes = std::mem::take(&mut self.changes);
+        let mut rows = Vec::new();
+        let mut row = |kind: &str, key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                rows.push(crate::store::ProfileRow { kind: kind.into(), key: key.into(), value });
+            }
+        };
+        if changes.started {
+            row(kind::STARTED, "", self.started_ns.map(|t| t.to_string()));
+        }
+        for k in &changes.accounts {
+            row(kind::ACCOUNT, k, self.accounts.get(k).map(json));
+        }
+        for k in &changes.normal_sources {
+            row(kind::NORMAL_SOURCES, k, self.normal_sources.get(k).map(json));
+        }
+        for k in &changes.privileged {
+            row(kind::PRIVILEGED, k, self.privileged.contains(k).then(|| "true".to_string()));
+        }
+        for k in &changes.rc4_services {
+            row(kind::RC4_SERVICE, k, self.rc4_services.get(k).map(json));
+        }
+        rows
+    }
+
+    /// Marks every entity changed (profiles read from the single document older stores
+    /// kept, to be written as rows).
+    pub fn mark_all_changed(&mut self) {
+        self.changes = Changes {
+            started: self.started_ns.is_some(),
+            accounts: self.accounts.keys().cloned().collect(),
+            normal_sources: self.normal_sources.keys().cloned().collect(),
+            privileged: self.privileged.clone(),
+            rc4_services: self.rc4_services.keys().cloned().collect(),
+        };
+    }
+
+    /// Marks the entities of rows a failed save did not store changed again.
+    pub fn unsaved(&mut self, rows: &[crate::store::ProfileRow]) {
+        for r in rows {
+            let key = r.key.clone();
+            match r.kind.as_str() {
+                kind::STARTED => self.changes.started = true,
+                kind::ACCOUNT => drop(self.changes.accounts.insert(key)),
+                kind::NORMAL_SOURCES => drop(self.changes.normal_sources.insert(key)),
+                kind::PRIVILEGED => drop(self.changes.privileged.insert(key)),
+                kind::RC4_SERVICE => drop(self.changes.rc4_services.insert(key)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Profiles from their rows; rows that do not read are skipped, with how many.
+    pub fn from_rows(rows: &[crate::store::ProfileRow]) -> (Self, usize) {
+        let mut p = Self::default();
+        let mut unreadable = 0;
+        for r in rows {
+            let ok = match r.kind.as_str() {
+                kind::STARTED => r.value.parse().map(|t| p.started_ns = Some(t)).is_ok(),
+                kind::ACCOUNT => serde_json::from_str(&r.value).map(|v| p.accounts.insert(r.key.clone(), v)).is_ok(),
+                kind::NORMAL_SOURCES => {
+                    serde_json::from_str(&r.value).map(|v| p.normal_sources.insert(r.key.clone(), v)).is_ok()
+                }
+                kind::PRIVILEGED => {
+                    p.privileged.insert(r.key.clone());
+                    true
+                }
+                kind::RC4_SERVICE => {
+                    serde_json::from_str(&r.value).map(|v| p.rc4_services.insert(r.key.clone(), v)).is_ok()
+                }
+                _ => false,
+            };
+            unreadable += usize::from(!ok);
+        }
+        (p, unreadable)
+    }
+
     /// Remembers the privileged accounts an LDAP search's results named; whether any was new.
     pub fn learn_privileged(&mut self, ev: &ActivityEvent) -> bool {
         let Some(Detail::Ldap(l)) = &ev.detail else { return false };
         let mut changed = false;
         for name in &l.privileged_accounts {
             let key = account_key(name);
-            if !key.is_empty() && self.privileged.len() < MAX_PRIVILEGED {
-                changed |= self.privileged.insert(key);
+            if !key.is_empty() && self.privileged.len() < MAX_PRIVILEGED && self.privileged.insert(key.clone()) {
+                self.changes.privileged.insert(key);
+                changed = true;
             }
         }
         changed
@@ -92,6 +211,7 @@ impl Profiles {
         s.first_seen_ns = s.first_seen_ns.min(t);
         s.last_seen_ns = s.last_seen_ns.max(t);
         s.tickets = s.tickets.saturating_add(1);
+        self.changes.rc4_services.insert(service.to_string());
         true
     }
 
@@ -107,8 +227,8 @@ impl Profiles {
         }
         let set = self.normal_sources.entry(f.detection.to_string()).or_default();
         if learning {
-            if set.len() < MAX_HOSTS * 16 {
-                set.insert(f.src_ip.clone());
+            if set.len() < MAX_HOSTS * 16 && set.insert(f.src_ip.clone()) {
+                self.changes.normal_sources.insert(f.detection.to_string());
             }
             return false;
         }
@@ -118,7 +238,11 @@ impl Profiles {
     /// Learns from a successful logon or access, or (after learning) reports what is new.
     pub fn observe(&mut self, ev: &ActivityEvent, learning_ns: i64, out: &mut Vec<Finding>) {
         let t = ev.time_unix_ns;
-        self.started_ns = Some(self.started_ns.map_or(t, |s| s.min(t)));
+        let started = Some(self.started_ns.map_or(t, |s| s.min(t)));
+        if started != self.started_ns {
+            self.started_ns = started;
+            self.changes.started = true;
+        }
         let account = account_key(&ev.account);
         // Failed and unfinished exchanges (a "pre-authentication required") say nothing of
         // where the account normally works: enumeration tools cause them too.
@@ -138,6 +262,9 @@ impl Profiles {
         let new_host = !p.roaming && !p.hosts.contains(&ev.src_ip);
         let new_service = service.as_ref().is_some_and(|s| !p.services.contains(s));
         let new_hour = p.hours & (1 << hour) == 0;
+        if new_host || new_service || new_hour || !p.protocols.contains(&ev.protocol) {
+            self.changes.accounts.insert(account.clone());
+        }
         // After learning, an account the profile never saw is new as a whole: its first
         // host, service and hour are not anomalies of it.
         let known = !p.hosts.is_empty();
@@ -286,5 +413,32 @@ mod tests {
         assert_eq!(burst(&mut engine, 0, "10.1.1.5"), vec!["rpc_recon"]);
         assert!(burst(&mut engine, 3 * DAY, "10.1.1.5").is_empty(), "learned as normal");
         assert_eq!(burst(&mut engine, 3 * DAY, "10.1.1.66"), vec!["rpc_recon"]);
+    }
+
+    /// A checkpoint writes what changed, not the domain: a thousand accounts learned are a
+    /// thousand rows; a logon that teaches nothing new is none; a new host is one. The rows
+    /// read back are the same profiles.
+    #[test]
+    fn changes_are_rows_of_what_changed_and_read_back_whole() {
+        let cfg = DetectConfig { learning_days: 1, ..Default::default() };
+        let mut engine = Engine::new(cfg);
+        let noon = 12 * 3_600_000_000_000;
+        let user = |i: u32, host: &str| ActivityEvent { account: format!("LAB\\user{i}"), ..logon(noon, host, "ntlm") };
+        for i in 0..1000 {
+            engine.process(&user(i, "10.1.1.1"));
+        }
+        let rows = engine.profiles.take_changes();
+        assert_eq!(rows.iter().filter(|r| r.kind == super::kind::ACCOUNT).count(), 1000);
+        assert_eq!(rows.iter().filter(|r| r.kind == super::kind::STARTED).count(), 1);
+        engine.process(&user(7, "10.1.1.1"));
+        assert!(engine.profiles.take_changes().is_empty(), "nothing new learned");
+        engine.process(&user(7, "10.1.1.2"));
+        let rows = engine.profiles.take_changes();
+        assert_eq!((rows.len(), rows[0].key.as_str()), (1, "user7"));
+
+        let mut whole = engine.profiles.clone();
+        whole.mark_all_changed();
+        let (read, unreadable) = super::Profiles::from_rows(&whole.take_changes());
+        assert_eq!((read, unreadable), (engine.profiles.clone(), 0));
     }
 }

@@ -1141,7 +1141,8 @@ mod tests {
         let rc4 = &engine.profiles.rc4_services["mssqlsvc/sql01:1433"];
         assert_eq!((rc4.tickets, rc4.first_seen_ns, rc4.last_seen_ns), (4, S, S));
         assert_eq!(engine.profiles.rc4_services.len(), 1);
-        assert!(engine.profiles_dirty);
+        let rows = engine.profiles.take_changes();
+        assert!(rows.iter().any(|r| r.kind == "rc4_service" && r.key == "mssqlsvc/sql01:1433"), "{rows:?}");
         // RC4-only requests (after an RC4 logon) to the DC's own services.
         for service in ["cifs/dc1.lab.example", "ldap/dc1.lab.example/lab.example", "HOST/dc1", "DC1$", "krbtgt/LAB"] {
             assert!(run(d(), &exchange(1, vec![23], service, vec![], "alice", 23)).is_empty(), "{service}");

@@ -24,8 +24,8 @@ use std::{
 use super::{Alert, Engine};
 use crate::store::{ExcerptWanted, Store};
 
-/// Name of the learned profiles in the store's engine state.
-const PROFILES: &str = "profiles";
+/// Name of the single document older stores kept the learned profiles in.
+const PROFILES_DOCUMENT: &str = "profiles";
 /// Name of the record of events detection failed on, in the store's engine state.
 pub const DETECTION_FAILURES: &str = "detection_failures";
 /// Failures kept in that record (the count covers all).
@@ -142,10 +142,21 @@ impl Runner {
         for a in store.recent_alerts(engine.config.window_ns())? {
             engine.resume(a);
         }
-        if let Some(json) = store.load_state(PROFILES)? {
-            match serde_json::from_str(&json) {
-                Ok(p) => engine.profiles = p,
-                // Starting to learn again beats not starting at all.
+        let rows = store.load_profile_rows()?;
+        if !rows.is_empty() {
+            let (profiles, unreadable) = super::profiles::Profiles::from_rows(&rows);
+            if unreadable > 0 {
+                // Learning those again beats not starting at all.
+                log::warn!("{unreadable} learned profile rows unreadable, learning them again");
+            }
+            engine.profiles = profiles;
+        } else if let Some(json) = store.load_state(PROFILES_DOCUMENT)? {
+            match serde_json::from_str::<super::profiles::Profiles>(&json) {
+                Ok(mut p) => {
+                    // Written as rows at the first checkpoint, which drops the document.
+                    p.mark_all_changed();
+                    engine.profiles = p;
+                }
                 Err(e) => log::warn!("learned profiles unreadable, learning again: {e}"),
             }
         }
@@ -414,9 +425,13 @@ impl Runner {
     }
 
     fn save_profiles(&mut self) -> anyhow::Result<()> {
-        if self.engine.profiles_dirty {
-            self.store.save_state(PROFILES, &serde_json::to_string(&self.engine.profiles)?)?;
-            self.engine.profiles_dirty = false;
+        let rows = self.engine.profiles.take_changes();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.save_profile_rows(&rows) {
+            self.engine.profiles.unsaved(&rows);
+            return Err(e);
         }
         Ok(())
     }
@@ -490,7 +505,7 @@ mod tests {
         let mut again = Runner::new(Engine::new(prompt()), Arc::clone(&store)).unwrap();
         assert_eq!(again.catch_up().unwrap(), BATCH + 1000);
         assert_eq!(store.detect_cursor("s1").unwrap(), BATCH as u64 + 1000, "caught up: a checkpoint");
-        assert!(store.load_state(PROFILES).unwrap().is_some(), "the profiles went with it");
+        assert!(!store.load_profile_rows().unwrap().is_empty(), "the profiles went with it");
         let mut after = Runner::new(Engine::new(prompt()), Arc::clone(&store)).unwrap();
         assert_eq!(after.catch_up().unwrap(), 0);
         // Events arriving for longer than CHECKPOINT_EVERY are checkpointed on the way.
@@ -665,6 +680,25 @@ mod tests {
         assert!(alerts[0].description.ends_with(LATE_NOTE), "{}", alerts[0].description);
         runner.checkpoint().unwrap();
         assert!(not_waited_for(store.as_ref()).is_empty(), "it delivers again");
+    }
+
+    /// Profiles an older store kept as one document are read, written as rows at the first
+    /// checkpoint, and the document dropped.
+    #[test]
+    fn profiles_kept_as_one_document_become_rows() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let mut learned = super::super::profiles::Profiles::default();
+        learned.started_ns = Some(5);
+        learned.accounts.insert("alice".into(), Default::default());
+        learned.privileged.insert("eve.admin".into());
+        store.save_state(PROFILES_DOCUMENT, &serde_json::to_string(&learned).unwrap()).unwrap();
+        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(runner.engine.profiles, learned);
+        runner.checkpoint().unwrap();
+        assert!(store.load_state(PROFILES_DOCUMENT).unwrap().is_none());
+        assert_eq!(store.load_profile_rows().unwrap().len(), 3);
+        let again = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        assert_eq!(again.engine.profiles, learned);
     }
 
     #[test]

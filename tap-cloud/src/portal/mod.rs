@@ -701,11 +701,11 @@ pub async fn account_detail(portal: &Portal, name: &str) -> PortalResult<serde_j
     let store = Arc::clone(&portal.store);
     let k = key.clone();
     let (profile, alerts) = blocking(move || {
-        let profiles: crate::detect::profiles::Profiles =
-            store.load_state("profiles")?.and_then(|j| serde_json::from_str(&j).ok()).unwrap_or_default();
+        let profile: Option<crate::detect::profiles::AccountProfile> =
+            store.profile_row(crate::detect::profiles::kind::ACCOUNT, &k)?.and_then(|j| serde_json::from_str(&j).ok());
         let alerts: Vec<_> =
             store.alerts()?.into_iter().filter(|a| crate::detect::rules::account_key(&a.account) == k).collect();
-        Ok((profiles.accounts.get(&k).cloned(), alerts))
+        Ok((profile, alerts))
     })
     .await?;
     let activity =

@@ -91,6 +91,15 @@ pub struct StoredEvent {
     pub stored_unix_ns: i64,
 }
 
+/// One learned profile entity (an account, a detection's normal sources, ...) as the store
+/// keeps it: its kind, its key and its JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileRow {
+    pub kind: String,
+    pub key: String,
+    pub value: String,
+}
+
 /// Alerts on shared entities, close in time, as one case for an analyst.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Incident {
@@ -359,6 +368,12 @@ pub trait Store: Send + Sync {
     fn audit_log(&self, limit: usize) -> anyhow::Result<Vec<AuditEntry>>;
     /// Named blobs of engine state (learned profiles) that must survive a restart.
     fn load_state(&self, name: &str) -> anyhow::Result<Option<String>>;
+    /// Writes learned profile rows (replacing those of the same kind and key) in one
+    /// transaction, and drops the single profiles document older stores kept.
+    fn save_profile_rows(&self, rows: &[ProfileRow]) -> anyhow::Result<()>;
+    fn load_profile_rows(&self) -> anyhow::Result<Vec<ProfileRow>>;
+    /// One profile row's value.
+    fn profile_row(&self, kind: &str, key: &str) -> anyhow::Result<Option<String>>;
     fn save_state(&self, name: &str, value: &str) -> anyhow::Result<()>;
 
     /// Asks for a pcap excerpt per alert (pending until a heartbeat of its sensor takes

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension as _};
 
 use super::{
     check_pcap, excerpt_error, AuditEntry, Comment, EventQuery, ExcerptRecord, ExcerptUpload, ExcerptWanted, Incident,
-    InsertOutcome, Pruned, SensorRecord, Store, StoredEvent, User, AUDIT_KEEP, EXCERPTS_PER_HEARTBEAT,
+    InsertOutcome, ProfileRow, Pruned, SensorRecord, Store, StoredEvent, User, AUDIT_KEEP, EXCERPTS_PER_HEARTBEAT,
     EXCERPT_ASK_AGAIN_NS, EXCERPT_MAX_ASKS,
 };
 use crate::detect::Alert;
@@ -97,6 +97,12 @@ CREATE TABLE IF NOT EXISTS engine_state (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS profile_rows (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS excerpts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     alert_id INTEGER NOT NULL UNIQUE REFERENCES alerts (id),
@@ -674,6 +680,39 @@ impl Store for SqliteStore {
 
     fn load_state(&self, name: &str) -> anyhow::Result<Option<String>> {
         Ok(self.conn().query_row("SELECT value FROM engine_state WHERE name = ?1", [name], |r| r.get(0)).optional()?)
+    }
+
+    fn save_profile_rows(&self, rows: &[ProfileRow]) -> anyhow::Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO profile_rows (kind, key, value) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value",
+            )?;
+            for r in rows {
+                put.execute(params![r.kind, r.key, r.value])?;
+            }
+        }
+        tx.execute("DELETE FROM engine_state WHERE name = 'profiles'", [])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn load_profile_rows(&self) -> anyhow::Result<Vec<ProfileRow>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT kind, key, value FROM profile_rows")?;
+        let rows = stmt
+            .query_map([], |r| Ok(ProfileRow { kind: r.get(0)?, key: r.get(1)?, value: r.get(2)? }))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn profile_row(&self, kind: &str, key: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT value FROM profile_rows WHERE kind = ?1 AND key = ?2", [kind, key], |r| r.get(0))
+            .optional()?)
     }
 
     fn save_state(&self, name: &str, value: &str) -> anyhow::Result<()> {

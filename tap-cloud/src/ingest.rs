@@ -503,6 +503,7 @@ mod tests {
             account: String::new(),
             src_ip: "10.1.1.1".into(),
             dc_ip: "10.0.0.10".into(),
+            dcs: Vec::new(),
             first_seen_ns: 1,
             last_seen_ns: 1,
             description: String::new(),

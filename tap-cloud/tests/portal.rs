@@ -46,6 +46,7 @@ fn store_with_incident() -> Arc<dyn Store> {
         account: String::new(),
         src_ip: "10.77.0.20".into(),
         dc_ip: "10.77.0.10".into(),
+        dcs: Vec::new(),
         first_seen_ns: 1_795_749_927_000_000_000,
         last_seen_ns: 1_795_749_928_000_000_000,
         description: "10.77.0.20 failed to log on as 5 different accounts".into(),

@@ -301,6 +301,7 @@ mod tests {
             account: "a=b|c".into(),
             src_ip: "10.1.1.1".into(),
             dc_ip: "10.0.0.10".into(),
+            dcs: Vec::new(),
             first_seen_ns: 1_000_000_000,
             last_seen_ns: 1_000_000_000,
             description: "line one\nx=y".into(),

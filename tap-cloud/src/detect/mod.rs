@@ -29,7 +29,11 @@ pub struct Alert {
     pub mitre: String,
     pub account: String,
     pub src_ip: String,
+    /// The DC of its first evidence.
     pub dc_ip: String,
+    /// Every DC its evidence was seen at, first first (at most `MAX_ALERT_DCS`): a spray
+    /// spread over the domain's DCs is one alert naming them all.
+    pub dcs: Vec<String>,
     pub first_seen_ns: i64,
     pub last_seen_ns: i64,
     /// What happened and what to do, in plain language.
@@ -41,6 +45,8 @@ pub struct Alert {
 
 /// Most evidence references kept per alert.
 pub const MAX_EVIDENCE: usize = 50;
+/// Most DCs listed per alert.
+pub const MAX_ALERT_DCS: usize = 16;
 
 /// Distinct items and total count per key over a sliding time window. Bounded: keys idle
 /// for a window are swept, and past `max_keys` the stalest keys go first.
@@ -181,10 +187,19 @@ impl Engine {
                     if a.evidence.len() < MAX_EVIDENCE {
                         a.evidence.push((ev.sensor_id.clone(), ev.seq));
                     }
+                    if !ev.dc_ip.is_empty() && !a.dcs.contains(&ev.dc_ip) && a.dcs.len() < MAX_ALERT_DCS {
+                        a.dcs.push(ev.dc_ip.clone());
+                    }
                     a.description = f.description;
                     a.clone()
                 }
                 _ => {
+                    let mut dcs: Vec<String> = Vec::new();
+                    for dc in [&f.dc_ip, &ev.dc_ip] {
+                        if !dc.is_empty() && !dcs.contains(dc) {
+                            dcs.push(dc.clone());
+                        }
+                    }
                     let a = Alert {
                         id: 0,
                         detection: f.detection.into(),
@@ -193,6 +208,7 @@ impl Engine {
                         mitre: f.mitre.into(),
                         account: f.account,
                         src_ip: f.src_ip,
+                        dcs,
                         dc_ip: f.dc_ip,
                         first_seen_ns: ev.time_unix_ns,
                         last_seen_ns: ev.time_unix_ns,

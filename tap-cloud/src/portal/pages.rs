@@ -627,7 +627,12 @@ pub async fn incident(State(portal): State<Portal>, session: Session, Path(id): 
                     span { "MITRE ATT&CK " (mitre(a["mitre"].as_str().unwrap_or_default())) }
                     span { "source " b { (host_link(a["src_ip"].as_str().unwrap_or_default())) } }
                     span { "account " b { (account_link(a["account"].as_str().unwrap_or_default())) } }
-                    span { "DC " b { @if a["dc_ip"] == "" { "-" } @else { (text(&a["dc_ip"])) } } }
+                    @let dcs: Vec<&str> = a["dcs"].as_array().map(|d| d.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+                    @if dcs.len() > 1 {
+                        span { "DCs " b { (dcs.join(", ")) } }
+                    } @else {
+                        span { "DC " b { @if a["dc_ip"] == "" { "-" } @else { (text(&a["dc_ip"])) } } }
+                    }
                     span { "detection " code { (text(&a["detection"])) } }
                 }
                 (pcap_line(a))

@@ -79,7 +79,8 @@ CREATE TABLE IF NOT EXISTS alerts (
     first_seen_ns INTEGER NOT NULL,
     last_seen_ns INTEGER NOT NULL,
     description TEXT NOT NULL,
-    evidence TEXT NOT NULL
+    evidence TEXT NOT NULL,
+    dcs TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (last_seen_ns);
 CREATE TABLE IF NOT EXISTS users (
@@ -176,7 +177,7 @@ fn severity_rank(s: &str) -> u8 {
 }
 
 const ALERT_COLUMNS: &str = "id, incident_id, detection, title, severity, mitre, account, src_ip, dc_ip, \
-     first_seen_ns, last_seen_ns, description, evidence";
+     first_seen_ns, last_seen_ns, description, evidence, dcs";
 
 /// Columns: id, title, severity, status, first_seen_ns, last_seen_ns, alert count.
 fn incident_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Incident> {
@@ -206,6 +207,7 @@ fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Alert> {
         last_seen_ns: r.get(10)?,
         description: r.get(11)?,
         evidence: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
+        dcs: serde_json::from_str(&r.get::<_, String>(13)?).unwrap_or_default(),
     })
 }
 
@@ -253,6 +255,12 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        // Alerts of an older database gain their DC list (empty until extended).
+        let has_dcs: bool =
+            conn.query_row("SELECT COUNT(*) FROM pragma_table_info('alerts') WHERE name = 'dcs'", [], |r| r.get(0))?;
+        if !has_dcs {
+            conn.execute_batch("ALTER TABLE alerts ADD COLUMN dcs TEXT NOT NULL DEFAULT '[]'")?;
+        }
         Ok(Self { conn: Mutex::new(conn) })
     }
 
@@ -1052,7 +1060,7 @@ fn save_alert_in(tx: &rusqlite::Transaction<'_>, alert: &mut Alert, incident_gap
         };
         tx.execute(
             "INSERT INTO alerts (incident_id, detection, title, severity, mitre, account, src_ip, dc_ip, first_seen_ns, \
-             last_seen_ns, description, evidence) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             last_seen_ns, description, evidence, dcs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 alert.incident_id,
                 alert.detection,
@@ -1065,7 +1073,8 @@ fn save_alert_in(tx: &rusqlite::Transaction<'_>, alert: &mut Alert, incident_gap
                 alert.first_seen_ns,
                 alert.last_seen_ns,
                 alert.description,
-                evidence
+                evidence,
+                serde_json::to_string(&alert.dcs)?
             ],
         )?;
         alert.id = tx.last_insert_rowid();
@@ -1074,8 +1083,8 @@ fn save_alert_in(tx: &rusqlite::Transaction<'_>, alert: &mut Alert, incident_gap
         }
     } else {
         tx.execute(
-            "UPDATE alerts SET last_seen_ns = ?2, description = ?3, evidence = ?4, severity = ?5 WHERE id = ?1",
-            params![alert.id, alert.last_seen_ns, alert.description, evidence, alert.severity],
+            "UPDATE alerts SET last_seen_ns = ?2, description = ?3, evidence = ?4, severity = ?5, dcs = ?6 WHERE id = ?1",
+            params![alert.id, alert.last_seen_ns, alert.description, evidence, alert.severity, serde_json::to_string(&alert.dcs)?],
         )?;
     }
     let (first, last, severity): (i64, i64, String) = tx.query_row(
@@ -1187,6 +1196,7 @@ mod tests {
             account: account.into(),
             src_ip: src.into(),
             dc_ip: "10.0.0.10".into(),
+            dcs: Vec::new(),
             first_seen_ns: t,
             last_seen_ns: t,
             description: String::new(),
@@ -1244,6 +1254,7 @@ mod tests {
                 account: String::new(),
                 src_ip: format!("10.1.1.{i}"),
                 dc_ip: "10.0.0.10".into(),
+                dcs: Vec::new(),
                 first_seen_ns: i as i64,
                 last_seen_ns: i as i64,
                 description: String::new(),
@@ -1455,16 +1466,23 @@ mod tests {
     }
 
     #[test]
-    fn an_existing_database_gets_the_excerpts_and_audit_tables_when_opened() {
+    fn an_existing_database_gets_the_excerpts_and_audit_tables_and_alert_dcs_when_opened() {
         let path = std::env::temp_dir().join(format!("dctap-excerpt-schema-{}.db", std::process::id()));
         let _ = std::fs::remove_file(&path);
         {
             let store = with_alerts(SqliteStore::open(&path).unwrap(), 1);
-            store.conn().execute_batch("DROP INDEX excerpts_open; DROP TABLE excerpts; DROP TABLE audit_log;").unwrap();
+            store
+                .conn()
+                .execute_batch(
+                    "DROP INDEX excerpts_open; DROP TABLE excerpts; DROP TABLE audit_log; \
+                     ALTER TABLE alerts DROP COLUMN dcs;",
+                )
+                .unwrap();
             store.add_sensor("s1", "h").unwrap();
         }
         let store = SqliteStore::open(&path).unwrap();
         assert!(store.sensor("s1").unwrap().is_some(), "what was there stays");
+        assert!(store.alerts().unwrap().iter().all(|a| a.dcs.is_empty()), "alerts gain an empty DC list");
         let id = store.request_excerpt(&wanted(1, "s1")).unwrap();
         store.record_audit(&AuditEntry { event: "signed_in".into(), ..Default::default() }).unwrap();
         drop(store);

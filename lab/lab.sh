@@ -71,6 +71,7 @@ do_status() {
   if dc_running; then echo "samba pid $(cat "$RUN/samba.pid")"; else echo "samba not running"; fi
   tap_running cloud && echo "tap-cloud pid $(cat "$RUN/cloud.pid")"
   tap_running sensor && echo "tap-sensor pid $(cat "$RUN/sensor.pid")"
+  tap_running sensor2 && echo "tap-sensor (DC2) pid $(cat "$RUN/sensor2.pid")"
   ls -la "$OUT/pcaps" 2>/dev/null
   return 0
 }

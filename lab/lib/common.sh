@@ -21,16 +21,18 @@ TAP_DIR=$STATE/tap                # tap-cloud database, certificates, sensor spo
 #   dt-cl1  [dt-cl0 10.78.0.20] ---- [dt-swp-cl1] - dt-br0 (bridge in netns dt-sw)
 #   dt-cl2  [dt-cl0 10.78.0.21] ---- [dt-swp-cl2] /
 #   dt-dc2  [dt-dc0 10.78.0.11] ---- [dt-swp-dc2] (a second DC, joined by the promotion
-#           scenario; its port is mirrored like the first DC's)
-#   dt-sw: tc clsact on dt-swp-dc and dt-swp-dc2, ingress+egress "match all", two mirred actions:
-#          -> dt-swp-span ==veth==> dt-sen0 (netns dt-sensor): tap-sensor capture (XDP)
-#          -> dt-swp-rec  ==veth==> dt-rec0 (netns dt-sensor): tcpdump, one pcap per scenario
-#   tap-cloud serve runs in dt-sensor on its loopback (127.0.0.1:7443).
+#           scenario; its port is mirrored to a sensor of its own)
+#   dt-sw: tc clsact on dt-swp-dc and dt-swp-dc2, ingress+egress "match all", mirred actions:
+#          dt-swp-dc  -> dt-swp-span  ==veth==> dt-sen0 (netns dt-sensor): tap-sensor lab-sensor (XDP)
+#          dt-swp-dc2 -> dt-swp-span2 ==veth==> dt-sen2 (netns dt-sensor): tap-sensor lab-sensor-dc2 (XDP)
+#          both       -> dt-swp-rec   ==veth==> dt-rec0 (netns dt-sensor): tcpdump, one pcap per scenario
+#   tap-cloud serve runs in dt-sensor on its loopback (127.0.0.1:7443); both sensors stream to it.
 NS_DC=dt-dc; NS_CL=dt-cl1; NS_CL2=dt-cl2; NS_SEN=dt-sensor; NS_SW=dt-sw; NS_DC2=dt-dc2
 BR=dt-br0
 DC_IF=dt-dc0; DC_SWP=dt-swp-dc; DC2_SWP=dt-swp-dc2
 CL_IF=dt-cl0; CL_SWP=dt-swp-cl1; CL2_SWP=dt-swp-cl2
 SEN_IF=dt-sen0; SPAN_IF=dt-swp-span
+SEN2_IF=dt-sen2; SPAN2_IF=dt-swp-span2
 REC_IF=dt-rec0; RECSPAN_IF=dt-swp-rec
 NET=10.78.0.0/24
 DC_IP=10.78.0.10
@@ -39,6 +41,7 @@ CL_IP=10.78.0.20
 CL2_IP=10.78.0.21
 CLOUD_ADDR=127.0.0.1:7443
 SENSOR_ID=lab-sensor
+SENSOR2_ID=lab-sensor-dc2
 
 # --- AD domain ------------------------------------------------------------------------
 REALM=DCTAP.TEST

@@ -17,7 +17,7 @@ ns_basics() {
 
 net_is_up() {
   ns_exists $NS_SW && ns_exists $NS_DC && ns_exists $NS_CL && ns_exists $NS_CL2 && ns_exists $NS_SEN &&
-  ns_exists $NS_DC2 &&
+  ns_exists $NS_DC2 && in_sen ip link show $SEN2_IF >/dev/null 2>&1 &&
   in_sw tc filter show dev $DC_SWP ingress 2>/dev/null | grep -q mirred &&
   in_sw tc filter show dev $DC_SWP egress  2>/dev/null | grep -q mirred
 }
@@ -38,8 +38,9 @@ net_up() {
   ip link add $DC_IF netns $NS_DC2 type veth peer name $DC2_SWP netns $NS_SW
   ip link add $CL_IF netns $NS_CL type veth peer name $CL_SWP netns $NS_SW
   ip link add $CL_IF netns $NS_CL2 type veth peer name $CL2_SWP netns $NS_SW
-  # SPAN destinations (not bridge members): the sensor's port and the recorder's port
+  # SPAN destinations (not bridge members): each DC's sensor port and the recorder's port
   ip link add $SPAN_IF netns $NS_SW type veth peer name $SEN_IF netns $NS_SEN
+  ip link add $SPAN2_IF netns $NS_SW type veth peer name $SEN2_IF netns $NS_SEN
   ip link add $RECSPAN_IF netns $NS_SW type veth peer name $REC_IF netns $NS_SEN
 
   local p
@@ -48,7 +49,7 @@ net_up() {
     nic_like $NS_SW $p
     in_sw ip link set $p up
   done
-  for p in $SPAN_IF $RECSPAN_IF; do nic_like $NS_SW $p; in_sw ip link set $p up; done
+  for p in $SPAN_IF $SPAN2_IF $RECSPAN_IF; do nic_like $NS_SW $p; in_sw ip link set $p up; done
 
   nic_like $NS_DC $DC_IF
   in_dc ip addr add $DC_IP/24 dev $DC_IF
@@ -64,18 +65,20 @@ net_up() {
   in_cl2 ip link set $CL_IF up
 
   # sensor side: no addresses, promiscuous, receive only
-  for p in $SEN_IF $REC_IF; do nic_like $NS_SEN $p; in_sen ip link set $p promisc on up; done
+  for p in $SEN_IF $SEN2_IF $REC_IF; do nic_like $NS_SEN $p; in_sen ip link set $p promisc on up; done
 
-  # SPAN: everything entering (from a DC) or leaving (to a DC) the DCs' switch ports is
-  # copied to both sensor-side ports (a switch's "monitor session ... source interface Gi0/10 - 11
-  # both"); what goes from one DC to the other is copied twice, as a real SPAN does.
+  # SPAN: everything entering (from a DC) or leaving (to a DC) a DC's switch port is copied
+  # to that DC's sensor port (one monitor session per DC, as a site with a sensor per DC
+  # has) and to the recorder's port; what goes from one DC to the other reaches both
+  # sensors, and the recorder twice, as a real SPAN does.
   # u32 "match anything" with protocol all (also ARP); cls_matchall may be absent.
-  local dir swp
+  local dir swp span
   for swp in $DC_SWP $DC2_SWP; do
+    span=$SPAN_IF; [ $swp = $DC2_SWP ] && span=$SPAN2_IF
     in_sw tc qdisc add dev $swp clsact
     for dir in ingress egress; do
       in_sw tc filter add dev $swp $dir protocol all prio 1 u32 match u32 0 0 \
-          action mirred egress mirror dev $SPAN_IF \
+          action mirred egress mirror dev $span \
           action mirred egress mirror dev $RECSPAN_IF || die "tc mirred on $swp $dir"
     done
   done
@@ -87,7 +90,7 @@ net_up() {
   done
   in_cl ping -c1 -W2 $DC_IP >/dev/null || die "client 1 cannot reach the DC"
   in_cl2 ping -c1 -W2 $DC_IP >/dev/null || die "client 2 cannot reach the DC"
-  log "network up: DC $DC_IP, clients $CL_IP and $CL2_IP, SPAN -> $NS_SEN:$SEN_IF (sensor) and $NS_SEN:$REC_IF (recorder)"
+  log "network up: DC $DC_IP, clients $CL_IP and $CL2_IP, SPAN -> $NS_SEN:$SEN_IF (DC1's sensor), $NS_SEN:$SEN2_IF (DC2's) and $NS_SEN:$REC_IF (recorder)"
 }
 
 net_down() {

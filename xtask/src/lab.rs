@@ -191,6 +191,7 @@ impl Lab {
                 account: s("account"),
                 last_seen: v["last_seen_ns"].as_i64().unwrap_or(0),
                 evidence: v["evidence"].as_array().map_or(0, |e| e.len()),
+                dcs: v["dcs"].as_array().map_or(0, |d| d.len()),
             };
             all.insert(v["id"].as_i64().unwrap_or(0), a);
         }
@@ -205,6 +206,8 @@ struct Alert {
     account: String,
     last_seen: i64,
     evidence: usize,
+    /// DCs its evidence was seen at.
+    dcs: usize,
 }
 
 pub(crate) fn default_state(env: &Env) -> PathBuf {
@@ -562,7 +565,50 @@ const EXPECTATIONS: &[Expect] = &[
         fresh: false,
         all_dcs_watched: false,
     },
+    // Two DCs, each watched by its own sensor, both streaming to the cloud. Last: the spray
+    // makes later logons of its accounts from WS01 spray successes (as they would be).
+    Expect {
+        scenario: "26_tgt_two_dcs",
+        // DC1's sensor saw the TGT issued; DC2's sees it used: not forged, not stolen. A
+        // fresh cloud learning for days (the scenario before learned for two seconds).
+        fires: &[],
+        allow: &[],
+        known_misses: &[],
+        learning_seconds: None,
+        fresh: true,
+        all_dcs_watched: false,
+    },
+    Expect {
+        scenario: "27_spray_two_dcs",
+        fires: &[("password_spray", WS01, "")],
+        allow: &[],
+        known_misses: &[],
+        learning_seconds: None,
+        fresh: false,
+        all_dcs_watched: false,
+    },
+    Expect {
+        scenario: "28_dcsync_dc2",
+        fires: &[("dcsync", WS01, "eve.admin")],
+        allow: &[],
+        known_misses: &[],
+        learning_seconds: None,
+        fresh: false,
+        all_dcs_watched: false,
+    },
+    Expect {
+        scenario: "29_replication",
+        fires: &[],
+        allow: &[],
+        known_misses: &[],
+        learning_seconds: None,
+        fresh: false,
+        all_dcs_watched: false,
+    },
 ];
+
+/// The scenario whose attack is spread over both DCs: its alert must name both.
+const SPRAY_OVER_TWO_DCS: &str = "27_spray_two_dcs";
 
 /// Alerts new or extended since `before`.
 fn changed(before: &BTreeMap<i64, Alert>, after: &BTreeMap<i64, Alert>) -> Vec<Alert> {
@@ -662,6 +708,8 @@ fn e2e_inner(lab: &Lab) -> anyhow::Result<()> {
                 let named: Vec<&str> = raised.iter().map(|a| a.account.as_str()).collect();
                 failures
                     .push(format!("{}: {det} from {src} names account(s) {named:?}, expected '{account}'", e.scenario));
+            } else if e.scenario == SPRAY_OVER_TWO_DCS && !raised.iter().any(|a| a.dcs >= 2) {
+                failures.push(format!("{}: {det} from {src} does not name both DCs", e.scenario));
             }
         }
         for a in &got {

@@ -128,6 +128,9 @@ pub struct Finding {
     pub src_ip: String,
     pub dc_ip: String,
     pub description: String,
+    /// Other DCs the finding's evidence in the window was seen at (a spray's failures at
+    /// every DC it went to), beside `dc_ip`.
+    pub dcs: Vec<String>,
 }
 
 /// Runs every detection over events and folds repeated findings on the same entities
@@ -187,16 +190,18 @@ impl Engine {
                     if a.evidence.len() < MAX_EVIDENCE {
                         a.evidence.push((ev.sensor_id.clone(), ev.seq));
                     }
-                    if !ev.dc_ip.is_empty() && !a.dcs.contains(&ev.dc_ip) && a.dcs.len() < MAX_ALERT_DCS {
-                        a.dcs.push(ev.dc_ip.clone());
+                    for dc in std::iter::once(&ev.dc_ip).chain(&f.dcs) {
+                        if !dc.is_empty() && !a.dcs.contains(dc) && a.dcs.len() < MAX_ALERT_DCS {
+                            a.dcs.push(dc.clone());
+                        }
                     }
                     a.description = f.description;
                     a.clone()
                 }
                 _ => {
                     let mut dcs: Vec<String> = Vec::new();
-                    for dc in [&f.dc_ip, &ev.dc_ip] {
-                        if !dc.is_empty() && !dcs.contains(dc) {
+                    for dc in [&f.dc_ip, &ev.dc_ip].into_iter().chain(&f.dcs) {
+                        if !dc.is_empty() && !dcs.contains(dc) && dcs.len() < MAX_ALERT_DCS {
                             dcs.push(dc.clone());
                         }
                     }

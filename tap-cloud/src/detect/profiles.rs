@@ -270,6 +270,7 @@ impl Profiles {
         let known = !p.hosts.is_empty();
         if !learning && known {
             let base = |detection, title, severity, mitre, description: String| Finding {
+                dcs: Vec::new(),
                 detection,
                 title,
                 severity,

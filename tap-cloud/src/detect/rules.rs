@@ -60,6 +60,9 @@ const DC_LOCATOR_SERVICES: [&str; 2] = ["_ldap._tcp.", "_kerberos._tcp."];
 /// catalog). `_ldap._tcp.<domain>` is left out: other LDAP servers may hold it.
 const DC_ONLY_SERVICES: [&str; 5] =
     ["_kerberos._tcp.", "_kerberos._udp.", "_kpasswd._tcp.", "_kpasswd._udp.", "_gc._tcp."];
+/// A logon this close after a source's last failure, over the same protocol, is one more
+/// attempt of the same spray.
+const SPRAY_BURST_NS: i64 = 60_000_000_000;
 /// DNS opcode of a dynamic update (RFC 2136).
 const DNS_UPDATE: u32 = 5;
 
@@ -80,6 +83,10 @@ struct TgsRequest {
 
 pub struct Rules {
     failed_accounts_by_src: Windows<String>,
+    /// The DCs each source's failed logons went to, in the window (a spray's DCs).
+    failed_dcs_by_src: Windows<String>,
+    /// Each source's latest failed logon: when, and over which protocol.
+    last_failure_by_src: HashMap<String, (i64, String)>,
     failures_by_src_account: Windows<(String, String)>,
     unknown_by_src: Windows<String>,
     ldap_kinds_by_src: Windows<String>,
@@ -191,6 +198,7 @@ fn finding(
         src_ip: ev.src_ip.clone(),
         dc_ip: ev.dc_ip.clone(),
         description,
+        dcs: Vec::new(),
     }
 }
 
@@ -232,6 +240,8 @@ impl Rules {
         let w = || Windows::new(MAX_KEYS, MAX_PER_KEY);
         Self {
             failed_accounts_by_src: w(),
+            failed_dcs_by_src: w(),
+            last_failure_by_src: HashMap::new(),
             failures_by_src_account: Windows::new(MAX_KEYS, MAX_PER_KEY),
             unknown_by_src: w(),
             ldap_kinds_by_src: w(),
@@ -339,7 +349,14 @@ impl Rules {
             return;
         }
         let failed = self.failed_accounts_by_src.items(&ev.src_ip, ev.time_unix_ns, cfg.window_ns());
-        if failed.len() >= cfg.spray_accounts {
+        // The spray found this account's password if the spray tried it: the account failed
+        // before, or this logon is one more attempt of the spray itself (the same protocol,
+        // while it goes on). Another account's own logon from that host is not.
+        let in_burst = self
+            .last_failure_by_src
+            .get(&ev.src_ip)
+            .is_some_and(|(t, p)| p == protocol && ev.time_unix_ns.saturating_sub(*t) <= SPRAY_BURST_NS);
+        if failed.len() >= cfg.spray_accounts && (failed.contains(&account) || in_burst) {
             out.push(finding(ev, "spray_success", "Password spray succeeded", "high", "T1110.003", account, format!(
                 "{} failed to log on as {} accounts within {} minutes and then logged on successfully as {account} ({protocol}): the spray found a password. Reset {account}'s password now, check what it did since, and isolate {}.",
                 ev.src_ip, failed.len(), cfg.window_secs / 60, ev.src_ip
@@ -374,11 +391,21 @@ impl Rules {
             return;
         }
         let (accounts, _) = self.failed_accounts_by_src.add(src.clone(), t, account, w);
+        self.failed_dcs_by_src.add(src.clone(), t, &ev.dc_ip, w);
+        if self.last_failure_by_src.len() >= MAX_KEYS && !self.last_failure_by_src.contains_key(&src) {
+            self.last_failure_by_src.clear();
+        }
+        self.last_failure_by_src.insert(src.clone(), (t, protocol.to_string()));
         if accounts >= cfg.spray_accounts {
-            out.push(finding(ev, "password_spray", "Password spray", "high", "T1110.003", "", format!(
-                "{} failed to log on ({protocol}) as {accounts} different accounts within {} minutes: someone is trying a few passwords against many accounts. Check which of them later logged on successfully from {}, reset those passwords, and isolate the host.",
-                ev.src_ip, cfg.window_secs / 60, ev.src_ip
-            )));
+            let dcs: Vec<String> = self.failed_dcs_by_src.items(&src, t, w).into_iter().map(str::to_string).collect();
+            let mut f = finding(ev, "password_spray", "Password spray", "high", "T1110.003", "", format!(
+                "{} failed to log on ({protocol}) as {accounts} different accounts within {} minutes{}: someone is trying a few passwords against many accounts. Check which of them later logged on successfully from {}, reset those passwords, and isolate the host.",
+                ev.src_ip, cfg.window_secs / 60,
+                if dcs.len() > 1 { format!(", at {} DCs ({})", dcs.len(), dcs.join(", ")) } else { String::new() },
+                ev.src_ip
+            ));
+            f.dcs = dcs;
+            out.push(f);
         }
         let (_, failures) = self.failures_by_src_account.add((src, account.to_string()), t, "", w);
         if failures >= cfg.brute_failures {
@@ -1211,11 +1238,12 @@ mod tests {
 
     /// A spray that finds a password: an account logs on from the spraying host (Kerberos,
     /// NTLM) after it failed for five others. The same logon from elsewhere, or after a few
-    /// typos (below the spray threshold), is not one.
+    /// typos (below the spray threshold), is not one, nor is an account the spray did not
+    /// try logging on from the sprayer.
     #[test]
     fn a_sprayed_account_logging_on_from_the_sprayer_is_spray_success() {
         let d = DetectConfig::default;
-        let spray: Vec<_> = ["alice", "bob", "carol", "dave", "eve"]
+        let spray: Vec<_> = ["alice", "bob", "carol", "dave", "frank"]
             .iter()
             .enumerate()
             .map(|(i, u)| krb_error(i as i64, "10.1.1.1", u, 24))
@@ -1235,6 +1263,21 @@ mod tests {
             run(d(), &events)
         };
         assert!(!with(as_rep("10.1.1.9", "frank")).contains(&"spray_success".to_string()), "another host");
+        let mut mallory_ntlm =
+            ev(21, "10.1.1.1", Detail::Ntlm(Ntlm { message_type: 3, user: "mallory".into(), ..Default::default() }));
+        mallory_ntlm.account = "LAB\\mallory".into();
+        mallory_ntlm.result = "success".into();
+        assert!(
+            !with(mallory_ntlm).contains(&"spray_success".to_string()),
+            "an account the Kerberos spray did not try, logging on with NTLM: its own password"
+        );
+        assert!(
+            with(as_rep("10.1.1.1", "grace")).contains(&"spray_success".to_string()),
+            "the spray's next attempt, at an account it had not tried yet, succeeding"
+        );
+        let mut later = as_rep("10.1.1.1", "grace");
+        later.time_unix_ns += 120 * S;
+        assert!(!with(later).contains(&"spray_success".to_string()), "long after the spray, not one it tried");
         let mut typos = spray[..2].to_vec();
         typos.push(as_rep("10.1.1.1", "alice"));
         assert!(run(d(), &typos).is_empty(), "two typos, then the password");

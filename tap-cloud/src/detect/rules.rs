@@ -60,6 +60,8 @@ const DC_LOCATOR_SERVICES: [&str; 2] = ["_ldap._tcp.", "_kerberos._tcp."];
 /// catalog). `_ldap._tcp.<domain>` is left out: other LDAP servers may hold it.
 const DC_ONLY_SERVICES: [&str; 5] =
     ["_kerberos._tcp.", "_kerberos._udp.", "_kpasswd._tcp.", "_kpasswd._udp.", "_gc._tcp."];
+/// Accounts a spray's description names; the rest are counted.
+const MAX_NAMED_ACCOUNTS: usize = 20;
 /// A logon this close after a source's last failure, over the same protocol, is one more
 /// attempt of the same spray.
 const SPRAY_BURST_NS: i64 = 60_000_000_000;
@@ -398,10 +400,14 @@ impl Rules {
         self.last_failure_by_src.insert(src.clone(), (t, protocol.to_string()));
         if accounts >= cfg.spray_accounts {
             let dcs: Vec<String> = self.failed_dcs_by_src.items(&src, t, w).into_iter().map(str::to_string).collect();
+            let tried = self.failed_accounts_by_src.items(&src, t, w);
+            let named = tried.iter().take(MAX_NAMED_ACCOUNTS).copied().collect::<Vec<_>>().join(", ");
+            let more = tried.len().saturating_sub(MAX_NAMED_ACCOUNTS);
             let mut f = finding(ev, "password_spray", "Password spray", "high", "T1110.003", "", format!(
-                "{} failed to log on ({protocol}) as {accounts} different accounts within {} minutes{}: someone is trying a few passwords against many accounts. Check which of them later logged on successfully from {}, reset those passwords, and isolate the host.",
+                "{} failed to log on ({protocol}) as {accounts} different accounts within {} minutes{} ({named}{}): someone is trying a few passwords against many accounts. Check which of them later logged on successfully from {}, reset those passwords, and isolate the host.",
                 ev.src_ip, cfg.window_secs / 60,
                 if dcs.len() > 1 { format!(", at {} DCs ({})", dcs.len(), dcs.join(", ")) } else { String::new() },
+                if more > 0 { format!(" and {more} more") } else { String::new() },
                 ev.src_ip
             ));
             f.dcs = dcs;

@@ -628,6 +628,7 @@ mod tests {
         ];
         let mut results = Vec::new();
         let mut spray_dcs = Vec::new();
+        let mut spray_text = String::new();
         for (name, chunks) in orders {
             let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
             store.add_sensor("dc1-sensor", "h").unwrap();
@@ -645,6 +646,7 @@ mod tests {
             if let Some(spray) = all.iter().find(|a| a.detection == "password_spray") {
                 spray_dcs = spray.dcs.clone();
                 spray_dcs.sort();
+                spray_text = spray.description.clone();
             }
             let mut alerts: Vec<_> = all.into_iter().map(|a| (a.detection, a.account, a.src_ip)).collect();
             alerts.sort();
@@ -652,6 +654,10 @@ mod tests {
         }
         let (_, first) = &results[0];
         assert_eq!(spray_dcs, ["10.0.0.10", "10.0.0.11"], "the spray's alert names both DCs");
+        assert!(
+            ["u1", "u2", "u3", "u4", "u5", "u6", "frank"].iter().all(|u| spray_text.contains(u)),
+            "and every account: {spray_text}"
+        );
         let detections: Vec<&str> = first.iter().map(|a| a.0.as_str()).collect();
         assert!(detections.contains(&"password_spray") && detections.contains(&"spray_success"), "{first:?}");
         assert_eq!(detections.iter().filter(|d| **d == "password_spray").count(), 1, "one spray over both DCs");

@@ -61,25 +61,23 @@ EOC
   wait_log "$LOGS/tap-cloud.log" "ingest listening" "$RUN/cloud.pid" 30 || die "tap-cloud did not start: $(tail -5 "$LOGS/tap-cloud.log")"
   log "tap-cloud serving on $CLOUD_ADDR in $NS_SEN (database $TAP_DIR/cloud.db)"
   # --evidence-dir: the portal's alerts get their pcap excerpts, as on an appliance.
-  nohup ip netns exec $NS_SEN "$bin/tap-sensor" capture --iface $SEN_IF --dc $DC_IP \
-      --write "$TAP_DIR/kept.pcap" --sensor-id $SENSOR_ID --cloud https://$CLOUD_ADDR \
-      --tls-ca "$TAP_DIR/pki/ca.pem" --tls-cert "$TAP_DIR/pki/sensor-$SENSOR_ID.pem" \
-      --tls-key "$TAP_DIR/pki/sensor-$SENSOR_ID.key" --access-key-file "$TAP_DIR/sensor.key" \
-      --spool-dir "$TAP_DIR/spool" --evidence-dir "$TAP_DIR/evidence" --evidence-max-mb 64 \
-      > "$LOGS/tap-sensor.log" 2>&1 < /dev/null &
-  echo $! > "$RUN/sensor.pid"
-  wait_log "$LOGS/tap-sensor.log" "^ready:" "$RUN/sensor.pid" 30 || die "tap-sensor did not start: $(tail -5 "$LOGS/tap-sensor.log")"
-  log "tap-sensor: $(grep -m1 '^ready:' "$LOGS/tap-sensor.log")"
+  tap_sensor sensor $SEN_IF $DC_IP $SENSOR_ID sensor.key "" --write "$TAP_DIR/kept.pcap"
   # The second DC's own sensor, on its own mirror port (watching before the DC joins).
-  nohup ip netns exec $NS_SEN "$bin/tap-sensor" capture --iface $SEN2_IF --dc $DC2_IP \
-      --sensor-id $SENSOR2_ID --cloud https://$CLOUD_ADDR \
-      --tls-ca "$TAP_DIR/pki/ca.pem" --tls-cert "$TAP_DIR/pki/sensor-$SENSOR2_ID.pem" \
-      --tls-key "$TAP_DIR/pki/sensor-$SENSOR2_ID.key" --access-key-file "$TAP_DIR/sensor2.key" \
-      --spool-dir "$TAP_DIR/spool2" --evidence-dir "$TAP_DIR/evidence2" --evidence-max-mb 64 \
-      > "$LOGS/tap-sensor2.log" 2>&1 < /dev/null &
-  echo $! > "$RUN/sensor2.pid"
-  wait_log "$LOGS/tap-sensor2.log" "^ready:" "$RUN/sensor2.pid" 30 || die "the second tap-sensor did not start: $(tail -5 "$LOGS/tap-sensor2.log")"
-  log "tap-sensor (DC2): $(grep -m1 '^ready:' "$LOGS/tap-sensor2.log")"
+  tap_sensor sensor2 $SEN2_IF $DC2_IP $SENSOR2_ID sensor2.key 2
+}
+
+# Starts one tap-sensor capturing with XDP on a mirror port and streaming to the cloud.
+tap_sensor() {  # tap_sensor <name> <iface> <dc> <sensor id> <key file> <state suffix> [more args]
+  local name=$1 iface=$2 dc=$3 id=$4 key=$5 n=$6; shift 6
+  nohup ip netns exec $NS_SEN "$bin/tap-sensor" capture --iface $iface --dc $dc \
+      --sensor-id $id --cloud https://$CLOUD_ADDR \
+      --tls-ca "$TAP_DIR/pki/ca.pem" --tls-cert "$TAP_DIR/pki/sensor-$id.pem" \
+      --tls-key "$TAP_DIR/pki/sensor-$id.key" --access-key-file "$TAP_DIR/$key" \
+      --spool-dir "$TAP_DIR/spool$n" --evidence-dir "$TAP_DIR/evidence$n" --evidence-max-mb 64 "$@" \
+      > "$LOGS/tap-$name.log" 2>&1 < /dev/null &
+  echo $! > "$RUN/$name.pid"
+  wait_log "$LOGS/tap-$name.log" "^ready:" "$RUN/$name.pid" 30 || die "tap-sensor $id did not start: $(tail -5 "$LOGS/tap-$name.log")"
+  log "tap-sensor $id: $(grep -m1 '^ready:' "$LOGS/tap-$name.log")"
 }
 
 tap_down() {

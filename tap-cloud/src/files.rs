@@ -88,23 +88,7 @@ pub(crate) mod tests {
         std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
     }
 
-    /// A fresh directory under the system's temporary one, removed when dropped.
-    pub(crate) struct TempDir(pub PathBuf);
-
-    impl TempDir {
-        pub(crate) fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("dctap-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    pub(crate) use tap_testkit::TempDir;
 
     #[test]
     fn a_secret_replaces_a_readable_file_and_a_symlink_without_following_it() {

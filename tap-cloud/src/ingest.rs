@@ -464,6 +464,31 @@ mod tests {
         }
     }
 
+    /// Ingest served on a loopback port of its own, in plaintext.
+    struct Serving {
+        addr: SocketAddr,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    impl Serving {
+        async fn start(store: &Arc<dyn Store>) -> Self {
+            let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            let server = tokio::spawn(serve(listener, None, Arc::clone(store), shutdown, Arc::default()));
+            Self { addr, stop, server }
+        }
+
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            self.server.await.unwrap().unwrap();
+        }
+    }
+
     /// A unary call through a real tonic server on loopback (the cloud builds no client, so
     /// the generic one with the prost codec).
     async fn call<Req: prost::Message + 'static, Resp: prost::Message + Default + 'static>(
@@ -523,18 +548,8 @@ mod tests {
         };
         let id = store.request_excerpt(&wanted).unwrap();
 
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            None,
-            Arc::clone(&store),
-            async {
-                let _ = stopped.await;
-            },
-            Arc::default(),
-        ));
+        let server = Serving::start(&store).await;
+        let addr = server.addr;
         const HEARTBEAT: &str = "/dctap.v1.Ingest/Heartbeat";
         const UPLOAD: &str = "/dctap.v1.Ingest/UploadExcerpt";
         let health = |s: &str| Health { sensor_id: s.into(), ..Default::default() };
@@ -585,8 +600,7 @@ mod tests {
         assert!(err.code() == tonic::Code::InvalidArgument && err.message().contains("not a pcap"), "{err:?}");
         assert_eq!(store.alert_excerpt(second.id, false).unwrap().unwrap().status, "failed");
 
-        let _ = stop.send(());
-        server.await.unwrap().unwrap();
+        server.stop().await;
     }
 
     /// One batch on a fresh Stream call: its acknowledgement, or the status that ended it.
@@ -616,18 +630,8 @@ mod tests {
         use crate::store::SqliteStore;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         store.add_sensor("s1", &keys::hash("key-s1")).unwrap();
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            None,
-            Arc::clone(&store),
-            async {
-                let _ = stopped.await;
-            },
-            Arc::default(),
-        ));
+        let server = Serving::start(&store).await;
+        let addr = server.addr;
         let spooled = 1_800_000_000_000_000_000;
         let mut b = batch(&[1, 2, 3, 4, 5, 6], "s1");
         let times = [i64::MIN, i64::MAX, 0, spooled - 5, spooled + 2 * MAX_AHEAD_OF_SENSOR_NS, spooled];
@@ -658,8 +662,7 @@ mod tests {
         let s = store.sensors().unwrap().into_iter().find(|s| s.id == "s1").unwrap();
         assert!(s.clock_skew_ns.is_some_and(|k| k < 0) && s.last_heartbeat_unix_ns.is_some_and(|t| t >= before));
 
-        let _ = stop.send(());
-        server.await.unwrap().unwrap();
+        server.stop().await;
     }
 
     /// Every field a sensor registers or reports that is stored has a bound: at the bound it
@@ -670,18 +673,8 @@ mod tests {
         use crate::store::SqliteStore;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
         store.add_sensor("s1", &keys::hash("key-s1")).unwrap();
-        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(
-            listener,
-            None,
-            Arc::clone(&store),
-            async {
-                let _ = stopped.await;
-            },
-            Arc::default(),
-        ));
+        let server = Serving::start(&store).await;
+        let addr = server.addr;
         const REGISTER: &str = "/dctap.v1.Ingest/Register";
         const HEARTBEAT: &str = "/dctap.v1.Ingest/Heartbeat";
         let n = |count: usize, len: usize| -> Vec<String> { (0..count).map(|i| format!("{i:0len$}")).collect() };
@@ -759,8 +752,7 @@ mod tests {
         let after = store.sensor("s1").unwrap().unwrap();
         assert_eq!(after, stored, "nothing of a refused call is stored");
 
-        let _ = stop.send(());
-        server.await.unwrap().unwrap();
+        server.stop().await;
     }
 
     #[test]

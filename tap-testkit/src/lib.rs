@@ -13,3 +13,6 @@ pub mod replay;
 pub mod sensor;
 pub mod shared;
 pub mod skip;
+pub mod temp;
+
+pub use temp::TempDir;

@@ -458,21 +458,7 @@ mod tests {
 
     use super::*;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("dctap-evidence-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use tap_testkit::TempDir;
 
     const T0: u64 = 1_795_000_000_000_000_000;
     const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 20);
@@ -515,8 +501,10 @@ mod tests {
 
     #[test]
     fn the_ring_rotates_prunes_within_its_bound_and_names_files_by_first_frame() {
-        let tmp = TempDir::new("ring");
-        let mut ring = EvidenceRing::open(&EvidenceOptions { dir: tmp.0.clone(), max_bytes: 3 << 20 }).unwrap();
+        let tmp = TempDir::new("evidence-ring");
+        // The ring creates its own directory.
+        let dir = tmp.path("ring");
+        let mut ring = EvidenceRing::open(&EvidenceOptions { dir: dir.clone(), max_bytes: 3 << 20 }).unwrap();
         assert_eq!(ring.file_bytes(), 1 << 20, "an eighth of 3 MiB is below the 1 MiB floor");
         let c = ring.counters();
         // 100 batches of 100 KiB-ish: about 10 MiB through a 3 MiB ring.
@@ -533,11 +521,11 @@ mod tests {
                 .collect();
             first_ts.push(frames[0].0);
             ring.append(&batch(&frames));
-            let on_disk: u64 = list_files(&tmp.0).unwrap().iter().map(|(_, _, s)| s).sum();
+            let on_disk: u64 = list_files(&dir).unwrap().iter().map(|(_, _, s)| s).sum();
             assert!(on_disk <= 3 << 20, "{on_disk} bytes on disk after batch {i}");
             assert_eq!(c.bytes.load(Ordering::Relaxed), on_disk);
         }
-        let files = list_files(&tmp.0).unwrap();
+        let files = list_files(&dir).unwrap();
         assert!(files.len() >= 3, "{files:?}");
         assert!(files.iter().all(|(_, _, s)| *s <= 1 << 20));
         assert!(c.files_pruned.load(Ordering::Relaxed) >= 6);
@@ -546,7 +534,7 @@ mod tests {
         // valid pcap of whole records.
         use std::os::unix::fs::PermissionsExt as _;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&tmp.0), 0o700, "the frames hold secrets: the directory is the sensor's");
+        assert_eq!(mode(&dir), 0o700, "the frames hold secrets: the directory is the sensor's");
         for (start, path, size) in &files {
             assert_eq!(mode(path), 0o600);
             assert!(first_ts.contains(start), "{start}");
@@ -557,14 +545,14 @@ mod tests {
         }
         // A new run takes the old files in and keeps within a smaller bound at once.
         drop(ring);
-        let ring = EvidenceRing::open(&EvidenceOptions { dir: tmp.0.clone(), max_bytes: 1 << 20 }).unwrap();
-        let left: u64 = list_files(&tmp.0).unwrap().iter().map(|(_, _, s)| s).sum();
+        let ring = EvidenceRing::open(&EvidenceOptions { dir: dir.clone(), max_bytes: 1 << 20 }).unwrap();
+        let left: u64 = list_files(&dir).unwrap().iter().map(|(_, _, s)| s).sum();
         assert!(left <= 1 << 20 && ring.counters().bytes.load(Ordering::Relaxed) == left);
     }
 
     #[test]
     fn a_disk_error_is_counted_and_capture_goes_on() {
-        let tmp = TempDir::new("err");
+        let tmp = TempDir::new("evidence-err");
         let mut ring = EvidenceRing::open(&EvidenceOptions { dir: tmp.0.clone(), max_bytes: 8 << 20 }).unwrap();
         std::fs::remove_dir_all(&tmp.0).unwrap();
         let f = frame::ipv4(Tags::None, CLIENT, DC, L4::Udp { src: 40000, dst: 88 }, 100, 1);
@@ -581,7 +569,7 @@ mod tests {
 
     #[test]
     fn the_cutter_keeps_one_conversation_both_ways_across_files_tags_and_v6() {
-        let tmp = TempDir::new("cut");
+        let tmp = TempDir::new("evidence-cut");
         let mut ring = EvidenceRing::open(&EvidenceOptions { dir: tmp.0.clone(), max_bytes: 64 << 20 }).unwrap();
         let ms = |n: u64| T0 + n * 1_000_000;
         let to_dc = |src, tags| frame::ipv4(tags, CLIENT, DC, L4::Tcp { src, dst: 88 }, 64, src as u32);
@@ -650,7 +638,7 @@ mod tests {
 
     #[test]
     fn the_cut_stops_at_the_size_limit_and_says_so_and_a_partial_record_ends_a_file() {
-        let tmp = TempDir::new("size");
+        let tmp = TempDir::new("evidence-size");
         let mut ring = EvidenceRing::open(&EvidenceOptions { dir: tmp.0.clone(), max_bytes: 64 << 20 }).unwrap();
         let frames: Vec<(u64, Vec<u8>)> = (0..50u64)
             .map(|i| (T0 + i, frame::ipv4(Tags::None, CLIENT, DC, L4::Tcp { src: 40000, dst: 445 }, 1000, i as u32)))

@@ -21,25 +21,7 @@ use tap_testkit::{
 /// Replay rate for exact-count tests: far below what the sensor handles, so any loss is a bug.
 const EXACT_PPS: u32 = 4000;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("dctap-live-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-    fn path(&self, file: &str) -> PathBuf {
-        self.0.join(file)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use tap_testkit::TempDir;
 
 fn start_sensor(pair: &SpanPair, args: &[&str]) -> SensorProcess {
     let mut all = vec!["--ring-mib", "4"];
@@ -68,7 +50,7 @@ fn check_mix(mode: &str, snaplen: Option<usize>, record_only: bool) {
     if !live_or_skip(&test) {
         return;
     }
-    let dir = TempDir::new(&test);
+    let dir = TempDir::new(&format!("live-{test}"));
     let mix = mix::mix(12);
     let input = write_input(&dir, &mix.iter().map(|l| l.frame.clone()).collect::<Vec<_>>());
     let output = dir.path("kept.pcap");

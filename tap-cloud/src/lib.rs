@@ -13,11 +13,8 @@ pub mod portal;
 pub mod store;
 pub mod text;
 
-/// Generated from proto/dctap.proto by build.rs.
-#[allow(clippy::all)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/dctap.v1.rs"));
-}
+/// The wire schema (proto/dctap.proto), compiled once for the sensor and the cloud.
+pub use tap_schema as pb;
 
 /// Event times the cloud accepts as they are, in nanoseconds since the Unix epoch: from
 /// 1990-01-01 to 2100-01-01 UTC. Whatever is outside comes from a broken clock or a

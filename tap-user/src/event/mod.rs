@@ -13,11 +13,8 @@ use std::{
     },
 };
 
-/// Generated from proto/dctap.proto by build.rs.
-#[allow(clippy::all)]
-pub mod pb {
-    include!(concat!(env!("OUT_DIR"), "/dctap.v1.rs"));
-}
+/// The wire schema (proto/dctap.proto), compiled once for the sensor and the cloud.
+pub use tap_schema as pb;
 
 pub use pb::ActivityEvent;
 

@@ -34,11 +34,6 @@ impl Stamper {
         event.sensor_id = self.sensor_id.to_string();
         event.seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
     }
-
-    /// Events stamped so far.
-    pub fn issued(&self) -> u64 {
-        self.next_seq.load(Ordering::Relaxed) - 1
-    }
 }
 
 /// Where events go (the uplink spool, JSON lines, a test's vector).

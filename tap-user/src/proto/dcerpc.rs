@@ -92,11 +92,6 @@ pub fn uuid_string(b: &[u8]) -> Option<String> {
     ))
 }
 
-/// Whether `b` starts like a DCE/RPC bind or alter-context.
-pub fn looks_like_bind(b: &[u8]) -> bool {
-    matches!(b, [5, 0, ptype::BIND | ptype::ALTER_CONTEXT, _, 0x10, ..])
-}
-
 /// Whether `b` starts like any connection-oriented DCE/RPC PDU: how a connection to a
 /// dynamic port is recognised, also when the capture begins after its bind. Version 5.0,
 /// a known packet type, little-endian data representation and a fragment length that
@@ -155,10 +150,7 @@ pub fn parse_pdu(b: &[u8]) -> Result<Message, DceRpcError> {
             }
             Pdu::Bind { contexts }
         }
-        ptype::REQUEST => {
-            let _object_uuid = flags & 0x80 != 0;
-            Pdu::Request { context_id: u16_at(body, 4).ok_or(bad)?, opnum: u16_at(body, 6).ok_or(bad)? }
-        }
+        ptype::REQUEST => Pdu::Request { context_id: u16_at(body, 4).ok_or(bad)?, opnum: u16_at(body, 6).ok_or(bad)? },
         ptype::RESPONSE => Pdu::Response,
         ptype::FAULT => Pdu::Fault { status: u32_at(body, 8).ok_or(bad)? },
         _ => Pdu::Other,
@@ -423,7 +415,6 @@ mod tests {
         let Pdu::Bind { contexts } = &m.pdu else { panic!("{m:?}") };
         assert_eq!(contexts[0].1, "12345778-1234-abcd-ef00-0123456789ac");
         assert_eq!(interface_name(&contexts[0].1), Some("samr"));
-        assert!(looks_like_bind(&samr_bind()));
         assert!(looks_like_pdu(&samr_bind()));
         assert!(!looks_like_pdu(b"GET / HTTP/1.1\r\nHost: x\r\n"));
     }

@@ -320,7 +320,9 @@ pub fn datagram_messages(mut b: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 /// Whether constructed elements nest deeper than `max` anywhere in `b`, walked with an
-/// explicit stack so hostile input cannot recurse.
+/// explicit stack so hostile input cannot recurse. An indefinite length (or one of more
+/// than four bytes) counts as too deep: LDAP allows only definite lengths (RFC 4511 5.1),
+/// and the BER parser behind would follow an indefinite one as deep as it is nested.
 fn too_deep(b: &[u8], max: usize) -> bool {
     let mut ends: Vec<usize> = Vec::new();
     let mut at = 0;
@@ -328,7 +330,12 @@ fn too_deep(b: &[u8], max: usize) -> bool {
         while ends.last().is_some_and(|&e| at >= e) {
             ends.pop();
         }
-        let Ok(Some(len)) = element_len(&b[at..]) else { return false };
+        let len = match element_len(&b[at..]) {
+            Ok(Some(len)) => len,
+            // Truncated: the parser refuses it without going deep.
+            Ok(None) => return false,
+            Err(_) => return true,
+        };
         let header = if b[at + 1] < 0x80 { 2 } else { 2 + (b[at + 1] & 0x7f) as usize };
         if b[at] & 0x20 != 0 {
             ends.push(at + len);
@@ -950,6 +957,19 @@ mod tests {
         let total = msg.len() - 4;
         msg[2] = (total >> 8) as u8;
         msg[3] = total as u8;
+        assert_eq!(parse_pdu(&msg), Err(LdapError::TooDeep));
+        // The same nesting with indefinite lengths (0x80 ... 00 00), which no length check
+        // can bound: refused before the parser sees it.
+        let mut inner = vec![0x87, 0x01, b'x'];
+        for _ in 0..5000 {
+            let mut n = vec![0xa2, 0x80];
+            n.extend(inner);
+            n.extend([0, 0]);
+            inner = n;
+        }
+        let mut msg = vec![0x30, 0x80, 0x02, 0x01, 0x01, 0x63, 0x80];
+        msg.extend(&inner);
+        msg.extend([0, 0, 0, 0]);
         assert_eq!(parse_pdu(&msg), Err(LdapError::TooDeep));
     }
 

@@ -38,6 +38,18 @@ pub const POLL_MAX: Duration = Duration::from_millis(250);
 /// mean fewer wakeups (see POLL_MAX) and writes: at 4096 the timer, not the program,
 /// woke the reader at top rate, every 25 ms (measured: 6% of the recorder's CPU).
 pub const TARGET_DRAIN: usize = 16384;
+/// The rings a run of records is taken from: dropped, it gives what was taken back to the
+/// program (`MappedRing::release`), once, whatever way the run ends.
+struct Taken<'a>(&'a mut [MappedRing]);
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        for ring in self.0.iter_mut() {
+            ring.release();
+        }
+    }
+}
+
 /// Records taken between two releases of ring space to the program: the recorder writes
 /// them in one writev(2) (a slice per frame; Linux takes at most 1024 slices a call).
 pub const RUN_RECORDS: usize = 1024;
@@ -98,11 +110,15 @@ impl RingReader {
         let (mut taken, mut invalid, mut bytes) = (0, 0, 0u64);
         let mut unsent = None;
         loop {
+            // What this run takes goes back to the program when `taken_run` is dropped, also
+            // when a write fails: the slices that borrow it are declared after it, so they
+            // are gone first.
+            let taken_run = Taken(rings);
             let (run_taken, run_invalid) = match consumer {
                 Consumer::Batches { tx, pool } => {
                     let new_batch = || pool.batch(BATCH_FRAMES, BATCH_BYTES);
                     let batch = unsent.get_or_insert_with(new_batch);
-                    drain_merged(rings, RUN_RECORDS, |header, record| {
+                    drain_merged(taken_run.0, RUN_RECORDS, |header, record| {
                         bytes += u64::from(header.cap_len);
                         if !batch.has_room(header.cap_len as usize) {
                             send(tx, counters, std::mem::replace(batch, new_batch()));
@@ -113,11 +129,11 @@ impl RingReader {
                 Consumer::Recorder { sink, watch } => {
                     // The records are pcap records as they lie in the ring: one slice each.
                     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(RUN_RECORDS);
-                    let run = drain_merged(rings, RUN_RECORDS, |header, record| {
+                    let run = drain_merged(taken_run.0, RUN_RECORDS, |header, record| {
                         bytes += u64::from(header.cap_len);
                         // SAFETY: the record lies in ring memory taken but not yet
-                        // released, which the kernel leaves alone until the release below;
-                        // the slices are written and dropped before it.
+                        // released, which the program leaves alone until `taken_run` is
+                        // dropped; the slices are dropped before it.
                         slices.push(IoSlice::new(unsafe { std::slice::from_raw_parts(record.as_ptr(), record.len()) }));
                     });
                     if let Some(watch) = watch {
@@ -129,9 +145,7 @@ impl RingReader {
                     run
                 }
             };
-            for ring in rings.iter_mut() {
-                ring.release();
-            }
+            drop(taken_run);
             taken += run_taken;
             invalid += run_invalid;
             if run_taken + run_invalid < RUN_RECORDS {

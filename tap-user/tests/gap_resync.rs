@@ -90,3 +90,45 @@ fn ldap_resumes_at_the_next_message() {
 fn dcerpc_over_tcp_resumes_at_the_next_pdu() {
     resumes_after_a_gap("17_zerologon", |p| p >= 49152);
 }
+
+/// Every framed protocol counts a direction that loses its place in a gap the same way:
+/// once, when it loses it, not again for further gaps while it is still looking for its
+/// next record.
+#[test]
+fn every_framed_protocol_counts_a_lost_direction_once() {
+    use tap_user::{
+        event::{
+            analyzer::{Analyzer, FlowState},
+            Discard, Stamper,
+        },
+        flow::{Direction, FlowMeta, StreamConsumer, StreamEvent, Transport},
+    };
+    let cases: [(u16, &[u8], &str); 6] = [
+        (88, &[0, 0, 0, 200, 0x6c], "kerberos_framing_lost"),
+        (53, &[0, 200, 0x12, 0x34], "dns_framing_lost"),
+        (389, &[0x30, 0x81, 0xc8, 0x02], "ldap_framing_lost"),
+        (445, &[0, 0, 0, 200, 0xfe, b'S'], "smb2_framing_lost"),
+        (135, &[5, 0, 0, 3, 0x10, 0, 0, 0, 200, 0], "dcerpc_framing_lost"),
+        (80, b"GET / HTTP/1.1\r\nHost: x\r\n", "http_framing_lost"),
+    ];
+    for (port, start, counter) in cases {
+        let mut analyzer = Analyzer::new(Box::new(Discard), Stamper::new("test"));
+        let meta = FlowMeta {
+            id: 1,
+            client: "10.0.0.20:50000".parse().unwrap(),
+            server: format!("10.0.0.10:{port}").parse().unwrap(),
+            transport: Transport::Tcp,
+            vlan: None,
+            first_seen: Duration::ZERO,
+            last_seen: Duration::ZERO,
+        };
+        let mut state = FlowState::default();
+        let dir = Direction::ToServer;
+        analyzer.event(&meta, &mut state, StreamEvent::Data { dir, data: start });
+        for _ in 0..3 {
+            analyzer.event(&meta, &mut state, StreamEvent::Gap { dir, len: 100 });
+        }
+        let count = analyzer.counters.rows().into_iter().find(|(name, _)| *name == counter).map(|(_, v)| v);
+        assert_eq!(count, Some(1), "port {port}: {counter}");
+    }
+}

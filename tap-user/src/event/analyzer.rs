@@ -29,6 +29,9 @@ crate::counter_set! {
         kerberos_malformed,
         /// TCP records longer than kerberos::MAX_TCP_MESSAGE, skipped.
         kerberos_oversized,
+        /// TCP Kerberos directions that lost their place in a gap (framing resumes at the
+        /// next plausible record).
+        kerberos_framing_lost,
         dns_messages,
         dns_malformed,
         /// TCP DNS directions that lost their place in a gap (framing resumes at the next
@@ -66,6 +69,9 @@ crate::counter_set! {
         http_messages,
         /// HTTP heads over http::MAX_HEAD, skipped.
         http_oversized,
+        /// HTTP directions that lost their place in a gap (parsing resumes at the next
+        /// message head).
+        http_framing_lost,
         /// Flows on ports no parser handles yet.
         flows_unparsed,
     }
@@ -1204,11 +1210,11 @@ impl StreamConsumer for Analyzer {
                 self.counters.kerberos_oversized += oversized;
             }
             (FlowState::Kerberos { to_server, to_client }, StreamEvent::Gap { dir, .. }) => {
-                if dir == Direction::ToServer {
-                    to_server.gap()
-                } else {
-                    to_client.gap()
+                let framer = if dir == Direction::ToServer { to_server } else { to_client };
+                if !framer.lost() {
+                    self.counters.kerberos_framing_lost += 1;
                 }
+                framer.gap();
             }
             (FlowState::Dns { .. }, StreamEvent::Datagram { data, .. }) => self.dns(flow, data),
             (FlowState::Dns { to_server, to_client }, StreamEvent::Data { dir, data }) => {
@@ -1216,12 +1222,11 @@ impl StreamConsumer for Analyzer {
                 framer.push(data, &mut |r| self.dns(flow, r));
             }
             (FlowState::Dns { to_server, to_client }, StreamEvent::Gap { dir, .. }) => {
-                self.counters.dns_framing_lost += 1;
-                if dir == Direction::ToServer {
-                    to_server.gap()
-                } else {
-                    to_client.gap()
+                let framer = if dir == Direction::ToServer { to_server } else { to_client };
+                if !framer.lost() {
+                    self.counters.dns_framing_lost += 1;
                 }
+                framer.gap();
             }
             (FlowState::Ldap(st), StreamEvent::Datagram { dir, data }) => {
                 // CLDAP: the reply's entries and searchResDone share one datagram.
@@ -1302,6 +1307,10 @@ impl StreamConsumer for Analyzer {
                 }
             }
             (FlowState::Http(st), StreamEvent::Gap { dir, .. }) => {
+                let framer = if dir == Direction::ToServer { &st.to_server } else { &st.to_client };
+                if !framer.lost() {
+                    self.counters.http_framing_lost += 1;
+                }
                 if dir == Direction::ToServer {
                     st.to_server.gap()
                 } else {

@@ -228,6 +228,11 @@ impl TcpFramer {
     pub fn gap(&mut self) {
         self.0.gap();
     }
+
+    /// Whether the direction lost its place and has not found a message start since.
+    pub fn lost(&self) -> bool {
+        self.0.lost()
+    }
 }
 
 #[cfg(test)]

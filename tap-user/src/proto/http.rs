@@ -55,6 +55,11 @@ fn could_start_head(b: &[u8]) -> bool {
 }
 
 impl HeadFramer {
+    /// Whether the direction lost its place and has not found a head since.
+    pub fn lost(&self) -> bool {
+        self.searching
+    }
+
     pub fn gap(&mut self) {
         self.buf.clear();
         self.skip = 0;

@@ -361,6 +361,11 @@ impl TcpFramer {
     pub fn gap(&mut self) {
         self.framer.gap();
     }
+
+    /// Whether the direction lost its place and has not found a record start since.
+    pub fn lost(&self) -> bool {
+        self.framer.lost()
+    }
 }
 
 #[cfg(test)]

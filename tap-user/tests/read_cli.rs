@@ -86,6 +86,7 @@ fn offline_mode_reassembles_fragments_duplicates_and_reordering() {
 
 #[test]
 fn more_workers_give_the_same_totals_on_the_lab_captures() {
+    let mut to_client = 0;
     for f in tap_testkit::shared::lab_pcaps() {
         let (ok1, one, e1) = sensor(&["--read", f.to_str().unwrap(), "--workers", "1"]);
         let (ok4, four, e4) = sensor(&["--read", f.to_str().unwrap(), "--workers", "4"]);
@@ -99,8 +100,10 @@ fn more_workers_give_the_same_totals_on_the_lab_captures() {
         ] {
             assert_eq!(one[k], four[k], "{}: {k}", f.display());
         }
-        assert!(one["stream_tcp_bytes_to_client"] > 0);
+        to_client += one["stream_tcp_bytes_to_client"];
     }
+    // Some captures are Kerberos over UDP alone; together they hold TCP both ways.
+    assert!(to_client > 0);
 }
 
 #[test]

@@ -124,6 +124,8 @@ pub struct Runner {
     held: BTreeMap<(i64, String, u64), crate::pb::ActivityEvent>,
     /// Latest event time examined: an event older than this arriving now is late.
     examined_through: i64,
+    /// Events held at most (`MAX_HELD`; smaller in tests).
+    held_bound: usize,
     /// Sensors that went silent while others delivered (a health alert each), and what
     /// of it the store holds.
     pub silent: BTreeMap<String, i64>,
@@ -171,6 +173,7 @@ impl Runner {
             checkpointed_at: std::time::Instant::now(),
             progress: HashMap::new(),
             held: BTreeMap::new(),
+            held_bound: MAX_HELD,
             examined_through: i64::MIN,
             silent_saved: silent.clone(),
             silent,
@@ -211,7 +214,7 @@ impl Runner {
                 self.progress.insert(sensor.id.clone(), p);
             }
             let Some(p) = self.progress.get_mut(&sensor.id) else { continue };
-            if self.held.len() >= MAX_HELD {
+            if self.held.len() >= self.held_bound {
                 continue;
             }
             let events = self.store.sensor_events_after(&sensor.id, p.fetched, BATCH)?;
@@ -238,7 +241,7 @@ impl Runner {
         let watermark = if flush { i64::MAX } else { self.watermark(&sensors, now) };
         let mut ready = Vec::new();
         loop {
-            let over = self.held.len() > MAX_HELD;
+            let over = self.held.len() > self.held_bound;
             let Some(entry) = self.held.first_entry() else { break };
             if entry.key().0 > watermark && !over {
                 break;
@@ -439,13 +442,19 @@ impl Runner {
     /// Steps until nothing new is left, then examines what is still held: everything
     /// stored is examined, in event-time order.
     pub fn catch_up(&mut self) -> anyhow::Result<usize> {
+        let fetched = |r: &Self| -> u64 { r.progress.values().map(|p| p.fetched).sum() };
         let mut total = 0;
         loop {
-            let before: u64 = self.progress.values().map(|p| p.fetched).sum();
+            let before = fetched(self);
             total += self.step()?;
-            let after: u64 = self.progress.values().map(|p| p.fetched).sum();
-            if after == before {
-                total += self.flush()?;
+            if fetched(self) != before {
+                continue;
+            }
+            // Nothing more was read: none is left, or what is held is at its bound (a file
+            // replay held whole). Examine what is held, then read again.
+            let held = self.held.len();
+            total += self.flush()?;
+            if held == 0 {
                 self.checkpoint()?;
                 return Ok(total);
             }
@@ -692,6 +701,29 @@ mod tests {
         assert!(alerts[0].description.ends_with(LATE_NOTE), "{}", alerts[0].description);
         runner.checkpoint().unwrap();
         assert!(not_waited_for(store.as_ref()).is_empty(), "it delivers again");
+    }
+
+    /// A catch-up examines everything stored, also more than it may hold at once from a
+    /// sensor reading a file (which holds the watermark back until it is done).
+    #[test]
+    fn a_catch_up_examines_more_than_it_may_hold() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        store.add_sensor("file", "h").unwrap();
+        let info = crate::pb::SensorInfo {
+            sensor_id: "file".into(),
+            capabilities: vec!["offline".into()],
+            ..Default::default()
+        };
+        store.record_registration(&info).unwrap();
+        let total = BATCH as u64 + 50;
+        let events: Vec<_> = (1..=total)
+            .map(|seq| ActivityEvent { sensor_id: "file".into(), ..failure(seq, seq as i64 * 1_000_000, "u") })
+            .collect();
+        store.insert_events("file", &events, &[]).unwrap();
+        let mut runner = Runner::new(Engine::new(DetectConfig::default()), Arc::clone(&store)).unwrap();
+        runner.held_bound = 8;
+        assert_eq!(runner.catch_up().unwrap() as u64, total);
+        assert_eq!(store.detect_cursor("file").unwrap(), total);
     }
 
     /// Profiles an older store kept as one document are read, written as rows at the first

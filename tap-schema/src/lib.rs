@@ -3,6 +3,10 @@
 //! acknowledgements, registration, heartbeats and pcap excerpts, and the `Ingest` service
 //! (the client with the `client` feature, the server with `server`).
 
-#![allow(clippy::all)]
+pub mod vocab;
 
-include!(concat!(env!("OUT_DIR"), "/dctap.v1.rs"));
+#[allow(clippy::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/dctap.v1.rs"));
+}
+pub use generated::*;

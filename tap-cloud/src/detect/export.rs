@@ -64,12 +64,7 @@ pub struct Exporter {
 }
 
 fn severity_number(s: &str) -> u8 {
-    match s {
-        "high" => 8,
-        "medium" => 5,
-        "low" => 3,
-        _ => 1,
-    }
+    crate::pb::vocab::Severity::parse(s).cef()
 }
 
 /// Largest syslog message (header included) sent in one UDP datagram. RFC 5426 (3.2) has
@@ -226,11 +221,7 @@ impl Exporter {
     pub fn send(&mut self, alert: &Alert) {
         if let Some(s) = self.syslog.as_mut() {
             // RFC 5424 framing, facility security/authorization (10), severity by alert.
-            let level = match alert.severity.as_str() {
-                "high" => 2,
-                "info" => 6,
-                _ => 4,
-            };
+            let level = crate::pb::vocab::Severity::parse(&alert.severity).syslog_level();
             let pri = 10 * 8 + level;
             let header = format!("<{pri}>1 - {} tap-cloud - - - ", self.host);
             let max = match s {

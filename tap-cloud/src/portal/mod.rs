@@ -770,7 +770,7 @@ pub fn metrics_router(store: Arc<dyn Store>) -> Router {
                         );
                         gauge("export_syslog_truncated_total", "", crate::detect::export::truncated_total());
                         let alerts = store.alerts()?;
-                        for sev in ["high", "medium", "low", "info"] {
+                        for sev in crate::pb::vocab::Severity::ALL.map(|s| s.as_str()) {
                             gauge(
                                 "alerts",
                                 &format!("{{severity=\"{sev}\"}}"),

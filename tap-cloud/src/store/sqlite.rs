@@ -166,14 +166,8 @@ fn excerpt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ExcerptRecord> {
     })
 }
 
-fn severity_rank(s: &str) -> u8 {
-    match s {
-        "high" => 3,
-        "medium" => 2,
-        "low" => 1,
-        // "info": a notice (a new DC), below every alert.
-        _ => 0,
-    }
+fn severity_rank(s: &str) -> crate::pb::vocab::Severity {
+    crate::pb::vocab::Severity::parse(s)
 }
 
 const ALERT_COLUMNS: &str = "id, incident_id, detection, title, severity, mitre, account, src_ip, dc_ip, \

@@ -5,7 +5,11 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{config::DetectConfig, Finding, Windows};
-use crate::pb::{activity_event::Detail, ActivityEvent, DceRpc, Kerberos, Ldap};
+use crate::pb::{
+    activity_event::Detail,
+    vocab::{DnsType, EncryptionType, KrbErrorCode},
+    ActivityEvent, DceRpc, Kerberos, Ldap,
+};
 
 const MAX_KEYS: usize = 100_000;
 const MAX_PER_KEY: usize = 1_000;
@@ -13,12 +17,13 @@ const MAX_PER_KEY: usize = 1_000;
 const MAX_TICKETS: usize = 200_000;
 
 /// Kerberos error codes (RFC 4120 7.5.9).
-const KDC_ERR_C_PRINCIPAL_UNKNOWN: i32 = 6;
-const KDC_ERR_PREAUTH_FAILED: i32 = 24;
+const KDC_ERR_C_PRINCIPAL_UNKNOWN: i32 = KrbErrorCode::C_PRINCIPAL_UNKNOWN.0;
+const KDC_ERR_PREAUTH_FAILED: i32 = KrbErrorCode::PREAUTH_FAILED.0;
 /// NTSTATUS of a failed NTLM logon for a name that does not exist.
 const STATUS_NO_SUCH_USER: i64 = 0xC000_0064;
-const RC4_HMAC: i32 = 23;
-const AES: [i32; 2] = [17, 18];
+const RC4_HMAC: i32 = EncryptionType::RC4_HMAC.0;
+/// The AES types clients offer first (the SHA-1 ones, what AD issues).
+const AES: [i32; 2] = [EncryptionType::AES128_CTS_HMAC_SHA1.0, EncryptionType::AES256_CTS_HMAC_SHA1.0];
 /// How long a TGS-REQ waits for its reply (which names the account) before what it
 /// showed is reported without one.
 const TGS_REPLY_WAIT_NS: i64 = 5_000_000_000;
@@ -325,7 +330,8 @@ impl Rules {
             Some(Detail::Dns(d)) if d.opcode == DNS_UPDATE => self.dns_update(ev, d, out),
             Some(Detail::Dns(d)) if !d.records.is_empty() => self.learn_dcs_from_dns(ev, d, out),
             Some(Detail::Dns(d)) if !d.response => {
-                if let Some(q) = d.questions.iter().find(|q| q.qtype == 252 || q.qtype == 251) {
+                let transfer = [DnsType::AXFR, DnsType::IXFR];
+                if let Some(q) = d.questions.iter().find(|q| transfer.contains(&DnsType(q.qtype))) {
                     out.push(finding(ev, "dns_zone_transfer", "DNS zone transfer attempt", "medium", "T1590.002", "", format!(
                         "{} asked the DC {} for a zone transfer of {} ({}). Zone transfers hand over every name in the zone; only secondary DNS servers should ask. If {} is not one, find what on it made the request.",
                         ev.src_ip, ev.dc_ip, q.name, if q.qtype == 252 { "AXFR" } else { "IXFR" }, ev.src_ip
@@ -803,9 +809,9 @@ impl Rules {
     /// The DC locator's SRV records name the DCs, and their address records give their
     /// addresses; a dynamic update that registers a DC not known yet is a new DC.
     fn learn_dcs_from_dns(&mut self, ev: &ActivityEvent, d: &crate::pb::Dns, out: &mut Vec<Finding>) {
-        const A: u32 = 1;
-        const AAAA: u32 = 28;
-        const SRV: u32 = 33;
+        const A: u32 = DnsType::A.0;
+        const AAAA: u32 = DnsType::AAAA.0;
+        const SRV: u32 = DnsType::SRV.0;
         for r in d.records.iter().filter(|r| r.rtype == SRV) {
             let owner = lower(&r.name);
             let locator = (DC_LOCATOR_SERVICES.iter().any(|s| owner.starts_with(s)) && owner.contains("dc._msdcs."))

@@ -12,6 +12,8 @@ use axum::{
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 
+use crate::pb::vocab::{DnsType, EncryptionType, KrbErrorCode};
+
 use super::{
     account_detail, activity_events, audit_entries, filtered_incidents, host_detail, incident_detail, ActivityParams,
     AuditParams, IncidentFilter, Portal, PortalError, Session, STATUSES,
@@ -354,67 +356,20 @@ fn is_empty_value(v: &serde_json::Value) -> bool {
 
 /// Kerberos encryption types by number (RFC 3961, 4757, 8009).
 fn etype(n: i64) -> String {
-    match n {
-        1 => "DES-CBC-CRC".into(),
-        3 => "DES-CBC-MD5".into(),
-        16 => "3DES".into(),
-        17 => "AES128".into(),
-        18 => "AES256".into(),
-        19 => "AES128-SHA256".into(),
-        20 => "AES256-SHA384".into(),
-        23 => "RC4-HMAC".into(),
-        24 => "RC4-HMAC-EXP".into(),
-        25 => "Camellia128".into(),
-        26 => "Camellia256".into(),
-        n => format!("etype {n}"),
-    }
+    let named = i32::try_from(n).ok().and_then(|n| EncryptionType(n).name());
+    named.map_or_else(|| format!("etype {n}"), str::to_string)
 }
 
 fn krb_error(code: i64) -> String {
-    let name = match code {
-        6 => "client unknown",
-        7 => "service unknown",
-        12 => "policy",
-        13 => "bad option",
-        14 => "encryption type not supported",
-        18 => "client revoked (disabled or locked out)",
-        23 => "password expired",
-        24 => "pre-authentication failed (wrong password)",
-        25 => "pre-authentication required",
-        31 => "integrity check failed",
-        32 => "ticket expired",
-        37 => "clock skew too great",
-        41 => "modified message",
-        50 => "inappropriate checksum",
-        52 => "response too big (retry over TCP)",
-        60 => "generic",
-        68 => "wrong realm",
-        _ => "",
-    };
-    if name.is_empty() {
-        format!("error {code}")
-    } else {
-        format!("error {code}: {name}")
+    match i32::try_from(code).ok().and_then(|c| KrbErrorCode(c).meaning()) {
+        Some(name) => format!("error {code}: {name}"),
+        None => format!("error {code}"),
     }
 }
 
 fn dns_type(t: i64) -> String {
-    match t {
-        1 => "A".into(),
-        2 => "NS".into(),
-        5 => "CNAME".into(),
-        6 => "SOA".into(),
-        12 => "PTR".into(),
-        15 => "MX".into(),
-        16 => "TXT".into(),
-        28 => "AAAA".into(),
-        33 => "SRV".into(),
-        251 => "IXFR".into(),
-        252 => "AXFR".into(),
-        255 => "ANY".into(),
-        256 => "URI".into(),
-        t => format!("type {t}"),
-    }
+    let named = u32::try_from(t).ok().and_then(|t| DnsType(t).name());
+    named.map_or_else(|| format!("type {t}"), str::to_string)
 }
 
 /// One line an analyst reads: what the event was, in the protocol's own words.

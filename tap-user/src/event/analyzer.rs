@@ -344,8 +344,8 @@ fn base(flow: &FlowMeta, protocol: &str, category: &str) -> ActivityEvent {
     }
 }
 
-const KDC_ERR_PREAUTH_REQUIRED: i32 = 25;
-const KRB_ERR_RESPONSE_TOO_BIG: i32 = 52;
+const KDC_ERR_PREAUTH_REQUIRED: i32 = pb::vocab::KrbErrorCode::PREAUTH_REQUIRED.0;
+const KRB_ERR_RESPONSE_TOO_BIG: i32 = pb::vocab::KrbErrorCode::RESPONSE_TOO_BIG.0;
 
 fn kerberos_event(flow: &FlowMeta, m: kerberos::KerberosMessage) -> ActivityEvent {
     let mut e = base(flow, "kerberos", "logon");

@@ -28,7 +28,6 @@ use std::{
 use etherparse::{LaxSlicedPacket, TransportSlice};
 
 use crate::{
-    event::pb::{Excerpt, ExcerptRequest},
     frames::{FrameBatch, PCAP_RECORD_HEADER},
     pipeline::ip_addresses,
 };
@@ -370,8 +369,31 @@ impl Conversation {
     }
 }
 
-fn refused(id: u64, error: impl Into<String>) -> Excerpt {
-    Excerpt { id, pcap: Vec::new(), frames: 0, truncated: false, error: error.into() }
+/// The frames of one conversation (either direction) between two instants, as the cloud
+/// asks for them: addresses as text (a client's request is not trusted to hold valid
+/// ones), a port of 0 matching any port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Wanted {
+    pub client_ip: String,
+    pub client_port: u32,
+    pub dc_ip: String,
+    pub dc_port: u32,
+    pub from_unix_ns: i64,
+    pub to_unix_ns: i64,
+}
+
+/// What a cut gave: a pcap of the frames, or why there is none (`error`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cut {
+    pub pcap: Vec<u8>,
+    pub frames: u32,
+    /// Frames were left out to stay within the size asked for.
+    pub truncated: bool,
+    pub error: String,
+}
+
+fn refused(error: impl Into<String>) -> Cut {
+    Cut { error: error.into(), ..Cut::default() }
 }
 
 /// The message for a time the ring holds nothing of.
@@ -382,23 +404,23 @@ pub const NOT_KEPT: &str = "no evidence kept for that time: rotated away or evid
 /// reading only the files whose time span overlaps the range, into a pcap of at most
 /// `max_bytes` (`truncated` when frames were left out for size). Pure apart from reading
 /// the files: it may run while the ring writes.
-pub fn cut(dir: &Path, req: &ExcerptRequest, max_bytes: usize) -> Excerpt {
+pub fn cut(dir: &Path, req: &Wanted, max_bytes: usize) -> Cut {
     let parse = |s: &str, what: &str| s.trim().parse::<IpAddr>().map_err(|_| format!("{what} '{s}' is not an address"));
     let (client, dc) = match (parse(&req.client_ip, "client_ip"), parse(&req.dc_ip, "dc_ip")) {
         (Ok(c), Ok(d)) => (c, d),
-        (Err(e), _) | (_, Err(e)) => return refused(req.id, e),
+        (Err(e), _) | (_, Err(e)) => return refused(e),
     };
     let (Ok(client_port), Ok(dc_port)) = (u16::try_from(req.client_port), u16::try_from(req.dc_port)) else {
-        return refused(req.id, "a port above 65535");
+        return refused("a port above 65535");
     };
     if req.to_unix_ns < req.from_unix_ns || req.to_unix_ns < 0 {
-        return refused(req.id, "the time range ends before it starts");
+        return refused("the time range ends before it starts");
     }
     let (from, to) = (req.from_unix_ns.max(0) as u64, req.to_unix_ns as u64);
     let want = Conversation { client, client_port, dc, dc_port };
     let files = match list_files(dir) {
         Ok(f) => f,
-        Err(e) => return refused(req.id, format!("{NOT_KEPT} ({}: {e})", dir.display())),
+        Err(e) => return refused(format!("{NOT_KEPT} ({}: {e})", dir.display())),
     };
     // File i holds frames from its start to the next file's start (give or take the slack).
     let overlapping: Vec<&PathBuf> = files
@@ -411,7 +433,7 @@ pub fn cut(dir: &Path, req: &ExcerptRequest, max_bytes: usize) -> Excerpt {
         .map(|(_, (_, path, _))| path)
         .collect();
     if overlapping.is_empty() || files.first().is_some_and(|(oldest, _, _)| to < *oldest) {
-        return refused(req.id, NOT_KEPT);
+        return refused(NOT_KEPT);
     }
     let mut pcap = pcap_header().to_vec();
     let (mut frames, mut truncated, mut read_any) = (0u32, false, false);
@@ -434,7 +456,7 @@ pub fn cut(dir: &Path, req: &ExcerptRequest, max_bytes: usize) -> Excerpt {
         }
     }
     if !read_any {
-        return refused(req.id, NOT_KEPT);
+        return refused(NOT_KEPT);
     }
     // Files overlap by a little at their edges: put the frames back in capture order.
     records.sort_by_key(|r| r.ts_ns);
@@ -447,7 +469,7 @@ pub fn cut(dir: &Path, req: &ExcerptRequest, max_bytes: usize) -> Excerpt {
         pcap.extend_from_slice(&r.data);
         frames += 1;
     }
-    Excerpt { id: req.id, pcap, frames, truncated, error: String::new() }
+    Cut { pcap, frames, truncated, error: String::new() }
 }
 
 #[cfg(test)]
@@ -473,9 +495,8 @@ mod tests {
         b
     }
 
-    fn request(client_port: u32, dc_port: u32, from: u64, to: u64) -> ExcerptRequest {
-        ExcerptRequest {
-            id: 7,
+    fn request(client_port: u32, dc_port: u32, from: u64, to: u64) -> Wanted {
+        Wanted {
             client_ip: CLIENT.to_string(),
             client_port,
             dc_ip: DC.to_string(),
@@ -597,7 +618,6 @@ mod tests {
 
         let got = cut(&tmp.0, &request(40000, 88, ms(5), ms(50)), EXCERPT_MAX_BYTES);
         assert_eq!(got.error, "");
-        assert_eq!(got.id, 7);
         assert!(!got.truncated);
         let recs = records(&got.pcap);
         assert_eq!(

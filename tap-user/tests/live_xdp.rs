@@ -341,8 +341,7 @@ fn the_evidence_ring_keeps_the_frames_rotates_and_prunes_within_its_bound() {
     );
 
     // One conversation, both directions (the replies VLAN-tagged), out of the whole ring.
-    let req = tap_user::event::pb::ExcerptRequest {
-        id: 1,
+    let req = tap_user::evidence::Wanted {
         client_ip: client.to_string(),
         client_port: 40_001,
         dc_ip: dc.to_string(),

@@ -201,9 +201,20 @@ async fn upload_one(
 ) -> anyhow::Result<(u32, usize, String)> {
     let excerpt = match dir {
         Some(dir) => {
-            tokio::task::spawn_blocking(move || crate::evidence::cut(&dir, &req, crate::evidence::EXCERPT_MAX_BYTES))
-                .await
-                .context("cutting the excerpt")?
+            let wanted = crate::evidence::Wanted {
+                client_ip: req.client_ip.clone(),
+                client_port: req.client_port,
+                dc_ip: req.dc_ip.clone(),
+                dc_port: req.dc_port,
+                from_unix_ns: req.from_unix_ns,
+                to_unix_ns: req.to_unix_ns,
+            };
+            let cut = tokio::task::spawn_blocking(move || {
+                crate::evidence::cut(&dir, &wanted, crate::evidence::EXCERPT_MAX_BYTES)
+            })
+            .await
+            .context("cutting the excerpt")?;
+            Excerpt { id: req.id, pcap: cut.pcap, frames: cut.frames, truncated: cut.truncated, error: cut.error }
         }
         None => Excerpt { id: req.id, error: NO_EVIDENCE.into(), ..Excerpt::default() },
     };

@@ -1,11 +1,6 @@
 //! `tap-sensor`: the dctap sensor daemon.
 
-use std::{
-    io::Write,
-    path::PathBuf,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 
@@ -19,13 +14,13 @@ use tap_common::record::MAX_SNAPLEN;
 use tap_user::{
     capture::{
         filter::RpcRange,
-        run::{print_summary, CaptureOptions, LiveSettings, LoadSettings},
+        run::{CaptureOptions, LiveSettings, LoadSettings},
         AttachMode, DcSet, PortSet,
     },
-    event::{analyzer::Analyzer, pb::SensorInfo, Discard, EventSink, JsonLines, Stamper},
-    pipeline::{read::read_file, Pipeline, PipelineOptions},
+    event::pb::SensorInfo,
+    pipeline::{offline::ReadOutput, PipelineOptions},
     signals::Signals,
-    uplink::{ClientConfig, OverflowPolicy, SpoolConfig, TlsFiles, Uplink, UplinkOptions},
+    uplink::{ClientConfig, OverflowPolicy, SpoolConfig, TlsFiles, UplinkOptions},
 };
 
 /// dctap sensor: watches the traffic of Active Directory domain controllers on a switch
@@ -327,7 +322,7 @@ fn main() -> anyhow::Result<()> {
                 Some(m) => anyhow::bail!("--read-mbps {m}: give a positive rate"),
             };
             let output = ReadOutput { json: cli.json, no_parsers: cli.no_parsers, uplink, drain, pace };
-            read(&path, pipeline, output, &sensor_id)
+            tap_user::pipeline::offline::run(&path, pipeline, output, &sensor_id)
         }
         (None, None) => {
             Cli::command().print_help()?;
@@ -340,116 +335,6 @@ fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "sensor".into())
-}
-
-struct ReadOutput {
-    json: bool,
-    no_parsers: bool,
-    uplink: Option<UplinkOptions>,
-    drain: Duration,
-    /// Mbit/s to feed the file at.
-    pace: Option<f64>,
-}
-
-fn read(path: &std::path::Path, opts: PipelineOptions, output: ReadOutput, sensor_id: &str) -> anyhow::Result<()> {
-    let ReadOutput { json, no_parsers, uplink, drain, pace } = output;
-    let signals = Signals::install()?;
-    let stamper = Stamper::new(sensor_id);
-    let json_out = json.then(|| Arc::new(Mutex::new(std::io::BufWriter::new(std::io::stdout()))));
-    // `-` is standard input, as for tcpdump -r and zeek -r.
-    let path = if path == std::path::Path::new("-") { std::path::Path::new("/dev/stdin") } else { path };
-    // A pipe has no identity to remember: reading it again cannot be recognised, so the
-    // guard against sending a re-read file's events twice does not apply.
-    let guarded = std::fs::metadata(path).is_ok_and(|m| m.is_file());
-    let mut uplink = match uplink {
-        Some(u) if guarded => Some(Uplink::start(u, Some(path))?),
-        Some(u) => {
-            log::warn!(
-                "{} is not a regular file (a pipe?): every event is sent, without the check that skips events an earlier read of the same file already sent",
-                path.display()
-            );
-            Some(Uplink::start(u, None)?)
-        }
-        None => None,
-    };
-    if let Some(u) = &uplink {
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&u.reload))?;
-    }
-    let endpoints = Arc::new(tap_user::event::analyzer::Endpoints::default());
-    let pipeline = Pipeline::start(&opts, |_| {
-        let sink: Box<dyn EventSink> = match (&json_out, &uplink) {
-            (Some(out), _) => Box::new(JsonLines::new(Arc::clone(out))),
-            (None, Some(u)) => Box::new(u.sink(true)),
-            (None, None) => Box::new(Discard),
-        };
-        let analyzer = Analyzer::new(sink, stamper.clone()).with_endpoints(Arc::clone(&endpoints));
-        if no_parsers {
-            analyzer.streams_only()
-        } else {
-            analyzer
-        }
-    })?;
-    let started = std::time::Instant::now();
-    let mut fed_bits = 0f64;
-    let result = read_file(path, &mut |batch| {
-        if let Some(mbps) = pace {
-            fed_bits += batch.iter().map(|f| f.data.len() as f64 * 8.0).sum::<f64>();
-            let due = Duration::from_secs_f64(fed_bits / (mbps * 1e6));
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                std::thread::sleep(wait);
-            }
-        }
-        pipeline.dispatch(batch);
-        if Signals::take(&signals.dump_counters) {
-            let _ = pipeline.counters().write(&mut std::io::stderr().lock());
-        }
-        if signals.stopping() {
-            anyhow::bail!("interrupted");
-        }
-        Ok(())
-    });
-    let (counters, summaries) = pipeline.finish()?;
-    let elapsed = started.elapsed();
-    let mut unsent = 0;
-    if let Some(u) = uplink.as_mut() {
-        u.finish_writing()?;
-        unsent = u.drain(drain, &signals.stop);
-    }
-    let stats = result.as_ref().map(|s| *s).unwrap_or_default();
-    if let Some(out) = &json_out {
-        out.lock().map_err(|_| anyhow::anyhow!("JSON output poisoned"))?.flush()?;
-    }
-    // With --json, stdout carries the events; the report goes to stderr.
-    let mut report: Box<dyn Write> = if json { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
-    {
-        let out = &mut report;
-        let rows = [
-            ("frames", counters.decode.frames),
-            ("bytes", counters.decode.bytes),
-            ("skipped_link_type", stats.skipped_link_type),
-            ("skipped_bad_time", stats.skipped_bad_time),
-            ("elapsed_us", elapsed.as_micros() as u64),
-        ];
-        tap_user::telemetry::write_rows(out, "read", &rows)?;
-        counters.write(out)?;
-        if let Some(u) = &uplink {
-            tap_user::telemetry::write_rows(out, "", &u.report_rows())?;
-        }
-    }
-    print_summary(&summaries, &mut report);
-    if let Some(u) = uplink {
-        let (dir, error) = (u.spool.dir().to_path_buf(), u.status.last_error());
-        u.stop();
-        if unsent > 0 {
-            anyhow::bail!(
-                "{unsent} events not acknowledged by the cloud within {:.0} s ({}); they stay in the spool {} and go out on the next run",
-                drain.as_secs_f64(),
-                error.unwrap_or_else(|| "no error seen".into()),
-                dir.display()
-            );
-        }
-    }
-    result.map(|_| ()).with_context(|| format!("read {}", path.display()))
 }
 
 /// The settings a reload may change, from the (re-)parsed capture arguments.

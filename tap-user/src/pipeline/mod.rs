@@ -5,6 +5,7 @@
 //! Sharding on addresses, not ports, keeps a flow and the fragments of its datagrams (which
 //! carry no ports) on one worker, in both directions. Workers never share state.
 
+pub mod offline;
 pub mod read;
 pub mod summary;
 

@@ -2,7 +2,7 @@
 //! bounded per-entity state (sliding windows, first-seen sets) into alerts, which join
 //! incidents when they share an entity close in time.
 //!
-//! `rules.rs` holds the detections themselves; this module holds what they share: the
+//! `rules/` holds the detections themselves (a file per protocol); this module holds what they share: the
 //! configuration, the windows, the alert type and the engine that runs them.
 
 pub mod config;

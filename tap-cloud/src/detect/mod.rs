@@ -1,9 +1,10 @@
-//! Detections: the stream of activity events, per sensor in sequence order, through
+//! Detections: every sensor's activity events, merged in event time (`runner.rs`), through
 //! bounded per-entity state (sliding windows, first-seen sets) into alerts, which join
 //! incidents when they share an entity close in time.
 //!
-//! `rules/` holds the detections themselves (a file per protocol); this module holds what they share: the
-//! configuration, the windows, the alert type and the engine that runs them.
+//! `rules/` holds the detections themselves (a file per protocol); this module holds what
+//! they share: the configuration, the windows, the alert type and the engine that runs
+//! them.
 
 pub mod config;
 pub mod export;

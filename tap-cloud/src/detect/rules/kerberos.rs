@@ -111,9 +111,11 @@ impl Rules {
             // AP-REQ in SMB, LDAP, RPC or HTTP authentication to a DC: a service ticket no
             // watched DC issued is forged with the service's key (silver ticket), once every
             // DC that could have issued it is watched and for longer than a ticket lives.
+            // A DC asks its own KDC for its service tickets, out of every sensor's sight.
             14 if cfg.all_dcs_watched
                 && !k.ticket_fingerprint.is_empty()
                 && self.dcs.contains(&ev.dc_ip)
+                && !self.dcs.contains(&ev.src_ip)
                 && !self.service_tickets.contains(&k.ticket_fingerprint)
                 && !self.tgt_host.contains_key(&k.ticket_fingerprint) =>
             {
@@ -274,7 +276,11 @@ impl Rules {
             Some(_) => false,
             None => {
                 let lifetime = (cfg.max_ticket_lifetime_hours as i64).saturating_mul(3_600_000_000_000);
-                let forged = self.watching_since.is_some_and(|s| ev.time_unix_ns.saturating_sub(s) > lifetime);
+                // A DC's own TGT comes from its own KDC, on the DC itself, where no sensor
+                // sees it issued: unseen is not forged when a DC presents it.
+                let from_dc = self.dcs.contains(&ev.src_ip);
+                let forged =
+                    !from_dc && self.watching_since.is_some_and(|s| ev.time_unix_ns.saturating_sub(s) > lifetime);
                 self.remember_ticket(&k.ticket_fingerprint, &ev.src_ip, "");
                 forged
             }

@@ -449,7 +449,23 @@ fn tickets_used_from_a_second_host_or_never_issued_are_flagged() {
     assert_eq!((alerts[0].detection.as_str(), alerts[0].account.as_str()), ("golden_ticket", "administrator"));
     // With no reply at all, it is reported without an account after a few seconds.
     let later = ev(11 * 3600 + 30, "10.9.9.9", Detail::Kerberos(krb(10)));
-    assert_eq!(run(DetectConfig::default(), &[late[0].clone(), late[1].clone(), later]), vec!["golden_ticket"]);
+    assert_eq!(run(DetectConfig::default(), &[late[0].clone(), late[1].clone(), later.clone()]), vec!["golden_ticket"]);
+    // A DC presenting a TGT its own KDC issued (on the DC, out of every sensor's sight).
+    let dc_config = || DetectConfig { dcs: vec!["10.0.0.10".into(), "10.0.0.11".into()], ..DetectConfig::default() };
+    let from_dc = [late[0].clone(), tgt(11 * 3600, "10.0.0.11", 12), later];
+    assert!(run(dc_config(), &from_dc).is_empty(), "a DC's own TGT, used at another DC");
+    // Nor is a service ticket a DC's own KDC issued a silver ticket.
+    let watched = || DetectConfig { all_dcs_watched: true, max_ticket_lifetime_hours: 0, ..dc_config() };
+    let ap_req = |src: &str| {
+        ev(
+            7200,
+            src,
+            Detail::Kerberos(Kerberos { ticket_fingerprint: "cd34".into(), sname: "cifs/dc1".into(), ..krb(14) }),
+        )
+    };
+    let start = ev(0, "10.1.1.5", Detail::Kerberos(krb(13)));
+    assert!(run(watched(), &[start.clone(), ap_req("10.0.0.11")]).is_empty(), "from a DC");
+    assert_eq!(run(watched(), &[start, ap_req("10.1.1.1")]), vec!["silver_ticket"], "from a workstation");
 }
 
 #[test]
